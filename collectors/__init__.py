@@ -1,0 +1,22 @@
+"""Collectors: one module per kind of evidence, all behind `collectors.base.Collector`.
+
+`REGISTRY` is the order they appear in `--help`, the manifest and the bundle.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .base import Collector, CollectContext, CollectorOutput, CollectorSkipped
+
+# name -> "module:Class"; imported lazily so one broken collector cannot break the CLI.
+REGISTRY: dict[str, str] = {
+}
+
+
+def load(name: str) -> type[Collector]:
+    module, _, cls = REGISTRY[name].partition(":")
+    return getattr(import_module(f"collectors.{module}"), cls)
+
+
+__all__ = ["REGISTRY", "load", "Collector", "CollectContext", "CollectorOutput", "CollectorSkipped"]

@@ -1,0 +1,218 @@
+"""The one interface every collector implements, and what it writes through.
+
+A collector declares what it reads (for the README and `--help`, like sos plugins), then
+writes evidence through `CollectorOutput`, never into the tar directly: the output applies
+redaction, caps sizes, spools unknown-length content to disk and records per-item failures
+so one bad file turns the collector `partial` instead of failing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from kata_debug.bundle import AsyncBundle, Spool
+from kata_debug.hostroot import HostRoot
+from kata_debug.redact import Redactor
+
+_CHUNK = 1 << 20
+DEFAULT_LOG_CAP = 50 * 1024 * 1024
+
+
+@dataclass
+class CollectContext:
+    """Everything a collector may depend on; nothing global."""
+
+    host: HostRoot
+    node: str
+    since: timedelta
+    now: datetime
+    redactor: Redactor
+    max_log_bytes: int = DEFAULT_LOG_CAP
+    all_runtimes: bool = False
+    command_timeout: float = 20.0
+    # Collector-specific settings (e.g. the agent-traces spool dir), by option name.
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def since_time(self) -> datetime:
+        return self.now - self.since
+
+
+@dataclass
+class ItemFailure:
+    item: str
+    reason: str
+
+
+class CollectorSkipped(Exception):
+    """Raised by a collector that does not apply to this node (status `skipped`)."""
+
+
+class CollectorOutput:
+    """A collector's view of the bundle: its own directory, redaction, failures."""
+
+    def __init__(self, collector: str, bundle: AsyncBundle, ctx: CollectContext) -> None:
+        self.collector = collector
+        self._bundle = bundle
+        self._ctx = ctx
+        self.files: list[str] = []
+        self.failures: list[ItemFailure] = []
+        self.truncated: dict[str, int] = {}
+
+    def _path(self, name: str) -> str:
+        return f"{self.collector}/{name}"
+
+    def item_failed(self, item: str, reason: str) -> None:
+        """One item could not be collected; the collector goes on and ends `partial`."""
+        self.failures.append(ItemFailure(item, reason))
+
+    async def add_bytes(self, name: str, data: bytes, *, redact: bool = True) -> None:
+        if redact:
+            data = await asyncio.to_thread(self._ctx.redactor.bytes, data)
+        await self._bundle.add_bytes(self._path(name), data)
+        self.files.append(self._path(name))
+
+    async def add_text(self, name: str, text: str, *, redact: bool = True) -> None:
+        await self.add_bytes(name, text.encode("utf-8", "surrogateescape"), redact=redact)
+
+    async def add_json(self, name: str, value: Any, *, redact: bool = True, oci: bool = False) -> None:
+        """Write JSON; with `oci=True`, env values and secret annotations are masked too."""
+        if redact:
+            value = self._ctx.redactor.json_value(value, oci=oci)
+        data = json.dumps(value, indent=2, default=str).encode() + b"\n"
+        await self.add_bytes(name, data, redact=False)
+
+    async def add_jsonl(self, name: str, rows: Sequence[Any], *, redact: bool = True) -> None:
+        if redact:
+            rows = [self._ctx.redactor.json_value(r) for r in rows]
+        data = b"".join(json.dumps(r, default=str).encode() + b"\n" for r in rows)
+        await self.add_bytes(name, data, redact=False)
+
+    async def add_host_file(
+        self,
+        name: str,
+        node_path: str | Path,
+        *,
+        max_bytes: int | None = None,
+        redact: bool = True,
+    ) -> bool:
+        """Copy a node file (resolved in the host root), keeping its newest `max_bytes`.
+
+        Returns False (and records the item as failed) when it cannot be read.
+        """
+        real = node_path if isinstance(node_path, Path) else self._ctx.host.resolve(node_path)
+        spool = Spool(max_bytes)
+        stream = self._ctx.redactor.stream() if redact else None
+
+        def _copy() -> None:
+            with open(real, "rb") as src:
+                if max_bytes is not None:
+                    # Skip what the cap would drop anyway; start on a line boundary.
+                    size = os.fstat(src.fileno()).st_size
+                    if size > max_bytes:
+                        src.seek(size - max_bytes - 1)
+                        src.readline()
+                        self.truncated[self._path(name)] = src.tell()
+                while chunk := src.read(_CHUNK):
+                    chunk += src.readline()
+                    spool.write(stream.feed(chunk) if stream else chunk)
+
+        try:
+            await asyncio.to_thread(_copy)
+        except OSError as exc:
+            spool.close()
+            self.item_failed(str(node_path), exc.strerror or str(exc))
+            return False
+        await self._add_spool(name, spool)
+        return True
+
+    async def add_command(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        max_bytes: int | None = None,
+        redact: bool = True,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> int | None:
+        """Run a command, streaming stdout to the bundle; stderr goes to `<name>.stderr`.
+
+        Returns the exit code, or None when the command does not exist. The process is
+        killed if the collector is cancelled or the timeout passes.
+        """
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+            )
+        except (FileNotFoundError, PermissionError):
+            return None
+        spool = Spool(max_bytes)
+        stream = self._ctx.redactor.stream() if redact else None
+        assert proc.stdout is not None and proc.stderr is not None
+
+        async def _pump() -> bytes:
+            pending = b""
+            while chunk := await proc.stdout.read(_CHUNK):  # type: ignore[union-attr]
+                pending += chunk
+                cut = pending.rfind(b"\n") + 1
+                if cut:
+                    block, pending = pending[:cut], pending[cut:]
+                    await asyncio.to_thread(spool.write, stream.feed(block) if stream else block)
+            if pending:
+                await asyncio.to_thread(spool.write, stream.feed(pending) if stream else pending)
+            return await proc.stderr.read()  # type: ignore[union-attr]
+
+        try:
+            err = await asyncio.wait_for(_pump(), timeout or self._ctx.command_timeout)
+            code = await proc.wait()
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            spool.close()
+            raise
+        await self._add_spool(name, spool)
+        if err.strip():
+            await self.add_bytes(f"{name}.stderr", err[-65536:], redact=redact)
+        return code
+
+    def spool(self, max_bytes: int | None = None) -> Spool:
+        """A temp file to fill (from a thread) and hand to `add_spool`."""
+        return Spool(max_bytes)
+
+    async def add_spool(self, name: str, spool: Spool) -> None:
+        await self._add_spool(name, spool)
+
+    async def _add_spool(self, name: str, spool: Spool) -> None:
+        path = self._path(name)
+        _, dropped = await self._bundle.add_spool(path, spool)
+        if dropped:
+            self.truncated[path] = self.truncated.get(path, 0) + dropped
+        self.files.append(path)
+
+
+class Collector(ABC):
+    """One kind of evidence. Subclasses set the class attributes and implement `collect`."""
+
+    #: Name on the command line (`--collector NAME`) and directory in the bundle.
+    name: ClassVar[str]
+    #: One line for `kata-debug collectors` and the README.
+    summary: ClassVar[str]
+    #: Node paths (relative to the host root) and commands this collector reads.
+    reads: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
+        """Write evidence through `out`; raise only for a failure of the whole collector."""

@@ -1,0 +1,263 @@
+"""The support bundle: a tar stream written as evidence arrives, manifest last.
+
+This is the only module that knows tar and the bundle layout. Members are written one at a
+time, in full, by a single writer thread: the compressor and file copies never run on the
+event loop, members never interleave, and an interrupted collection can still queue the
+manifest behind whatever member is being written and end with a valid archive.
+Sizes must be known before a member's header, so content of unknown length is spooled to a
+temp file first (see `Spool`), never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Callable, Literal, TypeVar
+
+import zstandard
+
+from .errors import OutputError
+
+Compression = Literal["gzip", "zstd", "none"]
+SCHEMA_VERSION = 1
+_COPY_BUF = 1 << 20
+_T = TypeVar("_T")
+
+SUFFIXES: dict[str, str] = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    size: int
+    sha256: str
+
+
+class _HashingExactReader:
+    """Feeds tarfile exactly `size` bytes, hashing them.
+
+    A live log can shrink or grow between stat and read; the header already promised
+    `size` bytes, so a short source is padded with NULs and a long one is cut, keeping the
+    archive valid either way.
+    """
+
+    def __init__(self, src: IO[bytes], size: int) -> None:
+        self._src = src
+        self._left = size
+        self.sha = hashlib.sha256()
+        self.short_by = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        want = self._left if n < 0 else min(n, self._left)
+        data = self._src.read(want) if self.short_by == 0 else b""
+        if len(data) < want:
+            self.short_by += want - len(data)
+            data += b"\0" * (want - len(data))
+        self._left -= len(data)
+        self.sha.update(data)
+        return data
+
+
+class BundleWriter:
+    """Synchronous tar writer; use through `AsyncBundle` from async code."""
+
+    def __init__(
+        self,
+        sink: BinaryIO,
+        top: str,
+        compression: Compression = "gzip",
+        level: int | None = None,
+    ) -> None:
+        self.top = top
+        self.records: list[FileRecord] = []
+        self._sink = sink
+        self._compressor: Any
+        if compression == "gzip":
+            self._compressor = gzip.GzipFile(
+                fileobj=sink, mode="wb", compresslevel=6 if level is None else level, mtime=0
+            )
+        elif compression == "zstd":
+            cctx = zstandard.ZstdCompressor(level=3 if level is None else level)
+            self._compressor = cctx.stream_writer(sink, closefd=False)
+        elif compression == "none":
+            self._compressor = sink
+        else:
+            raise ValueError(f"unknown compression {compression!r}")
+        self._compression = compression
+        self._tar = tarfile.open(
+            fileobj=self._compressor, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_COPY_BUF
+        )
+        self._tar.copybufsize = _COPY_BUF
+        self._dirs: set[str] = set()
+        self._closed = False
+
+    def _info(self, path: str, size: int, mtime: float | None, mode: int = 0o644) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(f"{self.top}/{path}")
+        info.size = size
+        info.mtime = int(time.time() if mtime is None else mtime)
+        info.mode = mode
+        info.uname = info.gname = "root"
+        return info
+
+    def _ensure_dirs(self, path: str) -> None:
+        parts = path.split("/")[:-1]
+        for i in range(0, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d in self._dirs:
+                continue
+            self._dirs.add(d)
+            info = tarfile.TarInfo(f"{self.top}/{d}".rstrip("/"))
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            info.mtime = int(time.time())
+            self._tar.addfile(info)
+
+    def add_fileobj(self, path: str, src: IO[bytes], size: int, mtime: float | None = None) -> FileRecord:
+        _check_member_path(path)
+        self._ensure_dirs(path)
+        reader = _HashingExactReader(src, size)
+        self._tar.addfile(self._info(path, size, mtime), reader)
+        record = FileRecord(path=path, size=size, sha256=reader.sha.hexdigest())
+        self.records.append(record)
+        return record
+
+    def add_bytes(self, path: str, data: bytes, mtime: float | None = None) -> FileRecord:
+        return self.add_fileobj(path, io.BytesIO(data), len(data), mtime)
+
+    def close(self, manifest: dict[str, Any]) -> None:
+        """Write `manifest.json` (with the file list) last and finish the stream."""
+        if self._closed:
+            return
+        manifest = {**manifest, "files": [asdict(r) for r in self.records]}
+        data = json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n"
+        self._ensure_dirs("manifest.json")
+        self._tar.addfile(self._info("manifest.json", len(data), None), io.BytesIO(data))
+        self._tar.close()
+        if self._compressor is not self._sink:
+            self._compressor.close() if self._compression == "gzip" else self._compressor.flush(zstandard.FLUSH_FRAME)
+        self._sink.flush()
+        self._closed = True
+
+
+def _check_member_path(path: str) -> None:
+    if path.startswith("/") or ".." in path.split("/") or not path:
+        raise ValueError(f"bad bundle member path {path!r}")
+
+
+class Spool:
+    """A temp file for content whose size is not known up front (command output, redacted text).
+
+    Keeps at most `max_bytes` of the *newest* content when asked: logs are read oldest
+    first, and the newest lines are the ones that explain a failure.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.file = tempfile.TemporaryFile(prefix="kata-debug-")
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.written += len(data)
+
+    def tail(self) -> tuple[IO[bytes], int, int]:
+        """(reader, size, bytes dropped) keeping the newest whole lines within the cap."""
+        self.file.flush()
+        total = self.written
+        start = 0
+        if self.max_bytes is not None and total > self.max_bytes:
+            start = total - self.max_bytes
+            self.file.seek(start)
+            rest = self.file.read(min(self.max_bytes, 1 << 20))
+            nl = rest.find(b"\n")
+            start += nl + 1 if nl >= 0 else 0
+        self.file.seek(start)
+        return self.file, total - start, start
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class AsyncBundle:
+    """Serialises all bundle writes on one worker thread so the event loop never blocks."""
+
+    def __init__(self, writer: BundleWriter) -> None:
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle")
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def add_bytes(self, path: str, data: bytes, mtime: float | None = None) -> FileRecord:
+        return await self.run(self.writer.add_bytes, path, data, mtime)
+
+    async def add_spool(self, path: str, spool: Spool) -> tuple[FileRecord, int]:
+        """Add a spool's (tail-capped) content; returns the record and bytes dropped."""
+
+        def _do() -> tuple[FileRecord, int]:
+            try:
+                reader, size, dropped = spool.tail()
+                return self.writer.add_fileobj(path, reader, size), dropped
+            finally:
+                spool.close()
+
+        return await self.run(_do)
+
+    async def close(self, manifest: dict[str, Any]) -> None:
+        try:
+            await self.run(self.writer.close, manifest)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+class OutputTarget:
+    """Where the bundle goes: a file written as `FILE.partial` and renamed, or stdout."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.to_stdout = path == "-"
+        self._fh: BinaryIO | None = None
+        self.partial = Path(path + ".partial") if not self.to_stdout else None
+
+    def open(self) -> BinaryIO:
+        if self.to_stdout:
+            import sys
+
+            self._fh = sys.stdout.buffer
+            return self._fh
+        assert self.partial is not None
+        parent = self.partial.parent
+        if not parent.is_dir():
+            raise OutputError(f"--output {self.path}: directory {parent} does not exist")
+        try:
+            self._fh = open(self.partial, "wb")
+        except OSError as exc:
+            raise OutputError(f"--output {self.path}: cannot write: {exc.strerror}") from None
+        return self._fh
+
+    def commit(self) -> None:
+        """Make the finished bundle visible under its real name."""
+        if self._fh is None:
+            return
+        if self.to_stdout:
+            self._fh.flush()
+            return
+        self._fh.close()
+        assert self.partial is not None
+        os.replace(self.partial, self.path)
+
+    def abandon(self) -> None:
+        if self._fh is not None and not self.to_stdout:
+            self._fh.close()

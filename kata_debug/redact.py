@@ -1,0 +1,195 @@
+"""Keep secrets out of bundles.
+
+Bundles get handed to vendors, so redaction is on by default and errs toward removing too
+much. Everything here is pure and works on bytes (logs can be gigabytes: no decoding, no
+per-line Python loop on the fast path) or on parsed JSON. Each rule counts what it removed so
+the manifest can say so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import Counter
+from typing import Any
+
+MASK = "***"
+_MASK_B = b"***"
+
+# Words that make a key name secret-looking. Matched at the end of the key name so that
+# `access_token=` and `client-key-data:` match but `token_count=` and
+# `certificate-authority-data:` do not.
+_SECRET_WORDS = (
+    r"token|password|passwd|passphrase|secret|api[_-]?key|private[_-]?key|access[_-]?key|"
+    r"client-key-data|credentials?|auth|authorization|cookie"
+)
+_SECRET_KEY_RE = re.compile(rf"(?i)(?:^|[^a-z])(?:{_SECRET_WORDS}|key)$")
+
+_TEXT_RULES: list[tuple[str, re.Pattern[bytes], bytes]] = [
+    (
+        "pem-private-key",
+        re.compile(
+            rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END [A-Z0-9 ]*PRIVATE KEY-----",
+            re.S,
+        ),
+        rb"-----BEGIN \1PRIVATE KEY-----***-----END \1PRIVATE KEY-----",
+    ),
+    (
+        "bearer-token",
+        re.compile(rb"(?i)\b(bearer)\s+(?!\*\*\*)[A-Za-z0-9\-._~+/]+=*"),
+        rb"\1 ***",
+    ),
+    (
+        "url-credentials",
+        re.compile(rb"\b([a-zA-Z][a-zA-Z0-9+.-]*://)(?!\*\*\*)[^/\s:@\"']+(?::[^/\s@\"']*)?@"),
+        rb"\1***@",
+    ),
+    (
+        "secret-value",
+        re.compile(
+            rb"(?i)(?<![a-z0-9])([a-z0-9_.-]*?(?:" + _SECRET_WORDS.encode() + rb"))"
+            rb"(\\?[\"']?\s*[:=]\s*\\?[\"']?)(?!\*\*\*)([^\s\"',}&\\]+)"
+        ),
+        rb"\1\2***",
+    ),
+]
+# Cheap test that a chunk can contain anything the rules above would touch.
+_PREFILTER = re.compile(
+    rb"(?i)-----BEGIN|bearer|://[^/\s]*@|token|passw|passphrase|secret|api.?key|private.?key|"
+    rb"access.?key|client-key|credential|auth|cookie"
+)
+_PEM_BEGIN = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+_PEM_END = re.compile(rb"-----END [A-Z0-9 ]*PRIVATE KEY-----")
+
+
+def looks_secret(key: str) -> bool:
+    """Whether a map key / annotation name suggests its value is a secret."""
+    return bool(_SECRET_KEY_RE.search(key.strip().rstrip("_-")))
+
+
+class Redactor:
+    """Applies the rules and counts, per rule, what was removed. Thread-safe counts."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(sorted(self._counts.items()))
+
+    def _count(self, rule: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self._counts[rule] += n
+
+    # -- text -------------------------------------------------------------------------
+    def bytes(self, data: bytes) -> bytes:
+        """Redact a complete text (PEM blocks must be whole inside it)."""
+        if not self.enabled or not _PREFILTER.search(data):
+            return data
+        for rule, pattern, repl in _TEXT_RULES:
+            data, n = pattern.subn(repl, data)
+            self._count(rule, n)
+        return data
+
+    def text(self, data: str) -> str:
+        return self.bytes(data.encode("utf-8", "surrogateescape")).decode(
+            "utf-8", "surrogateescape"
+        )
+
+    def stream(self) -> "StreamRedactor":
+        return StreamRedactor(self)
+
+    # -- JSON -------------------------------------------------------------------------
+    def json_value(self, value: Any, *, oci: bool = False) -> Any:
+        """Redact parsed JSON: secret-looking keys, OCI env and annotations, then text rules."""
+        if not self.enabled:
+            return value
+        return self._walk(value, oci=oci, key=None)
+
+    def _walk(self, value: Any, *, oci: bool, key: str | None) -> Any:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for k, v in value.items():
+                if oci and k == "env" and isinstance(v, list):
+                    out[k] = [self._env_entry(e) for e in v]
+                elif oci and k == "annotations" and isinstance(v, dict):
+                    out[k] = {ak: self._annotation(ak, av) for ak, av in v.items()}
+                elif isinstance(v, (str, int, float)) and not isinstance(v, bool) and looks_secret(k) and v != MASK:
+                    self._count("secret-key")
+                    out[k] = MASK
+                elif k == "env" and isinstance(v, list):
+                    out[k] = [self._k8s_env(e) for e in v]
+                else:
+                    out[k] = self._walk(v, oci=oci, key=k)
+            return out
+        if isinstance(value, list):
+            return [self._walk(v, oci=oci, key=key) for v in value]
+        if isinstance(value, str):
+            return self.text(value)
+        return value
+
+    def _env_entry(self, entry: Any) -> Any:
+        if isinstance(entry, str) and "=" in entry:
+            name, _, val = entry.partition("=")
+            if val:
+                self._count("oci-env")
+                return f"{name}={MASK}"
+        return entry
+
+    def _k8s_env(self, entry: Any) -> Any:
+        """Kubernetes `env: [{name, value}]` (pod specs, last-applied annotations)."""
+        if isinstance(entry, dict) and isinstance(entry.get("value"), str) and entry["value"]:
+            self._count("k8s-env")
+            return {**entry, "value": MASK}
+        return self._walk(entry, oci=False, key=None)
+
+    def _annotation(self, key: str, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if looks_secret(key):
+            self._count("secret-annotation")
+            return MASK
+        stripped = value.lstrip()
+        if stripped.startswith(("{", "[")):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                return self.text(value)
+            return json.dumps(self._walk(parsed, oci=False, key=key), separators=(",", ":"))
+        return self.text(value)
+
+
+class StreamRedactor:
+    """Redacts a byte stream fed in chunks that end on line boundaries.
+
+    A PEM private key can span many lines and so many chunks: while inside one, everything
+    up to its END line is dropped, so no key material survives a chunk split.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._r = redactor
+        self._in_pem = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self._r.enabled:
+            return chunk
+        if self._in_pem:
+            end = _PEM_END.search(chunk)
+            if not end:
+                return b""
+            self._in_pem = False
+            chunk = b"***" + chunk[end.start():]
+        redacted = self._r.bytes(chunk)
+        begin = None
+        for begin in _PEM_BEGIN.finditer(redacted):
+            pass
+        if begin is not None and not _PEM_END.search(redacted, begin.end()):
+            self._in_pem = True
+            self._r._count("pem-private-key")
+            return redacted[: begin.end()] + b"\n"
+        return redacted
