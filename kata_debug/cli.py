@@ -1,0 +1,187 @@
+"""Command line: parsing, progress and exit codes only; the work lives in the modules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import asdict
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import KataDebugError, UsageError
+
+app = typer.Typer(
+    name="kata-debug",
+    help="Tell Kata Containers operators what is wrong with their sandboxes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class CompressionChoice(str, Enum):
+    gzip = "gzip"
+    zstd = "zstd"
+    none = "none"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kata-debug {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Support bundles, VM sizing analysis and agent trace forwarding for Kata Containers."""
+
+
+def parse_size(text: str, option: str) -> int:
+    """`50M`, `1G`, `512K`, `1048576` -> bytes (binary units: logs are measured in MiB)."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = s[-1] if s and s[-1] in "kmg" else ""
+    try:
+        value = float(s[: len(s) - len(unit)])
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: not a size (use e.g. 50M, 1G)") from None
+    if value <= 0:
+        raise UsageError(f"{option} {text!r}: must be positive")
+    return int(value * units[unit])
+
+
+@app.command()
+def collect(
+    host_root: Path = typer.Option(Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", help="Bundle file (default ./kata-debug-<node>-<UTC time>.tar.gz); '-' = stdout."
+    ),
+    since: str = typer.Option("24h", "--since", help="How far back to read logs (30m, 24h, 7d)."),
+    collector: Optional[List[str]] = typer.Option(
+        None, "--collector", "-c", help="Run only this collector (repeatable). See `kata-debug collectors`."
+    ),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds each collector may run."),
+    deadline: Optional[float] = typer.Option(
+        None, "--deadline", help="Seconds for the whole collection; unfinished collectors are marked timeout."
+    ),
+    no_redact: bool = typer.Option(False, "--no-redact", help="Keep secrets in the bundle (prints a warning)."),
+    compression: CompressionChoice = typer.Option(CompressionChoice.gzip, "--compression"),
+    output_format: OutputFormat = typer.Option(OutputFormat.text, "--output-format", help="Summary format."),
+    all_runtimes: bool = typer.Option(False, "--all-runtimes", help="Include non-Kata containers' OCI specs."),
+    max_log_size: str = typer.Option("50M", "--max-log-size", help="Cap per log source; the newest lines are kept."),
+    node_name: Optional[str] = typer.Option(None, "--node-name", help="Node name (default: $NODE_NAME or hostname)."),
+    trace_spool_dir: str = typer.Option(
+        "/var/lib/kata-debug/traces", "--trace-spool-dir", help="Node path of the forwarder's span spool."
+    ),
+) -> None:
+    """Gather this node's Kata evidence into one support bundle."""
+    from .collect import CollectOptions, run_collection
+    from .durations import parse_duration
+    from .progress import CollectorProgress
+
+    opts = CollectOptions(
+        host_root=host_root,
+        output=output,
+        node=node_name,
+        since=parse_duration(since),
+        collectors=collector or None,
+        timeout=timeout,
+        deadline=deadline,
+        redact=not no_redact,
+        compression=compression.value,  # type: ignore[arg-type]
+        all_runtimes=all_runtimes,
+        max_log_bytes=parse_size(max_log_size, "--max-log-size"),
+        options={"trace_spool_dir": trace_spool_dir},
+    )
+    if deadline is not None and deadline <= 0:
+        raise UsageError(f"--deadline {deadline}: must be a positive number of seconds")
+    if no_redact:
+        err_console.print("[yellow]warning:[/] --no-redact: the bundle will contain secrets (env values, tokens); do not share it")
+    with CollectorProgress(enabled=output_format is OutputFormat.text) as progress:
+        result = asyncio.run(run_collection(opts, progress))
+    summary_to = sys.stderr if output == "-" else sys.stdout
+    if output_format is OutputFormat.json:
+        print(json.dumps({
+            "bundle": result.output,
+            "node": result.node,
+            "exit_code": result.exit_code,
+            "interrupted": result.interrupted,
+            "collectors": [asdict(c) for c in result.collectors],
+            "redactions": result.redactions,
+        }, indent=2), file=summary_to)
+    else:
+        _print_summary(result, Console(file=summary_to))
+    raise typer.Exit(result.exit_code)
+
+
+def _print_summary(result: "CollectResult", console: Console) -> None:  # type: ignore[name-defined]
+    table = Table(title=f"kata-debug bundle for node {result.node}", title_justify="left")
+    table.add_column("collector")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("files", justify="right")
+    table.add_column("note")
+    style = {"ok": "green", "partial": "yellow", "failed": "red", "timeout": "red", "skipped": "dim"}
+    for c in result.collectors:
+        table.add_row(
+            c.name, f"[{style[c.status]}]{c.status}[/]", f"{c.duration_s:.1f}s", str(len(c.files)), c.error or ""
+        )
+    console.print(table)
+    if result.interrupted:
+        console.print(f"[yellow]{result.interrupted}[/]: unfinished collectors are marked timeout")
+    redacted = sum(result.redactions.values())
+    console.print(f"redacted {redacted} value(s)" + (f" ({', '.join(f'{k} {v}' for k, v in result.redactions.items())})" if redacted else ""))
+    if result.output != "-":
+        console.print(f"bundle: [bold]{result.output}[/]")
+
+
+@app.command("collectors")
+def list_collectors() -> None:
+    """List the collectors and what each one reads."""
+    import collectors as registry
+
+    for name in registry.REGISTRY:
+        cls = registry.load(name)
+        typer.echo(f"{name}: {cls.summary}")
+        for r in cls.reads:
+            typer.echo(f"    reads {r}")
+
+
+def _register_commands() -> None:
+    """Commands that live in their own modules (one feature each)."""
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Entry point: every user-facing error is one line, never a traceback.
+
+    Click's standalone mode already turns usage errors into one line and exit 2; the rest
+    is ours.
+    """
+    try:
+        app()
+    except KataDebugError as exc:
+        print(f"kata-debug: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        print(f"kata-debug: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,248 @@
+"""Run collectors concurrently into one bundle, and always finish with a manifest.
+
+Each collector gets its own timeout; a failure, a timeout, SIGINT/SIGTERM or the global
+deadline turns into a manifest entry, never into a lost bundle: whatever was already written
+stays, and the manifest is queued behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import collectors as registry
+from collectors.base import CollectContext, CollectorOutput, CollectorSkipped, DEFAULT_LOG_CAP
+
+from . import __version__
+from .bundle import SCHEMA_VERSION, SUFFIXES, AsyncBundle, BundleWriter, Compression, OutputTarget
+from .errors import UsageError
+from .hostroot import HostRoot
+from .redact import Redactor
+
+Status = Literal["ok", "partial", "failed", "timeout", "skipped"]
+FAILING: frozenset[str] = frozenset({"partial", "failed", "timeout"})
+
+
+@dataclass
+class CollectOptions:
+    host_root: Path = Path("/")
+    output: str | None = None
+    node: str | None = None
+    since: timedelta = timedelta(hours=24)
+    collectors: list[str] | None = None
+    timeout: float = 60.0
+    deadline: float | None = None
+    redact: bool = True
+    compression: Compression = "gzip"
+    all_runtimes: bool = False
+    max_log_bytes: int = DEFAULT_LOG_CAP
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CollectorResult:
+    name: str
+    status: Status
+    duration_s: float
+    error: str | None
+    files: list[str]
+    items_failed: list[dict[str, str]] = field(default_factory=list)
+    truncated: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CollectResult:
+    output: str
+    node: str
+    collectors: list[CollectorResult]
+    redactions: dict[str, int]
+    interrupted: str | None
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if any(c.status in FAILING for c in self.collectors) else 0
+
+
+class Progress(Protocol):
+    def started(self, name: str) -> None: ...
+    def finished(self, result: CollectorResult) -> None: ...
+
+
+class _NoProgress:
+    def started(self, name: str) -> None:
+        pass
+
+    def finished(self, result: CollectorResult) -> None:
+        pass
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "node"
+
+
+def detect_node_name(host: HostRoot) -> str:
+    """NODE_NAME (set by the DaemonSet from spec.nodeName), else the node's hostname."""
+    if os.environ.get("NODE_NAME"):
+        return os.environ["NODE_NAME"]
+    try:
+        name = host.read_text("/etc/hostname", 256).strip()
+        if name:
+            return name
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+def validate(opts: CollectOptions) -> None:
+    if not opts.host_root.is_dir():
+        raise UsageError(f"--host-root {opts.host_root}: not a directory")
+    unknown = [c for c in opts.collectors or [] if c not in registry.REGISTRY]
+    if unknown:
+        raise UsageError(
+            f"--collector {unknown[0]}: unknown collector (choose from {', '.join(registry.REGISTRY)})"
+        )
+    if opts.timeout <= 0:
+        raise UsageError(f"--timeout {opts.timeout}: must be a positive number of seconds")
+
+
+def default_output(node: str, started: datetime, compression: Compression) -> str:
+    return f"./kata-debug-{_safe(node)}-{started.strftime('%Y%m%dT%H%M%SZ')}{SUFFIXES[compression]}"
+
+
+async def run_collection(opts: CollectOptions, progress: Progress | None = None) -> CollectResult:
+    """Collect into `opts.output`; raises UsageError/OutputError before anything is written."""
+    validate(opts)
+    progress = progress or _NoProgress()
+    host = HostRoot.at(opts.host_root)
+    node = opts.node or await asyncio.to_thread(detect_node_name, host)
+    started = datetime.now(timezone.utc)
+    top = f"kata-debug-{_safe(node)}-{started.strftime('%Y%m%dT%H%M%SZ')}"
+    output = opts.output or default_output(node, started, opts.compression)
+    target = OutputTarget(output)
+    sink = target.open()
+    redactor = Redactor(enabled=opts.redact)
+    bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
+    ctx = CollectContext(
+        host=host,
+        node=node,
+        since=opts.since,
+        now=started,
+        redactor=redactor,
+        max_log_bytes=opts.max_log_bytes,
+        all_runtimes=opts.all_runtimes,
+        options=dict(opts.options),
+    )
+    selected = opts.collectors or list(registry.REGISTRY)
+    results: dict[str, CollectorResult] = {}
+    outputs: dict[str, CollectorOutput] = {}
+    starts: dict[str, float] = {}
+
+    async def _one(name: str) -> None:
+        out = outputs[name] = CollectorOutput(name, bundle, ctx)
+        starts[name] = time.monotonic()
+        progress.started(name)
+        status: Status = "ok"
+        error: str | None = None
+        try:
+            collector = registry.load(name)()
+            await asyncio.wait_for(collector.collect(ctx, out), opts.timeout)
+            if out.failures:
+                status = "partial"
+                error = f"{len(out.failures)} item(s) failed; first: {out.failures[0].item}: {out.failures[0].reason}"
+        except CollectorSkipped as exc:
+            status, error = "skipped", str(exc)
+        except asyncio.TimeoutError:
+            status, error = "timeout", f"did not finish within --timeout {opts.timeout:g}s"
+        except Exception as exc:  # one collector never sinks the bundle
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+        results[name] = _result(name, status, error, out, starts[name])
+        progress.finished(results[name])
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reason: dict[str, str] = {}
+
+    def _on_signal(sig: signal.Signals) -> None:
+        reason.setdefault("why", f"interrupted by {sig.name}")
+        stop.set()
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, _on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    tasks = {asyncio.create_task(_one(n), name=f"collector:{n}") for n in selected}
+    stopper = asyncio.create_task(stop.wait())
+    deadline_at = None if opts.deadline is None else loop.time() + opts.deadline
+    try:
+        pending = set(tasks)
+        while pending and not stop.is_set():
+            wait_for = None if deadline_at is None else deadline_at - loop.time()
+            if wait_for is not None and wait_for <= 0:
+                reason.setdefault("why", f"global deadline of {opts.deadline:g}s reached")
+                break
+            await asyncio.wait(pending | {stopper}, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED)
+            pending = {t for t in tasks if not t.done()}
+        unfinished = [t for t in tasks if not t.done()]
+        for t in unfinished:
+            t.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+    finally:
+        stopper.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    for name in selected:
+        if name not in results:  # cancelled by signal or deadline
+            out = outputs.get(name) or CollectorOutput(name, bundle, ctx)
+            results[name] = _result(
+                name, "timeout", reason.get("why", "interrupted"), out, starts.get(name, time.monotonic())
+            )
+    ordered = [results[n] for n in selected] + [
+        CollectorResult(n, "skipped", 0.0, "not selected (--collector)", [])
+        for n in registry.REGISTRY
+        if n not in selected
+    ]
+    finished = datetime.now(timezone.utc)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "node": node,
+        "host_root": str(opts.host_root),
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "since": (started - opts.since).isoformat(),
+        "redacted": opts.redact,
+        "interrupted": reason.get("why"),
+        "collectors": [asdict(r) for r in ordered],
+        "redactions": redactor.counts,
+    }
+    try:
+        await bundle.close(manifest)
+    except BaseException:
+        target.abandon()
+        raise
+    target.commit()
+    return CollectResult(output, node, ordered, redactor.counts, reason.get("why"))
+
+
+def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorResult:
+    return CollectorResult(
+        name=name,
+        status=status,
+        duration_s=round(time.monotonic() - start, 3),
+        error=error,
+        files=list(out.files),
+        items_failed=[{"item": f.item, "reason": f.reason} for f in out.failures],
+        truncated=dict(out.truncated),
+    )
