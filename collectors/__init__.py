@@ -11,6 +11,11 @@ from .base import Collector, CollectContext, CollectorOutput, CollectorSkipped
 
 # name -> "module:Class"; imported lazily so one broken collector cannot break the CLI.
 REGISTRY: dict[str, str] = {
+    "host": "host:HostCollector",
+    "kata-config": "kata_config:KataConfigCollector",
+    "oci-specs": "oci_specs:OciSpecsCollector",
+    "sandboxes": "sandboxes:SandboxesCollector",
+    "shim-logs": "shim_logs:ShimLogsCollector",
 }
 
 

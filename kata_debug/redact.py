@@ -26,15 +26,12 @@ _SECRET_WORDS = (
 )
 _SECRET_KEY_RE = re.compile(rf"(?i)(?:^|[^a-z])(?:{_SECRET_WORDS}|key)$")
 
-_TEXT_RULES: list[tuple[str, re.Pattern[bytes], bytes]] = [
-    (
-        "pem-private-key",
-        re.compile(
-            rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END [A-Z0-9 ]*PRIVATE KEY-----",
-            re.S,
-        ),
-        rb"-----BEGIN \1PRIVATE KEY-----***-----END \1PRIVATE KEY-----",
-    ),
+_PEM = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END [A-Z0-9 ]*PRIVATE KEY-----", re.S
+)
+_PEM_REPL = rb"-----BEGIN \1PRIVATE KEY-----***-----END \1PRIVATE KEY-----"
+# Rules applied to single lines the prefilter flagged.
+_LINE_RULES: list[tuple[str, re.Pattern[bytes], bytes]] = [
     (
         "bearer-token",
         re.compile(rb"(?i)\b(bearer)\s+(?!\*\*\*)[A-Za-z0-9\-._~+/]+=*"),
@@ -54,10 +51,11 @@ _TEXT_RULES: list[tuple[str, re.Pattern[bytes], bytes]] = [
         rb"\1\2***",
     ),
 ]
-# Cheap test that a chunk can contain anything the rules above would touch.
-_PREFILTER = re.compile(
-    rb"(?i)-----BEGIN|bearer|://[^/\s]*@|token|passw|passphrase|secret|api.?key|private.?key|"
-    rb"access.?key|client-key|credential|auth|cookie"
+# Lower-case literals one of which every line a rule could touch contains. Searching for
+# literals with bytes.find runs at memory speed; a regex alternation here ran at ~7 MB/s.
+_KEYWORDS: tuple[bytes, ...] = (
+    b"bearer", b"://", b"token", b"passw", b"passp", b"secret", b"key", b"credential",
+    b"auth", b"cookie",
 )
 _PEM_BEGIN = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 _PEM_END = re.compile(rb"-----END [A-Z0-9 ]*PRIVATE KEY-----")
@@ -88,13 +86,41 @@ class Redactor:
 
     # -- text -------------------------------------------------------------------------
     def bytes(self, data: bytes) -> bytes:
-        """Redact a complete text (PEM blocks must be whole inside it)."""
-        if not self.enabled or not _PREFILTER.search(data):
+        """Redact a complete text (PEM blocks must be whole inside it).
+
+        Only lines holding a keyword go through the line rules, so clean logs cost a few
+        memory-speed scans instead of regex passes over every byte.
+        """
+        if not self.enabled:
             return data
-        for rule, pattern, repl in _TEXT_RULES:
-            data, n = pattern.subn(repl, data)
-            self._count(rule, n)
-        return data
+        if b"PRIVATE KEY-----" in data:
+            data, n = _PEM.subn(_PEM_REPL, data)
+            self._count("pem-private-key", n)
+        low = data.lower()
+        spans: set[tuple[int, int]] = set()
+        for kw in _KEYWORDS:
+            i = low.find(kw)
+            while i >= 0:
+                start = low.rfind(b"\n", 0, i) + 1
+                end = low.find(b"\n", i)
+                end = len(low) if end < 0 else end
+                spans.add((start, end))
+                i = low.find(kw, end)
+        if not spans:
+            return data
+        parts: list[bytes] = []
+        pos = 0
+        for start, end in sorted(spans):
+            line = data[start:end]
+            for rule, pattern, repl in _LINE_RULES:
+                line, n = pattern.subn(repl, line)
+                if n:
+                    self._count(rule, n)
+            parts.append(data[pos:start])
+            parts.append(line)
+            pos = end
+        parts.append(data[pos:])
+        return b"".join(parts)
 
     def text(self, data: str) -> str:
         return self.bytes(data.encode("utf-8", "surrogateescape")).decode(

@@ -1,0 +1,148 @@
+"""Host facts Kata depends on: virtualization, vsock, cgroups, kernel, memory, runtimes.
+
+Most "sandbox won't start" reports come down to one of these (no /dev/kvm, vhost_vsock not
+loaded, cgroup v1 vs v2, no hugepages), so the collector states each as a fact and lists
+what is missing instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from typing import Any
+
+from kata_debug.containerd_config import CONTAINERD_CONFIGS, runtime_handlers
+from kata_debug.hostroot import HostRoot
+
+from .base import CollectContext, Collector, CollectorOutput
+
+_MODULES = ("kvm", "kvm_intel", "kvm_amd", "vhost", "vhost_net", "vhost_vsock", "vsock",
+            "vmw_vsock_virtio_transport_common", "virtio_vsock")
+_DEVICES = ("/dev/kvm", "/dev/vhost-vsock", "/dev/vhost-net", "/dev/vsock")
+_MEMINFO_KEYS = ("MemTotal", "MemAvailable", "HugePages_Total", "HugePages_Free", "Hugepagesize", "SwapTotal")
+_FILES = ("/proc/cmdline", "/proc/version", "/etc/os-release", "/proc/meminfo", "/proc/modules",
+          "/sys/fs/cgroup/cgroup.controllers")
+
+
+def _read(host: HostRoot, path: str) -> str | None:
+    try:
+        return host.read_text(path, 1 << 20)
+    except OSError:
+        return None
+
+
+def gather_facts(host: HostRoot) -> dict[str, Any]:
+    """Blocking: read everything from the host root and interpret it."""
+    facts: dict[str, Any] = {"missing": []}
+    missing: list[str] = facts["missing"]
+    facts["kernel"] = (_read(host, "/proc/sys/kernel/osrelease") or "").strip() or None
+    facts["cmdline"] = (_read(host, "/proc/cmdline") or "").strip() or None
+    os_release = _read(host, "/etc/os-release") or ""
+    facts["os"] = next((l.split("=", 1)[1].strip('"') for l in os_release.splitlines() if l.startswith("PRETTY_NAME=")), None)
+
+    cpuinfo = _read(host, "/proc/cpuinfo") or ""
+    flags: set[str] = set()
+    cpus = 0
+    for line in cpuinfo.splitlines():
+        if line.startswith("processor"):
+            cpus += 1
+        elif line.startswith(("flags", "Features")) and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    virt = sorted(flags & {"vmx", "svm"})
+    facts["cpu"] = {"count": cpus or os.cpu_count(), "virtualization_flags": virt,
+                    "nested_hint": "hypervisor" in flags}
+    if flags and not virt:
+        missing.append("CPU virtualization flag (vmx/svm) not exposed")
+
+    devices: dict[str, Any] = {}
+    for dev in _DEVICES:
+        try:
+            st = host.resolve(dev).stat()
+            devices[dev] = {"present": True, "char_device": stat.S_ISCHR(st.st_mode),
+                            "mode": oct(st.st_mode & 0o777)}
+        except OSError:
+            devices[dev] = {"present": False}
+    facts["devices"] = devices
+    for dev in ("/dev/kvm", "/dev/vhost-vsock"):
+        if not devices[dev]["present"]:
+            missing.append(f"{dev} not present")
+
+    modules_text = _read(host, "/proc/modules")
+    loaded = {l.split()[0] for l in (modules_text or "").splitlines() if l.strip()}
+    builtin_text = _read(host, f"/lib/modules/{facts['kernel']}/modules.builtin") if facts["kernel"] else None
+    builtin = {os.path.basename(l).removesuffix(".ko").replace("-", "_") for l in (builtin_text or "").splitlines()}
+    facts["modules"] = {m: ("loaded" if m in loaded else "builtin" if m in builtin else "absent") for m in _MODULES}
+    if modules_text is None:
+        facts["modules"] = None
+        missing.append("/proc/modules not readable")
+    elif facts["modules"]["vhost_vsock"] == "absent" and not devices["/dev/vhost-vsock"]["present"]:
+        missing.append("vhost_vsock module not loaded")
+
+    if host.resolve("/sys/fs/cgroup/cgroup.controllers").exists():
+        controllers = (_read(host, "/sys/fs/cgroup/cgroup.controllers") or "").split()
+        facts["cgroup"] = {"version": 2, "controllers": controllers}
+    elif host.resolve("/sys/fs/cgroup/memory").exists():
+        facts["cgroup"] = {"version": 1, "controllers": host.listdir("/sys/fs/cgroup")}
+    else:
+        facts["cgroup"] = {"version": None}
+        missing.append("/sys/fs/cgroup not visible under the host root")
+
+    meminfo: dict[str, str] = {}
+    for line in (_read(host, "/proc/meminfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        if key in _MEMINFO_KEYS:
+            meminfo[key] = value.strip()
+    facts["memory"] = meminfo
+    facts["hugepages"] = {n: (_read(host, f"/sys/kernel/mm/hugepages/{n}/nr_hugepages") or "").strip()
+                          for n in host.listdir("/sys/kernel/mm/hugepages")}
+
+    handlers = runtime_handlers(host)
+    facts["containerd"] = {
+        "configs": [p for p in CONTAINERD_CONFIGS if host.resolve(p).is_file()],
+        "runtime_handlers": [
+            {"name": h.name, "runtime_type": h.runtime_type, "config_path": h.config_path,
+             "kata": h.kata, "source": h.source}
+            for h in handlers
+        ],
+    }
+    if not any(h.kata for h in handlers):
+        missing.append("no Kata runtime handler in the containerd config")
+    return facts
+
+
+class HostCollector(Collector):
+    name = "host"
+    summary = "kernel, cmdline, CPU virtualization, /dev/kvm and vsock devices, modules, cgroups, memory, containerd handlers"
+    reads = (*_FILES, "/proc/cpuinfo", "/proc/sys/kernel/osrelease", *_DEVICES,
+             "/sys/kernel/mm/hugepages", *CONTAINERD_CONFIGS, "containerd --version")
+
+    async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
+        facts = await asyncio.to_thread(gather_facts, ctx.host)
+        for path in ("/proc/cmdline", "/proc/version", "/etc/os-release", "/proc/meminfo"):
+            if ctx.host.resolve(path).exists():
+                await out.add_host_file("files" + path, path, max_bytes=1 << 20)
+        for path in facts["containerd"]["configs"]:
+            await out.add_host_file("files" + path, path, max_bytes=4 << 20)
+        facts["containerd"]["version"] = await self._containerd_version(ctx)
+        await out.add_json("facts.json", facts)
+
+    async def _containerd_version(self, ctx: CollectContext) -> str | None:
+        """Ask the node's containerd binary; only meaningful when it can run here."""
+        exe = next((p for p in ("/usr/bin/containerd", "/usr/local/bin/containerd") if ctx.host.resolve(p).is_file()), None)
+        if exe is None:
+            return None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(ctx.host.resolve(exe)), "--version",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError:
+            return None
+        try:
+            stdout, _ = await asyncio.wait_for(proc.communicate(), 10)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None
+        return stdout.decode(errors="replace").strip() or None

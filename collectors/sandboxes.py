@@ -1,0 +1,116 @@
+"""Kata runtime state per sandbox, and what its shim says about itself.
+
+The shim keeps state under /run/vc (Go) or /run/kata (runtime-rs) and serves `/metrics` and
+`/agent-url` on a monitor socket. A sandbox whose state exists but whose shim does not answer
+is one of the most common "stuck pod" findings, so an unreachable socket is recorded as a
+fact, not treated as a collector failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .base import CollectContext, Collector, CollectorOutput
+
+STATE_ROOTS = ("/run/vc/sbs", "/run/vc/vm", "/run/kata")
+SHARED_ROOT = "/run/kata-containers/shared/sandboxes"
+MONITOR_SOCKETS = ("/run/vc/sbs/{sid}/shim-monitor.sock", "/run/kata/{sid}/shim-monitor.sock")
+_STATE_FILES = ("persist.json", "state.json")
+MONITOR_PATHS = ("/metrics", "/agent-url")
+MONITOR_TIMEOUT = 3.0
+
+
+def _listing(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for child in sorted(path.iterdir()):
+        try:
+            st = child.lstat()
+        except OSError:
+            continue
+        kind = ("socket" if stat.S_ISSOCK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode)
+                else "symlink" if stat.S_ISLNK(st.st_mode) else "file")
+        rows.append({"name": child.name, "type": kind, "size": st.st_size if kind == "file" else None})
+    return rows
+
+
+async def scrape_monitor(socket_path: Path, timeout: float = MONITOR_TIMEOUT) -> dict[str, tuple[int, bytes] | str]:
+    """GET each monitor path over the Unix socket; value is (status, body) or an error string."""
+    results: dict[str, tuple[int, bytes] | str] = {}
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+        for path in MONITOR_PATHS:
+            try:
+                async with session.get(f"http://shim{path}") as resp:
+                    results[path] = (resp.status, await resp.content.read(4 << 20))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                results[path] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return results
+
+
+class SandboxesCollector(Collector):
+    name = "sandboxes"
+    summary = "Kata runtime state (/run/vc, /run/kata), persist.json, shim monitor /metrics and /agent-url"
+    reads = (*(f"{r}/<sid>/" for r in STATE_ROOTS), "/run/vc/sbs/<sid>/persist.json", SHARED_ROOT + "/<sid>/",
+             *(s.replace("{sid}", "<sid>") + " (HTTP GET " + ", ".join(MONITOR_PATHS) + ")" for s in MONITOR_SOCKETS))
+
+    async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
+        host = ctx.host
+        sandboxes: dict[str, dict[str, Any]] = {}
+        for root in STATE_ROOTS:
+            for sid in await asyncio.to_thread(host.listdir, root):
+                real = host.resolve(f"{root}/{sid}")
+                if not real.is_dir():
+                    continue
+                sb = sandboxes.setdefault(sid, {"id": sid, "state_dirs": {}})
+                sb["state_dirs"][root] = await asyncio.to_thread(_listing, real)
+                for name in _STATE_FILES:
+                    f = real / name
+                    if f.is_file():
+                        await self._state_file(out, f, f"{sid}/{root.strip('/').replace('/', '-')}-{name}")
+        for sid, sb in sandboxes.items():
+            sb["shared_dir"] = host.resolve(f"{SHARED_ROOT}/{sid}").is_dir()
+            sb["monitor"] = await self._monitor(ctx, out, sid)
+        await out.add_json("sandboxes.json", {
+            "count": len(sandboxes),
+            "missing": [] if sandboxes else ["no Kata sandbox state under /run/vc or /run/kata"],
+            "sandboxes": list(sandboxes.values()),
+        })
+
+    async def _state_file(self, out: CollectorOutput, path: Path, name: str) -> None:
+        try:
+            value = json.loads(await asyncio.to_thread(path.read_bytes))
+        except OSError as exc:
+            out.item_failed(str(path), exc.strerror or str(exc))
+            return
+        except ValueError as exc:
+            out.item_failed(str(path), f"malformed JSON: {exc}")
+            await out.add_host_file(f"{name}.unparsed", path, max_bytes=4 << 20)
+            return
+        await out.add_json(name, value)
+
+    async def _monitor(self, ctx: CollectContext, out: CollectorOutput, sid: str) -> dict[str, Any]:
+        for pattern in MONITOR_SOCKETS:
+            sock = ctx.host.resolve(pattern.format(sid=sid))
+            if not sock.exists():
+                continue
+            results = await scrape_monitor(sock)
+            summary: dict[str, Any] = {"socket": pattern.format(sid=sid)}
+            for path, res in results.items():
+                key = path.strip("/")
+                if isinstance(res, str):
+                    summary[key] = {"error": res}
+                    continue
+                status, body = res
+                await out.add_bytes(f"{sid}/monitor-{key}.txt", body)
+                summary[key] = {"status": status, "bytes": len(body)}
+                if key == "agent-url" and status == 200:
+                    summary["agent_url"] = body.decode(errors="replace").strip()
+            return summary
+        return {"socket": None, "error": "no shim monitor socket"}
