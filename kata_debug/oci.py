@@ -136,8 +136,9 @@ def runtime_of(bundle_dir: Path, spec: dict[str, Any] | None) -> str | None:
 
 
 def is_kata_runtime(runtime: str | None, spec: dict[str, Any] | None = None) -> bool:
-    if runtime and any(m in runtime.lower() for m in KATA_RUNTIME_MARKERS):
-        return True
+    """Decided by the runtime when it is known; Kata annotations only when it is not."""
+    if runtime:
+        return any(m in runtime.lower() for m in KATA_RUNTIME_MARKERS)
     ann = (spec or {}).get("annotations") or {}
     return any(k.startswith("io.katacontainers.") for k in ann)
 
