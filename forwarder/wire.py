@@ -80,10 +80,12 @@ class DecodeError(ValueError):
 class FrameTooLarge(DecodeError):
     """A frame header announcing more than the configured maximum: the stream cannot be trusted."""
 
-    def __init__(self, length: int, limit: int) -> None:
+    def __init__(self, length: int, limit: int, frames: list[bytes] | None = None) -> None:
         super().__init__(f"frame length {length} exceeds the {limit}-byte limit")
         self.length = length
         self.limit = limit
+        #: Complete frames that arrived before the bad header, in the same chunk.
+        self.frames: list[bytes] = frames or []
 
 
 @dataclass(slots=True)
@@ -150,7 +152,11 @@ class FrameReader:
         self.frames = 0
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return the payloads of every frame now complete."""
+        """Add received bytes; return the payloads of every frame now complete.
+
+        On a header above the limit, raises `FrameTooLarge` carrying the complete frames
+        that preceded it (they are good and must not be lost with the connection).
+        """
         buf = self._buf
         buf += data
         out: list[bytes] = []
@@ -163,7 +169,7 @@ class FrameReader:
             if length > limit:
                 del buf[:pos]
                 self.frames += len(out)
-                raise FrameTooLarge(length, limit)
+                raise FrameTooLarge(length, limit, out)
             end = pos + HEADER_SIZE + length
             if end > size:
                 break

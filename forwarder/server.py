@@ -1,0 +1,376 @@
+"""The forwarder: listeners -> frame reader -> decoder -> per-sink bounded queues -> exporters.
+
+Library API (the `forward` and `node-agent` commands are thin layers over it):
+
+    fwd = Forwarder(ForwarderConfig(listen=["discover", "vsock://any:10240"],
+                                    exports=[parse_export("file:///spool/spans.jsonl")]))
+    task = asyncio.create_task(fwd.run())   # returns after stop() and the final flush
+    ...
+    fwd.stop()
+
+Bad input never takes the forwarder down: an oversized frame header closes that one
+connection (nothing is allocated for it), an undecodable payload is skipped and counted and
+the connection goes on, a truncated frame at EOF is counted. A listener that cannot be opened
+is reported and, unless `require_all_listeners` is set, the others carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from kata_debug.hostroot import HostRoot
+
+from .discovery import CidResolver, IdentityResolver, SandboxSocket, SandboxWatcher, default_host_name
+from .exporters import ExportTarget, Origin, SpanSink, make_sink
+from .listeners import (
+    Listener,
+    ListenerError,
+    ListenSpec,
+    Peer,
+    TRACE_PORT,
+    hvsock_listen_path,
+    open_tcp,
+    open_unix,
+    open_vsock,
+    parse_listen,
+)
+from .pipeline import ExportPipeline
+from .wire import DEFAULT_MAX_FRAME_BYTES, DecodeError, FormatSniffer, FrameReader, FrameTooLarge
+
+log = logging.getLogger("kata_debug.forwarder")
+
+_READ_CHUNK = 256 * 1024
+_ERRORS_LOGGED_PER_CONNECTION = 10
+
+
+@dataclass
+class ForwarderConfig:
+    """Everything a forwarder needs; no globals, no environment reads."""
+
+    listen: Sequence[str] = ("vsock://any:10240",)
+    exports: Sequence[ExportTarget] = ()
+    #: Ready-made sinks, in addition to `exports` (tests, embedding).
+    sinks: Sequence[SpanSink] = ()
+    format: str = "auto"
+    service_name: str = "kata-agent"
+    host_root: str = "/"
+    node_name: str | None = None
+    host_name: str | None = None  # None: the node's /etc/hostname
+    queue_size: int = 10_000
+    batch_size: int = 512
+    batch_delay: float = 0.2
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    shutdown_timeout: float = 10.0
+    stats_interval: float = 60.0
+    discover_interval: float = 0.5
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    #: Fail `run()` when any listener cannot be opened (else: log it and go on).
+    require_all_listeners: bool = False
+
+
+@dataclass
+class ForwarderStats:
+    connections: int = 0
+    open_connections: int = 0
+    frames: int = 0
+    spans: int = 0
+    decode_errors: int = 0
+    oversized_frames: int = 0
+    truncated_frames: int = 0
+    listeners: int = 0
+    per_exporter: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        exp = " ".join(
+            f"[{name}: exported={s.exported} dropped={s.dropped} failed_exports={s.failed_exports} queued={q}]"
+            for name, (s, q) in self.per_exporter.items()
+        )
+        return (
+            f"connections={self.connections} open={self.open_connections} frames={self.frames} "
+            f"spans={self.spans} decode_errors={self.decode_errors} oversized_frames={self.oversized_frames} "
+            f"truncated_frames={self.truncated_frames} {exp}"
+        ).rstrip()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connections": self.connections,
+            "frames": self.frames,
+            "spans": self.spans,
+            "decode_errors": self.decode_errors,
+            "oversized_frames": self.oversized_frames,
+            "truncated_frames": self.truncated_frames,
+            "exporters": {
+                name: {"exported": s.exported, "dropped": s.dropped, "failed_exports": s.failed_exports, "queued": q}
+                for name, (s, q) in self.per_exporter.items()
+            },
+        }
+
+
+class ForwarderError(Exception):
+    """The forwarder cannot run at all (no listener could be opened, bad config)."""
+
+
+class Forwarder:
+    def __init__(self, config: ForwarderConfig) -> None:
+        self.config = config
+        self.host = HostRoot.at(config.host_root)
+        self.specs: list[ListenSpec] = [parse_listen(u) for u in config.listen]
+        sinks: list[SpanSink] = [make_sink(t) for t in config.exports] + list(config.sinks)
+        if not sinks:
+            raise ForwarderError("no exporter configured")
+        self.pipelines = [
+            ExportPipeline(
+                s,
+                queue_size=config.queue_size,
+                batch_size=config.batch_size,
+                batch_delay=config.batch_delay,
+                retry_initial=config.retry_initial,
+                retry_max=config.retry_max,
+            )
+            for s in sinks
+        ]
+        host_name = config.host_name if config.host_name is not None else default_host_name(self.host)
+        self.identities = IdentityResolver(self.host, node_name=config.node_name, host_name=host_name)
+        self.cids = CidResolver(self.host)
+        self._base = (("service.name", config.service_name),)
+        self._stats = ForwarderStats()
+        self._listeners: list[Listener] = []
+        self._sandbox_listeners: dict[str, Listener] = {}
+        self._connections: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._started = asyncio.Event()
+        self._accepting = True
+        self.listener_errors: list[str] = []
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def stats(self) -> ForwarderStats:
+        s = self._stats
+        s.listeners = len(self._listeners) + len(self._sandbox_listeners)
+        s.per_exporter = {p.name: (p.stats, len(p)) for p in self.pipelines}
+        return s
+
+    @property
+    def listeners(self) -> list[Listener]:
+        return list(self._listeners) + list(self._sandbox_listeners.values())
+
+    async def wait_started(self) -> None:
+        """Returns once every configured listener was opened (or reported as failed)."""
+        await self._started.wait()
+
+    def stop(self) -> None:
+        """Ask `run()` to stop accepting, flush within the shutdown timeout and return."""
+        self._stop.set()
+
+    async def run(self) -> ForwarderStats:
+        workers = [asyncio.create_task(p.run(), name=f"export {p.name}") for p in self.pipelines]
+        background: list[asyncio.Task[None]] = []
+        try:
+            for spec in self.specs:
+                if spec.kind == "discover":
+                    background.append(asyncio.create_task(self._discover(), name="discover"))
+                    continue
+                try:
+                    self._listeners.append(await self._open(spec))
+                    log.info("listening on %s", spec.uri)
+                except ListenerError as exc:
+                    self.listener_errors.append(str(exc))
+                    log.warning("cannot listen on %s: %s", spec.uri, exc)
+                    if self.config.require_all_listeners:
+                        raise ForwarderError(str(exc)) from None
+            if not self._listeners and not background:
+                raise ForwarderError("no listener could be opened: " + "; ".join(self.listener_errors))
+            self._started.set()
+            if self.config.stats_interval > 0:
+                background.append(asyncio.create_task(self._report(), name="stats"))
+            await self._stop.wait()
+        finally:
+            self._started.set()
+            self._accepting = False
+            for t in background:
+                t.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._shutdown(workers)
+        return self.stats
+
+    # ------------------------------------------------------------------ internals
+
+    async def _open(self, spec: ListenSpec) -> Listener:
+        if spec.kind == "vsock":
+            assert spec.cid is not None and spec.port is not None
+            return await open_vsock(spec.cid, spec.port, spec.uri, self._serve, self.cids)
+        if spec.kind == "hvsock":
+            assert spec.path is not None and spec.port is not None
+            path = Path(hvsock_listen_path(self.host.resolve(spec.path), spec.port))
+            return await open_unix(path, spec.uri, self._serve, Peer(spec.uri, spec.sandbox_id))
+        if spec.kind == "unix":
+            assert spec.path is not None
+            return await open_unix(Path(spec.path), spec.uri, self._serve, Peer(spec.uri, spec.sandbox_id))
+        if spec.kind == "tcp":
+            assert spec.host is not None and spec.port is not None
+            return await open_tcp(spec.host, spec.port, spec.uri, self._serve, Peer(spec.uri, spec.sandbox_id))
+        raise ListenerError(f"{spec.uri}: not a socket listener")
+
+    async def _discover(self) -> None:
+        watcher = SandboxWatcher(self.host, self.config.discover_interval)
+        try:
+            async for change, sb in watcher.changes():
+                if change == "added":
+                    await self._attach(sb)
+                else:
+                    await self._detach(sb)
+        finally:
+            for path in list(self._sandbox_listeners):
+                listener = self._sandbox_listeners.pop(path)
+                await listener.close()
+
+    async def _attach(self, sb: SandboxSocket) -> None:
+        path = Path(hvsock_listen_path(self.host.resolve(sb.node_path), TRACE_PORT))
+        desc = f"hvsock://{sb.node_path}"
+        try:
+            listener = await open_unix(path, desc, self._serve, Peer(desc, sb.sandbox_id))
+        except ListenerError as exc:
+            log.warning("sandbox=%s: cannot attach trace listener: %s", sb.sandbox_id, exc)
+            return
+        self._sandbox_listeners[sb.node_path] = listener
+        log.info("sandbox=%s: attached %s listener on %s_%d", sb.sandbox_id, sb.hypervisor, sb.node_path, TRACE_PORT)
+
+    async def _detach(self, sb: SandboxSocket) -> None:
+        listener = self._sandbox_listeners.pop(sb.node_path, None)
+        if listener is not None:
+            await listener.close()
+            log.info("sandbox=%s: gone; detached its trace listener", sb.sandbox_id)
+        self.identities.forget(sb.sandbox_id)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
+        if not self._accepting:
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        st = self._stats
+        st.connections += 1
+        st.open_connections += 1
+        who = f"sandbox={peer.sandbox_id or 'unknown'}" + (f" cid={peer.cid}" if peer.cid is not None else "")
+        try:
+            identity = await self.identities.identity(peer.sandbox_id)
+            if peer.sandbox_id is None and peer.cid is not None:
+                identity = identity + (("kata.vsock.cid", peer.cid),)
+            origin = Origin.make(peer.sandbox_id, peer.source, self._base, identity)
+            log.info("%s: trace stream connected via %s", who, peer.source)
+            await self._read_stream(reader, origin, who)
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, OSError) as exc:
+            log.warning("%s: connection error: %s", who, exc)
+        finally:
+            st.open_connections -= 1
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _read_stream(self, reader: asyncio.StreamReader, origin: Origin, who: str) -> None:
+        st = self._stats
+        frames = FrameReader(self.config.max_frame_bytes)
+        sniffer = FormatSniffer(self.config.format)
+        puts = [p.put for p in self.pipelines]
+        errors_logged = 0
+        conn_errors = 0
+        while True:
+            data = await reader.read(_READ_CHUNK)
+            if not data:
+                break
+            too_large: FrameTooLarge | None = None
+            try:
+                payloads = frames.feed(data)
+            except FrameTooLarge as exc:
+                too_large, payloads = exc, exc.frames
+            for payload in payloads:
+                st.frames += 1
+                try:
+                    span = sniffer.decode(payload)
+                except DecodeError as exc:
+                    st.decode_errors += 1
+                    conn_errors += 1
+                    if errors_logged < _ERRORS_LOGGED_PER_CONNECTION:
+                        errors_logged += 1
+                        log.warning(
+                            "%s: skipping undecodable frame of %d bytes (format %s): %s%s",
+                            who,
+                            len(payload),
+                            sniffer.settled or self.config.format,
+                            exc,
+                            "; further errors on this connection are only counted"
+                            if errors_logged == _ERRORS_LOGGED_PER_CONNECTION
+                            else "",
+                        )
+                    continue
+                st.spans += 1
+                item = (span, origin)
+                for put in puts:
+                    put(item)
+            if too_large is not None:
+                st.oversized_frames += 1
+                log.warning("%s: closing connection: %s (--max-frame-bytes)", who, too_large)
+                return
+        if frames.pending:
+            st.truncated_frames += 1
+            announced = frames.pending_header()
+            log.warning(
+                "%s: stream ended inside a frame (%d bytes held%s)",
+                who,
+                frames.pending,
+                f", {announced} announced" if announced is not None else ", header incomplete",
+            )
+        log.info(
+            "%s: trace stream closed (%d frames, %d undecodable, format %s)",
+            who,
+            frames.frames,
+            conn_errors,
+            sniffer.settled or "unknown",
+        )
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval)
+            log.info("counters: %s", self.stats.line())
+
+    async def _shutdown(self, workers: list[asyncio.Task[None]]) -> None:
+        for listener in self._listeners:
+            await listener.close()
+        for path in list(self._sandbox_listeners):
+            await self._sandbox_listeners.pop(path).close()
+        conns = list(self._connections)
+        for t in conns:
+            t.cancel()
+        await asyncio.gather(*conns, return_exceptions=True)
+        for p in self.pipelines:
+            p.close()
+        deadline = time.monotonic() + max(0.0, self.config.shutdown_timeout)
+        pending = set(workers)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        for p, w in zip(self.pipelines, workers):
+            if w in pending:
+                w.cancel()
+                left = p.abandon()
+                log.warning(
+                    "exporter %s: shutdown timeout (%.1fs) passed; %d spans not delivered",
+                    p.name,
+                    self.config.shutdown_timeout,
+                    left,
+                )
+            else:
+                p.finish()
+        await asyncio.gather(*workers, return_exceptions=True)
+        log.info("final counters: %s", self.stats.line())
