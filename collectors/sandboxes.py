@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ MONITOR_SOCKETS = ("/run/vc/sbs/{sid}/shim-monitor.sock", "/run/kata/{sid}/shim-
 _STATE_FILES = ("persist.json", "state.json")
 MONITOR_PATHS = ("/metrics", "/agent-url")
 MONITOR_TIMEOUT = 3.0
+_SUN_PATH_MAX = 100
 
 
 def _listing(path: Path) -> list[dict[str, Any]]:
@@ -39,18 +41,34 @@ def _listing(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def short_unix_path(path: Path) -> tuple[str, int | None]:
+    """A connectable name for a Unix socket, and a dir fd to close afterwards (or None).
+
+    sun_path holds 108 bytes; a deep host root can push a socket past that, so such a
+    socket is reached through a short /proc/self/fd alias of its directory.
+    """
+    if len(str(path).encode()) <= _SUN_PATH_MAX:
+        return str(path), None
+    dirfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    return f"/proc/self/fd/{dirfd}/{path.name}", dirfd
+
+
 async def scrape_monitor(socket_path: Path, timeout: float = MONITOR_TIMEOUT) -> dict[str, tuple[int, bytes] | str]:
     """GET each monitor path over the Unix socket; value is (status, body) or an error string."""
     results: dict[str, tuple[int, bytes] | str] = {}
-    connector = aiohttp.UnixConnector(path=str(socket_path))
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
-    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
-        for path in MONITOR_PATHS:
-            try:
-                async with session.get(f"http://shim{path}") as resp:
-                    results[path] = (resp.status, await resp.content.read(4 << 20))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                results[path] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    address, dirfd = short_unix_path(socket_path)
+    try:
+        connector = aiohttp.UnixConnector(path=address)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            for path in MONITOR_PATHS:
+                try:
+                    async with session.get(f"http://shim{path}") as resp:
+                        results[path] = (resp.status, await resp.content.read(4 << 20))
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    results[path] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
     return results
 
 

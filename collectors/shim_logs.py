@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,7 +36,7 @@ LOG_FILES = (
 )
 _BATCH = 1 << 20
 _MAX_SANDBOXES = 512
-_SANDBOX_KEYS = (b"sandbox=", b'"sandbox":', b"kata-runtime")
+_SANDBOX_FIELD = re.compile(rb'sandbox="?([A-Za-z0-9][A-Za-z0-9_.-]*)')
 
 
 @dataclass
@@ -46,14 +47,14 @@ class PerSandbox:
     spools: dict[str, Spool] = field(default_factory=dict)
     overflow: int = 0
 
-    def write(self, sid: str, line: bytes) -> None:
+    def write(self, sid: str, lines: bytes) -> None:
         spool = self.spools.get(sid)
         if spool is None:
             if len(self.spools) >= _MAX_SANDBOXES:
                 self.overflow += 1
                 return
             spool = self.spools[sid] = Spool(self.cap)
-        spool.write(line if line.endswith(b"\n") else line + b"\n")
+        spool.write(lines if lines.endswith(b"\n") else lines + b"\n")
 
 
 @dataclass
@@ -140,21 +141,29 @@ def _copy_file(path: str, real_path: str, cap: int, out_spool: Spool, per_sandbo
 
 
 def _sandbox_lines(chunk: bytes, per_sandbox: PerSandbox) -> None:
-    """Find lines naming a sandbox with memory-speed searches, parse only those."""
-    seen: set[int] = set()
-    for key in _SANDBOX_KEYS:
-        i = chunk.find(key)
-        while i >= 0:
-            start = chunk.rfind(b"\n", 0, i) + 1
-            end = chunk.find(b"\n", i)
-            end = len(chunk) if end < 0 else end
-            if start not in seen:
-                seen.add(start)
-                line = chunk[start:end]
+    """Gather lines naming a sandbox, grouped per sandbox, one write per group.
+
+    Go shim lines carry `sandbox=<id>`: a literal-prefixed regex finds those at C speed.
+    Only chunks with runtime-rs/JSON shapes pay for the full line parser.
+    """
+    groups: dict[bytes, list[bytes]] = {}
+    last = -1
+    for m in _SANDBOX_FIELD.finditer(chunk):
+        start = chunk.rfind(b"\n", 0, m.start()) + 1
+        if start == last:
+            continue
+        last = start
+        end = chunk.find(b"\n", m.end())
+        end = len(chunk) if end < 0 else end + 1
+        groups.setdefault(m.group(1), []).append(chunk[start:end])
+    if b"kata-runtime" in chunk or b'"sandbox"' in chunk:
+        for line in chunk.splitlines(keepends=True):
+            if b"sandbox=" not in line and (b"kata-runtime" in line or b'"sandbox"' in line):
                 sid = sandbox_of(parse_line(line.decode("utf-8", "replace")))
                 if sid:
-                    per_sandbox.write(sid, line)
-            i = chunk.find(key, end)
+                    groups.setdefault(sid.encode(), []).append(line)
+    for sid, lines in groups.items():
+        per_sandbox.write(sid.decode("utf-8", "replace"), b"".join(lines))
 
 
 class ShimLogsCollector(Collector):
@@ -173,6 +182,8 @@ class ShimLogsCollector(Collector):
             else:
                 for ident in IDENTIFIERS:
                     sources.append(await self._journal(ctx, out, ident, per_sandbox))
+            # One file at a time: the bundle writer compresses file N while file N+1 is
+            # redacted and split, which keeps both cores busy.
             for path in LOG_FILES:
                 real = ctx.host.resolve(path)
                 if real.is_file():

@@ -19,7 +19,8 @@ import os
 import tarfile
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Literal, TypeVar
@@ -32,6 +33,11 @@ Compression = Literal["gzip", "zstd", "none"]
 SCHEMA_VERSION = 1
 _COPY_BUF = 1 << 20
 _T = TypeVar("_T")
+
+# zlib level 3 deflates text logs ~2x faster than gzip's default 6 for ~15% larger
+# output; with the per-block parallel compressor a bundle is written at least as fast as
+# `tar czf` of the same files (bench/bundle.py).
+GZIP_LEVEL = 3
 
 SUFFIXES: dict[str, str] = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
 
@@ -71,33 +77,62 @@ class _HashingExactReader:
 
 
 class _GzipMembers:
-    """A gzip stream written as a series of gzip members, one per compression level.
+    """A gzip stream written as a series of gzip members, compressed on several cores.
 
     RFC 1952 allows members to be concatenated and every reader (gzip, tar, Python's
-    gzip module) inflates them as one stream. Switching to level 0 for content that is
-    already compressed (node bundles inside a cluster bundle) stores it at memcpy speed
-    instead of spending ~30 MB/s of CPU deflating incompressible bytes again.
+    gzip module) inflates them as one stream. That lets each 1 MiB block be deflated on
+    its own worker thread (zlib releases the GIL), pigz-style, while the collectors keep
+    the other core busy; blocks are written out in order and at most `2 * workers` are in
+    flight, so memory stays flat. `set_level(0)` stores already-compressed content (node
+    bundles inside a cluster bundle) at memcpy speed instead of deflating it again.
     """
 
-    def __init__(self, sink: BinaryIO, level: int) -> None:
+    BLOCK = 1 << 20
+
+    def __init__(self, sink: BinaryIO, level: int, workers: int | None = None) -> None:
         self._sink = sink
         self.level = level
-        self._gz = self._open(level)
-
-    def _open(self, level: int) -> gzip.GzipFile:
-        return gzip.GzipFile(fileobj=self._sink, mode="wb", compresslevel=level, mtime=0)
+        self._workers = max(1, min(4, workers or os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="gzip")
+        self._pending: deque[Future[bytes]] = deque()
+        self._buf: list[bytes] = []
+        self._buffered = 0
 
     def write(self, data: bytes) -> int:
-        return self._gz.write(data)
+        self._buf.append(bytes(data))
+        self._buffered += len(data)
+        if self._buffered >= self.BLOCK:
+            self._submit()
+        return len(data)
+
+    def _submit(self) -> None:
+        if not self._buffered:
+            return
+        block = b"".join(self._buf)
+        self._buf, self._buffered = [], 0
+        self._pending.append(self._pool.submit(gzip.compress, block, self.level, mtime=0))
+        while len(self._pending) > 2 * self._workers:
+            self._sink.write(self._pending.popleft().result())
+
+    def _drain(self) -> None:
+        self._submit()
+        while self._pending:
+            self._sink.write(self._pending.popleft().result())
 
     def set_level(self, level: int) -> None:
         if level != self.level:
-            self._gz.close()  # ends this member; does not close the sink
-            self._gz = self._open(level)
+            self._submit()  # what is buffered belongs to the old level
             self.level = level
 
+    def flush(self) -> None:
+        self._drain()
+        self._sink.flush()
+
     def close(self) -> None:
-        self._gz.close()
+        try:
+            self._drain()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 class BundleWriter:
@@ -115,7 +150,7 @@ class BundleWriter:
         self._sink = sink
         self._compressor: Any
         if compression == "gzip":
-            self._compressor = _GzipMembers(sink, 6 if level is None else level)
+            self._compressor = _GzipMembers(sink, GZIP_LEVEL if level is None else level)
         elif compression == "zstd":
             cctx = zstandard.ZstdCompressor(level=3 if level is None else level)
             self._compressor = cctx.stream_writer(sink, closefd=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from collectors.sandboxes import short_unix_path
 from kata_debug.collect import CollectOptions, run_collection
 from tests.bundles import read_bundle
 from tests.conftest import REPO, kata_debug
@@ -75,8 +76,8 @@ async def test_malformed_config_json_is_a_failed_item_and_the_rest_is_collected(
     assert "oci-specs/containerd/k8s.io/ctr0123456789/config.json" in bundle.members
 
 
-async def test_shim_monitor_socket_is_scraped(tmp_path: Path) -> None:
-    root = kata_node(tmp_path / "host")
+async def test_shim_monitor_socket_is_scraped_even_past_sun_path_length(tmp_path: Path) -> None:
+    root = kata_node(tmp_path / ("deep-host-root-" * 4))
     sock = root / "run/vc/sbs/sb0123456789/shim-monitor.sock"
     app = web.Application()
 
@@ -90,7 +91,8 @@ async def test_shim_monitor_socket_is_scraped(tmp_path: Path) -> None:
     app.router.add_get("/agent-url", agent_url)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.UnixSite(runner, str(sock)).start()
+    assert len(str(sock)) > 108  # the long-path route
+    await web.SockSite(runner, bind_unix(sock)).start()
     try:
         _, bundle = await _collect(root, tmp_path / "b.tar.gz", collectors=["sandboxes"])
     finally:
@@ -122,12 +124,22 @@ async def test_symlinks_in_the_host_root_never_lead_outside_it(tmp_path: Path) -
     assert b"9999" not in b"".join(bundle.members.values())
 
 
-def _hanging_socket(path: Path) -> socket.socket:
-    """A shim monitor that accepts connections and never answers (a wedged shim)."""
+def bind_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at `path`, however deep (via a /proc/self/fd alias)."""
+    address, dirfd = short_unix_path(path)
     s = socket.socket(socket.AF_UNIX)
-    s.bind(str(path))
+    try:
+        s.bind(address)
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
     s.listen(16)
     return s
+
+
+def _hanging_socket(path: Path) -> socket.socket:
+    """A shim monitor that accepts connections and never answers (a wedged shim)."""
+    return bind_unix(path)
 
 
 async def test_a_hanging_collector_times_out_and_the_bundle_is_still_complete(tmp_path: Path) -> None:
@@ -159,7 +171,11 @@ def test_sigint_mid_collection_still_ends_in_a_valid_bundle(tmp_path: Path) -> N
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        time.sleep(1.5)
+        partial = Path(str(out) + ".partial")
+        deadline = time.monotonic() + 30
+        while not partial.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # collectors are running; `sandboxes` is stuck on the monitor
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:

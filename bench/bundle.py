@@ -1,0 +1,138 @@
+"""Benchmark `kata-debug collect`: peak RSS and throughput vs `tar czf` of the same files.
+
+Builds a synthetic Kata node (N task bundles, M MiB of shim/containerd logs in the log-file
+locations the shim-logs collector reads), then times, in the same run:
+  * `tar czf` of exactly the collected inputs (the baseline), and
+  * `kata-debug collect` (gzip, redaction on, log cap above the input so everything is read).
+Targets: peak RSS < 150 MiB at 100 MiB and 1 GiB of input; throughput >= 0.8x tar czf.
+
+    python bench/bundle.py                  # 100 MiB and 1 GiB, 200 bundles
+    python bench/bundle.py --sizes 100 --bundles 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from collectors.shim_logs import LOG_FILES  # noqa: E402
+from tests.hostroots import kata_node, add_task, oci_spec  # noqa: E402
+
+
+def _log_block(rng: random.Random, sandboxes: list[str], size: int) -> bytes:
+    subsystems = ["sandbox", "qemu", "kata_agent", "virtiofsd", "cgroups", "hypervisor"]
+    lines = []
+    total = 0
+    while total < size:
+        sid = rng.choice(sandboxes)
+        n = rng.randrange(1_000_000)
+        if rng.random() < 0.7:
+            line = (f'time="2026-11-28T10:{n % 60:02d}:{n % 59:02d}.{n:06d}Z" level=debug msg="reading guest console" '
+                    f'pid={1000 + n % 5000} sandbox={sid} source=virtcontainers subsystem={rng.choice(subsystems)} '
+                    f'vmconsole="[ {n / 1000:.6f}] virtio_blk virtio{n % 8}: [vd{chr(97 + n % 26)}] {n * 512} 512-byte logical blocks"\n')
+        else:
+            line = (f'time="2026-11-28T10:{n % 60:02d}:{n % 59:02d}.{n:06d}Z" level=info msg="container started" '
+                    f'id={rng.getrandbits(128):032x} namespace=k8s.io runtime=io.containerd.kata.v2 pid={n}\n')
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()
+
+
+def build_node(root: Path, bundles: int, log_mib: int) -> list[Path]:
+    """Returns the input paths (relative to root) that both tools archive."""
+    kata_node(root, "sb-bench-0")
+    rng = random.Random(42)
+    sandboxes = [f"{rng.getrandbits(256):064x}" for _ in range(max(1, bundles // 4))]
+    for i in range(bundles):
+        sid = sandboxes[i % len(sandboxes)]
+        add_task(root, "k8s.io", f"c{i:05d}{sid[:16]}", oci_spec(
+            ctype="container", sandbox_id=sid, quota=50000 + i, memory=(256 + i) * 2**20,
+            env=[f"VAR_{j}=value-{j}" for j in range(20)]))
+    block = _log_block(rng, sandboxes, 4 << 20)
+    files = LOG_FILES[:4]
+    per_file = (log_mib << 20) // len(files)
+    for rel in files:
+        path = root / rel.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            written = 0
+            while written < per_file:
+                chunk = block[: per_file - written]
+                fh.write(chunk)
+                written += len(chunk)
+    return [Path("run/containerd"), *(Path(f.lstrip("/")) for f in files)]
+
+
+def _run_measured(argv: list[str], cwd: Path | None = None) -> tuple[float, int, int]:
+    """(seconds, peak RSS bytes of the child, exit code) via wait4's rusage."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 3):
+        sys.stderr.write(proc.stderr.read().decode() if proc.stderr else "")
+    return elapsed, usage.ru_maxrss * 1024, code
+
+
+def bench(size_mib: int, bundles: int, workdir: Path) -> dict[str, float]:
+    root = workdir / f"host-{size_mib}"
+    inputs = build_node(root, bundles, size_mib)
+    input_bytes = sum(p.stat().st_size for rel in inputs for p in (root / rel).rglob("*") if p.is_file()) if False else \
+        sum(f.stat().st_size for rel in inputs for f in ([root / rel] if (root / rel).is_file() else (root / rel).rglob("*")) if f.is_file())
+    tar_s, _, _ = _run_measured(["tar", "czf", str(workdir / "baseline.tar.gz"), *map(str, inputs)], cwd=root)
+    out = workdir / "bundle.tar.gz"
+    kd_s, rss, code = _run_measured([
+        sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "--output", str(out),
+        "--collector", "oci-specs", "--collector", "shim-logs", "--all-runtimes",
+        "--max-log-size", f"{size_mib + 64}M", "--timeout", "3600", "--output-format", "json",
+    ])
+    shutil.rmtree(root)
+    result = {
+        "input_mib": round(input_bytes / 2**20, 1),
+        "tar_czf_s": round(tar_s, 2),
+        "tar_czf_mb_s": round(input_bytes / tar_s / 1e6, 1),
+        "kata_debug_s": round(kd_s, 2),
+        "kata_debug_mb_s": round(input_bytes / kd_s / 1e6, 1),
+        "throughput_ratio": round(tar_s / kd_s, 2),
+        "peak_rss_mib": round(rss / 2**20, 1),
+        "bundle_mib": round(out.stat().st_size / 2**20, 1),
+        "baseline_mib": round((workdir / "baseline.tar.gz").stat().st_size / 2**20, 1),
+        "exit_code": code,
+    }
+    out.unlink()
+    (workdir / "baseline.tar.gz").unlink()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1024], help="MiB of logs per run")
+    ap.add_argument("--bundles", type=int, default=200, help="container bundles on the node")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kata-debug-bench-") as tmp:
+        for size in args.sizes:
+            r = bench(size, args.bundles, Path(tmp))
+            ok_rss = r["peak_rss_mib"] < 150
+            ok_tp = r["throughput_ratio"] >= 0.8
+            print(f"{r['input_mib']:>7} MiB in: tar czf {r['tar_czf_s']:>6}s ({r['tar_czf_mb_s']} MB/s) | "
+                  f"kata-debug {r['kata_debug_s']:>6}s ({r['kata_debug_mb_s']} MB/s) | ratio {r['throughput_ratio']} "
+                  f"[{'ok' if ok_tp else 'BELOW 0.8'}] | peak RSS {r['peak_rss_mib']} MiB [{'ok' if ok_rss else 'OVER 150'}]")
+            print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
