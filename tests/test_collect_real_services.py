@@ -101,3 +101,26 @@ def test_shim_logs_from_the_journal_are_split_per_sandbox_and_redacted(journald:
     summary = bundle.json("shim-logs/summary.json")
     assert sid in summary["sandboxes"]
     assert any(s["source"] == "journal:kata" and s["lines"] >= 4 for s in summary["sources"])
+
+
+def test_shim_logs_read_the_journal_of_the_host_root_not_the_collectors_own(journald: None, tmp_path: Path) -> None:
+    """In the DaemonSet the node's journal is under /host; journalctl must read that one."""
+    sid = uuid.uuid4().hex
+    line = f'time="2026-11-28T00:00:01Z" level=warning msg="vcpu hotplug failed" pid=7 sandbox={sid} source=virtcontainers'
+    subprocess.run(["systemd-cat", "-t", "kata"], input=line.encode() + b"\n", check=True, timeout=10)
+    subprocess.run(["journalctl", "--sync"], capture_output=True, timeout=30)
+    root = tmp_path / "host"
+    journal_src = next(d for d in (Path("/run/log/journal"), Path("/var/log/journal")) if any(d.glob("*/*.journal")))
+    for f in journal_src.glob("*/*.journal"):
+        dest = root / "var/log/journal" / f.parent.name / f.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(f.read_bytes())
+    later = uuid.uuid4().hex  # logged on this machine after the copy: not on the "node"
+    subprocess.run(["systemd-cat", "-t", "kata"], input=f"msg=late sandbox={later}\n".encode(), check=True, timeout=10)
+    subprocess.run(["journalctl", "--sync"], capture_output=True, timeout=30)
+    res = kata_debug("collect", "--host-root", str(root), "--output", str(tmp_path / "b.tgz"), "-c", "shim-logs", "--since", "10m")
+    assert res.returncode == 0, res.stderr
+    bundle = read_bundle(tmp_path / "b.tgz")
+    assert "vcpu hotplug failed" in bundle.members[f"shim-logs/sandboxes/{sid}.log"].decode()
+    assert f"shim-logs/sandboxes/{later}.log" not in bundle.members
+    assert bundle.json("shim-logs/summary.json")["journal_dirs"] == ["/var/log/journal"]
