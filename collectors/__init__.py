@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "oci-specs": "oci_specs:OciSpecsCollector",
     "sandboxes": "sandboxes:SandboxesCollector",
     "shim-logs": "shim_logs:ShimLogsCollector",
+    "agent-traces": "agent_traces:AgentTracesCollector",
 }
 
 

@@ -166,6 +166,7 @@ def list_collectors() -> None:
 
 def _register_commands() -> None:
     """Commands that live in their own modules (one feature each)."""
+    from . import cli_trace; cli_trace.register(app)
 
 
 _register_commands()
