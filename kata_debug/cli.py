@@ -167,6 +167,7 @@ def list_collectors() -> None:
 def _register_commands() -> None:
     """Commands that live in their own modules (one feature each)."""
     from . import cli_trace; cli_trace.register(app)
+    from . import cli_limits; cli_limits.register(app)
 
 
 _register_commands()

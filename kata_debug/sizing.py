@@ -489,7 +489,9 @@ def _go_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
     if mem_peak > m:
         steps.append(f"an init container raised memory to {mem_peak} MiB; memory is never hot-unplugged, so the VM keeps it")
     m = max(m, mem_peak)
-    steps.append("qemu hot-plugs memory in guest memory-block units (128 MiB on x86): the guest may see a little more")
+    if m > base.memory:
+        steps.append("qemu hot-plugs memory in guest memory-block units (128 MiB on x86): "
+                     "the guest may see up to one block more")
     return VmSize(
         runtime=GO, mode=DYNAMIC, boot_vcpus=boot_v, boot_memory_mib=base.memory, vcpus=v, memory_mib=m,
         max_vcpus=base.max_vcpus, containers=[], steps=steps,
