@@ -27,6 +27,7 @@ from .workloads import (
     Workload,
     api_defaults,
     apply_limit_ranges,
+    defaulted_requests,
     read_limit_range,
     read_runtime_class,
     read_workload,
@@ -288,6 +289,8 @@ def _workload_entry(d: Document, obj: dict[str, Any], prefix: Path_, rcs: dict[s
     if opts.admission:
         api_defaults(w)
         apply_limit_ranges(w, lrs)
+    else:
+        defaulted_requests(w)
     cfg = opts.config or for_handler(handler or w.runtime_class, opts.runtime)
     inp = sandbox_input(w, opts.host_cpus)
     vm = size_vm(inp, cfg)

@@ -13,10 +13,10 @@ import asyncio
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import aiohttp
-from kubernetes.aio.client import ApiClient, Configuration, CoreV1Api, NodeV1Api
+from kubernetes.aio.client import ApiClient, Configuration
 from kubernetes.aio.config import ConfigException, load_incluster_config
 from kubernetes.aio.config.kube_config import KUBE_CONFIG_DEFAULT_LOCATION, KubeConfigLoader, KubeConfigMerger
 
@@ -90,24 +90,34 @@ async def _configure(kubeconfig: str | None, context: str | None) -> tuple[Confi
     return cfg, ns, str(current.get("name") or context or "")
 
 
-async def _list(call: Callable[..., Awaitable[Any]], what: str, **kwargs: Any) -> list[dict[str, Any]]:
-    """All items of one list call, page by page (raw JSON, not models)."""
+async def _list(api: ApiClient, path: str, what: str) -> list[dict[str, Any]]:
+    """All items of one collection, page by page, as raw JSON.
+
+    Requests go through the client's generic `param_serialize`/`call_api` (auth, TLS and
+    proxies included) rather than the generated `CoreV1Api`, whose import alone costs
+    more than a second.
+    """
     items: list[dict[str, Any]] = []
     token: str | None = None
     while True:
-        resp = await call(limit=PAGE, _continue=token, _request_timeout=TIMEOUT, **kwargs)
+        query: list[tuple[str, Any]] = [("limit", PAGE)] + ([("continue", token)] if token else [])
+        method, url, headers, body, post = await api.param_serialize(
+            method="GET", resource_path=path, query_params=query,
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+        )
+        resp = await api.call_api(method, url, headers, body, post, _request_timeout=TIMEOUT)
         try:
-            body = await resp.read()
+            data = await resp.read()
         finally:
-            resp.release()
+            resp.response.release()
         if resp.status != 200:
             try:
-                message = json.loads(body).get("message") or resp.reason
+                message = json.loads(data).get("message") or resp.reason
             except (ValueError, AttributeError):
                 message = resp.reason
             raise _ApiError(resp.status, f"{what}: HTTP {resp.status}: {message}")
         try:
-            page = json.loads(body)
+            page = json.loads(data)
         except ValueError:
             raise _ApiError(resp.status, f"{what}: the response is not JSON") from None
         items.extend(i for i in page.get("items") or [] if isinstance(i, dict))
@@ -136,13 +146,11 @@ async def fetch(kubeconfig: str | None, context: str | None, namespace: str | No
     ns = None if all_namespaces else (namespace or ctx_ns or "default")
     target = f"{ctx_name} ({cfg.host})" if ctx_name else cfg.host
     result = ClusterObjects(target=target, namespace=ns)
+    pods_path = "/api/v1/pods" if ns is None else f"/api/v1/namespaces/{ns}/pods"
+    lrs_path = "/api/v1/limitranges" if ns is None else f"/api/v1/namespaces/{ns}/limitranges"
     async with ApiClient(configuration=cfg) as api:
-        core, node = CoreV1Api(api), NodeV1Api(api)
         try:
-            if ns is None:
-                pods = await _list(core.list_pod_for_all_namespaces_without_preload_content, "pods")
-            else:
-                pods = await _list(core.list_namespaced_pod_without_preload_content, f"pods in {ns}", namespace=ns)
+            pods = await _list(api, pods_path, "pods" if ns is None else f"pods in {ns}")
         except _ApiError as exc:
             raise UsageError(f"{target}: {exc}") from None
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
@@ -150,17 +158,13 @@ async def fetch(kubeconfig: str | None, context: str | None, namespace: str | No
             raise UsageError(f"{target}: cannot reach the Kubernetes API server: {reason}") from None
         result.pods = _docs(pods, "Pod", lambda o: "/api/v1/namespaces/{}/pods/{}".format(*_meta(o)))
         try:
-            rcs = await _list(node.list_runtime_class_without_preload_content, "runtimeclasses")
+            rcs = await _list(api, "/apis/node.k8s.io/v1/runtimeclasses", "runtimeclasses")
             result.runtime_classes = _docs(rcs, "RuntimeClass",
                                            lambda o: f"/apis/node.k8s.io/v1/runtimeclasses/{_meta(o)[1]}")
         except _ApiError as exc:
             result.notes.append(f"{exc}: RuntimeClass handlers and overhead unknown")
         try:
-            if ns is None:
-                lrs = await _list(core.list_limit_range_for_all_namespaces_without_preload_content, "limitranges")
-            else:
-                lrs = await _list(core.list_namespaced_limit_range_without_preload_content,
-                                  f"limitranges in {ns}", namespace=ns)
+            lrs = await _list(api, lrs_path, "limitranges" if ns is None else f"limitranges in {ns}")
             result.limit_ranges = _docs(lrs, "LimitRange",
                                         lambda o: "/api/v1/namespaces/{}/limitranges/{}".format(*_meta(o)))
         except _ApiError as exc:

@@ -295,6 +295,19 @@ def api_defaults(w: Workload) -> None:
                 c.requests[k] = Value(v.raw, v.value, v.problem, v.templated, API_DEFAULT)
 
 
+def defaulted_requests(w: Workload) -> None:
+    """Live pods: a request equal to its limit may be the API server's default; don't call it written.
+
+    The stored pod no longer says which requests the user wrote, and one that equals the
+    limit has no effect of its own anyway.
+    """
+    for c in w.containers:
+        for k, v in c.requests.items():
+            lim = c.limits.get(k)
+            if lim is not None and v.origin is None and lim.value is not None and v.value == lim.value:
+                v.origin = API_DEFAULT
+
+
 def apply_limit_ranges(w: Workload, ranges: list[LimitRange]) -> None:
     """What LimitRanger admission does to the pods this workload creates (in place)."""
     for lr in ranges:
