@@ -90,8 +90,37 @@ def collect(
     trace_spool_dir: str = typer.Option(
         "/var/lib/kata-debug/traces", "--trace-spool-dir", help="Node path of the forwarder's span spool."
     ),
+    cluster: bool = typer.Option(
+        False, "--cluster", help="Collect the whole cluster through the Kubernetes API (needs the DaemonSet).",
+        rich_help_panel="Cluster mode",
+    ),
+    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig", help="Kubeconfig file.", rich_help_panel="Cluster mode"),
+    context: Optional[str] = typer.Option(None, "--context", help="Kubeconfig context.", rich_help_panel="Cluster mode"),
+    node: Optional[List[str]] = typer.Option(
+        None, "--node", help="Collect this node (repeatable; default: every Kata node).", rich_help_panel="Cluster mode"
+    ),
+    selector: Optional[str] = typer.Option(
+        None, "--selector", "-l", help="Node label selector (default: katacontainers.io/kata-runtime).",
+        rich_help_panel="Cluster mode",
+    ),
+    parallel: int = typer.Option(8, "--parallel", help="Nodes collected at once.", rich_help_panel="Cluster mode"),
+    node_timeout: float = typer.Option(
+        600.0, "--node-timeout", help="Seconds each node may take.", rich_help_panel="Cluster mode"
+    ),
 ) -> None:
-    """Gather this node's Kata evidence into one support bundle."""
+    """Gather this node's Kata evidence into one support bundle (or, with --cluster, every Kata node's)."""
+    from .cluster_cli import collect_cluster, reject_cluster_options
+
+    if cluster:
+        raise typer.Exit(collect_cluster(
+            kubeconfig=kubeconfig, context=context, nodes=node or [], selector=selector, parallel=parallel,
+            node_timeout=node_timeout, output=output, since=since, collectors=collector or [], timeout=timeout,
+            no_redact=no_redact, compression=compression.value, json_output=output_format is OutputFormat.json,
+            all_runtimes=all_runtimes, max_log_size=max_log_size, trace_spool_dir=trace_spool_dir,
+            host_root=host_root, deadline=deadline, node_name=node_name,
+        ))
+    reject_cluster_options(kubeconfig=kubeconfig, context=context, node=node, selector=selector,
+                           parallel=parallel, node_timeout=node_timeout)
     from .collect import CollectOptions, run_collection
     from .durations import parse_duration
     from .progress import CollectorProgress

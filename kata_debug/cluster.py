@@ -1,0 +1,483 @@
+"""`kata-debug collect --cluster`: one bundle for the whole cluster, built from the laptop.
+
+Each Kata node already knows how to bundle itself (`kata-debug collect --output -` inside its
+node agent pod); the cluster run only has to fan out through the exec API, bring those byte
+streams home and add the Kubernetes objects no node can see. Design choices:
+
+- A node's stream is spooled to a temp file as it arrives and added as ONE member,
+  `nodes/<node>/bundle.tar.gz`, once the node reports its exit status. Memory stays flat
+  (two 1 MiB buffers per node in flight) however big node bundles get; the node bundle keeps
+  its own manifest and checksums intact; the cluster gzip stream stores it instead of
+  deflating already-compressed bytes again.
+- Nodes run N at a time with a per-node timeout; every node ends as a manifest entry
+  (`ok`, `partial` = node exit 3, `failed`, `timeout`), never as an exception. Bytes of a
+  node that failed mid-stream are kept as `bundle.tar.gz.partial` (gzip salvages a prefix).
+- The node gets `--deadline` a little under the node timeout, so a slow node ends its own
+  bundle cleanly (collectors marked timeout) before the cluster run would have to cut it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Literal, Protocol
+
+from . import __version__
+from .bundle import SCHEMA_VERSION, SUFFIXES, AsyncBundle, BundleWriter, Compression, OutputTarget, Spool
+from .cluster_objects import KATA_RUNTIME_LABEL, ClusterObjects, Inventory, discover, failure_from, name_of
+from .errors import KataDebugError, UsageError
+from .kube import KubeError, KubeSession
+from .kube_exec import ExecProtocolError, ExecRefused, exec_stream
+from .redact import Redactor
+
+NodeStatus = Literal["ok", "partial", "failed", "timeout"]
+AGENT_NAMESPACE = "kata-debug"
+AGENT_SELECTOR = "app.kubernetes.io/name=kata-debug-node-agent"
+AGENT_CONTAINER = "agent"
+PARTIAL_EXIT = 3
+_FLUSH = 1 << 20
+
+
+@dataclass
+class ClusterOptions:
+    kubeconfig: str | None = None
+    context: str | None = None
+    nodes: list[str] = field(default_factory=list)
+    selector: str | None = None
+    since: timedelta = timedelta(hours=24)
+    parallel: int = 8
+    node_timeout: float = 600.0
+    output: str | None = None
+    compression: Compression = "gzip"
+    redact: bool = True
+    agent_namespace: str = AGENT_NAMESPACE
+    agent_selector: str = AGENT_SELECTOR
+    agent_container: str = AGENT_CONTAINER
+    # Extra `kata-debug collect` options passed to every node (collectors, timeouts...).
+    node_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NodeResult:
+    name: str
+    status: NodeStatus
+    error: str | None
+    duration_s: float
+    bytes: int
+    pod: str | None = None
+    exit_code: int | None = None
+    member: str | None = None
+
+
+@dataclass
+class ClusterResult:
+    output: str
+    context: str | None
+    nodes: list[NodeResult]
+    items_failed: list[dict[str, str]]
+    redactions: dict[str, int]
+    interrupted: str | None
+
+    @property
+    def exit_code(self) -> int:
+        bad = any(n.status != "ok" for n in self.nodes) or bool(self.items_failed) or bool(self.interrupted)
+        return PARTIAL_EXIT if bad else 0
+
+
+class ClusterProgress(Protocol):
+    def nodes_planned(self, names: list[str]) -> None: ...
+    def node_started(self, name: str) -> None: ...
+    def node_bytes(self, name: str, total: int) -> None: ...
+    def node_finished(self, result: NodeResult) -> None: ...
+
+
+class _NoProgress:
+    def nodes_planned(self, names: list[str]) -> None:
+        pass
+
+    def node_started(self, name: str) -> None:
+        pass
+
+    def node_bytes(self, name: str, total: int) -> None:
+        pass
+
+    def node_finished(self, result: NodeResult) -> None:
+        pass
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "cluster"
+
+
+def validate(opts: ClusterOptions) -> None:
+    if opts.parallel < 1:
+        raise UsageError(f"--parallel {opts.parallel}: must be at least 1")
+    if opts.node_timeout <= 0:
+        raise UsageError(f"--node-timeout {opts.node_timeout:g}: must be a positive number of seconds")
+    for n in opts.nodes:
+        if not n or "/" in n:
+            raise UsageError(f"--node {n!r}: not a node name")
+
+
+def node_deadline(node_timeout: float) -> float:
+    """The node's own --deadline: early enough that it can finish its bundle before we cut it."""
+    return round(max(node_timeout * 0.8, node_timeout - 60.0), 1)
+
+
+def node_command(opts: ClusterOptions, node: str) -> list[str]:
+    """The exact command each agent pod runs; its stdout is the node bundle."""
+    argv = [
+        "kata-debug", "collect",
+        "--host-root", "/host",
+        "--output", "-",
+        "--output-format", "json",
+        "--node-name", node,
+        "--since", f"{int(opts.since.total_seconds())}s",
+        "--compression", opts.compression,
+        "--deadline", f"{node_deadline(opts.node_timeout):g}",
+    ]
+    if not opts.redact:
+        argv.append("--no-redact")
+    return argv + list(opts.node_args)
+
+
+class _SpoolSink:
+    """Receives a node's stdout frames and writes them to a spool file off the event loop.
+
+    Double-buffered: one 1 MiB block is written by a thread while the next one fills, so the
+    network is never waiting on the disk and memory stays at two blocks per node.
+    """
+
+    def __init__(self, spool: Spool, on_progress: Callable[[int], None]) -> None:
+        self.spool = spool
+        self.bytes = 0
+        self._buf = bytearray()
+        self._pending: asyncio.Future[None] | None = None
+        self._on_progress = on_progress
+
+    async def write(self, data: memoryview) -> None:
+        self._buf += data
+        self.bytes += len(data)
+        if len(self._buf) >= _FLUSH:
+            await self._flush()
+            self._on_progress(self.bytes)
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            await asyncio.shield(self._pending)
+        if self._buf:
+            block = bytes(self._buf)
+            self._buf.clear()
+            self._pending = asyncio.get_running_loop().run_in_executor(None, self.spool.write, block)
+
+    async def finish(self) -> None:
+        """Write what is buffered and wait for the writer thread (safe after cancellation)."""
+        if self._pending is not None:
+            await asyncio.wait([self._pending])
+            self._pending = None
+        if self._buf:
+            block = bytes(self._buf)
+            self._buf.clear()
+            await asyncio.to_thread(self.spool.write, block)
+
+
+def _pick_agent_pods(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """nodeName -> the agent pod to exec into (a Running one, preferring Ready)."""
+
+    def rank(pod: dict[str, Any]) -> tuple[int, int]:
+        status = pod.get("status") or {}
+        running = status.get("phase") == "Running"
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        deleting = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+        return (int(running and not deleting), int(ready))
+
+    best: dict[str, dict[str, Any]] = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node and (node not in best or rank(pod) > rank(best[node])):
+            best[node] = pod
+    return best
+
+
+def _stderr_tail(stderr: bytes) -> str:
+    lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+class ClusterCollection:
+    def __init__(self, opts: ClusterOptions, session: KubeSession, progress: ClusterProgress | None = None) -> None:
+        self.opts = opts
+        self.session = session
+        self.progress = progress or _NoProgress()
+        self.redactor = Redactor(enabled=opts.redact)
+
+    async def plan(self) -> tuple[Inventory, list[str], dict[str, dict[str, Any]], list["NodeResult"]]:
+        """Which nodes to collect, from which agent pod; nodes that cannot be tried come back as results."""
+        inv = await discover(self.session, None)
+        early: list[NodeResult] = []
+        if self.opts.nodes:
+            names = list(dict.fromkeys(self.opts.nodes))
+            if not any(f.item == "nodes" for f in inv.failures):  # only when the node list is trustworthy
+                known = {name_of(n) for n in inv.nodes}
+                early = [NodeResult(n, "failed", "no such node in the cluster", 0.0, 0) for n in names if n not in known]
+                names = [n for n in names if n in known]
+        else:
+            selector = self.opts.selector or KATA_RUNTIME_LABEL
+            try:
+                selected = await self.session.list("/api/v1/nodes", [("labelSelector", selector)])
+            except KubeError as exc:
+                if exc.status in (0, 401):
+                    raise
+                if exc.status == 400 and self.opts.selector:
+                    raise UsageError(f"-l {self.opts.selector}: {exc.message}") from None
+                inv.failures.append(failure_from(f"nodes with label {selector}", exc))
+                selected = []
+            names = sorted({name_of(n) for n in selected})
+            if not self.opts.selector:
+                # Kata pods on nodes kata-deploy never labelled (manual installs) count too.
+                names = sorted(set(names) | inv.kata_pod_nodes)
+        try:
+            agents = await self.session.list(
+                f"/api/v1/namespaces/{self.opts.agent_namespace}/pods",
+                [("labelSelector", self.opts.agent_selector)],
+            )
+        except KubeError as exc:
+            if exc.status in (0, 401):
+                raise
+            agents = []
+            inv.failures.append(failure_from(f"agent pods in namespace {self.opts.agent_namespace}", exc))
+        return inv, names, _pick_agent_pods(agents), early
+
+    async def collect_node(self, node: str, agent: dict[str, Any] | None, bundle: AsyncBundle) -> NodeResult:
+        start = time.monotonic()
+        base = f"nodes/{_safe(node)}"
+        if agent is None:
+            return NodeResult(
+                node, "failed",
+                f"no kata-debug agent pod on this node (label {self.opts.agent_selector} in namespace "
+                f"{self.opts.agent_namespace}): is deploy/daemonset.yaml applied and the node labelled {KATA_RUNTIME_LABEL}?",
+                0.0, 0,
+            )
+        pod = name_of(agent)
+        phase = (agent.get("status") or {}).get("phase")
+        if phase != "Running":
+            return NodeResult(node, "failed", f"agent pod {pod} is {phase or 'not running'}", 0.0, 0, pod=pod)
+        self.progress.node_started(node)
+        spool = Spool()
+        sink = _SpoolSink(spool, lambda n: self.progress.node_bytes(node, n))
+        status: NodeStatus = "failed"
+        error: str | None = None
+        exit_code: int | None = None
+        stderr = b""
+        try:
+            try:
+                async with asyncio.timeout(self.opts.node_timeout):
+                    outcome = await exec_stream(
+                        self.session.ws, self.opts.agent_namespace, pod, node_command(self.opts, node),
+                        sink.write, container=self.opts.agent_container,
+                    )
+                exit_code, stderr = outcome.exit_code, outcome.stderr
+                if exit_code == 0:
+                    status = "ok"
+                elif exit_code == PARTIAL_EXIT:
+                    status, error = "partial", "bundle written but some node collectors failed (see its manifest)"
+                elif exit_code is not None:
+                    tail = _stderr_tail(stderr)
+                    error = f"kata-debug collect exited {exit_code}" + (f": {tail}" if tail else "")
+                else:
+                    error = outcome.message or "exec failed"
+            except TimeoutError:
+                status, error = "timeout", f"no exit status within --node-timeout {self.opts.node_timeout:g}s"
+            except ExecRefused as exc:
+                error = str(exc)
+            except ExecProtocolError as exc:
+                error = f"exec protocol error: {exc}"
+            finally:
+                await sink.finish()
+            member: str | None = None
+            if sink.bytes:
+                name = f"bundle{SUFFIXES[self.opts.compression]}"
+                member = f"{base}/{name}" if status in ("ok", "partial") else f"{base}/{name}.partial"
+                await bundle.add_spool(member, spool, precompressed=True)
+            else:
+                spool.close()
+            if stderr.strip():
+                await bundle.add_bytes(f"{base}/collect.stderr", self.redactor.bytes(stderr))
+        except BaseException:
+            spool.close()
+            raise
+        return NodeResult(
+            node, status, error, round(time.monotonic() - start, 3), sink.bytes, pod=pod, exit_code=exit_code, member=member
+        )
+
+
+def default_output(context: str | None, started: datetime, compression: Compression) -> str:
+    return f"./kata-debug-cluster-{_safe(context or 'cluster')}-{started.strftime('%Y%m%dT%H%M%SZ')}{SUFFIXES[compression]}"
+
+
+async def run_cluster_collection(
+    opts: ClusterOptions,
+    progress: ClusterProgress | None = None,
+    analyse_limits: Callable[[list[dict[str, Any]], list[dict[str, Any]]], Any] | None = None,
+) -> ClusterResult:
+    """Collect the cluster into `opts.output`. Raises UsageError/KataDebugError before writing."""
+    validate(opts)
+    progress = progress or _NoProgress()
+    session = await KubeSession.connect(opts.kubeconfig, opts.context, pool_size=opts.parallel + 8)
+    try:
+        return await _run(opts, session, progress, analyse_limits)
+    finally:
+        await session.close()
+
+
+async def _run(
+    opts: ClusterOptions,
+    session: KubeSession,
+    progress: ClusterProgress,
+    analyse_limits: Callable[[list[dict[str, Any]], list[dict[str, Any]]], Any] | None,
+) -> ClusterResult:
+    run = ClusterCollection(opts, session, progress)
+    started = datetime.now(timezone.utc)
+    try:
+        inv, names, agents, early = await run.plan()
+    except KubeError as exc:
+        hint = " (the API server rejected the kubeconfig's credentials)" if exc.status == 401 else ""
+        status = f"HTTP {exc.status}: " if exc.status else ""
+        raise KataDebugError(f"cluster {session.target.server}: {status}{exc.message}{hint}") from None
+    progress.nodes_planned(names)
+    context = session.target.context
+    top = f"kata-debug-cluster-{_safe(context or 'cluster')}-{started.strftime('%Y%m%dT%H%M%SZ')}"
+    output = opts.output or default_output(context, started, opts.compression)
+    target = OutputTarget(output)
+    sink = target.open()
+    bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
+    objects = ClusterObjects(session, bundle, run.redactor, inv, opts.since, analyse_limits)
+    results: dict[str, NodeResult] = {r.name: r for r in early}
+    for r in early:
+        progress.node_finished(r)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for n in names:
+        queue.put_nowait(n)
+
+    async def worker() -> None:
+        while True:
+            try:
+                node = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                result = await run.collect_node(node, agents.get(node), bundle)
+            except KubeError as exc:
+                result = NodeResult(node, "failed", exc.message, 0.0, 0)
+            results[node] = result
+            progress.node_finished(result)
+
+    objects_started = time.monotonic()
+    objects_error: str | None = None
+
+    async def cluster_part() -> None:
+        nonlocal objects_error
+        try:
+            await objects.collect()
+        except KubeError as exc:
+            objects_error = exc.message
+        except Exception as exc:  # a bug in one reader must not cost the node bundles
+            objects_error = f"{type(exc).__name__}: {exc}"
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reason: dict[str, str] = {}
+
+    def _on_signal(sig: signal.Signals) -> None:
+        reason.setdefault("why", f"interrupted by {sig.name}")
+        stop.set()
+
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, _on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    tasks = [asyncio.create_task(cluster_part(), name="cluster-objects")]
+    tasks += [asyncio.create_task(worker(), name=f"node-worker-{i}") for i in range(min(opts.parallel, len(names)))]
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        pending = set(tasks)
+        while pending and not stop.is_set():
+            await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+            pending = {t for t in tasks if not t.done()}
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        stopper.cancel()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    for n in names:
+        if n not in results:
+            results[n] = NodeResult(n, "failed", reason.get("why", "interrupted"), 0.0, 0, pod=name_of(agents[n]) if n in agents else None)
+    ordered = [results[n] for n in sorted(results)]
+    failures = [{"item": f.item, "reason": f.reason} for f in objects.failures]
+    if objects_error:
+        failures.append({"item": "cluster objects", "reason": objects_error})
+    finished = datetime.now(timezone.utc)
+    objects_status = "failed" if objects_error else ("partial" if failures else "ok")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "kind": "cluster",
+        "context": context,
+        "server": session.target.server,
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "since": (started - opts.since).isoformat(),
+        "redacted": opts.redact,
+        "interrupted": reason.get("why"),
+        "node_selection": {
+            "nodes": opts.nodes,
+            "selector": opts.selector or (None if opts.nodes else KATA_RUNTIME_LABEL),
+            "plus_nodes_with_kata_pods": not (opts.nodes or opts.selector),
+        },
+        "kata_runtime_classes": sorted(inv.kata_runtime_classes),
+        "kata_pods": len(inv.kata_pods),
+        "collectors": [{
+            "name": "cluster-objects",
+            "status": objects_status,
+            "duration_s": round(time.monotonic() - objects_started, 3),
+            "error": objects_error or (f"{len(failures)} item(s) failed; first: {failures[0]['item']}: {failures[0]['reason']}" if failures else None),
+            "files": objects.files,
+            "items_failed": failures,
+            "truncated": {},
+        }],
+        "nodes": [
+            {"name": r.name, "status": r.status, "error": r.error, "duration_s": r.duration_s, "bytes": r.bytes,
+             "pod": r.pod, "exit_code": r.exit_code, "member": r.member}
+            for r in ordered
+        ],
+        "redactions": run.redactor.counts,
+    }
+    try:
+        await bundle.close(manifest)
+    except BaseException:
+        target.abandon()
+        raise
+    target.commit()
+    return ClusterResult(output, context, ordered, failures, run.redactor.counts, reason.get("why"))
+
+
+def result_json(result: ClusterResult) -> dict[str, Any]:
+    return {
+        "bundle": result.output,
+        "context": result.context,
+        "exit_code": result.exit_code,
+        "interrupted": result.interrupted,
+        "nodes": [asdict(n) for n in result.nodes],
+        "cluster_items_failed": result.items_failed,
+        "redactions": result.redactions,
+    }

@@ -1,0 +1,174 @@
+"""A small async Kubernetes API session: kubeconfig loading, JSON GETs by path, log streams.
+
+Built on the official client's asyncio flavour (`kubernetes.aio`) so authentication (tokens,
+client certificates, exec plugins), TLS and proxies behave exactly like the client everyone
+else uses. Objects are read as raw JSON by API path instead of through the generated models:
+the bundle must hold the objects as the API server returned them (unknown fields included),
+and deserialising thousands of pods into models only to serialise them again is slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Sequence
+
+import aiohttp
+from kubernetes.aio.client import ApiClient, Configuration
+from kubernetes.aio.config import ConfigException, load_incluster_config, load_kube_config
+from kubernetes.aio.stream import WsApiClient
+
+from .errors import UsageError
+
+_AUTH = ["BearerToken"]
+_PAGE = 500
+
+
+class KubeError(Exception):
+    """An API request failed; `status` is the HTTP status (0 when no response arrived)."""
+
+    def __init__(self, status: int, path: str, message: str) -> None:
+        super().__init__(f"{path}: HTTP {status}: {message}" if status else f"{path}: {message}")
+        self.status = status
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class KubeTarget:
+    """Where the session points, for the manifest and messages."""
+
+    context: str | None
+    server: str
+
+
+def _status_message(body: bytes, fallback: str) -> str:
+    """The `message` of a Kubernetes `Status` body, else the HTTP reason."""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return fallback
+    if isinstance(status, dict) and isinstance(status.get("message"), str):
+        return status["message"]
+    return fallback
+
+
+class KubeSession:
+    """One API connection pool for objects and one for exec websockets."""
+
+    def __init__(self, configuration: Configuration, target: KubeTarget) -> None:
+        self.configuration = configuration
+        self.target = target
+        self.api = ApiClient(configuration=configuration)
+        self.ws = WsApiClient(configuration=configuration)
+
+    @classmethod
+    async def connect(
+        cls, kubeconfig: str | None = None, context: str | None = None, pool_size: int = 32
+    ) -> "KubeSession":
+        """Load credentials like kubectl: --kubeconfig, $KUBECONFIG, ~/.kube/config, in-cluster.
+
+        Raises UsageError naming the option when the configuration cannot be used.
+        """
+        config = Configuration()
+        path = kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+        explicit = kubeconfig is not None
+        files = [p for p in path.split(os.pathsep) if p]
+        if explicit and not Path(kubeconfig).is_file():  # type: ignore[arg-type]
+            raise UsageError(f"--kubeconfig {kubeconfig}: no such file")
+        option = f"--kubeconfig {kubeconfig}" if explicit else f"kubeconfig {path}"
+        try:
+            if any(Path(p).expanduser().is_file() for p in files):
+                loader = await load_kube_config(
+                    config_file=path, context=context, client_configuration=config, persist_config=False
+                )
+                active = context or (loader.current_context or {}).get("name")
+            elif os.environ.get("KUBERNETES_SERVICE_HOST") and not context:
+                load_incluster_config(client_configuration=config)
+                active = None
+            else:
+                raise UsageError(f"{option}: not found (use --kubeconfig FILE or set KUBECONFIG)")
+        except ConfigException as exc:
+            if context:
+                raise UsageError(f"--context {context}: {exc}") from None
+            raise UsageError(f"{option}: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{option}: cannot read: {exc}") from None
+        config.connection_pool_maxsize = max(pool_size, 8)
+        return cls(config, KubeTarget(context=active, server=config.host))
+
+    async def close(self) -> None:
+        await self.api.close()
+        await self.ws.close()
+
+    async def _request(
+        self, path: str, query: Sequence[tuple[str, Any]] = (), accept: str = "application/json", timeout: float = 60.0
+    ) -> Any:
+        method, url, headers, body, post = await self.api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=list(query) or None,
+            header_params={"Accept": accept},
+            auth_settings=_AUTH,
+        )
+        try:
+            return await self.api.call_api(method, url, headers, body, post, _request_timeout=timeout)
+        except (OSError, aiohttp.ClientError) as exc:
+            raise KubeError(0, path, f"cannot reach the API server at {self.target.server}: {exc}") from None
+        except asyncio.TimeoutError:
+            raise KubeError(0, path, f"no answer from {self.target.server} within {timeout:g}s") from None
+
+    async def get(self, path: str, query: Sequence[tuple[str, Any]] = (), timeout: float = 60.0) -> dict[str, Any]:
+        """GET one JSON object; non-2xx becomes KubeError with the server's own message."""
+        resp = await self._request(path, query, timeout=timeout)
+        try:
+            data = await resp.read()
+        finally:
+            resp.response.release()
+        if not 200 <= resp.status < 300:
+            raise KubeError(resp.status, path, _status_message(data, resp.reason or "request failed"))
+        try:
+            value = json.loads(data)
+        except ValueError:
+            raise KubeError(resp.status, path, "response is not JSON") from None
+        if not isinstance(value, dict):
+            raise KubeError(resp.status, path, "response is not a JSON object")
+        return value
+
+    async def list(
+        self,
+        path: str,
+        query: Sequence[tuple[str, Any]] = (),
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> list[dict[str, Any]]:
+        """All items of a list, following `continue` tokens so huge clusters come in pages.
+
+        `keep` filters each page as it arrives, so memory follows what is kept (Kata pods),
+        not the size of the cluster.
+        """
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            q = list(query) + [("limit", _PAGE)] + ([("continue", token)] if token else [])
+            page = await self.get(path, q)
+            items.extend(i for i in page.get("items") or [] if isinstance(i, dict) and (keep is None or keep(i)))
+            token = (page.get("metadata") or {}).get("continue") or None
+            if not token:
+                return items
+
+    async def stream(
+        self, path: str, query: Sequence[tuple[str, Any]] = (), timeout: float = 120.0
+    ) -> AsyncIterator[bytes]:
+        """Yield a text endpoint's body (pod logs) in chunks, never holding it whole."""
+        resp = await self._request(path, query, accept="*/*", timeout=timeout)
+        try:
+            if not 200 <= resp.status < 300:
+                data = await resp.read()
+                raise KubeError(resp.status, path, _status_message(data, resp.reason or "request failed"))
+            async for chunk in resp.response.content.iter_chunked(1 << 16):
+                yield chunk
+        finally:
+            resp.response.release()

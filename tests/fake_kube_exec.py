@@ -1,0 +1,331 @@
+"""Pods/exec, pod logs and set-based label selectors for the loopback API server.
+
+`ClusterFake` extends `tests.fake_kube.FakeKube` (objects by API path, lists, discovery)
+with what `collect --cluster` and `kubectl exec` need from a real API server.
+
+The exec API, implemented like the real one:
+
+What the kubelet's streaming server + API server proxy do, and what this does too:
+
+- `GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec?command=..&stdout=true&stderr=true`
+  with `Upgrade: websocket`; authorization and pod lookup happen before the upgrade
+  (403 / 404 / 400 answered with a `Status` body, no websocket);
+- subprotocol negotiation over `v5.channel.k8s.io`, `v4.channel.k8s.io` ... in the client's
+  order of preference; a client offering none of them gets 400, like a real server;
+- every message binary, byte 0 the channel; one empty frame on stdout first ("streams are
+  ready"); stdout/stderr copied in 32 KiB frames (io.Copy's buffer);
+- channel 3: a `Status`, `Success` or `Failure`/`NonZeroExitCode` with the exit code in
+  `details.causes[reason=ExitCode]`, then a normal close.
+
+The command really runs: `kata-debug ...` becomes this checkout's CLI, and `/host` in its
+arguments becomes the synthetic host root of the node the pod is scheduled on. Faults a real
+cluster produces are behaviours per pod: refuse (403), cut the TCP connection after N bytes
+of output, hang, or stream a prepared file (benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Literal
+
+from aiohttp import WSMsgType, web
+
+from tests.fake_kube import FakeKube, Kind, register_kind, status
+
+for _kind in (
+    Kind("Event", "", "v1", "events", True, ("ev",)),
+    Kind("Job", "batch", "v1", "jobs", True),
+    Kind("CronJob", "batch", "v1", "cronjobs", True, ("cj",)),
+):
+    register_kind(_kind)
+
+REPO = Path(__file__).resolve().parents[1]
+SUBPROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
+STDOUT, STDERR, STATUS = 1, 2, 3
+COPY_BUF = 32 * 1024
+
+
+@dataclass
+class ExecBehaviour:
+    """How one pod answers exec. `run` is the real thing; the others are faults."""
+
+    kind: Literal["run", "forbidden", "cut", "hang", "file"] = "run"
+    host_root: Path | None = None  # `run`: what /host means on this pod's node
+    cut_after: int = 0  # `cut`: bytes of stdout before the connection drops
+    file: Path | None = None  # `file`: stream this as stdout, exit 0
+    exit_code: int = 0  # `file`: exit status to report
+
+
+def status_object(code: int, command: list[str]) -> dict[str, object]:
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code: error executing command {command}, exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+error_status = status
+
+
+def local_argv(command: list[str], host_root: Path) -> list[str]:
+    """Map the in-pod command onto this machine: our CLI, and /host -> the node's root."""
+    argv = [sys.executable, "-m", "kata_debug", *command[1:]] if command[0] == "kata-debug" else list(command)
+    return [str(host_root) if a == "/host" else a for a in argv]
+
+
+class ExecAPI:
+    """Exec routes bound to a pod lookup: (namespace, name) -> pod object or None."""
+
+    def __init__(
+        self,
+        find_pod: Callable[[str, str], dict | None],
+        behaviours: dict[str, ExecBehaviour] | None = None,
+        forbidden_namespaces: set[str] | None = None,
+        env: dict[str, str] | None = None,
+        token: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.find_pod = find_pod
+        self.token = token
+        self.behaviours = behaviours or {}  # by pod name
+        self.forbidden_namespaces = forbidden_namespaces or set()
+        self.env = env or {}
+        self.sessions: list[dict[str, object]] = []  # what was asked, for tests to inspect
+
+    def routes(self) -> list[web.RouteDef]:
+        path = "/api/v1/namespaces/{namespace}/pods/{name}/exec"
+        return [web.get(path, self.handle), web.post(path, self.handle)]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        command = request.query.getall("command", [])
+        expected = self.token()
+        if expected is not None and request.headers.get("Authorization") != f"Bearer {expected}":
+            return error_status(401, "Unauthorized", "Unauthorized")
+        pod = self.find_pod(ns, name)
+        behaviour = self.behaviours.get(name, ExecBehaviour())
+        if ns in self.forbidden_namespaces or behaviour.kind == "forbidden":
+            return error_status(
+                403, "Forbidden",
+                f'pods "{name}" is forbidden: User "tester" cannot create resource "pods/exec" in API group "" '
+                f'in the namespace "{ns}"',
+            )
+        if pod is None:
+            return error_status(404, "NotFound", f'pods "{name}" not found')
+        if not command:
+            return error_status(400, "BadRequest", "you must specify at least 1 command")
+        containers = [c["name"] for c in pod["spec"]["containers"]]
+        container = request.query.get("container") or containers[0]
+        if container not in containers:
+            return error_status(400, "BadRequest", f"container {container} is not valid for pod {name}")
+        if pod.get("status", {}).get("phase") != "Running":
+            return error_status(400, "BadRequest", f"pod {name} is not running")
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return error_status(400, "BadRequest", "Upgrade request required")
+        if not any(p in SUBPROTOCOLS for p in offered):
+            return error_status(400, "BadRequest", f"unable to upgrade: no supported subprotocol in {offered}")
+        ws = web.WebSocketResponse(protocols=SUBPROTOCOLS, autoping=True, max_msg_size=0)
+        await ws.prepare(request)
+        self.sessions.append({"namespace": ns, "pod": name, "container": container, "command": command,
+                              "protocol": ws.ws_protocol})
+        try:
+            await ws.send_bytes(bytes([STDOUT]))  # "streams are ready"
+            await self._run(ws, request, behaviour, command)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return ws
+
+    async def _run(self, ws: web.WebSocketResponse, request: web.Request, b: ExecBehaviour, command: list[str]) -> None:
+        if b.kind == "hang":
+            await ws.send_bytes(bytes([STDOUT]) + b"\x1f\x8b")
+            # A node that never answers; stop when the client gives up on us.
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.1)
+            return
+        if b.kind == "file":
+            assert b.file is not None
+            await self._send_file(ws, b.file)
+            await self._finish(ws, b.exit_code, command)
+            return
+        assert b.host_root is not None, "a `run` pod needs the host root of its node"
+        proc = await asyncio.create_subprocess_exec(
+            *local_argv(command, b.host_root),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **self.env},
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        sent = 0
+
+        async def pump(stream: asyncio.StreamReader, channel: int) -> None:
+            nonlocal sent
+            while chunk := await stream.read(COPY_BUF):
+                if b.kind == "cut" and channel == STDOUT and sent + len(chunk) >= b.cut_after:
+                    await ws.send_bytes(bytes([channel]) + chunk[: max(0, b.cut_after - sent)])
+                    raise _Cut()
+                await ws.send_bytes(bytes([channel]) + chunk)
+                if channel == STDOUT:
+                    sent += len(chunk)
+
+        try:
+            await asyncio.gather(pump(proc.stdout, STDOUT), pump(proc.stderr, STDERR))
+            code = await proc.wait()
+        except _Cut:
+            proc.kill()
+            await proc.wait()
+            transport = request.transport
+            if transport is not None:
+                transport.abort()  # the node went away: no status, no close frame
+            return
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await self._finish(ws, code, command)
+
+    async def _send_file(self, ws: web.WebSocketResponse, path: Path) -> None:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(COPY_BUF):
+                await ws.send_bytes(bytes([STDOUT]) + chunk)
+
+    async def _finish(self, ws: web.WebSocketResponse, code: int, command: list[str]) -> None:
+        await ws.send_bytes(bytes([STATUS]) + json.dumps(status_object(code, command)).encode())
+        await ws.close()
+
+
+class _Cut(Exception):
+    pass
+
+
+# ---- label selectors (set-based, like the API server) --------------------------------
+
+_TERM = re.compile(
+    r"^\s*(?:(?P<not>!)\s*(?P<nkey>[^\s!=,()]+)"
+    r"|(?P<key>[^\s!=,()]+)\s*(?:(?P<op>==|!=|=)\s*(?P<value>[^\s,()]*)"
+    r"|\s+(?P<setop>in|notin)\s*\((?P<values>[^()]*)\))?)\s*$"
+)
+
+
+def parse_selector(text: str) -> list[Callable[[dict[str, str]], bool]]:
+    """`a`, `!a`, `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, comma-separated."""
+    terms: list[str] = []
+    depth, cur = 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            terms.append(cur)
+            cur = ""
+            continue
+        depth += ch == "("
+        depth -= ch == ")"
+        cur += ch
+    terms.append(cur)
+    out: list[Callable[[dict[str, str]], bool]] = []
+    for term in filter(str.strip, terms):
+        m = _TERM.match(term)
+        if m is None:
+            raise ValueError(f"unable to parse requirement: {term!r}")
+        if m["not"]:
+            out.append(lambda lb, k=m["nkey"]: k not in lb)
+        elif m["op"] in ("=", "=="):
+            out.append(lambda lb, k=m["key"], v=m["value"]: lb.get(k) == v)
+        elif m["op"] == "!=":
+            out.append(lambda lb, k=m["key"], v=m["value"]: lb.get(k) != v)
+        elif m["setop"]:
+            values = {v.strip() for v in m["values"].split(",") if v.strip()}
+            if m["setop"] == "in":
+                out.append(lambda lb, k=m["key"], vs=values: lb.get(k) in vs)
+            else:
+                out.append(lambda lb, k=m["key"], vs=values: lb.get(k) not in vs)
+        else:
+            out.append(lambda lb, k=m["key"]: k in lb)
+    return out
+
+
+@dataclass
+class LogLine:
+    at: float  # epoch seconds
+    text: str
+
+
+class ClusterFake(FakeKube):
+    """FakeKube plus exec, pod logs and set-based selectors (what `collect --cluster` uses)."""
+
+    def __init__(self, objects: dict[str, Any] | None = None, token: str | None = None,
+                 exec_env: dict[str, str] | None = None) -> None:
+        super().__init__(objects, token)
+        self.exec = ExecAPI(self.pod, env=exec_env, token=lambda: self.token)
+        self.logs: dict[tuple[str, str, str, bool], list[LogLine]] = {}  # (ns, pod, container, previous)
+        self.add_routes(self.exec.routes())
+        self.add_routes([web.get("/api/v1/namespaces/{namespace}/pods/{name}/log", self._log)])
+
+    def behave(self, pod: str, behaviour: ExecBehaviour) -> None:
+        self.exec.behaviours[pod] = behaviour
+
+    def _list(self, k: Kind, ns: str | None, query: Any) -> dict[str, Any]:
+        selector = query.get("labelSelector", "")
+        if not selector:
+            return super()._list(k, ns, query)
+        rest = {key: v for key, v in query.items() if key not in ("labelSelector", "limit", "continue")}
+        full = super()._list(k, ns, rest)
+        try:
+            reqs = parse_selector(selector)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=json.dumps({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": str(exc), "reason": "BadRequest", "code": 400}), content_type="application/json")
+        items = [o for o in full["items"] if all(r((o["metadata"].get("labels") or {})) for r in reqs)]
+        start, limit = int(query.get("continue") or 0), int(query.get("limit") or 0)
+        page = items[start:start + limit] if limit else items[start:]
+        if limit and start + limit < len(items):
+            full["metadata"]["continue"] = str(start + limit)
+        else:
+            full["metadata"].pop("continue", None)
+        full["items"] = page
+        return full
+
+    async def _log(self, request: web.Request) -> web.StreamResponse:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        self.requests.append(request.path_qs)
+        path = f"/api/v1/namespaces/{ns}/pods/{name}/log"
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return status(401, "Unauthorized", "Unauthorized")
+        if path in self.forbidden:
+            return status(403, "Forbidden", f'pods "{name}" is forbidden: cannot get resource "pods/log"')
+        pod = self.pod(ns, name)
+        if pod is None:
+            return status(404, "NotFound", f'pods "{name}" not found')
+        containers = [c["name"] for c in pod["spec"]["containers"]]
+        container = request.query.get("container") or (containers[0] if len(containers) == 1 else "")
+        if container not in containers:
+            return status(400, "BadRequest", f"a container name must be specified for pod {name}, choose one of: {containers}")
+        previous = request.query.get("previous") == "true"
+        lines = self.logs.get((ns, name, container, previous))
+        if lines is None and previous:
+            return status(400, "BadRequest", f'previous terminated container "{container}" in pod "{name}" not found')
+        since = request.query.get("sinceSeconds")
+        cutoff = time.time() - int(since) if since else None
+        stamps = request.query.get("timestamps") == "true"
+        body = "".join(
+            (datetime.fromtimestamp(ln.at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ ") if stamps else "") + ln.text + "\n"
+            for ln in lines or [] if cutoff is None or ln.at >= cutoff
+        ).encode()
+        limit = request.query.get("limitBytes")
+        if limit:
+            body = body[: int(limit)]
+        return web.Response(body=body, content_type="text/plain")
+
+
+ExecHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+__all__ = ["ClusterFake", "ExecAPI", "ExecBehaviour", "LogLine", "local_argv", "parse_selector", "status_object",
+           "SUBPROTOCOLS", "WSMsgType"]
