@@ -1,10 +1,12 @@
 """Where decoded spans go: OTLP (through the OpenTelemetry SDK exporters), files, stdout.
 
 Every sink has the same small blocking interface, `export(batch) -> bool`, called from a
-worker thread (never the event loop) by `forwarder.pipeline`. OTLP sinks hand the SDK's
-`OTLPSpanExporter`s real `ReadableSpan`s carrying the agent's own ids, times and counts, so
-batching on the wire, retries with backoff, compression, TLS and the `OTEL_EXPORTER_OTLP_*`
-variables all behave exactly as in any other OpenTelemetry program.
+worker thread (never the event loop) by `forwarder.pipeline`. OTLP sinks are the SDK's
+`OTLPSpanExporter`s, so retries with backoff, compression, TLS and the
+`OTEL_EXPORTER_OTLP_*` variables behave exactly as in any other OpenTelemetry program; they
+are fed requests built by `forwarder.otlp_proto` (see `_wire_exporter_classes` for why), with
+`ReadableSpanBuilder` (agent ids, times, resource and dropped counts on SDK `ReadableSpan`s)
+as the path for SDK releases without the hook.
 """
 
 from __future__ import annotations
@@ -345,29 +347,69 @@ class ReadableSpanBuilder:
         )
 
 
+def _wire_exporter_classes() -> tuple[type, type]:
+    """The SDK's OTLP exporters, taught to send requests built by `forwarder.otlp_proto`.
+
+    Everything that makes them the SDK exporters stays theirs: channel/session, TLS, headers,
+    compression, timeouts, retries with backoff, `OTEL_EXPORTER_OTLP_*`. Only the request
+    encoding is swapped, through the gRPC exporter's `_translate_data` hook and the HTTP
+    exporter's client. If an SDK release lacks the HTTP client hook, the batch goes the
+    documented way instead: rebuilt `ReadableSpan`s through `export()`.
+    """
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from .otlp_proto import encode_request
+
+    class WireGrpcSpanExporter(GrpcExporter):  # type: ignore[misc]
+        def _translate_data(self, data: Sequence[QueuedSpan]) -> Any:  # noqa: D401
+            return encode_request(data)
+
+    class WireHttpSpanExporter(HttpExporter):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            client = getattr(self, "_client", None)
+            self._wire_direct = callable(getattr(client, "export", None)) and hasattr(self, "_metrics")
+            self._builder: ReadableSpanBuilder | None = None
+
+        def export(self, batch: Sequence[QueuedSpan]) -> Any:  # type: ignore[override]
+            if not self._wire_direct:
+                if self._builder is None:
+                    self._builder = ReadableSpanBuilder()
+                return super().export([self._builder.build(s, o) for s, o in batch])
+            if self._shutdown:
+                return SpanExportResult.FAILURE
+            with self._metrics.export_operation(len(batch)) as result:
+                outcome = self._client.export(encode_request(batch).SerializePartialToString())
+                if not outcome.success:
+                    result.error = outcome.error
+                    return SpanExportResult.FAILURE
+            return SpanExportResult.SUCCESS
+
+    return WireGrpcSpanExporter, WireHttpSpanExporter
+
+
 class OtlpSink:
-    """An SDK `OTLPSpanExporter` (gRPC or HTTP/protobuf) fed with rebuilt `ReadableSpan`s."""
+    """An SDK `OTLPSpanExporter` (gRPC or HTTP/protobuf)."""
 
     def __init__(self, target: ExportTarget) -> None:
         self.name = target.uri
         self.target = target
-        self._builder = ReadableSpanBuilder()
         self._exporter = self._make_exporter(target)
-        self._success: Any = None
 
     @staticmethod
     def _make_exporter(t: ExportTarget) -> Any:
         kwargs: dict[str, Any] = {}
         if t.timeout is not None:
             kwargs["timeout"] = t.timeout
-        env_compression = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION") or os.environ.get(
-            "OTEL_EXPORTER_OTLP_COMPRESSION"
-        )
-        # gzip unless the URI or the environment says otherwise (environment targets: SDK rules).
-        compression = t.compression or (None if env_compression or t.endpoint is None else "gzip")
+        # `?compression=` wins; otherwise the SDK decides (OTEL_EXPORTER_OTLP_*COMPRESSION, else
+        # none). Not gzip by default: the SDK compresses at level 9, which costs more CPU per
+        # span than decoding and encoding together, for a backend that is often on the node.
+        compression = t.compression
+        grpc_exporter, http_exporter = _wire_exporter_classes()
         if t.kind == "otlp-grpc":
             import grpc
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             if compression is not None:
                 kwargs["compression"] = {
@@ -378,10 +420,9 @@ class OtlpSink:
             if t.endpoint is not None:
                 kwargs["endpoint"] = t.endpoint
                 kwargs["insecure"] = t.insecure
-            return OTLPSpanExporter(**kwargs)
+            return grpc_exporter(**kwargs)
         if t.kind == "otlp-http":
             from opentelemetry.exporter.otlp.proto.http import Compression
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
             if compression is not None:
                 kwargs["compression"] = {
@@ -391,15 +432,13 @@ class OtlpSink:
                 }[compression]
             if t.endpoint is not None:
                 kwargs["endpoint"] = t.endpoint
-            return HttpExporter(**kwargs)
+            return http_exporter(**kwargs)
         raise ValueError(f"not an OTLP target: {t.kind}")
 
     def export(self, batch: Sequence[QueuedSpan]) -> bool:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        build = self._builder.build
-        spans = [build(span, origin) for span, origin in batch]
-        return self._exporter.export(spans) is SpanExportResult.SUCCESS
+        return self._exporter.export(batch) is SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
         """Also interrupts an export that is sleeping between SDK retries."""

@@ -212,6 +212,11 @@ _EVICT_TAIL = struct.Struct("<IIB")
 _LINKS_TAIL_STATUS = struct.Struct("<IIIQ")
 _VALUE_TAG_LEN = struct.Struct("<IQ")  # value tag followed by a u64 (scalar or length)
 
+_u64 = _U64.unpack_from
+_u32 = _U32.unpack_from
+_i64 = _I64.unpack_from
+_f64 = _F64.unpack_from
+
 _BINCODE_KINDS = (SpanKind.CLIENT, SpanKind.SERVER, SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.INTERNAL)
 _NS = 1_000_000_000
 _U64_MAX = (1 << 64) - 1
@@ -272,50 +277,46 @@ def _b_kvs(buf: bytes, o: int, n: int, count: int) -> tuple[Attributes, int]:
         raise _Short
     out: Attributes = []
     append = out.append
-    u64 = _U64.unpack_from
-    tag_len = _VALUE_TAG_LEN.unpack_from
+    u64 = _u64
+    u32 = _u32
     for _ in range(count):
         # key
         if o + 8 > n:
             raise _Short
-        ln = u64(buf, o)[0]
-        o += 8
-        e = o + ln
+        e = o + 8 + u64(buf, o)[0]
         if e + 4 > n:
             raise _Short
-        key = buf[o:e].decode()
-        o = e
-        tag = _U32.unpack_from(buf, o)[0]
+        key = buf[o + 8 : e].decode()
+        tag = u32(buf, e)[0]
+        o = e + 4
         if tag == 3:  # String: the common case first
-            if o + 12 > n:
+            if o + 8 > n:
                 raise _Short
-            ln = u64(buf, o + 4)[0]
-            o += 12
-            e = o + ln
+            e = o + 8 + u64(buf, o)[0]
             if e > n:
                 raise _Short
-            append((key, buf[o:e].decode()))
+            append((key, buf[o + 8 : e].decode()))
             o = e
         elif tag == 1:
-            if o + 12 > n:
+            if o + 8 > n:
                 raise _Short
-            append((key, _I64.unpack_from(buf, o + 4)[0]))
-            o += 12
+            append((key, _i64(buf, o)[0]))
+            o += 8
         elif tag == 0:
-            if o + 5 > n:
+            if o + 1 > n:
                 raise _Short
-            b = buf[o + 4]
+            b = buf[o]
             if b > 1:
                 raise DecodeError(f"bincode: bool value {b} is not 0 or 1")
             append((key, b == 1))
-            o += 5
+            o += 1
         elif tag == 2:
-            if o + 12 > n:
+            if o + 8 > n:
                 raise _Short
-            append((key, _F64.unpack_from(buf, o + 4)[0]))
-            o += 12
+            append((key, _f64(buf, o)[0]))
+            o += 8
         elif tag == 4:
-            arr, o = _b_array(buf, o + 4, n)
+            arr, o = _b_array(buf, o, n)
             append((key, arr))
         else:
             raise DecodeError(f"bincode: unknown value tag {tag}")
@@ -447,15 +448,20 @@ def decode_bincode(payload: bytes) -> Span:
         name = buf[o:e].decode()
         s_secs, s_nanos, e_secs, e_nanos, nattrs = _TIMES_MAPLEN.unpack_from(buf, e)
         attributes, o = _b_kvs(buf, e + 32, n, nattrs)
-        # evict_list: LinkedList<Key>, order information OTLP has no place for.
+        # evict_list: LinkedList<Key>, order information OTLP has no place for: skipped
+        # (lengths checked, contents not decoded).
         if o + 8 > n:
             raise _Short
-        nevict = _U64.unpack_from(buf, o)[0]
+        nevict = _u64(buf, o)[0]
         o += 8
         if nevict * 8 > n - o:
             raise _Short
         for _ in range(nevict):
-            _, o = _b_str(buf, o, n)
+            if o + 8 > n:
+                raise _Short
+            o += 8 + _u64(buf, o)[0]
+        if o > n:
+            raise _Short
         if o + 9 > n:
             raise _Short
         _max_len, dropped_attrs, ev_tag = _EVICT_TAIL.unpack_from(buf, o)
@@ -535,6 +541,35 @@ _NAN = float("nan")
 _U128_MAX = (1 << 128) - 1
 _U32_MAX = (1 << 32) - 1
 _json_loads = json.loads
+# The stdlib's own C scanner, called directly: `json.loads` would spend a third of its time
+# on encoding detection and wrapper calls for payloads that are always compact UTF-8.
+_scan_once = json.JSONDecoder().scan_once
+_JSON_WS = " \t\n\r"
+
+
+def _parse_json(payload: bytes) -> object:
+    text = payload.decode("utf-8")
+    if not text or text[0] in _JSON_WS or text[-1] in _JSON_WS:
+        return _json_loads(text)  # the general path (whitespace around the value)
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration as exc:
+        raise json.JSONDecodeError("Expecting value", text, exc.value) from None
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
+
+
+def _j_times(d: dict, key: str) -> int:  # type: ignore[type-arg]
+    t = d[key]
+    secs = t["secs_since_epoch"]
+    nanos = t["nanos_since_epoch"]
+    if type(secs) is not int or type(nanos) is not int or secs < 0 or nanos < 0 or nanos > _U32_MAX:
+        raise _Bad(key)
+    ns = secs * _NS + nanos
+    if ns > _U64_MAX:
+        raise DecodeError(f"{key} {secs}s+{nanos}ns does not fit OTLP's u64 nanoseconds")
+    return ns
 
 
 class _Bad(Exception):
@@ -641,14 +676,6 @@ def _j_kvs(items: object) -> Attributes:
     return out
 
 
-def _j_time(t: object, what: str) -> int:
-    secs = t["secs_since_epoch"]  # type: ignore[index]
-    nanos = t["nanos_since_epoch"]  # type: ignore[index]
-    if type(secs) is not int or type(nanos) is not int or secs < 0 or not 0 <= nanos <= _U32_MAX:
-        raise _Bad(what)
-    return _ns(secs, nanos, what)
-
-
 def _j_trace_state(ts: object) -> tuple[tuple[str, str], ...]:
     if ts is None:
         return ()
@@ -665,47 +692,54 @@ def _j_trace_state(ts: object) -> tuple[tuple[str, str], ...]:
 def _j_queue(q: object, what: str) -> tuple[list, int]:  # type: ignore[type-arg]
     """An `EvictedQueue`: (items or [], dropped_count)."""
     items = q["queue"]  # type: ignore[index]
-    _j_u(q["max_len"], _U32_MAX, f"{what}.max_len")  # type: ignore[index]
-    dropped = _j_u(q["dropped_count"], _U32_MAX, f"{what}.dropped_count")  # type: ignore[index]
+    max_len = q["max_len"]  # type: ignore[index]
+    dropped = q["dropped_count"]  # type: ignore[index]
+    if (
+        type(max_len) is not int or max_len < 0 or max_len > _U32_MAX
+        or type(dropped) is not int or dropped < 0 or dropped > _U32_MAX
+    ):
+        raise _Bad(f"{what}.max_len/dropped_count")
     if items is None:
-        return [], dropped
+        return _NO_ITEMS, dropped
     if type(items) is not list:
         raise _Bad(f"{what}.queue")
     return items, dropped  # type: ignore[return-value]
 
 
+_NO_ITEMS: list = []  # type: ignore[type-arg]  # never mutated
+
+
 def decode_json(payload: bytes) -> Span:
     """Decode a serde_json opentelemetry 0.17 `SpanData` (agents >= 3.29)."""
     try:
-        d = _json_loads(payload)
+        d = _parse_json(payload)
         if type(d) is not dict:
             raise _Bad("top level")
         ctx = d["span_context"]
         trace_id = ctx["trace_id"]
-        if type(trace_id) is not int or not 0 <= trace_id <= _U128_MAX:
-            raise _Bad("span_context.trace_id")
         span_id = ctx["span_id"]
-        if type(span_id) is not int or not 0 <= span_id <= _U64_MAX:
-            raise _Bad("span_context.span_id")
         flags = ctx["trace_flags"]
-        if type(flags) is not int or not 0 <= flags <= 255:
-            raise _Bad("span_context.trace_flags")
+        parent = d["parent_span_id"]
+        if (
+            type(trace_id) is not int or trace_id < 0 or trace_id > _U128_MAX
+            or type(span_id) is not int or span_id < 0 or span_id > _U64_MAX
+            or type(flags) is not int or flags < 0 or flags > 255
+            or type(parent) is not int or parent < 0 or parent > _U64_MAX
+        ):
+            raise _Bad("span_context ids/flags or parent_span_id")
         remote = ctx["is_remote"]
         if type(remote) is not bool:
             raise _Bad("span_context.is_remote")
         ts = ctx["trace_state"]
         trace_state = () if ts is None else _j_trace_state(ts)
-        parent = d["parent_span_id"]
-        if type(parent) is not int or not 0 <= parent <= _U64_MAX:
-            raise _Bad("parent_span_id")
         kind = _JSON_KINDS.get(d["span_kind"])  # type: ignore[arg-type]
         if kind is None:
             raise _Bad("span_kind")
         name = d["name"]
         if type(name) is not str:
             raise _Bad("name")
-        start = _j_time(d["start_time"], "start_time")
-        end = _j_time(d["end_time"], "end_time")
+        start = _j_times(d, "start_time")
+        end = _j_times(d, "end_time")
 
         attrs = d["attributes"]
         amap = attrs["map"]
@@ -721,21 +755,25 @@ def decode_json(payload: bytes) -> Span:
                     append((k, s))
                     continue
             append((k, _j_value(v)))
-        if type(attrs["evict_list"]) is not list:
-            raise _Bad("attributes.evict_list")
-        _j_u(attrs["max_len"], _U32_MAX, "attributes.max_len")
-        dropped_attrs = _j_u(attrs["dropped_count"], _U32_MAX, "attributes.dropped_count")
+        dropped_attrs = attrs["dropped_count"]
+        max_len = attrs["max_len"]
+        if (
+            type(attrs["evict_list"]) is not list
+            or type(max_len) is not int or max_len < 0 or max_len > _U32_MAX
+            or type(dropped_attrs) is not int or dropped_attrs < 0 or dropped_attrs > _U32_MAX
+        ):
+            raise _Bad("attributes evict_list/max_len/dropped_count")
 
         raw_events, dropped_events = _j_queue(d["events"], "events")
         events = [
             Event(
                 _j_str(ev["name"], "event.name"),
-                _j_time(ev["timestamp"], "event.timestamp"),
+                _j_times(ev, "timestamp"),
                 _j_kvs(ev["attributes"]),
                 _j_u(ev["dropped_attributes_count"], _U32_MAX, "event.dropped_attributes_count"),
             )
             for ev in raw_events
-        ]
+        ] if raw_events else []
         raw_links, dropped_links = _j_queue(d["links"], "links")
         links: list[Link] = []
         for ln in raw_links:

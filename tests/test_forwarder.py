@@ -114,16 +114,6 @@ def received_view(r: ReceivedSpan, own_resource_keys: set[str]) -> dict[str, Any
     }
 
 
-def expected_via_sdk(fmt: str) -> list[dict[str, Any]]:
-    """The fixture, less what the SDK's OTLP encoder does not carry: link trace state."""
-    out = []
-    for e in expected_spans(fmt):
-        for ln in e["links"]:
-            ln["traceState"] = ""
-        out.append(e)
-    return out
-
-
 async def test_fixture_streams_over_hvsock_and_unix_reach_http_and_grpc_receivers_tagged_with_their_pod(
     short_tmp: Path,
 ) -> None:
@@ -135,7 +125,7 @@ async def test_fixture_streams_over_hvsock_and_unix_reach_http_and_grpc_receiver
     try:
         async with running(
             listen=[f"hvsock:///run/vc/vm/{SID}/clh.sock", f"unix://{short_tmp}/other.sock?sandbox=elsewhere"],
-            exports=[parse_export(http.export_uri), parse_export(grpc_rx.export_uri)],
+            exports=[parse_export(http.export_uri + "?compression=gzip"), parse_export(grpc_rx.export_uri)],
             host_root=str(root),
             node_name="node-a",
         ) as fwd:
@@ -166,7 +156,7 @@ async def test_fixture_streams_over_hvsock_and_unix_reach_http_and_grpc_receiver
         assert ours["host.name"] == "kata-node-1"  # the node's /etc/hostname under the host root
         assert "k8s.pod.name" not in by_sandbox["elsewhere"][0].resource  # no OCI spec for it
         for sandbox, fmt in ((SID, "bincode"), ("elsewhere", "json")):
-            want = [strict(e) for e in expected_via_sdk(fmt)]
+            want = [strict(e) for e in expected_spans(fmt)]
             got = sorted(
                 # The fixture spans that carry a resource carry {host.arch, service.name}.
                 (strict(received_view(r, {"host.arch", "service.name"} if "host.arch" in r.resource else set()))
@@ -401,3 +391,51 @@ def test_listen_and_export_uris_are_parsed_or_rejected_with_the_reason() -> None
     assert target_from_env({}).kind == "otlp-http"
     with pytest.raises(ValueError, match="http/json"):
         target_from_env({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"})
+
+
+async def test_link_trace_state_flags_and_repeated_event_keys_reach_the_backend(short_tmp: Path) -> None:
+    from forwarder.wire import Event, Link
+
+    span = sample_span(5)
+    span.trace_state = (("kata", "1"), ("vendor", "x"))
+    span.links = [Link(0xABC, 0xDEF, 1, True, (("k", "v"),), [("link.kind", "follows")], 2)]
+    span.events = [Event("retry", span.start_time_unix_nano + 5, [("attempt", 1), ("attempt", 2)], 1)]
+    span.dropped_events_count, span.dropped_links_count = 3, 4
+    rx = await OtlpGrpcReceiver().start()
+    try:
+        async with running(listen=[f"unix://{short_tmp}/a.sock"], exports=[parse_export(rx.export_uri)],
+                           host_root=str(short_tmp)):
+            await send_unix(short_tmp / "a.sock", frame(to_bincode(span)))
+            (got,) = await rx.wait_for_spans(1)
+    finally:
+        await rx.stop()
+    s = got.span
+    assert (s.trace_state, s.flags, s.dropped_events_count, s.dropped_links_count) == ("kata=1,vendor=x", 1, 3, 4)
+    (link,) = s.links
+    assert (link.trace_state, link.flags, link.dropped_attributes_count) == ("k=v", 0x301, 2)
+    assert [(kv.key, kv.value.int_value) for kv in s.events[0].attributes] == [("attempt", 1), ("attempt", 2)]
+    assert s.events[0].dropped_attributes_count == 1
+
+
+async def test_readable_span_path_for_sdk_releases_without_the_client_hook(short_tmp: Path) -> None:
+    """The fallback builds SDK ReadableSpans; the backend sees the same span (SDK limits aside)."""
+    from forwarder.exporters import OtlpSink, Origin
+
+    http = await OtlpHttpReceiver().start()
+    try:
+        sink = OtlpSink(parse_export(http.export_uri))
+        sink._exporter._wire_direct = False
+        span = sample_span(8)
+        span.dropped_attributes_count, span.status_code, span.status_message = 2, 1, "fine"
+        origin = Origin.make("sbR", "test", (("service.name", "kata-agent"),), (("kata.sandbox.id", "sbR"),))
+        assert await asyncio.to_thread(sink.export, [(span, origin)])
+        (got,) = await http.wait_for_spans(1)
+        sink.shutdown()
+    finally:
+        await http.stop()
+    s = got.span
+    assert got.resource == {"service.name": "kata-agent", "kata.sandbox.id": "sbR"}
+    assert (s.trace_id.hex(), s.span_id.hex()) == (f"{span.trace_id:032x}", f"{span.span_id:016x}")
+    assert (s.start_time_unix_nano, s.end_time_unix_nano) == (span.start_time_unix_nano, span.end_time_unix_nano)
+    assert (s.dropped_attributes_count, s.status.code, s.status.message) == (2, 1, "fine")
+    assert [kv.key for kv in s.attributes] == [k for k, _ in span.attributes]
