@@ -319,27 +319,18 @@ def default_output(context: str | None, started: datetime, compression: Compress
     return f"./kata-debug-cluster-{_safe(context or 'cluster')}-{started.strftime('%Y%m%dT%H%M%SZ')}{SUFFIXES[compression]}"
 
 
-async def run_cluster_collection(
-    opts: ClusterOptions,
-    progress: ClusterProgress | None = None,
-    analyse_limits: Callable[[list[dict[str, Any]], list[dict[str, Any]]], Any] | None = None,
-) -> ClusterResult:
+async def run_cluster_collection(opts: ClusterOptions, progress: ClusterProgress | None = None) -> ClusterResult:
     """Collect the cluster into `opts.output`. Raises UsageError/KataDebugError before writing."""
     validate(opts)
     progress = progress or _NoProgress()
     session = await KubeSession.connect(opts.kubeconfig, opts.context, pool_size=opts.parallel + 8)
     try:
-        return await _run(opts, session, progress, analyse_limits)
+        return await _run(opts, session, progress)
     finally:
         await session.close()
 
 
-async def _run(
-    opts: ClusterOptions,
-    session: KubeSession,
-    progress: ClusterProgress,
-    analyse_limits: Callable[[list[dict[str, Any]], list[dict[str, Any]]], Any] | None,
-) -> ClusterResult:
+async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProgress) -> ClusterResult:
     run = ClusterCollection(opts, session, progress)
     started = datetime.now(timezone.utc)
     try:
@@ -355,7 +346,7 @@ async def _run(
     target = OutputTarget(output)
     sink = target.open()
     bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
-    objects = ClusterObjects(session, bundle, run.redactor, inv, opts.since, analyse_limits)
+    objects = ClusterObjects(session, bundle, run.redactor, inv, opts.since)
     results: dict[str, NodeResult] = {r.name: r for r in early}
     for r in early:
         progress.node_finished(r)

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -125,19 +125,10 @@ def print_summary(result: ClusterResult, console: Console) -> None:
         console.print(f"bundle: [bold]{result.output}[/]")
 
 
-def _limits_analyser() -> Callable[[list[dict[str, Any]], list[dict[str, Any]]], Any] | None:
-    """The `limits` analysis for live pods, when the sizing module provides it."""
-    try:
-        from .sizing_cluster import analyse_pods  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return analyse_pods  # type: ignore[no-any-return]
-
-
 def run(opts: ClusterOptions, json_output: bool) -> int:
     """Run a cluster collection and print its summary; returns the exit code."""
     with NodeProgress(enabled=not json_output, plain_lines=not json_output) as progress:
-        result = asyncio.run(run_cluster_collection(opts, progress, _limits_analyser()))
+        result = asyncio.run(run_cluster_collection(opts, progress))
     to = sys.stderr if opts.output == "-" else sys.stdout
     if json_output:
         print(json.dumps(result_json(result), indent=2), file=to)

@@ -195,14 +195,13 @@ class ClusterObjects:
         redactor: Redactor,
         inventory: Inventory,
         since: timedelta,
-        analyse_limits: Callable[[list[dict[str, Any]], list[dict[str, Any]]], Any] | None = None,
     ) -> None:
         self.session = session
         self.bundle = bundle
         self.redactor = redactor
         self.inv = inventory
         self.since = since
-        self.analyse_limits = analyse_limits
+        self.limit_ranges: list[dict[str, Any]] = []
         self.files: list[str] = []
         self.failures: list[ItemFailure] = list(inventory.failures)
         self._owners: dict[str, dict[str, Any] | None] = {}
@@ -313,6 +312,7 @@ class ClusterObjects:
             except KubeError as exc:
                 self.failures.append(failure_from(f"limitranges in namespace {ns}", exc))
                 continue
+            self.limit_ranges.extend(items)
             await self._json(f"limitranges/{_safe(ns)}.json", items)
 
     async def _kata_deploy(self) -> None:
@@ -381,11 +381,36 @@ class ClusterObjects:
         self.files.append(f"cluster/{name}")
 
     async def _limits(self) -> None:
-        if self.analyse_limits is None or not self.inv.kata_pods:
+        """`kata-debug limits` on every Kata pod: the VM each one gets, and why."""
+        if not self.inv.kata_pods:
             return
         try:
-            report = await asyncio.to_thread(self.analyse_limits, self.inv.kata_pods, self.inv.runtime_classes)
+            report = await asyncio.to_thread(
+                analyse_limits, self.inv.kata_pods, self.inv.runtime_classes, self.limit_ranges
+            )
         except Exception as exc:  # the analysis must not sink the bundle
             self.failures.append(ItemFailure("limits analysis", f"{type(exc).__name__}: {exc}"))
             return
         await self._json("limits.json", report)
+
+
+def analyse_limits(
+    pods: list[dict[str, Any]], runtime_classes: list[dict[str, Any]], limit_ranges: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Live objects -> the `limits` report (blocking, pure).
+
+    List items carry no `kind` on the wire, so it is set here; admission already happened
+    (a live pod has its LimitRange defaults), so the analysis must not apply it again.
+    """
+    from .limits import Document, Options, analyse
+
+    def docs(items: list[dict[str, Any]], kind: str, path: Callable[[dict[str, Any]], str]) -> list[Document]:
+        return [Document(path(o), None, i, {**o, "kind": kind}) for i, o in enumerate(items)]
+
+    documents = (
+        docs(runtime_classes, "RuntimeClass", lambda o: f"/apis/node.k8s.io/v1/runtimeclasses/{name_of(o)}")
+        + docs(limit_ranges, "LimitRange", lambda o: f"/api/v1/namespaces/{namespace_of(o)}/limitranges/{name_of(o)}")
+        + docs(pods, "Pod", lambda o: f"/api/v1/namespaces/{namespace_of(o)}/pods/{name_of(o)}")
+    )
+    opts = Options(admission=False, kata_namespaces=frozenset(namespace_of(p) for p in pods))
+    return analyse(documents, opts).to_json()

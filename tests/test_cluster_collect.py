@@ -99,6 +99,10 @@ async def test_cluster_bundle_holds_cluster_objects_and_every_kata_node_bundle(f
     assert "cluster/nodes/kata-a.json" in bundle.members and "cluster/nodes/plain-1.json" not in bundle.members
     assert bundle.json("cluster/limitranges/shop.json")[0]["spec"]["limits"][0]["default"]["memory"] == "1Gi"
     assert bundle.json("cluster/kata-deploy/kube-system/kata-deploy.json")["status"]["numberReady"] == 2
+    limits = bundle.json("cluster/limits.json")
+    (web_vm,) = [w for w in limits["workloads"] if w["kind"] == "Pod"]
+    assert (web_vm["name"], web_vm["vm"]["vcpus"], web_vm["vm"]["memory_mib"]) == ("web-7d9f8-x2x4q", 3, 3072)
+    assert "request-ignored" in limits["summary"]["by_rule"], "the limits analysis of every Kata pod"
     log = bundle.members["cluster/kata-deploy/kube-system/logs/kata-deploy-kata-a/kube-kata.log"].decode()
     assert "Installing Kata Containers artifacts" in log and "ghp_leakyTokenValue123" not in log
     # No secret anywhere: cluster objects, logs, and inside every node bundle.
@@ -109,16 +113,15 @@ async def test_cluster_bundle_holds_cluster_objects_and_every_kata_node_bundle(f
 
 
 async def test_node_failures_are_recorded_while_the_other_nodes_finish(fake: ClusterFake, tmp_path: Path) -> None:
-    names = ["ok-1", "forbidden-1", "no-agent-1", "cut-1", "exit-2", "partial-1", "hang-1"]
+    names = ["ok-1", "forbidden-1", "no-agent-1", "cut-1", "exit-2", "partial-1"]
     cluster = build(fake, tmp_path, names)
     fake.behave(cluster.agent("forbidden-1"), ExecBehaviour("forbidden"))
     del fake.objects[f"/api/v1/namespaces/kata-debug/pods/{cluster.agent('no-agent-1')}"]
     fake.behave(cluster.agent("cut-1"), ExecBehaviour("cut", host_root=cluster.roots["cut-1"], cut_after=700))
     fake.behave(cluster.agent("exit-2"), ExecBehaviour("run", host_root=tmp_path / "no-such-root"))
     add_task(cluster.roots["partial-1"], "k8s.io", "broken", '{"ociVersion": "1.0.2", "process": ')
-    fake.behave(cluster.agent("hang-1"), ExecBehaviour("hang"))
 
-    result = await run_cluster_collection(options(fake, tmp_path, node_timeout=8, parallel=4))
+    result = await run_cluster_collection(options(fake, tmp_path, parallel=4))
     assert result.exit_code == 3
     bundle = read_bundle(tmp_path / "cluster.tar.gz")
     n = entries(bundle)
@@ -135,10 +138,24 @@ async def test_node_failures_are_recorded_while_the_other_nodes_finish(fake: Clu
     assert n["partial-1"]["status"] == "partial" and n["partial-1"]["exit_code"] == 3
     inner = node_bundle(bundle, "nodes/partial-1/bundle.tar.gz")
     assert inner.collector("oci-specs")["status"] == "partial", "exit 3: a complete bundle with failed collectors"
-    assert n["hang-1"]["status"] == "timeout" and "--node-timeout 8" in n["hang-1"]["error"]
-    assert n["hang-1"]["duration_s"] < 15
     for entry in n.values():
         assert set(entry) >= {"name", "status", "error", "duration_s", "bytes"}
+
+
+async def test_a_node_that_never_answers_times_out_and_the_others_finish(fake: ClusterFake, tmp_path: Path) -> None:
+    cluster = build(fake, tmp_path, ["hang-1", "quick-1"])
+    fake.behave(cluster.agent("hang-1"), ExecBehaviour("hang"))
+    node_bundle_file = tmp_path / "prepared.tar.gz"
+    node_bundle_file.write_bytes(b"\x1f\x8b" + b"\0" * 5000)
+    fake.behave(cluster.agent("quick-1"), ExecBehaviour("file", file=node_bundle_file))
+    result = await run_cluster_collection(options(fake, tmp_path, node_timeout=2))
+    n = {r.name: r for r in result.nodes}
+    assert n["hang-1"].status == "timeout" and "--node-timeout 2" in (n["hang-1"].error or "")
+    assert 2 <= n["hang-1"].duration_s < 6
+    assert n["hang-1"].bytes == 2 and n["hang-1"].member == "nodes/hang-1/bundle.tar.gz.partial"
+    assert (n["quick-1"].status, n["quick-1"].bytes) == ("ok", 5002)
+    assert result.exit_code == 3
+    assert fake.exec.sessions[0]["command"][fake.exec.sessions[0]["command"].index("--deadline") + 1] == "1.6"
 
 
 async def test_exit_code_and_summary_say_partial_on_the_command_line(fake: ClusterFake, tmp_path: Path) -> None:
