@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "kata-config": "kata_config:KataConfigCollector",
     "oci-specs": "oci_specs:OciSpecsCollector",
     "sandboxes": "sandboxes:SandboxesCollector",
+    "resource-limits": "resource_limits:ResourceLimitsCollector",
     "shim-logs": "shim_logs:ShimLogsCollector",
     "agent-traces": "agent_traces:AgentTracesCollector",
 }
