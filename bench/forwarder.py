@@ -28,9 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FIXTURES = REPO.parent / "shared" / "fixtures" / "agent-trace"
-if not FIXTURES.is_dir():  # CI copies the fixtures beside the checkout; tests keep a copy too
-    FIXTURES = REPO / "tests" / "fixtures" / "agent-trace"
+FIXTURES = REPO.parent / "shared" / "fixtures" / "agent-trace"  # beside the checkout, as in CI
 
 
 def _cpus() -> list[int]:
@@ -210,14 +208,14 @@ async def _memory(total: int) -> None:
     elapsed = time.perf_counter() - t0
     for s in senders:
         s.wait()
-    stats = fwd.stats
-    exp, queued = next(iter(stats.per_exporter.values()))
+    exp, queued = next(iter(fwd.stats.per_exporter.values()))
+    dropped, failed = exp.dropped, exp.failed_exports  # before shutdown adds the leftovers
     fwd.stop()
     await task
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"memory: {total:,} spans in {elapsed:.1f}s with the backend down (queue {fwd.config.queue_size:,}): "
-          f"peak RSS {peak:.0f} MiB; {exp.dropped:,} dropped (oldest first), {queued:,} queued at the end, "
-          f"{exp.failed_exports} failed exports")
+          f"peak RSS {peak:.0f} MiB; {dropped:,} dropped while running (oldest first), {queued:,} queued "
+          f"when the last span arrived, {failed} failed export attempts")
 
 
 def bench_memory(total: int = 1_000_000) -> None:

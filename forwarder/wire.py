@@ -754,6 +754,10 @@ def decode_json(payload: bytes) -> Span:
                 if type(s) is str:
                     append((k, s))
                     continue
+                i = v.get("I64")
+                if type(i) is int and _I64_MIN <= i <= _I64_MAX:
+                    append((k, i))
+                    continue
             append((k, _j_value(v)))
         dropped_attrs = attrs["dropped_count"]
         max_len = attrs["max_len"]

@@ -168,7 +168,8 @@ def forward(
     ),
     export: Optional[List[str]] = typer.Option(
         None, "--export", "-e",
-        help="Where spans go (repeatable): otlp+grpc://HOST:PORT, otlp+http://HOST:PORT/v1/traces, otlp+https://..., "
+        help="Where spans go (repeatable): otlp+grpc://HOST:PORT (otlp+grpcs:// for TLS), otlp+http://HOST:PORT/v1/traces, "
+        "otlp+https://... (OTLP URIs take ?compression=gzip|deflate|none&timeout=SECONDS), "
         "file:///path.jsonl[?max_bytes=N&backups=N], stdout. Default: OTLP from the OTEL_EXPORTER_OTLP_* variables.",
     ),
     format: TraceFormat = typer.Option(TraceFormat.auto, "--format", help="Payload format: auto (per connection), bincode, json."),
