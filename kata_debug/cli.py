@@ -109,9 +109,9 @@ def collect(
     ),
 ) -> None:
     """Gather this node's Kata evidence into one support bundle (or, with --cluster, every Kata node's)."""
-    from .cluster_cli import collect_cluster, reject_cluster_options
-
     if cluster:
+        from .cluster_cli import collect_cluster  # the Kubernetes client costs seconds to import
+
         raise typer.Exit(collect_cluster(
             kubeconfig=kubeconfig, context=context, nodes=node or [], selector=selector, parallel=parallel,
             node_timeout=node_timeout, output=output, since=since, collectors=collector or [], timeout=timeout,
@@ -119,8 +119,12 @@ def collect(
             all_runtimes=all_runtimes, max_log_size=max_log_size, trace_spool_dir=trace_spool_dir,
             host_root=host_root, deadline=deadline, node_name=node_name,
         ))
-    reject_cluster_options(kubeconfig=kubeconfig, context=context, node=node, selector=selector,
-                           parallel=parallel, node_timeout=node_timeout)
+    cluster_only = {"--kubeconfig": kubeconfig, "--context": context, "--node": node, "--selector": selector,
+                    "--parallel": None if parallel == 8 else parallel,
+                    "--node-timeout": None if node_timeout == 600.0 else node_timeout}
+    for flag, value in cluster_only.items():
+        if value:
+            raise UsageError(f"{flag}: only valid with --cluster")
     from .collect import CollectOptions, run_collection
     from .durations import parse_duration
     from .progress import CollectorProgress
