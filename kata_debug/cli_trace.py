@@ -189,7 +189,7 @@ def forward(
     """
     from forwarder.exporters import parse_export, target_from_env
     from forwarder.listeners import parse_listen
-    from forwarder.server import Forwarder, ForwarderConfig, ForwarderError
+    from forwarder.server import Forwarder, ForwarderConfig, ForwarderError, tune_gc
 
     listen_uris = listen or ["vsock://any:10240"]
     for uri in listen_uris:
@@ -229,6 +229,8 @@ def forward(
         raise KataDebugError(str(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+    tune_gc()
 
     async def _main() -> None:
         loop = asyncio.get_running_loop()

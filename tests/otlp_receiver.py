@@ -48,25 +48,33 @@ class ReceivedSpan:
 
 
 class _Collected:
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
+        #: False: only count spans (benchmarks: the receiver must not be the bottleneck).
+        self.keep = keep
+        self.count = 0
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.spans: list[ReceivedSpan] = []
         self.encodings: list[str] = []
         self._changed = asyncio.Event()
 
     def add(self, req: trace_service_pb2.ExportTraceServiceRequest, encoding: str) -> None:
-        self.requests.append(req)
         self.encodings.append(encoding)
+        if not self.keep:
+            self.count += sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+            self._changed.set()
+            return
+        self.requests.append(req)
         for rs in req.resource_spans:
             res = attrs(rs.resource.attributes)
             for ss in rs.scope_spans:
                 for sp in ss.spans:
                     self.spans.append(ReceivedSpan(res, sp))
+        self.count = len(self.spans)
         self._changed.set()
 
     async def wait_for_spans(self, n: int, timeout: float = 20.0) -> list[ReceivedSpan]:
         async def _wait() -> None:
-            while len(self.spans) < n:
+            while self.count < n:
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -77,8 +85,8 @@ class _Collected:
 class OtlpHttpReceiver(_Collected):
     """POST /v1/traces with protobuf bodies (gzip/deflate accepted), like a collector's OTLP/HTTP."""
 
-    def __init__(self, path: str = "/v1/traces") -> None:
-        super().__init__()
+    def __init__(self, path: str = "/v1/traces", keep: bool = True) -> None:
+        super().__init__(keep)
         self.path = path
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -132,8 +140,8 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 class OtlpGrpcReceiver(_Collected):
     """The OTLP TraceService over gRPC (grpc.aio), plaintext on loopback."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, keep: bool = True) -> None:
+        super().__init__(keep)
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
 
