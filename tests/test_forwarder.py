@@ -238,7 +238,6 @@ async def test_backend_down_then_up_delivers_what_was_queued(short_tmp: Path) ->
         finally:
             await http.stop()
         stats, queued = next(iter(fwd.stats.per_exporter.values()))
-    assert sorted(r.span.span_id for r in got) == [int.from_bytes(s.span_id, "big") for s in []] or len(got) == 50
     assert {int.from_bytes(r.span.span_id, "big") for r in got} == {sample_span(i).span_id for i in range(50)}
     assert stats.exported == 50 and stats.dropped == 0 and queued == 0
 

@@ -125,6 +125,22 @@ async def _wait_for_socket(path: Path, proc: asyncio.subprocess.Process) -> None
         await asyncio.sleep(0.05)
 
 
+async def _stderr_until(proc: asyncio.subprocess.Process, text: str, timeout: float = 30) -> bytes:
+    assert proc.stderr is not None
+    seen = b""
+
+    async def _read() -> None:
+        nonlocal seen
+        while text.encode() not in seen:
+            line = await proc.stderr.readline()  # type: ignore[union-attr]
+            if not line:
+                raise AssertionError(f"forwarder exited before logging {text!r}: {seen.decode()}")
+            seen += line
+
+    await asyncio.wait_for(_read(), timeout)
+    return seen
+
+
 async def test_sigterm_flushes_queued_spans_to_the_backend_and_exits_0(short_tmp: Path) -> None:  # noqa: F811
     """The exporter is configured only through OTEL_EXPORTER_OTLP_* (no --export)."""
     http = await OtlpHttpReceiver().start()
@@ -136,9 +152,11 @@ async def test_sigterm_flushes_queued_spans_to_the_backend_and_exits_0(short_tmp
     try:
         await _wait_for_socket(sock, proc)
         await send_unix(sock, frames(to_bincode(sample_span(i)) for i in range(300)))
-        await asyncio.sleep(0.3)  # let the forwarder read the stream; spans may still be queued
+        # Once the stream is read the spans sit in the exporter queue (batched every 0.2s).
+        seen = await _stderr_until(proc, "trace stream closed (300 frames")
         proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        _, rest = await asyncio.wait_for(proc.communicate(), 30)
+        err = seen + rest
         assert proc.returncode == 0, err.decode()
         assert len(http.spans) == 300
         assert {r.resource["kata.sandbox.id"] for r in http.spans} == {"sbT"}
