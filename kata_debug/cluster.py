@@ -39,7 +39,6 @@ AGENT_NAMESPACE = "kata-debug"
 AGENT_SELECTOR = "app.kubernetes.io/name=kata-debug-node-agent"
 AGENT_CONTAINER = "agent"
 PARTIAL_EXIT = 3
-_FLUSH = 1 << 20
 
 
 @dataclass
@@ -146,43 +145,30 @@ def node_command(opts: ClusterOptions, node: str) -> list[str]:
 
 
 class _SpoolSink:
-    """Receives a node's stdout frames and writes them to a spool file off the event loop.
+    """Receives a node's stdout blocks and writes them to a spool file off the event loop.
 
-    Double-buffered: one 1 MiB block is written by a thread while the next one fills, so the
-    network is never waiting on the disk and memory stays at two blocks per node.
+    Double-buffered: one block is written by a thread while the next one arrives, so the
+    network never waits on the disk, and memory stays at two blocks per node in flight.
     """
 
     def __init__(self, spool: Spool, on_progress: Callable[[int], None]) -> None:
         self.spool = spool
         self.bytes = 0
-        self._buf = bytearray()
         self._pending: asyncio.Future[None] | None = None
         self._on_progress = on_progress
 
-    async def write(self, data: memoryview) -> None:
-        self._buf += data
-        self.bytes += len(data)
-        if len(self._buf) >= _FLUSH:
-            await self._flush()
-            self._on_progress(self.bytes)
-
-    async def _flush(self) -> None:
+    async def write(self, block: bytearray) -> None:
         if self._pending is not None:
             await asyncio.shield(self._pending)
-        if self._buf:
-            block = bytes(self._buf)
-            self._buf.clear()
-            self._pending = asyncio.get_running_loop().run_in_executor(None, self.spool.write, block)
+        self.bytes += len(block)
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self.spool.write, block)
+        self._on_progress(self.bytes)
 
     async def finish(self) -> None:
-        """Write what is buffered and wait for the writer thread (safe after cancellation)."""
+        """Wait for the writer thread (safe after cancellation: the block is never half-written)."""
         if self._pending is not None:
             await asyncio.wait([self._pending])
             self._pending = None
-        if self._buf:
-            block = bytes(self._buf)
-            self._buf.clear()
-            await asyncio.to_thread(self.spool.write, block)
 
 
 def _pick_agent_pods(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
