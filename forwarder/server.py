@@ -125,7 +125,7 @@ def tune_gc() -> None:
     """
     gc.collect()
     gc.freeze()  # everything imported so far is permanent
-    gc.set_threshold(100_000, 20, 20)
+    gc.set_threshold(20_000, 20, 20)
 
 
 class ForwarderError(Exception):
