@@ -43,6 +43,15 @@ _LINE_RULES: list[tuple[str, re.Pattern[bytes], bytes]] = [
         rb"\1***@",
     ),
     (
+        # OTLP/JSON attributes: {"key":"db.password","value":{"stringValue":"..."}}
+        "otlp-attribute",
+        re.compile(
+            rb'(?i)("key"\s*:\s*"[^"]*?(?:' + _SECRET_WORDS.encode() + rb')"\s*,\s*"value"\s*:\s*'
+            rb'\{\s*"(?:stringValue|bytesValue)"\s*:\s*")(?!\*\*\*")(?:[^"\\]|\\.)*'
+        ),
+        rb"\1***",
+    ),
+    (
         "secret-value",
         re.compile(
             rb"(?i)(?<![a-z0-9])([a-z0-9_.-]*?(?:" + _SECRET_WORDS.encode() + rb"))"
@@ -139,6 +148,11 @@ class Redactor:
 
     def _walk(self, value: Any, *, oci: bool, key: str | None) -> Any:
         if isinstance(value, dict):
+            attr = value.get("key")
+            if isinstance(attr, str) and isinstance(value.get("value"), dict) and looks_secret(attr):
+                # OTLP attribute {"key": "db.password", "value": {"stringValue": ...}}
+                self._count("otlp-attribute")
+                return {**value, "value": {k: MASK for k in value["value"]}}
             out: dict[str, Any] = {}
             for k, v in value.items():
                 if oci and k == "env" and isinstance(v, list):

@@ -72,3 +72,14 @@ def test_secret_looking_keys() -> None:
         assert looks_secret(k), k
     for k in ("sandbox-uid", "keyring", "kernel_params", "monkey", "io.kubernetes.cri.sandbox-id"):
         assert not looks_secret(k), k
+
+
+def test_secret_named_span_attributes_are_masked_in_text_and_json() -> None:
+    r = Redactor()
+    line = (b'{"attributes":[{"key":"db.password","value":{"stringValue":"hunter2"}},'
+            b'{"key":"token_count","value":{"intValue":"5"}},{"key":"exec_id","value":{"stringValue":"rpc.rs"}}]}')
+    out = r.bytes(line)
+    assert b"hunter2" not in out and b'"intValue":"5"' in out and b"rpc.rs" in out
+    parsed = r.json_value({"attributes": [{"key": "http.request.header.authorization", "value": {"stringValue": "Basic x"}}]})
+    assert parsed["attributes"][0]["value"] == {"stringValue": "***"}
+    assert r.counts["otlp-attribute"] == 2
