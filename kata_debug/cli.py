@@ -201,6 +201,7 @@ def _register_commands() -> None:
     """Commands that live in their own modules (one feature each)."""
     from . import cli_trace; cli_trace.register(app)
     from . import cli_limits; cli_limits.register(app)
+    from . import cli_node_agent; cli_node_agent.register(app)
 
 
 _register_commands()
