@@ -127,9 +127,14 @@ async def discover(session: KubeSession, node_selector: str | None) -> Inventory
 
     await asyncio.gather(runtime_classes(), nodes())
 
+    rcs_known = not any(f.item == "runtimeclasses" for f in inv.failures)
+
     def is_kata_pod(pod: dict[str, Any]) -> bool:
         rc = (pod.get("spec") or {}).get("runtimeClassName")
-        return bool(rc) and rc in inv.kata_runtime_classes
+        if not rc:
+            return False
+        # Without RuntimeClasses (403), kata-deploy's naming (kata, kata-qemu ...) is the best guess.
+        return rc in inv.kata_runtime_classes if rcs_known else is_kata_handler(rc)
 
     try:
         inv.kata_pods = await session.list("/api/v1/pods", keep=is_kata_pod)

@@ -18,7 +18,8 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 import aiohttp
 from kubernetes.aio.client import ApiClient, Configuration
-from kubernetes.aio.config import ConfigException, load_incluster_config, load_kube_config
+from kubernetes.aio.config import ConfigException, load_incluster_config
+from kubernetes.aio.config.kube_config import KubeConfigLoader, KubeConfigMerger
 from kubernetes.aio.stream import WsApiClient
 
 from .errors import UsageError
@@ -82,9 +83,9 @@ class KubeSession:
         option = f"--kubeconfig {kubeconfig}" if explicit else f"kubeconfig {path}"
         try:
             if any(Path(p).expanduser().is_file() for p in files):
-                loader = await load_kube_config(
-                    config_file=path, context=context, client_configuration=config, persist_config=False
-                )
+                merger = await asyncio.to_thread(KubeConfigMerger, path)  # file reads off the loop
+                loader = KubeConfigLoader(config_dict=merger.config, active_context=context, config_base_path=None)
+                await loader.load_and_set(config)
                 active = context or (loader.current_context or {}).get("name")
             elif os.environ.get("KUBERNETES_SERVICE_HOST") and not context:
                 load_incluster_config(client_configuration=config)
@@ -95,8 +96,8 @@ class KubeSession:
             if context:
                 raise UsageError(f"--context {context}: {exc}") from None
             raise UsageError(f"{option}: {exc}") from None
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{option}: cannot read: {exc}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{option}: cannot use it: {exc}") from None
         config.connection_pool_maxsize = max(pool_size, 8)
         return cls(config, KubeTarget(context=active, server=config.host))
 

@@ -251,3 +251,23 @@ async def test_exec_uses_the_v5_subprotocol_and_the_agent_container(fake: Cluste
 def tar_names(data: bytes) -> list[str]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as t:
         return t.getnames()
+
+
+async def test_without_runtimeclass_access_kata_pods_are_found_by_kata_deploy_names(fake: ClusterFake, tmp_path: Path) -> None:
+    build(fake, tmp_path, ["kata-a"])
+    fake.forbidden.add("/apis/node.k8s.io/v1/runtimeclasses")
+    r = await run_cluster_collection(options(fake, tmp_path))
+    assert [f["item"] for f in r.items_failed] == ["runtimeclasses"]
+    bundle = read_bundle(tmp_path / "cluster.tar.gz")
+    assert [p["name"] for p in bundle.json("cluster/pods.json")] == ["web-7d9f8-x2x4q"]
+
+
+async def test_kubeconfig_context_selects_the_cluster_and_a_wrong_one_is_named(fake: ClusterFake, tmp_path: Path) -> None:
+    build(fake, tmp_path, ["kata-a"])
+    kc = fake.kubeconfig(tmp_path / "kc", context="prod")
+    r = await run_cluster_collection(ClusterOptions(kubeconfig=str(kc), context="prod", output=str(tmp_path / "c.tar.gz"),
+                                                    node_args=list(FAST)))
+    assert r.context == "prod" and [n.status for n in r.nodes] == ["ok"]
+    assert read_bundle(tmp_path / "c.tar.gz").top.startswith("kata-debug-cluster-prod-")
+    with pytest.raises(UsageError, match="--context staging"):
+        await run_cluster_collection(ClusterOptions(kubeconfig=str(kc), context="staging"))

@@ -163,3 +163,21 @@ def test_containerfile_builds_from_this_package() -> None:
         assert f"COPY {source}" in text or f" {source} " in text
         assert (REPO / source).exists()
     assert 'ENTRYPOINT ["kata-debug"]' in text
+
+
+def test_probes_read_the_state_file_the_agent_writes(agent: dict[str, Any]) -> None:
+    args = agent["args"]
+    state = args[args.index("--state-file") + 1]
+    assert state.startswith("/tmp/"), "the state file must be on the writable emptyDir"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert agent[probe]["exec"]["command"][3] == state
+    assert "--ready" in agent["readinessProbe"]["exec"]["command"]
+
+
+def test_agent_spool_is_where_collect_reads_it(agent: dict[str, Any], pod_spec: dict[str, Any]) -> None:
+    from collectors.agent_traces import DEFAULT_SPOOL_DIR
+    from kata_debug.node_agent import SPOOL_NODE_PATH
+
+    assert SPOOL_NODE_PATH == DEFAULT_SPOOL_DIR
+    mounts = _host_mounts(agent, pod_spec)
+    assert mounts[SPOOL_NODE_PATH][0] == "/host" + SPOOL_NODE_PATH, "node-agent --host-root /host spools here by default"
