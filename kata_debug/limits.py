@@ -13,9 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from . import quantity as q
 from .oci import A_SANDBOX_CPU_QUOTA, A_SANDBOX_MEMORY
-from .sizing import MIB, RS, STATIC, SizingConfig, VmSize, fmt_cpus, size_vm
+from .sizing import MIB, RS, STATIC, SizingConfig, VmSize, size_vm
 from .sizing_config import for_handler
 from .workloads import (
     WORKLOAD_KINDS,
@@ -474,5 +473,5 @@ def vm_text(e: Entry) -> str:
 
 __all__ = [
     "Document", "Entry", "Finding", "FixTarget", "InputError", "Options", "Report", "RULES",
-    "analyse", "fmt_cpus", "q", "vm_text",
+    "analyse", "is_kata_name", "vm_text",
 ]
