@@ -135,8 +135,9 @@ def _edit(text: str, doc_index: int, targets: list[FixTarget]) -> str:
         new = [" " * col + lines[i].lstrip(" ") for i in sorted(moved_lines)]
     else:
         after = max(src.lc.key(k)[0] for k in src)
-        key_col = m.lc.key(t0.source_key)[1]
-        new = [" " * key_col + t0.target_key + ":\n"]
+        key_line, key_col = m.lc.key(t0.source_key)
+        eol = "\r\n" if lines[key_line].endswith("\r\n") else "\n"
+        new = [" " * key_col + t0.target_key + ":" + eol]
         new += [" " * entry_col + lines[i].lstrip(" ") for i in sorted(moved_lines)]
     new = [n if n.endswith("\n") else n + "\n" for n in new]
     out: list[str] = []
