@@ -195,6 +195,8 @@ def _stderr_tail(stderr: bytes) -> str:
 
 
 class ClusterCollection:
+    """One cluster run: which nodes to collect (`plan`) and how one node is brought home."""
+
     def __init__(self, opts: ClusterOptions, session: KubeSession, progress: ClusterProgress | None = None) -> None:
         self.opts = opts
         self.session = session
@@ -292,7 +294,8 @@ class ClusterCollection:
             else:
                 spool.close()
             if stderr.strip():
-                await bundle.add_bytes(f"{base}/collect.stderr", self.redactor.bytes(stderr))
+                redacted = await asyncio.to_thread(self.redactor.bytes, stderr)
+                await bundle.add_bytes(f"{base}/collect.stderr", redacted)
         except BaseException:
             spool.close()
             raise
