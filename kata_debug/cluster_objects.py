@@ -71,30 +71,9 @@ def failure_from(item: str, exc: KubeError) -> ItemFailure:
 
 
 def redact_object(redactor: Redactor, obj: Any) -> Any:
-    """Redact a Kubernetes object: env values, secret-looking keys and annotations.
-
-    Annotations get the OCI-annotation treatment (secret-looking names masked, JSON values
-    such as `kubectl.kubernetes.io/last-applied-configuration` parsed and redacted too, so
-    the env values inside them go); the rest of the object the plain JSON treatment, which
-    masks `env[].value` of pod specs.
-    """
-
-    def annotations_first(value: Any) -> Any:
-        if isinstance(value, dict):
-            out: dict[str, Any] = {}
-            for k, v in value.items():
-                if k == "annotations" and isinstance(v, dict):
-                    out[k] = redactor.json_value({"annotations": v}, oci=True)["annotations"]
-                else:
-                    out[k] = annotations_first(v)
-            return out
-        if isinstance(value, list):
-            return [annotations_first(v) for v in value]
-        return value
-
-    if not redactor.enabled:
-        return obj
-    return redactor.json_value(annotations_first(obj))
+    """Redact a Kubernetes object: `env[].value`, secret-looking keys and annotations
+    (JSON annotations such as last-applied-configuration are parsed and redacted too)."""
+    return redactor.json_value(obj)
 
 
 async def discover(session: KubeSession, node_selector: str | None) -> Inventory:

@@ -157,7 +157,7 @@ class Redactor:
             for k, v in value.items():
                 if oci and k == "env" and isinstance(v, list):
                     out[k] = [self._env_entry(e) for e in v]
-                elif oci and k == "annotations" and isinstance(v, dict):
+                elif k == "annotations" and isinstance(v, dict):
                     out[k] = {ak: self._annotation(ak, av) for ak, av in v.items()}
                 elif isinstance(v, (str, int, float)) and not isinstance(v, bool) and looks_secret(k) and v != MASK:
                     self._count("secret-key")
@@ -174,6 +174,8 @@ class Redactor:
         return value
 
     def _env_entry(self, entry: Any) -> Any:
+        if isinstance(entry, dict):
+            return self._k8s_env(entry)
         if isinstance(entry, str) and "=" in entry:
             name, _, val = entry.partition("=")
             if val:

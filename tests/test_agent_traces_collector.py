@@ -42,7 +42,10 @@ async def test_spooled_spans_and_their_rotations_are_in_the_bundle_redacted(tmp_
     assert resource["kata.sandbox.id"] == "sb0123456789"
     # Spool files go through the bundle's redaction like any other evidence.
     assert b"hunter2" not in b"".join(bundle.members.values())
-    assert b'"stringValue":"Bearer ***"' in bundle.members["agent-traces/spans.jsonl"]
+    # a secret-named attribute loses its whole value, not just the token
+    assert b'{"key":"http.request.header.authorization","value":{"stringValue":"***"}}' in \
+        bundle.members["agent-traces/spans.jsonl"]
+    assert bundle.manifest["redactions"]["otlp-attribute"] > 0
 
 
 async def test_spool_dir_option_and_missing_spool(tmp_path: Path) -> None:

@@ -83,3 +83,18 @@ def test_secret_named_span_attributes_are_masked_in_text_and_json() -> None:
     parsed = r.json_value({"attributes": [{"key": "http.request.header.authorization", "value": {"stringValue": "Basic x"}}]})
     assert parsed["attributes"][0]["value"] == {"stringValue": "***"}
     assert r.counts["otlp-attribute"] == 2
+
+
+def test_kubernetes_objects_lose_env_values_and_secrets_in_json_annotations() -> None:
+    r = Redactor()
+    pod = {"metadata": {"annotations": {
+               "kubectl.kubernetes.io/last-applied-configuration":
+                   '{"spec":{"containers":[{"env":[{"name":"DB_PASSWORD","value":"hunter2"}]}]}}'}},
+           "spec": {"containers": [{"env": [{"name": "A", "value": "b"},
+                                            {"name": "C", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}}
+    for oci in (False, True):
+        out = r.json_value(pod, oci=oci)
+        assert "hunter2" not in out["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+        env = out["spec"]["containers"][0]["env"]
+        assert env[0] == {"name": "A", "value": "***"}
+        assert env[1]["valueFrom"]["secretKeyRef"]["name"] == "s"  # a reference is not a secret
