@@ -7,7 +7,6 @@ its `linux.resources` are the limits Kata sizes the VM from.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from typing import Any
 

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.table import Table
 
 from . import __version__
 from .errors import KataDebugError, UsageError
+
+if TYPE_CHECKING:
+    from .collect import CollectResult
 
 app = typer.Typer(
     name="kata-debug",
@@ -164,7 +167,7 @@ def collect(
     raise typer.Exit(result.exit_code)
 
 
-def _print_summary(result: "CollectResult", console: Console) -> None:  # type: ignore[name-defined]
+def _print_summary(result: CollectResult, console: Console) -> None:
     table = Table(title=f"kata-debug bundle for node {result.node}", title_justify="left")
     table.add_column("collector")
     table.add_column("status")

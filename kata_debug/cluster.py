@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -30,6 +29,7 @@ from . import __version__
 from .bundle import SCHEMA_VERSION, SUFFIXES, AsyncBundle, BundleWriter, Compression, OutputTarget, Spool
 from .cluster_objects import KATA_RUNTIME_LABEL, ClusterObjects, Inventory, discover, failure_from, name_of
 from .errors import KataDebugError, UsageError
+from .interrupts import run_interruptible
 from .kube import KubeError, KubeSession
 from .kube_exec import ExecProtocolError, ExecRefused, exec_stream
 from .redact import Redactor
@@ -368,40 +368,13 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         except Exception as exc:  # a bug in one reader must not cost the node bundles
             objects_error = f"{type(exc).__name__}: {exc}"
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reason: dict[str, str] = {}
-
-    def _on_signal(sig: signal.Signals) -> None:
-        reason.setdefault("why", f"interrupted by {sig.name}")
-        stop.set()
-
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, _on_signal, sig)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
     tasks = [asyncio.create_task(cluster_part(), name="cluster-objects")]
     tasks += [asyncio.create_task(worker(), name=f"node-worker-{i}") for i in range(min(opts.parallel, len(names)))]
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        pending = set(tasks)
-        while pending and not stop.is_set():
-            await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
-            pending = {t for t in tasks if not t.done()}
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        stopper.cancel()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    interrupted = await run_interruptible(tasks)
 
     for n in names:
         if n not in results:
-            results[n] = NodeResult(n, "failed", reason.get("why", "interrupted"), 0.0, 0, pod=name_of(agents[n]) if n in agents else None)
+            results[n] = NodeResult(n, "failed", interrupted or "interrupted", 0.0, 0, pod=name_of(agents[n]) if n in agents else None)
     ordered = [results[n] for n in sorted(results)]
     failures = [{"item": f.item, "reason": f.reason} for f in objects.failures]
     if objects_error:
@@ -418,7 +391,7 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         "finished_at": finished.isoformat(),
         "since": (started - opts.since).isoformat(),
         "redacted": opts.redact,
-        "interrupted": reason.get("why"),
+        "interrupted": interrupted,
         "node_selection": {
             "nodes": opts.nodes,
             "selector": opts.selector or (None if opts.nodes else KATA_RUNTIME_LABEL),
@@ -448,7 +421,7 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         target.abandon()
         raise
     target.commit()
-    return ClusterResult(output, context, ordered, failures, run.redactor.counts, reason.get("why"))
+    return ClusterResult(output, context, ordered, failures, run.redactor.counts, interrupted)
 
 
 def result_json(result: ClusterResult) -> dict[str, Any]:

@@ -137,14 +137,6 @@ def run(opts: ClusterOptions, json_output: bool) -> int:
     return result.exit_code
 
 
-def reject_cluster_options(**given: Any) -> None:
-    """Cluster-only options on a node collection are a mistake worth one clear line."""
-    defaults = {"parallel": 8, "node_timeout": 600.0}
-    for name, value in given.items():
-        if value not in (None, [], defaults.get(name)):
-            raise UsageError(f"--{name.replace('_', '-')}: only valid with --cluster")
-
-
 def collect_cluster(
     *,
     kubeconfig: str | None,

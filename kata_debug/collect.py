@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from . import __version__
 from .bundle import SCHEMA_VERSION, SUFFIXES, AsyncBundle, BundleWriter, Compression, OutputTarget
 from .errors import UsageError
 from .hostroot import HostRoot
+from .interrupts import run_interruptible
 from .redact import Redactor
 
 Status = Literal["ok", "partial", "failed", "timeout", "skipped"]
@@ -166,47 +166,13 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         results[name] = _result(name, status, error, out, starts[name])
         progress.finished(results[name])
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reason: dict[str, str] = {}
-
-    def _on_signal(sig: signal.Signals) -> None:
-        reason.setdefault("why", f"interrupted by {sig.name}")
-        stop.set()
-
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, _on_signal, sig)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
-    tasks = {asyncio.create_task(_one(n), name=f"collector:{n}") for n in selected}
-    stopper = asyncio.create_task(stop.wait())
-    deadline_at = None if opts.deadline is None else loop.time() + opts.deadline
-    try:
-        pending = set(tasks)
-        while pending and not stop.is_set():
-            wait_for = None if deadline_at is None else deadline_at - loop.time()
-            if wait_for is not None and wait_for <= 0:
-                reason.setdefault("why", f"global deadline of {opts.deadline:g}s reached")
-                break
-            await asyncio.wait(pending | {stopper}, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED)
-            pending = {t for t in tasks if not t.done()}
-        unfinished = [t for t in tasks if not t.done()]
-        for t in unfinished:
-            t.cancel()
-        await asyncio.gather(*unfinished, return_exceptions=True)
-    finally:
-        stopper.cancel()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
+    tasks = [asyncio.create_task(_one(n), name=f"collector:{n}") for n in selected]
+    interrupted = await run_interruptible(tasks, opts.deadline)
     for name in selected:
         if name not in results:  # cancelled by signal or deadline
             out = outputs.get(name) or CollectorOutput(name, bundle, ctx)
             results[name] = _result(
-                name, "timeout", reason.get("why", "interrupted"), out, starts.get(name, time.monotonic())
+                name, "timeout", interrupted or "interrupted", out, starts.get(name, time.monotonic())
             )
     ordered = [results[n] for n in selected] + [
         CollectorResult(n, "skipped", 0.0, "not selected (--collector)", [])
@@ -223,7 +189,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         "finished_at": finished.isoformat(),
         "since": (started - opts.since).isoformat(),
         "redacted": opts.redact,
-        "interrupted": reason.get("why"),
+        "interrupted": interrupted,
         "collectors": [asdict(r) for r in ordered],
         "redactions": redactor.counts,
     }
@@ -233,7 +199,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         target.abandon()
         raise
     target.commit()
-    return CollectResult(output, node, ordered, redactor.counts, reason.get("why"))
+    return CollectResult(output, node, ordered, redactor.counts, interrupted)
 
 
 def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorResult:
