@@ -76,6 +76,22 @@ class _HashingExactReader:
         return data
 
 
+class _CountingWriter:
+    """Write-only stream with tell(): all tarfile's "w" mode needs, pipes and stdout included."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._pos = 0
+
+    def write(self, data: bytes) -> int:
+        self._raw.write(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+
 class _GzipMembers:
     """A gzip stream written as a series of gzip members, compressed on several cores.
 
@@ -99,7 +115,7 @@ class _GzipMembers:
         self._buffered = 0
 
     def write(self, data: bytes) -> int:
-        self._buf.append(bytes(data))
+        self._buf.append(data if isinstance(data, bytes) else bytes(data))
         self._buffered += len(data)
         if self._buffered >= self.BLOCK:
             self._submit()
@@ -159,9 +175,10 @@ class BundleWriter:
         else:
             raise ValueError(f"unknown compression {compression!r}")
         self._compression = compression
-        self._tar = tarfile.open(
-            fileobj=self._compressor, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_COPY_BUF
-        )
+        # Plain "w" mode on a write-only, tell()-able stream: tarfile writes headers and
+        # data straight through instead of re-buffering every byte as "w|" does.
+        self._out = _CountingWriter(self._compressor)
+        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
         self._tar.copybufsize = _COPY_BUF
         self._dirs: set[str] = set()
         self._closed = False
@@ -211,14 +228,7 @@ class BundleWriter:
         return self.add_fileobj(path, io.BytesIO(data), len(data), mtime)
 
     def _switch_level(self, level: int) -> None:
-        # tarfile's stream keeps up to one buffer of pending bytes; hand them to the current
-        # member first so the switch lands on the member boundary. (If that private buffer
-        # ever changes, only the compression ratio around the switch is affected.)
-        stream = getattr(self._tar, "fileobj", None)
-        pending = getattr(stream, "buf", b"")
-        if pending and isinstance(pending, bytes):
-            self._compressor.write(pending)
-            stream.buf = b""  # type: ignore[union-attr]
+        # tarfile writes through unbuffered, so the switch lands exactly on a member boundary.
         self._compressor.set_level(level)
 
     def close(self, manifest: dict[str, Any]) -> None:
