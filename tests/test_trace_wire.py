@@ -27,7 +27,8 @@ from forwarder.wire import (
 from tests.agent_wire import frame, frames, sample_span, to_bincode, to_json
 from tests.conftest import SHARED
 
-FIXTURES = SHARED / "fixtures" / "agent-trace"
+# The repository keeps a copy so the suite does not depend on shared/ being beside it.
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "agent-trace"
 
 
 def fixture_payloads(fmt: str) -> list[bytes]:
@@ -335,3 +336,11 @@ def test_deeply_nested_or_huge_number_json_is_a_decode_error() -> None:
             decode_json(payload)
         with pytest.raises(DecodeError):
             FormatSniffer("auto").decode(payload)
+
+
+def test_repository_copy_of_the_trace_fixtures_matches_shared() -> None:
+    shared = SHARED / "fixtures" / "agent-trace"
+    if not shared.is_dir():
+        pytest.skip("shared/ is not beside this checkout")
+    for rel in ("bincode/stream.bincode.bin", "bincode/expected.jsonl", "json/stream.json.bin", "json/expected.jsonl"):
+        assert (FIXTURES / rel).read_bytes() == (shared / rel).read_bytes(), rel
