@@ -25,7 +25,7 @@ from kubernetes.aio.stream import WsApiClient
 from .errors import UsageError
 
 _AUTH = ["BearerToken"]
-_PAGE = 500
+PAGE = 500
 
 
 class KubeError(Exception):
@@ -44,6 +44,7 @@ class KubeTarget:
 
     context: str | None
     server: str
+    namespace: str | None = None  # the context's default namespace, if it sets one
 
 
 def _status_message(body: bytes, fallback: str) -> str:
@@ -86,12 +87,14 @@ class KubeSession:
                 merger = await asyncio.to_thread(KubeConfigMerger, path)  # file reads off the loop
                 loader = KubeConfigLoader(config_dict=merger.config, active_context=context, config_base_path=None)
                 await loader.load_and_set(config)
-                active = context or (loader.current_context or {}).get("name")
+                current = loader.current_context or {}
+                active = context or current.get("name")
+                namespace = (current.get("context") or {}).get("namespace")
             elif os.environ.get("KUBERNETES_SERVICE_HOST") and not context:
                 load_incluster_config(client_configuration=config)
-                active = None
+                active = namespace = None
             else:
-                raise UsageError(f"{option}: not found (use --kubeconfig FILE or set KUBECONFIG)")
+                raise UsageError(f"{option}: not found; no cluster to read (use --kubeconfig FILE or set KUBECONFIG)")
         except ConfigException as exc:
             if context:
                 raise UsageError(f"--context {context}: {exc}") from None
@@ -99,7 +102,7 @@ class KubeSession:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{option}: cannot use it: {exc}") from None
         config.connection_pool_maxsize = max(pool_size, 8)
-        return cls(config, KubeTarget(context=active, server=config.host))
+        return cls(config, KubeTarget(context=active, server=config.host, namespace=namespace))
 
     async def close(self) -> None:
         await self.api.close()
@@ -153,7 +156,7 @@ class KubeSession:
         items: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            q = list(query) + [("limit", _PAGE)] + ([("continue", token)] if token else [])
+            q = list(query) + [("limit", PAGE)] + ([("continue", token)] if token else [])
             page = await self.get(path, q)
             items.extend(i for i in page.get("items") or [] if isinstance(i, dict) and (keep is None or keep(i)))
             token = (page.get("metadata") or {}).get("continue") or None

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kata_debug import limits_live
+from kata_debug import kube as kube_client, limits_live
 from kata_debug.errors import UsageError
 from tests.conftest import REPO
 from tests.fake_kube import FakeKube
@@ -144,7 +144,7 @@ async def test_table_output_names_the_cluster(kube: tuple[FakeKube, Path]) -> No
 
 async def test_lists_are_read_page_by_page(kube: tuple[FakeKube, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     fk, kc = kube
-    monkeypatch.setattr(limits_live, "PAGE", 2)
+    monkeypatch.setattr(kube_client, "PAGE", 2)
     objs = await limits_live.fetch(str(kc), None, None, True)
     assert sorted(d.obj["metadata"]["name"] for d in objs.pods) == ["batch", "needs-limits", "ordinary", "sized"]
     assert any(r.startswith("/api/v1/pods?") and "continue=2" in r and "limit=2" in r for r in fk.requests)
