@@ -16,12 +16,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Literal, TypeVar
 
@@ -74,6 +76,16 @@ class _HashingExactReader:
         self._left -= len(data)
         self.sha.update(data)
         return data
+
+
+def safe_component(part: str, fallback: str = "_") -> str:
+    """A name usable as one path component in a bundle (node, pod, namespace names)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", part).strip("-") or fallback
+
+
+def bundle_stem(label: str, started: datetime) -> str:
+    """`kata-debug-<label>-<UTC time>`: the top directory and default file name of a bundle."""
+    return f"kata-debug-{safe_component(label, 'node')}-{started.strftime('%Y%m%dT%H%M%SZ')}"
 
 
 class _CountingWriter:

@@ -19,14 +19,13 @@ streams home and add the Kubernetes objects no node can see. Design choices:
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Literal, Protocol
 
 from . import __version__
-from .bundle import SCHEMA_VERSION, SUFFIXES, AsyncBundle, BundleWriter, Compression, OutputTarget, Spool
+from .bundle import SCHEMA_VERSION, SUFFIXES, AsyncBundle, BundleWriter, Compression, OutputTarget, Spool, bundle_stem, safe_component
 from .cluster_objects import KATA_RUNTIME_LABEL, ClusterObjects, Inventory, discover, failure_from, name_of
 from .errors import KataDebugError, UsageError
 from .interrupts import run_interruptible
@@ -106,10 +105,6 @@ class _NoProgress:
 
     def node_finished(self, result: NodeResult) -> None:
         pass
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "cluster"
 
 
 def validate(opts: ClusterOptions) -> None:
@@ -242,7 +237,7 @@ class ClusterCollection:
 
     async def collect_node(self, node: str, agent: dict[str, Any] | None, bundle: AsyncBundle) -> NodeResult:
         start = time.monotonic()
-        base = f"nodes/{_safe(node)}"
+        base = f"nodes/{safe_component(node, 'node')}"
         if agent is None:
             return NodeResult(
                 node, "failed",
@@ -305,7 +300,7 @@ class ClusterCollection:
 
 
 def default_output(context: str | None, started: datetime, compression: Compression) -> str:
-    return f"./kata-debug-cluster-{_safe(context or 'cluster')}-{started.strftime('%Y%m%dT%H%M%SZ')}{SUFFIXES[compression]}"
+    return f"./{bundle_stem('cluster-' + (context or 'cluster'), started)}{SUFFIXES[compression]}"
 
 
 async def run_cluster_collection(opts: ClusterOptions, progress: ClusterProgress | None = None) -> ClusterResult:
@@ -330,7 +325,7 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         raise KataDebugError(f"cluster {session.target.server}: {status}{exc.message}{hint}") from None
     progress.nodes_planned(names)
     context = session.target.context
-    top = f"kata-debug-cluster-{_safe(context or 'cluster')}-{started.strftime('%Y%m%dT%H%M%SZ')}"
+    top = bundle_stem("cluster-" + (context or "cluster"), started)
     output = opts.output or default_output(context, started, opts.compression)
     target = OutputTarget(output)
     sink = target.open()

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable, Iterable
 
-from .bundle import AsyncBundle, Spool
+from .bundle import AsyncBundle, Spool, safe_component
 from .kube import KubeError, KubeSession
 from .redact import Redactor
 
@@ -59,10 +58,6 @@ def name_of(obj: dict[str, Any]) -> str:
 
 def namespace_of(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("namespace") or "")
-
-
-def _safe(part: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", part).strip("-") or "_"
 
 
 def failure_from(item: str, exc: KubeError) -> ItemFailure:
@@ -217,7 +212,7 @@ class ClusterObjects:
         for node in self.inv.nodes:
             labels = (node.get("metadata") or {}).get("labels") or {}
             if KATA_RUNTIME_LABEL in labels or name_of(node) in kata_nodes:
-                await self._json(f"nodes/{_safe(name_of(node))}.json", node)
+                await self._json(f"nodes/{safe_component(name_of(node))}.json", node)
 
     async def _events_by_pod(self) -> dict[str, list[dict[str, Any]]]:
         """Events of the Kata pods, read per namespace (filtered while paging, not after)."""
@@ -248,7 +243,7 @@ class ClusterObjects:
             owner = None
         self._owners[uid] = owner
         if owner is not None:
-            await self._json(f"owners/{_safe(ns)}/{_safe(str(ref.get('kind')))}/{_safe(str(ref.get('name')))}.json", owner)
+            await self._json(f"owners/{safe_component(ns)}/{safe_component(str(ref.get('kind')))}/{safe_component(str(ref.get('name')))}.json", owner)
         return owner
 
     async def _owner_chain(self, ns: str, obj: dict[str, Any], depth: int = 0) -> list[dict[str, str]]:
@@ -274,7 +269,7 @@ class ClusterObjects:
                 events.get(uid, []),
                 key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or ""),
             )
-            await self._json(f"pods/{_safe(ns)}/{_safe(name)}.json", {"pod": pod, "owners": owners, "events": pod_events})
+            await self._json(f"pods/{safe_component(ns)}/{safe_component(name)}.json", {"pod": pod, "owners": owners, "events": pod_events})
             status = pod.get("status") or {}
             index.append({
                 "namespace": ns,
@@ -297,7 +292,7 @@ class ClusterObjects:
                 self.failures.append(failure_from(f"limitranges in namespace {ns}", exc))
                 continue
             self.limit_ranges.extend(items)
-            await self._json(f"limitranges/{_safe(ns)}.json", items)
+            await self._json(f"limitranges/{safe_component(ns)}.json", items)
 
     async def _kata_deploy(self) -> None:
         """kata-deploy's DaemonSet status, and its pods' logs (the install/uninstall story)."""
@@ -316,7 +311,7 @@ class ClusterObjects:
             return
         for ds in daemonsets:
             ns, name = namespace_of(ds), name_of(ds)
-            await self._json(f"kata-deploy/{_safe(ns)}/{_safe(name)}.json", ds)
+            await self._json(f"kata-deploy/{safe_component(ns)}/{safe_component(name)}.json", ds)
             match = ((ds.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
             selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
             try:
@@ -325,7 +320,7 @@ class ClusterObjects:
                 self.failures.append(failure_from(f"pods of daemonset {ns}/{name}", exc))
                 continue
             for pod in pods:
-                await self._json(f"kata-deploy/{_safe(ns)}/pods/{_safe(name_of(pod))}.json", pod)
+                await self._json(f"kata-deploy/{safe_component(ns)}/pods/{safe_component(name_of(pod))}.json", pod)
                 for c in (pod.get("spec") or {}).get("containers") or []:
                     await self._log(ns, name_of(pod), str(c.get("name")), previous=False)
                 for cs in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -334,7 +329,7 @@ class ClusterObjects:
 
     async def _log(self, ns: str, pod: str, container: str, previous: bool) -> None:
         """One container log, newest LOG_LIMIT_BYTES, streamed through redaction to a spool."""
-        name = f"kata-deploy/{_safe(ns)}/logs/{_safe(pod)}/{_safe(container)}{'.previous' if previous else ''}.log"
+        name = f"kata-deploy/{safe_component(ns)}/logs/{safe_component(pod)}/{safe_component(container)}{'.previous' if previous else ''}.log"
         query: list[tuple[str, Any]] = [
             ("container", container),
             ("timestamps", "true"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ import collectors as registry
 from collectors.base import CollectContext, CollectorOutput, CollectorSkipped, DEFAULT_LOG_CAP
 
 from . import __version__
-from .bundle import SCHEMA_VERSION, SUFFIXES, AsyncBundle, BundleWriter, Compression, OutputTarget
+from .bundle import SCHEMA_VERSION, SUFFIXES, AsyncBundle, BundleWriter, Compression, OutputTarget, bundle_stem
 from .errors import UsageError
 from .hostroot import HostRoot
 from .interrupts import run_interruptible
@@ -84,10 +83,6 @@ class _NoProgress:
         pass
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "node"
-
-
 def detect_node_name(host: HostRoot) -> str:
     """NODE_NAME (set by the DaemonSet from spec.nodeName), else the node's hostname."""
     if os.environ.get("NODE_NAME"):
@@ -114,7 +109,7 @@ def validate(opts: CollectOptions) -> None:
 
 
 def default_output(node: str, started: datetime, compression: Compression) -> str:
-    return f"./kata-debug-{_safe(node)}-{started.strftime('%Y%m%dT%H%M%SZ')}{SUFFIXES[compression]}"
+    return f"./{bundle_stem(node, started)}{SUFFIXES[compression]}"
 
 
 async def run_collection(opts: CollectOptions, progress: Progress | None = None) -> CollectResult:
@@ -124,7 +119,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     host = HostRoot.at(opts.host_root)
     node = opts.node or await asyncio.to_thread(detect_node_name, host)
     started = datetime.now(timezone.utc)
-    top = f"kata-debug-{_safe(node)}-{started.strftime('%Y%m%dT%H%M%SZ')}"
+    top = bundle_stem(node, started)
     output = opts.output or default_output(node, started, opts.compression)
     target = OutputTarget(output)
     sink = target.open()
