@@ -5,22 +5,25 @@ Kata's shim logs to journald under the identifier `kata` (runtime-rs: also `kata
 to a file instead. Each source is capped keeping the newest lines, because the lines just
 before a failure are the ones that explain it. Lines that name a sandbox are also gathered
 per sandbox so a maintainer can read one pod's story in order.
+
+Redacting and splitting is pure Python on every byte; for large log files it runs in a
+scanner process (`kata_debug.logscan_client`) so the bundle's compressor keeps its core.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
+import stat
 import tempfile
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any
 
 from kata_debug.bundle import Spool
 from kata_debug.logfmt import parse_line, sandbox_of
-from kata_debug.redact import Redactor, StreamRedactor
+from kata_debug.logscan import BATCH, PerSandbox, SourceStats, copy_log
+from kata_debug.logscan_client import ScannerGone, ScannerProcess
+from kata_debug.redact import Redactor
 
 from .base import CollectContext, Collector, CollectorOutput
 
@@ -34,35 +37,8 @@ LOG_FILES = (
     "/var/log/crio.log",
     "/var/log/crio/crio.log",
 )
-_BATCH = 1 << 20
-_MAX_SANDBOXES = 512
-_SANDBOX_FIELD = re.compile(rb'sandbox="?([A-Za-z0-9][A-Za-z0-9_.-]*)')
-
-
-@dataclass
-class PerSandbox:
-    """Per-sandbox spools, each capped like any other source."""
-
-    cap: int
-    spools: dict[str, Spool] = field(default_factory=dict)
-    overflow: int = 0
-
-    def write(self, sid: str, lines: bytes) -> None:
-        spool = self.spools.get(sid)
-        if spool is None:
-            if len(self.spools) >= _MAX_SANDBOXES:
-                self.overflow += 1
-                return
-            spool = self.spools[sid] = Spool(self.cap)
-        spool.write(lines if lines.endswith(b"\n") else lines + b"\n")
-
-
-@dataclass
-class SourceStats:
-    source: str
-    lines: int = 0
-    bytes: int = 0
-    error: str | None = None
+# Below this many bytes of log files to read, a scanner process costs more than it saves.
+SCANNER_MIN_BYTES = 16 << 20
 
 
 def _journal_message(entry: dict[str, Any]) -> str:
@@ -115,55 +91,9 @@ def _split_journal(raw: IO[bytes], ident: str, text: Spool, parsed: Spool, per_s
         sid = sandbox_of(fields)
         if sid:
             per_sandbox.write(sid, redactor.bytes(line))
-        if size >= _BATCH:
+        if size >= BATCH:
             flush()
     flush()
-
-
-def _copy_file(path: str, real_path: str, cap: int, out_spool: Spool, per_sandbox: PerSandbox,
-               redact: StreamRedactor, stats: SourceStats) -> int:
-    """Copy the newest `cap` bytes of a log file, redacted; gather sandbox lines. Returns bytes skipped."""
-    skipped = 0
-    with open(real_path, "rb") as src:
-        size = os.fstat(src.fileno()).st_size
-        if size > cap:
-            src.seek(size - cap - 1)
-            src.readline()
-            skipped = src.tell()
-        while chunk := src.read(_BATCH):
-            chunk += src.readline()
-            chunk = redact.feed(chunk)
-            out_spool.write(chunk)
-            stats.bytes += len(chunk)
-            stats.lines += chunk.count(b"\n")
-            _sandbox_lines(chunk, per_sandbox)
-    return skipped
-
-
-def _sandbox_lines(chunk: bytes, per_sandbox: PerSandbox) -> None:
-    """Gather lines naming a sandbox, grouped per sandbox, one write per group.
-
-    Go shim lines carry `sandbox=<id>`: a literal-prefixed regex finds those at C speed.
-    Only chunks with runtime-rs/JSON shapes pay for the full line parser.
-    """
-    groups: dict[bytes, list[bytes]] = {}
-    last = -1
-    for m in _SANDBOX_FIELD.finditer(chunk):
-        start = chunk.rfind(b"\n", 0, m.start()) + 1
-        if start == last:
-            continue
-        last = start
-        end = chunk.find(b"\n", m.end())
-        end = len(chunk) if end < 0 else end + 1
-        groups.setdefault(m.group(1), []).append(chunk[start:end])
-    if b"kata-runtime" in chunk or b'"sandbox"' in chunk:
-        for line in chunk.splitlines(keepends=True):
-            if b"sandbox=" not in line and (b"kata-runtime" in line or b'"sandbox"' in line):
-                sid = sandbox_of(parse_line(line.decode("utf-8", "replace")))
-                if sid:
-                    groups.setdefault(sid.encode(), []).append(line)
-    for sid, lines in groups.items():
-        per_sandbox.write(sid.decode("utf-8", "replace"), b"".join(lines))
 
 
 class ShimLogsCollector(Collector):
@@ -172,29 +102,48 @@ class ShimLogsCollector(Collector):
     reads = (*(f"journalctl -o json -t {i}" for i in IDENTIFIERS), *JOURNAL_DIRS, *LOG_FILES)
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
-        per_sandbox = PerSandbox(ctx.max_log_bytes)
+        per_sandbox: PerSandbox[Spool] = PerSandbox(lambda sid: Spool(ctx.max_log_bytes))
         sources: list[SourceStats] = []
         missing: list[str] = []
         journal_dirs = [d for d in JOURNAL_DIRS if ctx.host.listdir(d)]
+        files = await asyncio.to_thread(_log_files, ctx)
+        scanner: ScannerProcess | None = None
+        if sum(min(size, ctx.max_log_bytes) for _, _, size in files) >= SCANNER_MIN_BYTES:
+            scanner = await ScannerProcess.start()  # its start-up overlaps the journal reads
         try:
             if not journal_dirs:
                 missing.append("no journal files under " + " or ".join(JOURNAL_DIRS))
             else:
                 for ident in IDENTIFIERS:
                     sources.append(await self._journal(ctx, out, ident, per_sandbox))
-            # One file at a time: the bundle writer compresses file N while file N+1 is
-            # redacted and split, which keeps both cores busy.
-            for path in LOG_FILES:
-                real = ctx.host.resolve(path)
-                if real.is_file():
-                    sources.append(await self._file(ctx, out, path, str(real), per_sandbox))
-            split = sorted(per_sandbox.spools)
-            while per_sandbox.spools:
-                sid = min(per_sandbox.spools)
-                await out.add_spool(f"sandboxes/{sid}.log", per_sandbox.spools.pop(sid))
+            if scanner is None:
+                for path, real, _ in files:
+                    sources.append(await self._file(ctx, out, path, real, per_sandbox))
+            else:
+                sources += await self._scanned(ctx, out, files, per_sandbox, scanner)
+            scanned = scanner.sandbox_files if scanner else {}
+            split = sorted(per_sandbox.sinks.keys() | scanned.keys())
+            for sid in split:
+                # Journal lines first, then file lines: the order one shared spool would have.
+                spool = per_sandbox.sinks.pop(sid, None)
+                try:
+                    if scanner is not None and sid in scanned:
+                        more = await scanner.take_sandbox(sid, ctx.max_log_bytes)
+                        if spool is None:
+                            spool = more
+                        else:
+                            await asyncio.to_thread(_append, spool, more)
+                except BaseException:
+                    if spool is not None:
+                        spool.close()
+                    raise
+                assert spool is not None
+                await out.add_spool(f"sandboxes/{sid}.log", spool)
         finally:
-            for spool in per_sandbox.spools.values():
+            for spool in per_sandbox.sinks.values():
                 spool.close()
+            if scanner is not None:
+                await scanner.close()
         if any(s.error == "journalctl not found" for s in sources):
             missing.append("journalctl not available")
         await out.add_json("summary.json", {
@@ -250,19 +199,78 @@ class ShimLogsCollector(Collector):
         finally:
             raw.close()
 
-    async def _file(self, ctx: CollectContext, out: CollectorOutput, path: str, real: str, per_sandbox: PerSandbox) -> SourceStats:
+    async def _file(self, ctx: CollectContext, out: CollectorOutput, path: str, real: str,
+                    per_sandbox: PerSandbox[Spool]) -> SourceStats:
         stats = SourceStats(source=f"file:{path}")
         spool = out.spool()
         try:
             skipped = await asyncio.to_thread(
-                _copy_file, path, real, ctx.max_log_bytes, spool, per_sandbox, ctx.redactor.stream(), stats)
+                copy_log, real, ctx.max_log_bytes, spool, per_sandbox, ctx.redactor.stream(), stats)
         except OSError as exc:
             spool.close()
             stats.error = exc.strerror or str(exc)
             out.item_failed(path, stats.error)
             return stats
+        await self._add_file(out, path, spool, skipped)
+        return stats
+
+    async def _scanned(self, ctx: CollectContext, out: CollectorOutput, files: list[tuple[str, str, int]],
+                       per_sandbox: PerSandbox[Spool], scanner: ScannerProcess) -> list[SourceStats]:
+        """The log files, redacted and split by the scanner process while this one compresses.
+
+        Each file is added to the bundle as soon as the scanner is done with it, so the
+        scanner's next file and this file's compression run on different cores.
+        """
+        sources = [SourceStats(source=f"file:{path}") for path, _, _ in files]
+        done = 0
+        try:
+            await scanner.send([(real, ctx.max_log_bytes) for _, real, _ in files],
+                               present=per_sandbox.sinks.keys(), redact=ctx.redactor.enabled)
+            for (path, _, _), stats in zip(files, sources):
+                result = await scanner.next_file()
+                done += 1
+                ctx.redactor.add_counts(result.redactions)
+                per_sandbox.overflow += result.overflow
+                stats.lines, stats.bytes, stats.error = result.lines, result.bytes, result.error
+                if result.output is None:
+                    out.item_failed(path, result.error or "not read")
+                else:
+                    await self._add_file(out, path, result.output, result.skipped)
+            await scanner.finish()
+        except ScannerGone as exc:
+            for (path, _, _), stats in list(zip(files, sources))[done:]:
+                stats.error = str(exc)
+                out.item_failed(path, str(exc))
+            if done == len(files):
+                out.item_failed("log scanner", str(exc))
+        return sources
+
+    async def _add_file(self, out: CollectorOutput, path: str, spool: Spool, skipped: int) -> None:
         name = "files" + path
         await out.add_spool(name, spool)
         if skipped:
             out.truncated[f"{out.collector}/{name}"] = skipped
-        return stats
+
+
+def _log_files(ctx: CollectContext) -> list[tuple[str, str, int]]:
+    """(node path, real path, size) of the log files present on the node."""
+    found = []
+    for path in LOG_FILES:
+        real = ctx.host.resolve(path)
+        try:
+            st = real.stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.append((path, str(real), st.st_size))
+    return found
+
+
+def _append(spool: Spool, more: Spool) -> None:
+    """Copy one spool's content to the end of another, closing the source."""
+    try:
+        more.file.seek(0)
+        while block := more.file.read(BATCH):
+            spool.write(block)
+    finally:
+        more.close()

@@ -275,6 +275,15 @@ class Spool:
         self.file = tempfile.TemporaryFile(prefix="kata-debug-")
         self.written = 0
 
+    @classmethod
+    def adopt(cls, file: IO[bytes], max_bytes: int | None = None) -> "Spool":
+        """A spool over a file filled elsewhere (a scanner process's output); closing it closes `file`."""
+        spool = cls.__new__(cls)
+        spool.max_bytes = max_bytes
+        spool.file = file
+        spool.written = file.seek(0, os.SEEK_END)
+        return spool
+
     def write(self, data: bytes) -> None:
         self.file.write(data)
         self.written += len(data)

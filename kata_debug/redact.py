@@ -12,7 +12,7 @@ import json
 import re
 import threading
 from collections import Counter
-from typing import Any
+from typing import Any, Mapping
 
 MASK = "***"
 _MASK_B = b"***"
@@ -86,6 +86,11 @@ class Redactor:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(sorted(self._counts.items()))
+
+    def add_counts(self, counts: Mapping[str, int]) -> None:
+        """Fold in what another Redactor removed (a scanner process's), so the manifest counts it."""
+        with self._lock:
+            self._counts.update({rule: n for rule, n in counts.items() if n > 0})
 
     def _count(self, rule: str, n: int = 1) -> None:
         if n:

@@ -1,0 +1,160 @@
+"""The collector's side of the scanner process (see `logscan_worker`).
+
+Scanning a large log is pure Python on bytes: in a thread it holds the GIL and starves the
+threads that compress the bundle. In one separate process it uses its own core while this
+process only compresses, and its results arrive file by file, so file N is compressed while
+file N+1 is scanned. Its output files live in a private temp directory; they are opened and
+handed to the bundle as spools, never copied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterable, Sequence
+
+from .bundle import Spool
+
+# One message may list up to 512 new sandbox ids; ids have no length limit in the logs.
+_MAX_MESSAGE = 32 << 20
+_IMPORT_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+class ScannerGone(Exception):
+    """The scanner process died or reported an unexpected error; the message says which."""
+
+
+@dataclass
+class ScannedFile:
+    """One log file as the scanner copied it; `output` (the redacted copy) is the caller's to add or close."""
+
+    lines: int
+    bytes: int
+    skipped: int
+    error: str | None
+    output: Spool | None
+    redactions: dict[str, int] = field(default_factory=dict)
+    overflow: int = 0
+
+
+def _open_and_unlink(path: str) -> IO[bytes]:
+    fh = open(path, "rb")
+    os.unlink(path)
+    return fh
+
+
+def _make_workdir() -> tuple[str, IO[bytes]]:
+    workdir = tempfile.mkdtemp(prefix="kata-debug-scan-")
+    return workdir, open(os.path.join(workdir, "stderr"), "wb")
+
+
+class ScannerProcess:
+    """One scanner process for one collection: start early, send the files once, read in order."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, workdir: str, stderr: IO[bytes]) -> None:
+        self._proc = proc
+        self.workdir = workdir
+        self._stderr = stderr
+        #: sandbox id -> file holding that sandbox's lines from the scanned files, as reported so far.
+        self.sandbox_files: dict[str, str] = {}
+
+    @classmethod
+    async def start(cls) -> ScannerProcess | None:
+        """None when no separate interpreter can run here (a frozen binary, exec failing)."""
+        if getattr(sys, "frozen", False) or not sys.executable:
+            return None
+        workdir, stderr = await asyncio.to_thread(_make_workdir)
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": _IMPORT_ROOT + (os.pathsep + path if path else "")}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                # -S: the scanner needs only the standard library and this package (on
+                # PYTHONPATH), so skipping site-packages start-up hooks saves ~60 ms.
+                sys.executable, "-S", "-m", "kata_debug.logscan_worker", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env, limit=_MAX_MESSAGE)
+        except OSError:
+            stderr.close()
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            return None
+        return cls(proc, workdir, stderr)
+
+    async def send(self, files: Sequence[tuple[str, int]], *, present: Iterable[str], redact: bool) -> None:
+        """Hand over the files (real path, cap) and the sandboxes that already have lines elsewhere."""
+        job = {"redact": redact, "dir": self.workdir, "present": sorted(present),
+               "files": [{"real": real, "cap": cap} for real, cap in files]}
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(job).encode() + b"\n")
+        try:
+            await self._proc.stdin.drain()
+            self._proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            raise ScannerGone(await self._why_gone()) from None
+
+    async def next_file(self) -> ScannedFile:
+        """The next file's result, in the order sent."""
+        msg = await self._read()
+        name = msg.get("out")
+        output = None
+        if name is not None:
+            output = Spool.adopt(await asyncio.to_thread(_open_and_unlink, os.path.join(self.workdir, name)))
+        for sid, sname in msg["sandboxes"]:
+            self.sandbox_files[sid] = os.path.join(self.workdir, sname)
+        return ScannedFile(lines=msg["lines"], bytes=msg["bytes"], skipped=msg["skipped"], error=msg["error"],
+                           output=output, redactions=msg["redactions"], overflow=msg["overflow"])
+
+    async def finish(self) -> None:
+        """Wait for the scanner to close its files and exit."""
+        msg = await self._read()
+        if not msg.get("done"):
+            raise ScannerGone(f"log scanner sent {json.dumps(msg)[:200]} instead of done")
+        await self._proc.wait()
+
+    async def take_sandbox(self, sid: str, cap: int | None) -> Spool:
+        """The scanned lines of one sandbox as a spool (caller closes), after `finish`."""
+        return Spool.adopt(await asyncio.to_thread(_open_and_unlink, self.sandbox_files.pop(sid)), cap)
+
+    async def _read(self) -> dict[str, Any]:
+        assert self._proc.stdout is not None
+        try:
+            line = await self._proc.stdout.readline()
+        except ValueError:  # a line over _MAX_MESSAGE
+            raise ScannerGone("log scanner sent an oversized message") from None
+        if not line.endswith(b"\n"):
+            raise ScannerGone(await self._why_gone())
+        msg = json.loads(line)
+        if "fatal" in msg:
+            raise ScannerGone(f"log scanner failed: {msg['fatal']}")
+        return msg
+
+    async def _why_gone(self) -> str:
+        code = await self._proc.wait()
+        tail = await asyncio.to_thread(_last_line, os.path.join(self.workdir, "stderr"))
+        return f"log scanner exited with code {code}" + (f": {tail}" if tail else "")
+
+    async def close(self) -> None:
+        """Kill the scanner if it still runs and remove its files (opened spools stay readable)."""
+        try:
+            if self._proc.returncode is None:
+                try:
+                    self._proc.kill()
+                except ProcessLookupError:
+                    pass
+                await self._proc.wait()
+        finally:
+            self._stderr.close()
+            await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            lines = fh.read()[-4096:].decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""

@@ -1,0 +1,383 @@
+"""shim-logs on large logs: the scanner process gives exactly what scanning in process gives.
+
+Large log files are redacted and split per sandbox in a separate process (so the bundle's
+compressor threads keep their core); these tests hold it to the in-process result byte for
+byte, including redaction counts, truncation accounting and the per-sandbox limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import collectors.shim_logs as shim_logs
+from kata_debug import logscan_client
+from kata_debug.bundle import Spool
+from kata_debug.collect import CollectOptions, run_collection
+from kata_debug.logfmt import parse_line, sandbox_of
+from kata_debug.logscan import MAX_SANDBOXES, PerSandbox, sandbox_groups
+from kata_debug.logscan_client import ScannerGone, ScannerProcess
+from kata_debug.redact import Redactor
+from tests.bundles import Bundle, read_bundle
+from tests.conftest import REPO
+from tests.hostroots import kata_node
+
+PEM = ("-----BEGIN RSA PRIVATE KEY-----\n" + "".join(f"MIIEpAIBAAKCAQEA{i:04d}secretkeymaterial\n" for i in range(40))
+       + "-----END RSA PRIVATE KEY-----\n")
+
+
+# -- the per-sandbox split -----------------------------------------------------------------
+
+def reference_groups(chunk: bytes) -> dict[bytes, bytes]:
+    """The rule, one line at a time.
+
+    A line naming `sandbox=<id>` (first occurrence) belongs to that sandbox, newline included.
+    Then, only if the chunk mentions kata-runtime or a JSON "sandbox" key, lines (as
+    splitlines() cuts them) without `sandbox=` are parsed, and those with a sandbox id follow
+    the logfmt lines of their sandbox.
+    """
+    groups: dict[bytes, list[bytes]] = {}
+    pos = 0
+    while pos < len(chunk):
+        end = chunk.find(b"\n", pos)
+        end = len(chunk) if end < 0 else end + 1
+        line = chunk[pos:end]
+        m = shim_logs_sandbox_field().search(line)
+        if m:
+            groups.setdefault(m.group(1), []).append(line)
+        pos = end
+    if b"kata-runtime" in chunk or b'"sandbox"' in chunk:
+        for line in chunk.splitlines(keepends=True):
+            if b"sandbox=" not in line and (b"kata-runtime" in line or b'"sandbox"' in line):
+                sid = sandbox_of(parse_line(line.decode("utf-8", "replace")))
+                if sid:
+                    groups.setdefault(sid.encode(), []).append(line)
+    return {sid: b"".join(lines) for sid, lines in groups.items()}
+
+
+def shim_logs_sandbox_field() -> Any:
+    import re
+
+    return re.compile(rb'sandbox="?([A-Za-z0-9][A-Za-z0-9_.-]*)')
+
+
+def _as_written(groups: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    # PerSandbox.write ends every write with a newline; the order decides who gets a sink.
+    return [(sid, lines if lines.endswith(b"\n") else lines + b"\n") for sid, lines in groups.items()]
+
+
+LINE_SHAPES = [
+    b'time="t" level=info msg="up" sandbox=sb-a source=virtcontainers',
+    b'level=debug sandbox="sb-b" vmconsole="x"',
+    b"sandbox=sb-a and again sandbox=sb-b",
+    b'{"msg":"json","sandbox":"sb-json"}',
+    b"level=info name=kata-runtime source=rs-box msg=hi",
+    b"name=kata-runtime source=virtcontainers msg=not-a-sandbox",
+    b"nosandbox=sb-c kata-runtime",
+    b"sandbox= empty",
+    b"plain line",
+    b"",
+    b"mixed\rsandbox=sb-a\r",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(LINE_SHAPES), st.sampled_from([b"\n", b"\n", b"\r\n", b"\r"])),
+                max_size=12),
+       st.booleans())
+def test_sandbox_lines_are_grouped_exactly_as_read_line_by_line(lines: list[tuple[bytes, bytes]], open_end: bool) -> None:
+    chunk = b"".join(text + end for text, end in lines)
+    if open_end and lines:
+        chunk = chunk.rstrip(b"\r\n")  # the last chunk of a file without a final newline
+    assert _as_written(sandbox_groups(chunk)) == _as_written(reference_groups(chunk))
+
+
+def test_per_sandbox_limit_counts_what_a_single_writer_would_when_continued_elsewhere() -> None:
+    writes = [(f"sb{i % 700}", b"x\n") for i in range(2000)]
+    whole = PerSandbox(lambda sid: Spool())
+    for sid, data in writes:
+        whole.write(sid, data)
+    first = PerSandbox(lambda sid: Spool())
+    for sid, data in writes[:300]:
+        first.write(sid, data)
+    rest = PerSandbox(lambda sid: Spool(), present=first.sinks)
+    for sid, data in writes[300:]:
+        rest.write(sid, data)
+    assert len(whole.sinks) == MAX_SANDBOXES
+    assert set(first.sinks) | set(rest.sinks) == set(whole.sinks)
+    assert first.overflow + rest.overflow == whole.overflow > 0
+    for spool in [*whole.sinks.values(), *first.sinks.values(), *rest.sinks.values()]:
+        spool.close()
+
+
+# -- small public pieces ------------------------------------------------------------------
+
+def test_an_adopted_file_is_a_spool_with_the_same_newest_lines_cap(tmp_path: Path) -> None:
+    path = tmp_path / "out"
+    path.write_bytes(b"".join(f"line {i}\n".encode() for i in range(1000)))
+    spool = Spool.adopt(open(path, "rb"), max_bytes=100)
+    reader, size, dropped = spool.tail()
+    kept = reader.read(size)
+    assert size <= 100 and kept.endswith(b"line 999\n") and kept.startswith(b"line ")
+    assert dropped == path.stat().st_size - size
+    spool.close()
+    assert reader.closed
+
+
+def test_counts_from_another_redactor_add_up_in_the_manifest_counts() -> None:
+    main = Redactor()
+    main.bytes(b"password=a\n")
+    other = Redactor()
+    other.bytes(b"password=b token=c\nuser https://me:pw@host/ x\n")
+    assert (main.counts, other.counts) == ({"secret-value": 1}, {"secret-value": 2, "url-credentials": 1})
+    main.add_counts(other.counts)
+    assert main.counts == {"secret-value": 3, "url-credentials": 1}
+
+
+# -- whole collections: in process vs scanner process ---------------------------------------
+
+def _shim_line(rng: random.Random, sids: list[str], n: int) -> str:
+    sid = rng.choice(sids)
+    kind = n % 9
+    if kind == 0:
+        return f'time="2026-11-28T10:00:{n % 60:02d}Z" level=error msg="pull failed: Authorization: Bearer tok{n}xyz" sandbox={sid}\n'
+    if kind == 1:
+        return f'time="2026-11-28T10:00:00Z" level=info msg="registry https://user:pw{n}@registry.example/v2" sandbox={sid}\n'
+    if kind == 2:
+        return f'{{"msg":"agent","level":"info","sandbox":"{sid}","password":"pw-json-{n}"}}\n'
+    if kind == 3:
+        return f'level=info name=kata-runtime source={sid} msg="runtime-rs line {n}"\n'
+    if kind == 4:
+        return f'time="t" level=info msg="container started" id={n:032x} namespace=k8s.io\n'
+    return f'time="t" level=debug msg="reading guest console" pid={n} sandbox={sid} vmconsole="[ {n}.0] virtio_blk"\n'
+
+
+def _write_logs(root: Path, sids: list[str], sizes: list[int], seed: int = 7) -> list[Path]:
+    rng = random.Random(seed)
+    paths = []
+    for i, (rel, size) in enumerate(zip(shim_logs.LOG_FILES, sizes)):
+        path = root / rel.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = 0
+        with path.open("w") as fh:
+            written = 0
+            while written < size:
+                line = _shim_line(rng, sids, n)
+                if n % 5000 == 4999:  # a private key, sometimes across a 1 MiB read boundary
+                    line += PEM
+                fh.write(line)
+                written += len(line)
+                n += 1
+            if i == 1:
+                fh.write(f"last line without newline sandbox={sids[0]} token=tail-secret")
+        paths.append(path)
+    return paths
+
+
+async def _collect(root: Path, out: Path, scanner: bool, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[Bundle, list[str]]:
+    started: list[str] = []
+    real_start = ScannerProcess.start.__func__  # type: ignore[attr-defined]
+
+    async def spy(cls: type[ScannerProcess]) -> ScannerProcess | None:
+        proc = await real_start(cls)
+        started.append("scanner" if proc else "none")
+        return proc
+
+    with monkeypatch.context() as m:
+        m.setattr(shim_logs, "SCANNER_MIN_BYTES", 0 if scanner else 1 << 62)
+        m.setattr(ScannerProcess, "start", classmethod(spy))
+        await run_collection(CollectOptions(host_root=root, output=str(out), collectors=["shim-logs"], **kw))
+    return read_bundle(out), started
+
+
+def _comparable(bundle: Bundle) -> dict[str, Any]:
+    members = {k: v for k, v in bundle.members.items() if k not in ("manifest.json", "shim-logs/summary.json")}
+    summary = bundle.json("shim-logs/summary.json")
+    summary.pop("since")
+    shim = bundle.collector("shim-logs")
+    shim.pop("duration_s")
+    files = [f for f in bundle.manifest["files"] if f["path"] != "shim-logs/summary.json"]
+    return {"members": members, "summary": summary, "collector": shim,
+            "redactions": bundle.manifest["redactions"], "files": files}
+
+
+async def test_large_logs_scanned_out_of_process_give_the_same_bundle_as_in_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = kata_node(tmp_path / "host")
+    sids = [f"{i:08x}{'ab' * 28}" for i in range(40)]
+    _write_logs(root, sids, [3 << 20, (3 << 20) + 12345, 1 << 20])
+    here, none = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, max_log_bytes=5 << 20)
+    there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, max_log_bytes=5 << 20)
+    assert none == [] and started == ["scanner"]
+    assert _comparable(there) == _comparable(here)
+    raw = b"".join(there.members.values())
+    for secret in (b"secretkeymaterial", b"tok4999xyz", b":pw10@", b"pw-json-2", b"tail-secret"):
+        assert secret not in raw
+    counts = there.manifest["redactions"]
+    assert counts["pem-private-key"] >= 2 and counts["bearer-token"] > 100 and counts["url-credentials"] > 100
+    assert there.json("shim-logs/summary.json")["sandboxes"] == sorted(sids)
+    # the unterminated last line of a file ends its group with a newline of its own
+    assert f"without newline sandbox={sids[0]} token=***\ntime=".encode() in there.members[f"shim-logs/sandboxes/{sids[0]}.log"]
+
+
+async def test_capped_logs_out_of_process_keep_the_same_newest_lines_and_truncation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = kata_node(tmp_path / "host")
+    sids = ["sb-0"]
+    paths = _write_logs(root, sids, [2 << 20, 2 << 20])
+    here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, max_log_bytes=700_000)
+    there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, max_log_bytes=700_000)
+    assert started == ["scanner"]
+    assert _comparable(there) == _comparable(here)
+    truncated = there.collector("shim-logs")["truncated"]
+    name = f"shim-logs/files{shim_logs.LOG_FILES[0]}"
+    source = paths[0].read_bytes()
+    skipped = truncated[name]
+    assert source[skipped - 1:skipped] == b"\n" and len(source) - skipped <= 700_000 < len(source) - skipped + 300
+    assert Redactor().stream().feed(source[skipped:]) == there.members[name]
+    assert all(len(there.members[f"shim-logs/sandboxes/{s}.log"]) <= 700_000 for s in sids)
+    assert any(k.startswith("shim-logs/sandboxes/") for k in truncated)
+
+
+async def test_more_sandboxes_than_the_limit_are_counted_the_same_out_of_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = kata_node(tmp_path / "host")
+    sids = [f"sb-{i:04d}" for i in range(MAX_SANDBOXES + 90)]
+    _write_logs(root, sids, [600_000, 600_000])
+    here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch)
+    there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch)
+    assert started == ["scanner"]
+    assert _comparable(there) == _comparable(here)
+    summary = there.json("shim-logs/summary.json")
+    assert len(summary["sandboxes"]) == MAX_SANDBOXES and summary["sandboxes_not_split"] > 0
+
+
+# -- the scanner process itself -------------------------------------------------------------
+
+def _scanner_pid() -> int:
+    (child,) = [c for c in psutil.Process().children() if "kata_debug.logscan_worker" in " ".join(c.cmdline())]
+    return child.pid
+
+
+async def test_a_log_that_cannot_be_read_fails_alone_with_the_reason_in_process_reading_gives(tmp_path: Path) -> None:
+    good = tmp_path / "good.log"
+    good.write_bytes(b"level=info sandbox=sb-a msg=x\n")
+    with pytest.raises(OSError) as in_process:
+        open(tmp_path / "gone.log", "rb")
+    scanner = await ScannerProcess.start()
+    assert scanner is not None
+    try:
+        await scanner.send([(str(tmp_path / "gone.log"), 1 << 20), (str(good), 1 << 20)], present=[], redact=True)
+        gone, ok = await scanner.next_file(), await scanner.next_file()
+        await scanner.finish()
+        assert (gone.error, gone.output, gone.lines) == (in_process.value.strerror, None, 0)
+        assert ok.error is None and ok.output is not None and ok.lines == 1
+        ok.output.close()
+        assert list(scanner.sandbox_files) == ["sb-a"]
+    finally:
+        await scanner.close()
+
+async def test_a_scanner_that_dies_is_reported_not_waited_for(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.write_bytes(b"level=info sandbox=sb-a msg=x\n" * 1000)
+    scanner = await ScannerProcess.start()
+    assert scanner is not None
+    try:
+        os.kill(_scanner_pid(), signal.SIGKILL)
+        with pytest.raises(ScannerGone, match="exited with code -9"):
+            await scanner.send([(str(log), 1 << 30)], present=[], redact=True)
+            await scanner.next_file()
+    finally:
+        await scanner.close()
+    assert not Path(scanner.workdir).exists()
+
+
+async def test_ctrl_c_in_the_terminal_leaves_the_decision_to_the_collector(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.write_bytes(b"level=info sandbox=sb-a msg=x token=t0p\n" * 1000)
+    scanner = await ScannerProcess.start()
+    assert scanner is not None
+    try:
+        pid = _scanner_pid()
+        for _ in range(200):  # until it has started up and ignores SIGINT (bit 2 of SigIgn)
+            sig_ign = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigIgn:"))
+            if int(sig_ign.split()[1], 16) & (1 << (signal.SIGINT - 1)):
+                break
+            await asyncio.sleep(0.05)
+        os.kill(pid, signal.SIGINT)
+        await scanner.send([(str(log), 1 << 30)], present=[], redact=True)
+        result = await scanner.next_file()
+        await scanner.finish()
+        assert (result.lines, result.error, result.redactions) == (1000, None, {"secret-value": 1000})
+        assert result.output is not None
+        reader, size, _ = result.output.tail()
+        assert reader.read(size) == b"level=info sandbox=sb-a msg=x token=***\n" * 1000
+        result.output.close()
+    finally:
+        await scanner.close()
+
+
+def test_a_scanner_whose_collector_died_removes_its_files(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.write_bytes(b"level=info sandbox=sb-a msg=x\n" * 100_000)
+    workdir = tmp_path / "scan"
+    workdir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-S", "-m", "kata_debug.logscan_worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdin and proc.stdout
+    proc.stdout.close()  # the reading end is gone, as when the collector is SIGKILLed
+    job = {"redact": True, "dir": str(workdir), "present": [], "files": [{"real": str(log), "cap": 1 << 30}]}
+    proc.stdin.write(json.dumps(job).encode() + b"\n")
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 1
+    assert proc.stderr is not None and proc.stderr.read() == b""
+    assert not workdir.exists()
+
+
+def test_the_scanner_runs_without_site_packages() -> None:
+    """It starts with -S: everything it imports must be this package or the standard library."""
+    code = "import sys, kata_debug.logscan_worker; print(sorted(m.split('.')[0] for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.decode()
+    stdlib = set(sys.stdlib_module_names) | {"kata_debug", "__main__"}
+    assert set(eval(out)) <= stdlib, set(eval(out)) - stdlib
+    assert logscan_client._IMPORT_ROOT == str(REPO)
+
+
+async def test_a_sandbox_in_the_journal_and_in_a_scanned_file_reads_journal_first(
+        journald: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = uuid.uuid4().hex
+    subprocess.run(["systemd-cat", "-t", "kata"], input=f"msg=from-journal sandbox={sid} password=jpw\n".encode(),
+                   check=True, timeout=10)
+    subprocess.run(["journalctl", "--sync"], capture_output=True, timeout=30)
+    root = kata_node(tmp_path / "host")
+    journal_src = next(d for d in (Path("/run/log/journal"), Path("/var/log/journal")) if any(d.glob("*/*.journal")))
+    for f in journal_src.glob("*/*.journal"):
+        dest = root / "var/log/journal" / f.parent.name / f.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(f.read_bytes())
+    log = root / shim_logs.LOG_FILES[0].lstrip("/")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(f"msg=from-file-{i} sandbox={sid} token=fpw\n" for i in range(20000)))
+    name = f"shim-logs/sandboxes/{sid}.log"
+    here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, since=timedelta(minutes=10))
+    there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, since=timedelta(minutes=10))
+    assert started == ["scanner"]
+    assert there.members[name] == here.members[name]
+    lines = there.members[name].decode().splitlines()
+    assert lines[0].endswith(f"msg=from-journal sandbox={sid} password=***")
+    assert lines[1:] == [f"msg=from-file-{i} sandbox={sid} token=***" for i in range(20000)]
