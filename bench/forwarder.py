@@ -2,13 +2,16 @@
 
     python bench/forwarder.py            # all three parts
     python bench/forwarder.py decode     # decode-only spans/s per format, and bare json.loads
-    python bench/forwarder.py e2e        # frames in over a Unix socket -> OTLP/HTTP receiver
+    python bench/forwarder.py e2e        # frames in over a Unix socket -> OTLP/HTTP receiver (3 runs each)
     python bench/forwarder.py memory     # peak RSS while 1,000,000 spans arrive, backend down
 
 Targets (one core): decode >= 50,000 spans/s per format and the JSON path >= 0.5x bare
 `json.loads` on the same payloads; end to end >= 20,000 spans/s; peak RSS < 200 MiB.
 The forwarder runs pinned to one CPU; the sender and the receiver run in other processes
-(pinned to another CPU when there is one), so they do not eat the forwarder's core.
+(pinned to another CPU when there is one), so they do not eat the forwarder's core. End to
+end, spans are counted by the receiver and the clock runs from the first frame sent to the
+last span received; the forwarder's CPU seconds per span are printed too, as the figure that
+depends least on whatever else the machine is running.
 Payloads are the real-serializer fixture frames (shared/fixtures/agent-trace).
 """
 
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -79,19 +83,26 @@ def bench_decode(rounds: int = 7, repeat: int = 40) -> None:
 
 
 def _sender(sock_path: str, fmt: str, total: int, connections: int) -> None:
-    """Write `total` spans (fixture frames, repeated) over `connections` streams."""
+    """Write `total` spans (fixture frames, repeated) over `connections` streams.
+
+    Prints the monotonic time (system-wide clock, comparable across processes) just before
+    the first byte is sent: the end-to-end clock starts there, not at process start-up.
+    """
     pin(1)
     from tests.agent_wire import frames as make_frames
 
-    block = make_frames(payloads(fmt))
-    per_block = len(payloads(fmt))
-    per_conn = total // connections
-
-    def one(count: int) -> None:
+    frames_list = payloads(fmt)
+    block = make_frames(frames_list)
+    per_block = len(frames_list)
+    per_conn = [total // connections + (1 if i < total % connections else 0) for i in range(connections)]
+    socks = []
+    for _ in range(connections):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(sock_path)
+        socks.append(s)
+
+    def one(s: socket.socket, count: int) -> None:
         sent = 0
-        frames_list = payloads(fmt)
         while sent + per_block <= count:
             s.sendall(block)
             sent += per_block
@@ -101,20 +112,35 @@ def _sender(sock_path: str, fmt: str, total: int, connections: int) -> None:
 
     import threading
 
-    threads = [threading.Thread(target=one, args=(per_conn,)) for _ in range(connections)]
+    threads = [threading.Thread(target=one, args=(s, n)) for s, n in zip(socks, per_conn)]
+    print(f"{time.monotonic():.6f}", flush=True)
     for t in threads:
         t.start()
     for t in threads:
         t.join()
 
 
-def _receiver(port_file: str) -> None:
-    """The tests' OTLP/HTTP receiver (tests/otlp_receiver.py); reports its port, runs until killed."""
+def _receiver(port_file: str, expect: int) -> None:
+    """The tests' OTLP/HTTP receiver (tests/otlp_receiver.py) in its own process.
+
+    It parses every request and counts its spans; once `expect` spans arrived it prints the
+    count and the monotonic time the last of them was received, then runs until killed.
+    """
     pin(1)
     from tests.otlp_receiver import OtlpHttpReceiver
 
+    class Timed(OtlpHttpReceiver):
+        def add(self, req: Any, encoding: str) -> None:
+            super().add(req, encoding)
+            self.last = time.monotonic()
+            if self.count >= expect and not self.reported:
+                self.reported = True
+                print(f"{self.count} {self.last:.6f}", flush=True)
+
     async def main() -> None:
-        rx = await OtlpHttpReceiver(keep=False).start()  # parses every request, counts its spans
+        rx = Timed(keep=False)
+        rx.reported = False
+        await rx.start()
         Path(port_file).write_text(str(rx.port))
         while True:
             await asyncio.sleep(3600)
@@ -122,8 +148,8 @@ def _receiver(port_file: str) -> None:
     asyncio.run(main())
 
 
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, __file__, *args], cwd=REPO,
+def _spawn(*args: str, stdout: Any = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, __file__, *args], cwd=REPO, stdout=stdout,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -139,13 +165,18 @@ def _wait_file(path: Path, timeout: float = 30) -> str:
 # --------------------------------------------------------------------------- end to end
 
 
-async def _e2e(total: int, fmt: str) -> None:
+async def _e2e(total: int, fmt: str) -> dict[str, float]:
+    """One run. Spans are counted at the receiver (another process), and the wall time runs
+    from the sender's first frame to the receiver's last span."""
     from forwarder.exporters import parse_export
     from forwarder.server import Forwarder, ForwarderConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="kd-bench-"))
     port_file = tmp / "port"
-    receiver = _spawn("_receiver", str(port_file))
+    receiver = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "_receiver", str(port_file), str(total), cwd=REPO,
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         port = int(await asyncio.to_thread(_wait_file, port_file))
         sock = tmp / "agent.sock"
@@ -156,38 +187,49 @@ async def _e2e(total: int, fmt: str) -> None:
         ))
         task = asyncio.create_task(fwd.run())
         await fwd.wait_started()
-        t0 = time.perf_counter()
         cpu0 = os.times()
-        sender = _spawn("_sender", str(sock), fmt, str(total), "4")
-        while True:
-            stats, _ = next(iter(fwd.stats.per_exporter.values()))
-            if stats.exported + stats.dropped >= total:
-                break
-            await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - t0
+        sender = _spawn("_sender", str(sock), fmt, str(total), "4", stdout=subprocess.PIPE)
+        assert receiver.stdout is not None
+        try:
+            line = await asyncio.wait_for(receiver.stdout.readline(), 300)
+        except asyncio.TimeoutError:
+            line = b""
         cpu1 = os.times()
-        cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-        sender.wait()
+        out, _ = await asyncio.to_thread(sender.communicate)
+        first_frame = float(out.split()[0])
+        stats, _ = next(iter(fwd.stats.per_exporter.values()))
         fwd.stop()
         await task
-        # Wall-clock rate, and the forwarder's own CPU time per span (what one idle core would give;
-        # it does not depend on what else the machine is running).
-        print(f"end to end ({fmt}, 4 connections, unix socket -> SDK OTLP/HTTP exporter -> loopback receiver): "
-              f"{stats.exported / elapsed:>9,.0f} spans/s wall  ({stats.exported} exported, {stats.dropped} dropped, "
-              f"{elapsed:.1f}s); forwarder CPU {1e6 * cpu / stats.exported:.1f} us/span = "
-              f"{stats.exported / cpu:,.0f} spans per CPU-second")
+        if not line:
+            raise SystemExit(f"end to end ({fmt}): the receiver did not get {total} spans; forwarder: "
+                             f"{fwd.stats.line()}")
+        received, last_span = int(line.split()[0]), float(line.split()[1])
+        elapsed = last_span - first_frame
+        cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        return {"received": received, "elapsed": elapsed, "rate": received / elapsed,
+                "us_per_span": 1e6 * cpu / received, "dropped": stats.dropped}
     finally:
         receiver.kill()
-        receiver.wait()
+        await receiver.wait()
 
 
-def bench_e2e(total: int = 100_000) -> None:
+def bench_e2e(total: int = 100_000, runs: int = 3) -> None:
     from forwarder.server import tune_gc
 
     pin(0)
     tune_gc()  # as `kata-debug forward` does
     for fmt in ("bincode", "json"):
-        asyncio.run(_e2e(total, fmt))
+        results = [asyncio.run(_e2e(total, fmt)) for _ in range(runs)]
+        rates = sorted(r["rate"] for r in results)
+        cpus = sorted(r["us_per_span"] for r in results)
+        median_rate, median_cpu = rates[len(rates) // 2], cpus[len(cpus) // 2]
+        # Wall-clock rate (first frame sent -> last span received, counted by the receiver),
+        # and the forwarder's own CPU time per span: what one idle core would give, the
+        # figure that depends least on what else the machine is running.
+        print(f"end to end ({fmt}, 4 connections, unix socket -> SDK OTLP/HTTP exporter -> loopback receiver, "
+              f"median of {runs} x {total:,} spans): {median_rate:>9,.0f} spans/s wall "
+              f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}); forwarder CPU {median_cpu:.1f} us/span = "
+              f"{1e6 / median_cpu:,.0f} spans per CPU-second (runs: {', '.join(f'{c:.1f}' for c in cpus)})")
 
 
 # --------------------------------------------------------------------------- memory
@@ -212,7 +254,8 @@ async def _memory(total: int) -> None:
     task = asyncio.create_task(fwd.run())
     await fwd.wait_started()
     t0 = time.perf_counter()
-    senders = [_spawn("_sender", str(sock), fmt, str(total // 2), "2") for fmt in ("bincode", "json")]
+    senders = [_spawn("_sender", str(sock), fmt, str(total // 2), "2", stdout=subprocess.DEVNULL)
+               for fmt in ("bincode", "json")]
     while fwd.stats.spans + fwd.stats.decode_errors < total:
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - t0
@@ -244,7 +287,7 @@ def main() -> None:
         _sender(args[1], args[2], int(args[3]), int(args[4]))
         return
     if args and args[0] == "_receiver":
-        _receiver(args[1])
+        _receiver(args[1], int(args[2]))
         return
     if args and args[0] == "_memory":
         asyncio.run(_memory(int(args[1])))
