@@ -2,19 +2,19 @@
 
 The agent writes one span per frame: an 8-byte big-endian length, then the payload. Agents up
 to 3.28 serialise opentelemetry 0.14 `SpanData` with bincode 1.3.3; agents from 3.29 serialise
-opentelemetry 0.17 `SpanData` with serde_json. Both decode here into one `Span` model so the
-rest of the forwarder never knows which agent it is talking to.
+opentelemetry 0.17 `SpanData` with serde_json. Both decode into one `Span` model so the
+rest of the forwarder never knows which agent it is talking to. The JSON decoder lives in
+`forwarder.wire_json` and is importable from here (`wire.decode_json`).
 
 The guest is untrusted: every length is checked against the bytes actually present before
 anything is sliced or looped over, so a hostile frame can never make the decoder allocate more
 than a small multiple of the frame itself, and `DecodeError` is the only exception a payload
 can raise. The decoders are written for speed (precompiled `struct.Struct`s, direct field
-access after `json.loads`) because a node forwards every span of every sandbox.
+access) because a node forwards every span of every sandbox.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -527,320 +527,6 @@ def decode_bincode(payload: bytes) -> Span:
         raise DecodeError(f"bincode: malformed payload ({exc})") from None
 
 
-# --------------------------------------------------------------------------- JSON
-
-_JSON_KINDS = {
-    "Client": SpanKind.CLIENT,
-    "Server": SpanKind.SERVER,
-    "Producer": SpanKind.PRODUCER,
-    "Consumer": SpanKind.CONSUMER,
-    "Internal": SpanKind.INTERNAL,
-}
-_JSON_STATUS = {"Unset": StatusCode.UNSET, "Ok": StatusCode.OK, "Error": StatusCode.ERROR}
-_NAN = float("nan")
-_U128_MAX = (1 << 128) - 1
-_U32_MAX = (1 << 32) - 1
-_json_loads = json.loads
-# The stdlib's own C scanner, called directly: `json.loads` would spend a third of its time
-# on encoding detection and wrapper calls for payloads that are always compact UTF-8.
-_scan_once = json.JSONDecoder().scan_once
-_JSON_WS = " \t\n\r"
-
-
-def _parse_json(payload: bytes) -> object:
-    text = payload.decode("utf-8")
-    if not text or text[0] in _JSON_WS or text[-1] in _JSON_WS:
-        return _json_loads(text)  # the general path (whitespace around the value)
-    try:
-        value, end = _scan_once(text, 0)
-    except StopIteration as exc:
-        raise json.JSONDecodeError("Expecting value", text, exc.value) from None
-    if end != len(text):
-        raise json.JSONDecodeError("Extra data", text, end)
-    return value
-
-
-def _j_times(d: dict, key: str) -> int:  # type: ignore[type-arg]
-    t = d[key]
-    secs = t["secs_since_epoch"]
-    nanos = t["nanos_since_epoch"]
-    if type(secs) is not int or type(nanos) is not int or secs < 0 or nanos < 0 or nanos > _U32_MAX:
-        raise _Bad(key)
-    ns = secs * _NS + nanos
-    if ns > _U64_MAX:
-        raise DecodeError(f"{key} {secs}s+{nanos}ns does not fit OTLP's u64 nanoseconds")
-    return ns
-
-
-class _Bad(Exception):
-    """Internal: a JSON field of the wrong shape (message = field)."""
-
-
-def _j_u(v: object, maximum: int, what: str) -> int:
-    if type(v) is not int or v < 0 or v > maximum:
-        raise _Bad(what)
-    return v  # type: ignore[return-value]
-
-
-def _j_f64(v: object) -> float:
-    t = type(v)
-    if t is float:
-        return v  # type: ignore[return-value]
-    if t is int:
-        return float(v)  # type: ignore[arg-type]
-    if v is None:  # serde_json writes non-finite floats as null
-        return _NAN
-    raise _Bad("F64 value")
-
-
-def _j_i64(v: object) -> int:
-    if type(v) is not int or not _I64_MIN <= v <= _I64_MAX:  # type: ignore[operator]
-        raise _Bad("I64 value")
-    return v  # type: ignore[return-value]
-
-
-def _j_str(v: object, what: str) -> str:
-    if type(v) is not str:
-        raise _Bad(what)
-    return v  # type: ignore[return-value]
-
-
-def _j_bool(v: object, what: str) -> bool:
-    if type(v) is not bool:
-        raise _Bad(what)
-    return v  # type: ignore[return-value]
-
-
-def _j_array(body: object) -> tuple[AttrValue, ...]:
-    if type(body) is not dict or len(body) != 1:  # type: ignore[arg-type]
-        raise _Bad("Array value")
-    ((tag, items),) = body.items()  # type: ignore[union-attr]
-    if type(items) is not list:
-        raise _Bad("Array value")
-    if tag == "String":
-        for x in items:
-            if type(x) is not str:
-                raise _Bad("String array element")
-        return tuple(items)
-    if tag == "I64":
-        return tuple([_j_i64(x) for x in items])
-    if tag == "F64":
-        return tuple([_j_f64(x) for x in items])
-    if tag == "Bool":
-        for x in items:
-            if type(x) is not bool:
-                raise _Bad("Bool array element")
-        return tuple(items)
-    raise _Bad(f"Array tag {tag!r}")
-
-
-def _j_value(v: object) -> AttrValue:
-    """An externally tagged `Value` (`{"String": "x"}`)."""
-    if type(v) is not dict or len(v) != 1:  # type: ignore[arg-type]
-        raise _Bad("attribute value")
-    ((tag, x),) = v.items()  # type: ignore[union-attr]
-    if tag == "String":
-        if type(x) is str:
-            return x  # type: ignore[return-value]
-        raise _Bad("String value")
-    if tag == "I64":
-        return _j_i64(x)
-    if tag == "Bool":
-        if type(x) is bool:
-            return x  # type: ignore[return-value]
-        raise _Bad("Bool value")
-    if tag == "F64":
-        return _j_f64(x)
-    if tag == "Array":
-        return _j_array(x)
-    raise _Bad(f"value tag {tag!r}")
-
-
-def _j_map(m: object) -> Attributes:
-    if type(m) is not dict:
-        raise _Bad("attribute map")
-    return [(k, _j_value(v)) for k, v in m.items()]  # type: ignore[union-attr]
-
-
-def _j_kvs(items: object) -> Attributes:
-    if type(items) is not list:
-        raise _Bad("attribute list")
-    out: Attributes = []
-    for kv in items:  # type: ignore[union-attr]
-        if type(kv) is not dict:
-            raise _Bad("KeyValue")
-        k = kv["key"]
-        if type(k) is not str:
-            raise _Bad("KeyValue key")
-        out.append((k, _j_value(kv["value"])))
-    return out
-
-
-def _j_trace_state(ts: object) -> tuple[tuple[str, str], ...]:
-    if ts is None:
-        return ()
-    if type(ts) is not list:
-        raise _Bad("trace_state")
-    out = []
-    for pair in ts:  # type: ignore[union-attr]
-        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str or type(pair[1]) is not str:
-            raise _Bad("trace_state entry")
-        out.append((pair[0], pair[1]))
-    return tuple(out)
-
-
-def _j_queue(q: object, what: str) -> tuple[list, int]:  # type: ignore[type-arg]
-    """An `EvictedQueue`: (items or [], dropped_count)."""
-    items = q["queue"]  # type: ignore[index]
-    max_len = q["max_len"]  # type: ignore[index]
-    dropped = q["dropped_count"]  # type: ignore[index]
-    if (
-        type(max_len) is not int or max_len < 0 or max_len > _U32_MAX
-        or type(dropped) is not int or dropped < 0 or dropped > _U32_MAX
-    ):
-        raise _Bad(f"{what}.max_len/dropped_count")
-    if items is None:
-        return _NO_ITEMS, dropped
-    if type(items) is not list:
-        raise _Bad(f"{what}.queue")
-    return items, dropped  # type: ignore[return-value]
-
-
-_NO_ITEMS: list = []  # type: ignore[type-arg]  # never mutated
-
-
-def decode_json(payload: bytes) -> Span:
-    """Decode a serde_json opentelemetry 0.17 `SpanData` (agents >= 3.29)."""
-    try:
-        d = _parse_json(payload)
-        if type(d) is not dict:
-            raise _Bad("top level")
-        ctx = d["span_context"]
-        trace_id = ctx["trace_id"]
-        span_id = ctx["span_id"]
-        flags = ctx["trace_flags"]
-        parent = d["parent_span_id"]
-        if (
-            type(trace_id) is not int or trace_id < 0 or trace_id > _U128_MAX
-            or type(span_id) is not int or span_id < 0 or span_id > _U64_MAX
-            or type(flags) is not int or flags < 0 or flags > 255
-            or type(parent) is not int or parent < 0 or parent > _U64_MAX
-        ):
-            raise _Bad("span_context ids/flags or parent_span_id")
-        remote = ctx["is_remote"]
-        if type(remote) is not bool:
-            raise _Bad("span_context.is_remote")
-        ts = ctx["trace_state"]
-        trace_state = () if ts is None else _j_trace_state(ts)
-        kind = _JSON_KINDS.get(d["span_kind"])  # type: ignore[arg-type]
-        if kind is None:
-            raise _Bad("span_kind")
-        name = d["name"]
-        if type(name) is not str:
-            raise _Bad("name")
-        start = _j_times(d, "start_time")
-        end = _j_times(d, "end_time")
-
-        attrs = d["attributes"]
-        amap = attrs["map"]
-        if type(amap) is not dict:
-            raise _Bad("attributes.map")
-        attributes: Attributes = []
-        append = attributes.append
-        for k, v in amap.items():
-            # Inline fast path for the common `{"String": "..."}` value.
-            if type(v) is dict and len(v) == 1:
-                s = v.get("String")
-                if type(s) is str:
-                    append((k, s))
-                    continue
-                i = v.get("I64")
-                if type(i) is int and _I64_MIN <= i <= _I64_MAX:
-                    append((k, i))
-                    continue
-            append((k, _j_value(v)))
-        dropped_attrs = attrs["dropped_count"]
-        max_len = attrs["max_len"]
-        if (
-            type(attrs["evict_list"]) is not list
-            or type(max_len) is not int or max_len < 0 or max_len > _U32_MAX
-            or type(dropped_attrs) is not int or dropped_attrs < 0 or dropped_attrs > _U32_MAX
-        ):
-            raise _Bad("attributes evict_list/max_len/dropped_count")
-
-        raw_events, dropped_events = _j_queue(d["events"], "events")
-        events = [
-            Event(
-                _j_str(ev["name"], "event.name"),
-                _j_times(ev, "timestamp"),
-                _j_kvs(ev["attributes"]),
-                _j_u(ev["dropped_attributes_count"], _U32_MAX, "event.dropped_attributes_count"),
-            )
-            for ev in raw_events
-        ] if raw_events else []
-        raw_links, dropped_links = _j_queue(d["links"], "links")
-        links: list[Link] = []
-        for ln in raw_links:
-            lc = ln["span_context"]
-            lt = lc["trace_id"]
-            if type(lt) is not int or not 0 <= lt <= _U128_MAX:
-                raise _Bad("link.trace_id")
-            links.append(
-                Link(
-                    lt,
-                    _j_u(lc["span_id"], _U64_MAX, "link.span_id"),
-                    _j_u(lc["trace_flags"], 255, "link.trace_flags"),
-                    _j_bool(lc["is_remote"], "link.is_remote"),
-                    _j_trace_state(lc["trace_state"]),
-                    _j_kvs(ln["attributes"]),
-                    _j_u(ln["dropped_attributes_count"], _U32_MAX, "link.dropped_attributes_count"),
-                )
-            )
-        status = _JSON_STATUS.get(d["status_code"])  # type: ignore[arg-type]
-        if status is None:
-            raise _Bad("status_code")
-        message = d["status_message"]
-        if type(message) is not str:
-            raise _Bad("status_message")
-        res = d["resource"]
-        resource = None if res is None else _j_map(res["attrs"])
-        return Span(
-            trace_id,
-            span_id,
-            flags,
-            remote,
-            trace_state,
-            parent,
-            kind,
-            name,
-            start,
-            end,
-            attributes,
-            dropped_attrs,
-            events,
-            dropped_events,
-            links,
-            dropped_links,
-            status,
-            message,
-            resource,
-        )
-    except _Bad as exc:
-        raise DecodeError(f"json: bad or missing {exc.args[0]}") from None
-    except KeyError as exc:
-        raise DecodeError(f"json: missing field {exc.args[0]!r}") from None
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"json: not UTF-8 at byte {exc.start}") from None
-    except ValueError as exc:  # JSONDecodeError, and int/str conversion limits
-        raise DecodeError(f"json: {exc}") from None
-    except (TypeError, AttributeError, IndexError):
-        raise DecodeError("json: a field has the wrong JSON type") from None
-    except RecursionError:
-        raise DecodeError("json: nested too deeply") from None
-    except MemoryError:
-        raise DecodeError("json: payload too large to parse") from None
-
-
 # --------------------------------------------------------------------------- format choice
 
 Decoder = Callable[[bytes], Span]
@@ -850,6 +536,8 @@ def decoder_for(fmt: str) -> Decoder:
     if fmt == "bincode":
         return decode_bincode
     if fmt == "json":
+        from .wire_json import decode_json
+
         return decode_json
     raise ValueError(f"no single decoder for format {fmt!r}")
 
@@ -888,3 +576,12 @@ class FormatSniffer:
             self._decode = decoder_for(fmt)
             return span
         raise DecodeError("neither format decodes: " + "; ".join(errors))
+
+
+def __getattr__(name: str) -> object:
+    """`wire.decode_json`, without an import cycle: `wire_json` builds on this module's model."""
+    if name == "decode_json":
+        from .wire_json import decode_json
+
+        return decode_json
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
