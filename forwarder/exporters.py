@@ -4,7 +4,7 @@ Every sink has the same small blocking interface, `export(batch) -> bool`, calle
 worker thread (never the event loop) by `forwarder.pipeline`. OTLP sinks are the SDK's
 `OTLPSpanExporter`s, so retries with backoff, compression, TLS and the
 `OTEL_EXPORTER_OTLP_*` variables behave exactly as in any other OpenTelemetry program; they
-are fed requests built by `forwarder.otlp_proto` (see `_wire_exporter_classes` for why), with
+are fed requests encoded by `forwarder.otlp_proto` (see `_wire_exporter_classes` for why), with
 `ReadableSpanBuilder` (agent ids, times, resource and dropped counts on SDK `ReadableSpan`s)
 as the path for SDK releases without the hook.
 """
@@ -348,7 +348,7 @@ class ReadableSpanBuilder:
 
 
 def _wire_exporter_classes() -> tuple[type, type]:
-    """The SDK's OTLP exporters, taught to send requests built by `forwarder.otlp_proto`.
+    """The SDK's OTLP exporters, taught to send requests encoded by `forwarder.otlp_proto`.
 
     Everything that makes them the SDK exporters stays theirs: channel/session, TLS, headers,
     compression, timeouts, retries with backoff, `OTEL_EXPORTER_OTLP_*`. Only the request
@@ -360,11 +360,14 @@ def _wire_exporter_classes() -> tuple[type, type]:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
     from opentelemetry.sdk.trace.export import SpanExportResult
 
-    from .otlp_proto import encode_request
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from .otlp_proto import encode_request_bytes
 
     class WireGrpcSpanExporter(GrpcExporter):  # type: ignore[misc]
         def _translate_data(self, data: Sequence[QueuedSpan]) -> Any:  # noqa: D401
-            return encode_request(data)
+            # The stub wants a message: the encoded request parsed back (in C, cheap).
+            return ExportTraceServiceRequest.FromString(encode_request_bytes(data))
 
     class WireHttpSpanExporter(HttpExporter):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -381,7 +384,7 @@ def _wire_exporter_classes() -> tuple[type, type]:
             if self._shutdown:
                 return SpanExportResult.FAILURE
             with self._metrics.export_operation(len(batch)) as result:
-                outcome = self._client.export(encode_request(batch).SerializePartialToString())
+                outcome = self._client.export(encode_request_bytes(batch))
                 if not outcome.success:
                     result.error = outcome.error
                     return SpanExportResult.FAILURE
