@@ -5,9 +5,13 @@ locations the shim-logs collector reads), then times, in the same run:
   * `tar czf` of exactly the collected inputs (the baseline), and
   * `kata-debug collect` (gzip, redaction on, log cap above the input so everything is read).
 Targets: peak RSS < 150 MiB at 100 MiB and 1 GiB of input; throughput >= 0.8x tar czf.
+Peak RSS is the sum over kata-debug and its scanner process (sampled every 10 ms); CPU
+seconds (user + sys, scanner included) are printed too: a steadier figure than wall time on
+a shared machine. Each size runs tar and kata-debug `--repeat` times, interleaved; the
+numbers are medians.
 
-    python bench/bundle.py                  # 100 MiB and 1 GiB, 200 bundles
-    python bench/bundle.py --sizes 100 --bundles 50
+    python bench/bundle.py                  # 100 MiB and 1 GiB, 200 bundles, 3 runs each
+    python bench/bundle.py --sizes 100 --bundles 50 --repeat 5
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -75,43 +83,94 @@ def build_node(root: Path, bundles: int, log_mib: int) -> list[Path]:
     return [Path("run/containerd"), *(Path(f.lstrip("/")) for f in files)]
 
 
-def _run_measured(argv: list[str], cwd: Path | None = None) -> tuple[float, int, int]:
-    """(seconds, peak RSS bytes of the child, exit code) via wait4's rusage."""
+@dataclass
+class Run:
+    seconds: float
+    cpu_s: float  # user + sys of the child and the children it waited for (the scanner process)
+    rss_max: int  # largest single-process peak RSS (wait4)
+    tree_rss_peak: int  # largest sampled sum of RSS over the child and all its descendants
+    code: int
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _run_measured(argv: list[str], cwd: Path | None = None) -> Run:
+    """Wall time, CPU and memory of one command: rusage via wait4, tree RSS sampled every 10 ms."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        try:
+            ps = psutil.Process(proc.pid)
+            while not done.is_set():
+                peak = max(peak, _tree_rss(ps))
+                done.wait(0.01)
+        except psutil.Error:
+            pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stderr = proc.stderr.read() if proc.stderr else b""  # until the child closes it (exits)
+    done.set()
+    sampler.join()
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 3):
-        sys.stderr.write(proc.stderr.read().decode() if proc.stderr else "")
-    return elapsed, usage.ru_maxrss * 1024, code
+        sys.stderr.write(stderr.decode(errors="replace"))
+    return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, peak, code)
 
 
-def bench(size_mib: int, bundles: int, workdir: Path) -> dict[str, float]:
+def bench(size_mib: int, bundles: int, workdir: Path, repeat: int) -> dict[str, float]:
     root = workdir / f"host-{size_mib}"
     inputs = build_node(root, bundles, size_mib)
-    input_bytes = sum(p.stat().st_size for rel in inputs for p in (root / rel).rglob("*") if p.is_file()) if False else \
-        sum(f.stat().st_size for rel in inputs for f in ([root / rel] if (root / rel).is_file() else (root / rel).rglob("*")) if f.is_file())
-    tar_s, _, _ = _run_measured(["tar", "czf", str(workdir / "baseline.tar.gz"), *map(str, inputs)], cwd=root)
+    input_bytes = sum(f.stat().st_size for rel in inputs
+                      for f in ([root / rel] if (root / rel).is_file() else (root / rel).rglob("*")) if f.is_file())
     out = workdir / "bundle.tar.gz"
-    kd_s, rss, code = _run_measured([
-        sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "--output", str(out),
-        "--collector", "oci-specs", "--collector", "shim-logs", "--all-runtimes",
-        "--max-log-size", f"{size_mib + 64}M", "--timeout", "3600", "--output-format", "json",
-    ])
+    runs: list[tuple[Run, Run]] = []
+    for i in range(repeat):  # interleaved, so both see the same machine load
+        tar = _run_measured(["tar", "czf", str(workdir / "baseline.tar.gz"), *map(str, inputs)], cwd=root)
+        kd = _run_measured([
+            sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "--output", str(out),
+            "--collector", "oci-specs", "--collector", "shim-logs", "--all-runtimes",
+            "--max-log-size", f"{size_mib + 64}M", "--timeout", "3600", "--output-format", "json",
+        ])
+        runs.append((tar, kd))
+        if repeat > 1:
+            print(f"  run {i + 1}: tar czf {tar.seconds:.2f}s ({tar.cpu_s:.2f} cpu-s) | kata-debug {kd.seconds:.2f}s "
+                  f"({kd.cpu_s:.2f} cpu-s) | ratio {tar.seconds / kd.seconds:.2f} | tree RSS {kd.tree_rss_peak / 2**20:.1f} MiB",
+                  flush=True)
     shutil.rmtree(root)
+    tar_s = statistics.median(t.seconds for t, _ in runs)
+    kd_s = statistics.median(k.seconds for _, k in runs)
     result = {
         "input_mib": round(input_bytes / 2**20, 1),
+        "runs": repeat,
         "tar_czf_s": round(tar_s, 2),
+        "tar_czf_cpu_s": round(statistics.median(t.cpu_s for t, _ in runs), 2),
         "tar_czf_mb_s": round(input_bytes / tar_s / 1e6, 1),
         "kata_debug_s": round(kd_s, 2),
+        "kata_debug_cpu_s": round(statistics.median(k.cpu_s for _, k in runs), 2),
         "kata_debug_mb_s": round(input_bytes / kd_s / 1e6, 1),
-        "throughput_ratio": round(tar_s / kd_s, 2),
-        "peak_rss_mib": round(rss / 2**20, 1),
+        "throughput_ratio": round(statistics.median(t.seconds / k.seconds for t, k in runs), 2),
+        "cpu_ratio": round(statistics.median(t.cpu_s / k.cpu_s for t, k in runs), 2),
+        "peak_rss_mib": round(max(k.tree_rss_peak for _, k in runs) / 2**20, 1),
+        "largest_process_rss_mib": round(max(k.rss_max for _, k in runs) / 2**20, 1),
         "bundle_mib": round(out.stat().st_size / 2**20, 1),
         "baseline_mib": round((workdir / "baseline.tar.gz").stat().st_size / 2**20, 1),
-        "exit_code": code,
+        "exit_codes": sorted({k.code for _, k in runs}),
     }
     out.unlink()
     (workdir / "baseline.tar.gz").unlink()
@@ -122,15 +181,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1024], help="MiB of logs per run")
     ap.add_argument("--bundles", type=int, default=200, help="container bundles on the node")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved tar/kata-debug runs per size (medians reported)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="kata-debug-bench-") as tmp:
         for size in args.sizes:
-            r = bench(size, args.bundles, Path(tmp))
+            r = bench(size, args.bundles, Path(tmp), max(1, args.repeat))
             ok_rss = r["peak_rss_mib"] < 150
             ok_tp = r["throughput_ratio"] >= 0.8
-            print(f"{r['input_mib']:>7} MiB in: tar czf {r['tar_czf_s']:>6}s ({r['tar_czf_mb_s']} MB/s) | "
-                  f"kata-debug {r['kata_debug_s']:>6}s ({r['kata_debug_mb_s']} MB/s) | ratio {r['throughput_ratio']} "
-                  f"[{'ok' if ok_tp else 'BELOW 0.8'}] | peak RSS {r['peak_rss_mib']} MiB [{'ok' if ok_rss else 'OVER 150'}]")
+            print(f"{r['input_mib']:>7} MiB in, median of {r['runs']}: tar czf {r['tar_czf_s']:>6}s ({r['tar_czf_mb_s']} MB/s, "
+                  f"{r['tar_czf_cpu_s']} cpu-s) | kata-debug {r['kata_debug_s']:>6}s ({r['kata_debug_mb_s']} MB/s, "
+                  f"{r['kata_debug_cpu_s']} cpu-s) | ratio {r['throughput_ratio']} [{'ok' if ok_tp else 'BELOW 0.8'}] "
+                  f"(cpu ratio {r['cpu_ratio']}) | peak RSS, all processes {r['peak_rss_mib']} MiB "
+                  f"[{'ok' if ok_rss else 'OVER 150'}]", flush=True)
             print(json.dumps(r))
 
 
