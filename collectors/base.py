@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 from kata_debug.bundle import AsyncBundle, Spool
 from kata_debug.hostroot import HostRoot
@@ -187,6 +187,17 @@ class CollectorOutput:
         if err.strip():
             await self.add_bytes(f"{name}.stderr", err[-65536:], redact=redact)
         return code
+
+    @property
+    def deflate_level(self) -> int | None:
+        """zlib level for `add_deflated` content; None when the bundle cannot take it (not gzip)."""
+        return self._bundle.writer.deflate_level
+
+    async def add_deflated(self, name: str, size: int, sha256: str, members: Iterable[bytes]) -> None:
+        """Add content that was already redacted and deflated as gzip members (see bundle.add_deflated)."""
+        path = self._path(name)
+        await self._bundle.add_deflated(path, size, sha256, members)
+        self.files.append(path)
 
     def spool(self, max_bytes: int | None = None) -> Spool:
         """A temp file to fill (from a thread) and hand to `add_spool`."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import stat
 import tempfile
 from datetime import datetime, timezone
@@ -22,7 +23,8 @@ from typing import IO, Any
 from kata_debug.bundle import Spool
 from kata_debug.logfmt import parse_line, sandbox_of
 from kata_debug.logscan import BATCH, PerSandbox, SourceStats, copy_log
-from kata_debug.logscan_client import ScannerGone, ScannerProcess
+from kata_debug.deflate_ahead import DeflateAhead
+from kata_debug.logscan_client import Progress, ScannerGone, ScannerProcess
 from kata_debug.redact import Redactor
 
 from .base import CollectContext, Collector, CollectorOutput
@@ -108,6 +110,7 @@ class ShimLogsCollector(Collector):
         journal_dirs = [d for d in JOURNAL_DIRS if ctx.host.listdir(d)]
         files = await asyncio.to_thread(_log_files, ctx)
         scanner: ScannerProcess | None = None
+        ahead: DeflateAhead | None = None
         if sum(min(size, ctx.max_log_bytes) for _, _, size in files) >= SCANNER_MIN_BYTES:
             scanner = await ScannerProcess.start()  # its start-up overlaps the journal reads
         try:
@@ -120,28 +123,23 @@ class ShimLogsCollector(Collector):
                 for path, real, _ in files:
                     sources.append(await self._file(ctx, out, path, real, per_sandbox))
             else:
-                sources += await self._scanned(ctx, out, files, per_sandbox, scanner)
+                if out.deflate_level is not None:
+                    ahead = DeflateAhead(out.deflate_level, _ahead_threads())
+                sources += await self._scanned(ctx, out, files, per_sandbox, scanner, ahead)
             scanned = scanner.sandbox_files if scanner else {}
             split = sorted(per_sandbox.sinks.keys() | scanned.keys())
             for sid in split:
-                # Journal lines first, then file lines: the order one shared spool would have.
-                spool = per_sandbox.sinks.pop(sid, None)
-                try:
-                    if scanner is not None and sid in scanned:
-                        more = await scanner.take_sandbox(sid, ctx.max_log_bytes)
-                        if spool is None:
-                            spool = more
-                        else:
-                            await asyncio.to_thread(_append, spool, more)
-                except BaseException:
-                    if spool is not None:
-                        spool.close()
-                    raise
-                assert spool is not None
-                await out.add_spool(f"sandboxes/{sid}.log", spool)
+                journal = per_sandbox.sinks.pop(sid, None)
+                if scanner is None or sid not in scanned:
+                    assert journal is not None
+                    await out.add_spool(f"sandboxes/{sid}.log", journal)
+                else:
+                    await self._add_scanned_sandbox(ctx, out, sid, journal, scanner, ahead)
         finally:
             for spool in per_sandbox.sinks.values():
                 spool.close()
+            if ahead is not None:
+                await ahead.close()
             if scanner is not None:
                 await scanner.close()
         if any(s.error == "journalctl not found" for s in sources):
@@ -215,27 +213,50 @@ class ShimLogsCollector(Collector):
         return stats
 
     async def _scanned(self, ctx: CollectContext, out: CollectorOutput, files: list[tuple[str, str, int]],
-                       per_sandbox: PerSandbox[Spool], scanner: ScannerProcess) -> list[SourceStats]:
+                       per_sandbox: PerSandbox[Spool], scanner: ScannerProcess,
+                       ahead: DeflateAhead | None) -> list[SourceStats]:
         """The log files, redacted and split by the scanner process while this one compresses.
 
-        Each file is added to the bundle as soon as the scanner is done with it, so the
-        scanner's next file and this file's compression run on different cores.
+        What the scanner has written is deflated ahead (`ahead`) as it goes, so compressing
+        the redacted copies and the per-sandbox lines overlaps the scan instead of following
+        it; each file goes into the bundle as soon as the scanner is done with it.
         """
         sources = [SourceStats(source=f"file:{path}") for path, _, _ in files]
+        journal_sids = set(per_sandbox.sinks)  # their lines join journal spools: not deflated ahead
         done = 0
+
+        def progress(p: Progress) -> None:
+            assert ahead is not None
+            if p.output is not None:
+                ahead.grow(("file", done), p.output, p.size)
+            for sid, (path, size) in p.sandboxes.items():
+                if sid in journal_sids:
+                    continue
+                if size > ctx.max_log_bytes:  # will be cut to its newest lines: added as a spool
+                    ahead.drop(("sandbox", sid))
+                else:
+                    ahead.grow(("sandbox", sid), path, size)
+
         try:
             await scanner.send([(real, ctx.max_log_bytes) for _, real, _ in files],
-                               present=per_sandbox.sinks.keys(), redact=ctx.redactor.enabled)
+                               present=journal_sids, redact=ctx.redactor.enabled)
             for (path, _, _), stats in zip(files, sources):
-                result = await scanner.next_file()
+                result = await scanner.next_file(progress if ahead is not None else None)
+                key = ("file", done)
                 done += 1
                 ctx.redactor.add_counts(result.redactions)
                 per_sandbox.overflow += result.overflow
                 stats.lines, stats.bytes, stats.error = result.lines, result.bytes, result.error
                 if result.output is None:
                     out.item_failed(path, result.error or "not read")
-                else:
-                    await self._add_file(out, path, result.output, result.skipped)
+                    if ahead is not None:
+                        ahead.drop(key)
+                    continue
+                name = "files" + path
+                if not await self._add_deflated(out, name, ahead, key, result.output, result.size):
+                    await out.add_spool(name, await scanner.adopt(result.output))
+                if result.skipped:
+                    out.truncated[f"{out.collector}/{name}"] = result.skipped
             await scanner.finish()
         except ScannerGone as exc:
             for (path, _, _), stats in list(zip(files, sources))[done:]:
@@ -244,6 +265,39 @@ class ShimLogsCollector(Collector):
             if done == len(files):
                 out.item_failed("log scanner", str(exc))
         return sources
+
+    async def _add_scanned_sandbox(self, ctx: CollectContext, out: CollectorOutput, sid: str, journal: Spool | None,
+                                   scanner: ScannerProcess, ahead: DeflateAhead | None) -> None:
+        """One sandbox's lines from the scanned files, after its journal lines if it has any."""
+        name = f"sandboxes/{sid}.log"
+        key = ("sandbox", sid)
+        size = scanner.sandbox_sizes.get(sid, 0)
+        if journal is None and size <= ctx.max_log_bytes:
+            if await self._add_deflated(out, name, ahead, key, scanner.sandbox_files[sid], size):
+                return
+        elif ahead is not None:
+            ahead.drop(key)
+        spool = await scanner.take_sandbox(sid, ctx.max_log_bytes)
+        if journal is not None:
+            try:
+                await asyncio.to_thread(_append, journal, spool)  # journal lines first, as one spool had them
+            except BaseException:
+                journal.close()
+                raise
+            spool = journal
+        await out.add_spool(name, spool)
+
+    async def _add_deflated(self, out: CollectorOutput, name: str, ahead: DeflateAhead | None, key: object,
+                            path: str, size: int) -> bool:
+        """Add content deflated ahead; False (nothing added) when it was not."""
+        if ahead is None:
+            return False
+        try:
+            deflated = await ahead.finish(key, path, size)
+        except OSError:
+            return False
+        await out.add_deflated(name, deflated.size, deflated.sha256, ahead.members(deflated))
+        return True
 
     async def _add_file(self, out: CollectorOutput, path: str, spool: Spool, skipped: int) -> None:
         name = "files" + path
@@ -264,6 +318,11 @@ def _log_files(ctx: CollectContext) -> list[tuple[str, str, int]]:
         if stat.S_ISREG(st.st_mode):
             found.append((path, str(real), st.st_size))
     return found
+
+
+def _ahead_threads() -> int:
+    """Deflate-ahead threads: the scanner process keeps one core busy, they get the rest."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def _append(spool: Spool, more: Spool) -> None:

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Literal, TypeVar
+from typing import IO, Any, BinaryIO, Callable, Iterable, Literal, TypeVar
 
 import zstandard
 
@@ -103,6 +103,10 @@ class _CountingWriter:
     def tell(self) -> int:
         return self._pos
 
+    def skip(self, n: int) -> None:
+        """Account for `n` bytes that reached the stream around this writer (spliced members)."""
+        self._pos += n
+
 
 class _GzipMembers:
     """A gzip stream written as a series of gzip members, compressed on several cores.
@@ -146,6 +150,23 @@ class _GzipMembers:
         self._submit()
         while self._pending:
             self._sink.write(self._pending.popleft().result())
+
+    def splice(self, members: Iterable[bytes]) -> int:
+        """Append gzip members deflated elsewhere, after what is buffered; returns their content size.
+
+        The content they inflate to must be exactly what would have been written here; each
+        member's trailer (ISIZE) says how much that is.
+        """
+        self._submit()
+        size = 0
+        for member in members:
+            size += int.from_bytes(member[-4:], "little")
+            done: Future[bytes] = Future()
+            done.set_result(member)
+            self._pending.append(done)
+            while len(self._pending) > 2 * self._workers:
+                self._sink.write(self._pending.popleft().result())
+        return size
 
     def set_level(self, level: int) -> None:
         if level != self.level:
@@ -239,6 +260,39 @@ class BundleWriter:
     def add_bytes(self, path: str, data: bytes, mtime: float | None = None) -> FileRecord:
         return self.add_fileobj(path, io.BytesIO(data), len(data), mtime)
 
+    @property
+    def deflate_level(self) -> int | None:
+        """The zlib level content for `add_deflated` is deflated at; None: not a gzip bundle."""
+        return self._compressor.level if isinstance(self._compressor, _GzipMembers) else None
+
+    def add_deflated(self, path: str, size: int, sha256: str, members: Iterable[bytes],
+                     mtime: float | None = None) -> FileRecord:
+        """Add `size` bytes someone deflated ahead of time, as gzip members at `deflate_level`.
+
+        Lets a producer compress content while it is still being produced (on other cores)
+        instead of in one go here; the members are spliced into the stream as they are.
+        """
+        if not isinstance(self._compressor, _GzipMembers):
+            raise ValueError("add_deflated needs a gzip bundle")
+        _check_member_path(path)
+        self._ensure_dirs(path)
+        info = self._info(path, size, mtime)
+        header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
+        self._out.write(header)
+        spliced = self._compressor.splice(members)
+        if spliced != size:  # the archive is already wrong: say so loudly
+            raise ValueError(f"{path}: deflated members hold {spliced} bytes, not {size}")
+        self._out.skip(size)
+        pad = -size % tarfile.BLOCKSIZE
+        if pad:
+            self._out.write(tarfile.NUL * pad)
+        # What tarfile.addfile itself records for a member it writes.
+        self._tar.offset += len(header) + size + pad
+        self._tar.members.append(info)
+        record = FileRecord(path=path, size=size, sha256=sha256)
+        self.records.append(record)
+        return record
+
     def _switch_level(self, level: int) -> None:
         # tarfile writes through unbuffered, so the switch lands exactly on a member boundary.
         self._compressor.set_level(level)
@@ -330,6 +384,10 @@ class AsyncBundle:
                 spool.close()
 
         return await self.run(_do)
+
+    async def add_deflated(self, path: str, size: int, sha256: str, members: Iterable[bytes]) -> FileRecord:
+        """See `BundleWriter.add_deflated`; `members` is iterated on the writer thread."""
+        return await self.run(self.writer.add_deflated, path, size, sha256, members)
 
     async def close(self, manifest: dict[str, Any]) -> None:
         try:

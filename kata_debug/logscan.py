@@ -68,8 +68,8 @@ class PerSandbox(Generic[_S]):
         sink.write(lines if lines.endswith(b"\n") else lines + b"\n")
 
 
-def sandbox_groups(chunk: bytes) -> dict[bytes, bytes]:
-    """Lines of `chunk` that name a sandbox, joined per sandbox id (first-seen order).
+def sandbox_groups(chunk: bytes) -> tuple[int, dict[bytes, bytes]]:
+    """The newlines in `chunk`, and its lines that name a sandbox joined per sandbox id (first-seen order).
 
     Go shim lines carry `sandbox=<id>` (the first occurrence on a line wins). Only chunks
     with runtime-rs/JSON shapes pay for the full line parser; such lines follow the logfmt
@@ -101,16 +101,17 @@ def sandbox_groups(chunk: bytes) -> dict[bytes, bytes]:
         joined = b"\n".join(group)
         more = extra.get(sid)
         out[sid] = joined + b"".join(more) if more else joined
-    return out
+    return len(lines) - 1, out
 
 
 def copy_log(real_path: str, cap: int, out: Sink, per_sandbox: PerSandbox[Any], redact: StreamRedactor,
-             stats: SourceStats) -> int:
+             stats: SourceStats, after_chunk: Callable[[], None] | None = None) -> int:
     """Copy the newest `cap` bytes of a log file, redacted, gathering sandbox lines.
 
     Starts on a line boundary and reads whole lines, so redaction and splitting never see a
     line cut in two. `stats` is updated as chunks go, so a read error part-way still reports
-    what was copied. Returns the bytes skipped at the start.
+    what was copied; `after_chunk` runs after each chunk is written out. Returns the bytes
+    skipped at the start.
     """
     skipped = 0
     with open(real_path, "rb") as src:
@@ -123,8 +124,11 @@ def copy_log(real_path: str, cap: int, out: Sink, per_sandbox: PerSandbox[Any], 
             chunk += src.readline()
             chunk = redact.feed(chunk)
             out.write(chunk)
+            newlines, groups = sandbox_groups(chunk)
             stats.bytes += len(chunk)
-            stats.lines += chunk.count(b"\n")
-            for sid, lines in sandbox_groups(chunk).items():
+            stats.lines += newlines
+            for sid, lines in groups.items():
                 per_sandbox.write(sid.decode("utf-8", "replace"), lines)
+            if after_chunk is not None:
+                after_chunk()
     return skipped

@@ -17,12 +17,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Sequence
 
 from .bundle import Spool
 
 # One message may list up to 512 new sandbox ids; ids have no length limit in the logs.
 _MAX_MESSAGE = 32 << 20
+#: How often (bytes read) the scanner says how far it got, so its output can be compressed meanwhile.
+PROGRESS_EVERY = 4 << 20
 _IMPORT_ROOT = str(Path(__file__).resolve().parents[1])
 
 
@@ -32,15 +34,26 @@ class ScannerGone(Exception):
 
 @dataclass
 class ScannedFile:
-    """One log file as the scanner copied it; `output` (the redacted copy) is the caller's to add or close."""
+    """One log file as the scanner copied it: `output` (the redacted copy, `size` bytes) is a
+    path in the scanner's directory, None when the file could not be read (`error`)."""
 
     lines: int
     bytes: int
     skipped: int
     error: str | None
-    output: Spool | None
+    output: str | None
+    size: int
     redactions: dict[str, int] = field(default_factory=dict)
     overflow: int = 0
+
+
+@dataclass
+class Progress:
+    """How far the scanner got in the current file: sizes it has flushed, so readable now."""
+
+    output: str | None  # None: the file could not be read after all
+    size: int
+    sandboxes: dict[str, tuple[str, int]]  # sandbox id -> (file, size) for those that grew
 
 
 def _open_and_unlink(path: str) -> IO[bytes]:
@@ -63,6 +76,8 @@ class ScannerProcess:
         self._stderr = stderr
         #: sandbox id -> file holding that sandbox's lines from the scanned files, as reported so far.
         self.sandbox_files: dict[str, str] = {}
+        #: sandbox id -> bytes of that file the scanner has flushed (all of it after `finish`).
+        self.sandbox_sizes: dict[str, int] = {}
 
     @classmethod
     async def start(cls) -> ScannerProcess | None:
@@ -86,7 +101,7 @@ class ScannerProcess:
 
     async def send(self, files: Sequence[tuple[str, int]], *, present: Iterable[str], redact: bool) -> None:
         """Hand over the files (real path, cap) and the sandboxes that already have lines elsewhere."""
-        job = {"redact": redact, "dir": self.workdir, "present": sorted(present),
+        job = {"redact": redact, "dir": self.workdir, "present": sorted(present), "progress_every": PROGRESS_EVERY,
                "files": [{"real": real, "cap": cap} for real, cap in files]}
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(job).encode() + b"\n")
@@ -96,17 +111,31 @@ class ScannerProcess:
         except (BrokenPipeError, ConnectionResetError):
             raise ScannerGone(await self._why_gone()) from None
 
-    async def next_file(self) -> ScannedFile:
-        """The next file's result, in the order sent."""
-        msg = await self._read()
-        name = msg.get("out")
-        output = None
-        if name is not None:
-            output = Spool.adopt(await asyncio.to_thread(_open_and_unlink, os.path.join(self.workdir, name)))
-        for sid, sname in msg["sandboxes"]:
-            self.sandbox_files[sid] = os.path.join(self.workdir, sname)
+    async def next_file(self, progress: Callable[[Progress], None] | None = None) -> ScannedFile:
+        """The next file's result, in the order sent; `progress` hears of what is flushed meanwhile
+        (and, last, of the final sizes)."""
+        while True:
+            msg = await self._read()
+            grown = self._sandboxes(msg)
+            name = msg["out"]
+            if progress is not None:
+                progress(Progress(None if name is None else os.path.join(self.workdir, name), msg["size"], grown))
+            if "progress" not in msg:
+                break
         return ScannedFile(lines=msg["lines"], bytes=msg["bytes"], skipped=msg["skipped"], error=msg["error"],
-                           output=output, redactions=msg["redactions"], overflow=msg["overflow"])
+                           output=None if name is None else os.path.join(self.workdir, name), size=msg["size"],
+                           redactions=msg["redactions"], overflow=msg["overflow"])
+
+    def _sandboxes(self, msg: dict[str, Any]) -> dict[str, tuple[str, int]]:
+        for sid, name in msg["sandboxes"]:
+            self.sandbox_files[sid] = os.path.join(self.workdir, name)
+        for sid, size in msg["sizes"]:
+            self.sandbox_sizes[sid] = size
+        return {sid: (self.sandbox_files[sid], size) for sid, size in msg["sizes"]}
+
+    async def adopt(self, path: str, cap: int | None = None) -> Spool:
+        """A scanner output file as a spool (the caller closes it); the file leaves the directory."""
+        return Spool.adopt(await asyncio.to_thread(_open_and_unlink, path), cap)
 
     async def finish(self) -> None:
         """Wait for the scanner to close its files and exit."""
@@ -117,7 +146,7 @@ class ScannerProcess:
 
     async def take_sandbox(self, sid: str, cap: int | None) -> Spool:
         """The scanned lines of one sandbox as a spool (caller closes), after `finish`."""
-        return Spool.adopt(await asyncio.to_thread(_open_and_unlink, self.sandbox_files.pop(sid)), cap)
+        return await self.adopt(self.sandbox_files.pop(sid), cap)
 
     async def _read(self) -> dict[str, Any]:
         assert self._proc.stdout is not None

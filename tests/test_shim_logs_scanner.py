@@ -28,6 +28,7 @@ import collectors.shim_logs as shim_logs
 from kata_debug import logscan_client
 from kata_debug.bundle import Spool
 from kata_debug.collect import CollectOptions, run_collection
+from kata_debug.deflate_ahead import Deflated, DeflateAhead
 from kata_debug.logfmt import parse_line, sandbox_of
 from kata_debug.logscan import MAX_SANDBOXES, PerSandbox, sandbox_groups
 from kata_debug.logscan_client import ScannerGone, ScannerProcess
@@ -103,7 +104,9 @@ def test_sandbox_lines_are_grouped_exactly_as_read_line_by_line(lines: list[tupl
     chunk = b"".join(text + end for text, end in lines)
     if open_end and lines:
         chunk = chunk.rstrip(b"\r\n")  # the last chunk of a file without a final newline
-    assert _as_written(sandbox_groups(chunk)) == _as_written(reference_groups(chunk))
+    newlines, groups = sandbox_groups(chunk)
+    assert newlines == chunk.count(b"\n")
+    assert _as_written(groups) == _as_written(reference_groups(chunk))
 
 
 def test_per_sandbox_limit_counts_what_a_single_writer_would_when_continued_elsewhere() -> None:
@@ -188,18 +191,29 @@ def _write_logs(root: Path, sids: list[str], sizes: list[int], seed: int = 7) ->
     return paths
 
 
-async def _collect(root: Path, out: Path, scanner: bool, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[Bundle, list[str]]:
+async def _collect(root: Path, out: Path, scanner: bool, monkeypatch: pytest.MonkeyPatch,
+                   **kw: Any) -> tuple[Bundle, list[str]]:
+    """Collect shim-logs in process or with the scanner; says what went through the scanner and
+    which members were deflated ahead ("scanner", then "file:<i>" / "sandbox:<id>")."""
     started: list[str] = []
     real_start = ScannerProcess.start.__func__  # type: ignore[attr-defined]
+    real_finish = DeflateAhead.finish
 
-    async def spy(cls: type[ScannerProcess]) -> ScannerProcess | None:
+    async def spy_start(cls: type[ScannerProcess]) -> ScannerProcess | None:
         proc = await real_start(cls)
         started.append("scanner" if proc else "none")
         return proc
 
+    async def spy_finish(self: DeflateAhead, key: Any, path: str, size: int) -> Deflated:
+        deflated = await real_finish(self, key, path, size)
+        started.append(f"{key[0]}:{key[1]}")
+        return deflated
+
     with monkeypatch.context() as m:
         m.setattr(shim_logs, "SCANNER_MIN_BYTES", 0 if scanner else 1 << 62)
-        m.setattr(ScannerProcess, "start", classmethod(spy))
+        m.setattr(logscan_client, "PROGRESS_EVERY", 1)  # say how far it got after every chunk
+        m.setattr(ScannerProcess, "start", classmethod(spy_start))
+        m.setattr(DeflateAhead, "finish", spy_finish)
         await run_collection(CollectOptions(host_root=root, output=str(out), collectors=["shim-logs"], **kw))
     return read_bundle(out), started
 
@@ -222,7 +236,7 @@ async def test_large_logs_scanned_out_of_process_give_the_same_bundle_as_in_proc
     _write_logs(root, sids, [3 << 20, (3 << 20) + 12345, 1 << 20])
     here, none = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, max_log_bytes=5 << 20)
     there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, max_log_bytes=5 << 20)
-    assert none == [] and started == ["scanner"]
+    assert none == [] and started == ["scanner", "file:0", "file:1", "file:2", *(f"sandbox:{s}" for s in sorted(sids))]
     assert _comparable(there) == _comparable(here)
     raw = b"".join(there.members.values())
     for secret in (b"secretkeymaterial", b"tok4999xyz", b":pw10@", b"pw-json-2", b"tail-secret"):
@@ -241,7 +255,7 @@ async def test_capped_logs_out_of_process_keep_the_same_newest_lines_and_truncat
     paths = _write_logs(root, sids, [2 << 20, 2 << 20])
     here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, max_log_bytes=700_000)
     there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, max_log_bytes=700_000)
-    assert started == ["scanner"]
+    assert started == ["scanner", "file:0", "file:1"]  # the sandbox log is cut to its newest lines: a spool
     assert _comparable(there) == _comparable(here)
     truncated = there.collector("shim-logs")["truncated"]
     name = f"shim-logs/files{shim_logs.LOG_FILES[0]}"
@@ -260,7 +274,7 @@ async def test_more_sandboxes_than_the_limit_are_counted_the_same_out_of_process
     _write_logs(root, sids, [600_000, 600_000])
     here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch)
     there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch)
-    assert started == ["scanner"]
+    assert started[:3] == ["scanner", "file:0", "file:1"] and len(started) == 3 + MAX_SANDBOXES
     assert _comparable(there) == _comparable(here)
     summary = there.json("shim-logs/summary.json")
     assert len(summary["sandboxes"]) == MAX_SANDBOXES and summary["sandboxes_not_split"] > 0
@@ -286,7 +300,7 @@ async def test_a_log_that_cannot_be_read_fails_alone_with_the_reason_in_process_
         await scanner.finish()
         assert (gone.error, gone.output, gone.lines) == (in_process.value.strerror, None, 0)
         assert ok.error is None and ok.output is not None and ok.lines == 1
-        ok.output.close()
+        assert Path(ok.output).read_bytes() == good.read_bytes()
         assert list(scanner.sandbox_files) == ["sb-a"]
     finally:
         await scanner.close()
@@ -324,9 +338,11 @@ async def test_ctrl_c_in_the_terminal_leaves_the_decision_to_the_collector(tmp_p
         await scanner.finish()
         assert (result.lines, result.error, result.redactions) == (1000, None, {"secret-value": 1000})
         assert result.output is not None
-        reader, size, _ = result.output.tail()
+        spool = await scanner.adopt(result.output)
+        reader, size, _ = spool.tail()
         assert reader.read(size) == b"level=info sandbox=sb-a msg=x token=***\n" * 1000
-        result.output.close()
+        spool.close()
+        assert not Path(result.output).exists()  # adopted: the spool owns it now
     finally:
         await scanner.close()
 
@@ -340,7 +356,8 @@ def test_a_scanner_whose_collector_died_removes_its_files(tmp_path: Path) -> Non
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.stdin and proc.stdout
     proc.stdout.close()  # the reading end is gone, as when the collector is SIGKILLed
-    job = {"redact": True, "dir": str(workdir), "present": [], "files": [{"real": str(log), "cap": 1 << 30}]}
+    job = {"redact": True, "dir": str(workdir), "present": [], "progress_every": 1 << 20,
+           "files": [{"real": str(log), "cap": 1 << 30}]}
     proc.stdin.write(json.dumps(job).encode() + b"\n")
     proc.stdin.close()
     assert proc.wait(timeout=60) == 1
@@ -376,7 +393,7 @@ async def test_a_sandbox_in_the_journal_and_in_a_scanned_file_reads_journal_firs
     name = f"shim-logs/sandboxes/{sid}.log"
     here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, since=timedelta(minutes=10))
     there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, since=timedelta(minutes=10))
-    assert started == ["scanner"]
+    assert started[:2] == ["scanner", "file:0"] and f"sandbox:{sid}" not in started  # joins its journal spool
     assert there.members[name] == here.members[name]
     lines = there.members[name].decode().splitlines()
     assert lines[0].endswith(f"msg=from-journal sandbox={sid} password=***")
