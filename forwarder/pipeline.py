@@ -120,6 +120,21 @@ class ExportPipeline:
         if len(q) >= self.batch_size or len(q) == 1:
             self._wake.set()
 
+    def put_many(self, items: list[QueuedSpan]) -> None:
+        """`put` for every item, in order (one call per received chunk, not per span)."""
+        q = self._q
+        was_empty = not q
+        q.extend(items)
+        self.stats.queued += len(items)
+        over = len(q) - self.queue_size
+        if over > 0:
+            popleft = q.popleft
+            for _ in range(over):
+                popleft()
+            self.stats.dropped += over
+        if was_empty or len(q) >= self.batch_size:
+            self._wake.set()
+
     def _take(self) -> list[QueuedSpan]:
         q = self._q
         n = min(len(q), self.batch_size)

@@ -561,6 +561,11 @@ class FormatSniffer:
         self.settled: str | None = None if fmt == "auto" else fmt
         self._decode: Decoder | None = None if fmt == "auto" else decoder_for(fmt)
 
+    @property
+    def decoder(self) -> Decoder:
+        """The settled format's decoder itself (one call less per frame), or `decode`."""
+        return self._decode if self._decode is not None else self.decode
+
     def decode(self, payload: bytes) -> Span:
         if self._decode is not None:
             return self._decode(payload)
