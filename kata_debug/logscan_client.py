@@ -2,9 +2,9 @@
 
 Scanning a large log is pure Python on bytes: in a thread it holds the GIL and starves the
 threads that compress the bundle. In one separate process it uses its own core while this
-process only compresses, and its results arrive file by file, so file N is compressed while
-file N+1 is scanned. Its output files live in a private temp directory; they are opened and
-handed to the bundle as spools, never copied.
+process only compresses. It says how far it got as it goes, so what it has written can be
+compressed while it scans on (`deflate_ahead`). Its output files live in a private temp
+directory; they are read from there or handed to the bundle as spools, never copied.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from .logscan import BATCH, PerSandbox, SourceStats, copy_log
 from .redact import Redactor
 
 
-
 class _Counted:
     """A file that knows how much was written to it, and marks itself grown."""
 
