@@ -272,7 +272,11 @@ def _b_array(buf: bytes, o: int, n: int) -> tuple[tuple[AttrValue, ...], int]:
 
 
 def _b_kvs(buf: bytes, o: int, n: int, count: int) -> tuple[Attributes, int]:
-    """`count` (key, value) pairs: a HashMap/BTreeMap body or a Vec<KeyValue> body."""
+    """`count` (key, value) pairs: a HashMap/BTreeMap body or a Vec<KeyValue> body.
+
+    Bounds: `unpack_from` raises `struct.error` past the end (reported as a short payload);
+    only a slice's end, which slicing would silently clip, is checked here.
+    """
     if count * 12 > n - o:
         raise _Short
     out: Attributes = []
@@ -280,30 +284,21 @@ def _b_kvs(buf: bytes, o: int, n: int, count: int) -> tuple[Attributes, int]:
     u64 = _u64
     u32 = _u32
     for _ in range(count):
-        # key
-        if o + 8 > n:
-            raise _Short
         e = o + 8 + u64(buf, o)[0]
-        if e + 4 > n:
-            raise _Short
+        tag = u32(buf, e)[0]  # also proves the key's bytes are all there
         key = buf[o + 8 : e].decode()
-        tag = u32(buf, e)[0]
         o = e + 4
         if tag == 3:  # String: the common case first
-            if o + 8 > n:
-                raise _Short
             e = o + 8 + u64(buf, o)[0]
             if e > n:
                 raise _Short
             append((key, buf[o + 8 : e].decode()))
             o = e
         elif tag == 1:
-            if o + 8 > n:
-                raise _Short
             append((key, _i64(buf, o)[0]))
             o += 8
         elif tag == 0:
-            if o + 1 > n:
+            if o >= n:
                 raise _Short
             b = buf[o]
             if b > 1:
@@ -311,8 +306,6 @@ def _b_kvs(buf: bytes, o: int, n: int, count: int) -> tuple[Attributes, int]:
             append((key, b == 1))
             o += 1
         elif tag == 2:
-            if o + 8 > n:
-                raise _Short
             append((key, _f64(buf, o)[0]))
             o += 8
         elif tag == 4:
@@ -519,11 +512,11 @@ def decode_bincode(payload: bytes) -> Span:
             status_message,
             resource,
         )
-    except _Short:
+    except (_Short, struct.error):
         raise DecodeError(f"bincode: payload ends inside a field ({n} bytes)") from None
     except UnicodeDecodeError as exc:
         raise DecodeError(f"bincode: string is not UTF-8 at byte {exc.start}") from None
-    except (struct.error, OverflowError, MemoryError, IndexError) as exc:
+    except (OverflowError, MemoryError, IndexError) as exc:
         raise DecodeError(f"bincode: malformed payload ({exc})") from None
 
 

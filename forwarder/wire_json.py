@@ -385,11 +385,15 @@ def decode_json_reference(payload: bytes) -> Span:
 # * every other integer field is checked to be an int, as the reference does (a float there
 #   means "out of range" either way).
 #
-# Reading ids from the text is only sound if every `"trace_id":` in it is one of those keys:
-# there must be exactly one per context, and no `\u` escape (which could spell a key).
+# The span's trace id is replaced together with its key (`"trace_id":N` becomes `"_":0`), so
+# if orjson still finds a `trace_id` in that context, the text had a second one (perhaps
+# spelled with escapes), which JSON would let win: the reference decoder decides. Link ids
+# are only sound if every `"trace_id":` in the text is one of those keys: exactly one per
+# context, and no `\u` escape (which could spell another).
 
 _PREFIX = b'{"span_context":{"trace_id":'
 _P = len(_PREFIX)
+_RENAMED = b'{"span_context":{"_":0'
 _TRACE_ID_KEY = b'"trace_id":'
 _link_trace_ids = re.compile(rb'"trace_id":(0|[1-9][0-9]*)[,}]').findall
 
@@ -418,7 +422,7 @@ def _o_map(m: object) -> Attributes:
 
 def _o_links(raw: list, payload: bytes) -> list[Link]:  # type: ignore[type-arg]
     ids = _link_trace_ids(payload, _P)
-    if len(ids) != len(raw):
+    if len(ids) != len(raw) or payload.count(_TRACE_ID_KEY) != 1 + len(raw) or b"\\u" in payload:
         raise _NotCanonical
     links: list[Link] = []
     for ln, tid in zip(raw, ids):
@@ -444,11 +448,13 @@ def _fast(payload: bytes) -> Span | None:
     """The span, if orjson reads `payload` as the reference would; else None (or any exception)."""
     comma = payload.find(b",", _P)
     digits = payload[_P:comma]
-    if comma <= _P or not digits.isdigit() or (digits[0] == 48 and comma > _P + 1) or b"\\u" in payload:
+    if comma <= _P or not digits.isdigit() or (digits[0] == 48 and comma > _P + 1):
         return None
     trace_id = int(digits)
-    d = _orjson_loads(payload[:_P] + b"0" + payload[comma:])
+    d = _orjson_loads(_RENAMED + payload[comma:])
     ctx = d["span_context"]
+    if "trace_id" in ctx:
+        return None
     span_id = ctx["span_id"]
     flags = ctx["trace_flags"]
     parent = d["parent_span_id"]
@@ -477,12 +483,24 @@ def _fast(payload: bytes) -> Span | None:
         return None
     raw_events, dropped_events = _j_queue(d["events"], "events")
     raw_links, dropped_links = _j_queue(d["links"], "links")
-    if payload.count(_TRACE_ID_KEY) != 1 + len(raw_links):
-        return None
     message = d["status_message"]
     if type(message) is not str:
         return None
     res = d["resource"]
+    # Both times inline (`_j_times`, one call less each).
+    t = d["start_time"]
+    secs, nanos = t["secs_since_epoch"], t["nanos_since_epoch"]
+    t = d["end_time"]
+    e_secs, e_nanos = t["secs_since_epoch"], t["nanos_since_epoch"]
+    if (
+        type(secs) is not int or type(nanos) is not int or secs < 0 or nanos < 0 or nanos > _U32_MAX
+        or type(e_secs) is not int or type(e_nanos) is not int or e_secs < 0 or e_nanos < 0 or e_nanos > _U32_MAX
+    ):
+        return None
+    start = secs * _NS + nanos
+    end = e_secs * _NS + e_nanos
+    if start > _U64_MAX or end > _U64_MAX:
+        return None
     return Span(
         trace_id,
         span_id,
@@ -492,8 +510,8 @@ def _fast(payload: bytes) -> Span | None:
         parent,
         _JSON_KINDS[d["span_kind"]],
         name,
-        _j_times(d, "start_time"),
-        _j_times(d, "end_time"),
+        start,
+        end,
         _o_map(amap),
         dropped_attrs,
         [
