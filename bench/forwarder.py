@@ -63,17 +63,21 @@ def bench_decode(rounds: int = 7, repeat: int = 40) -> None:
         frames = payloads(fmt)
         n = len(frames) * repeat
         best = {"decode": 0.0, "json.loads": 0.0}
+        cpu = {"decode": 1e9, "json.loads": 1e9}
         for _ in range(rounds):  # interleaved, best of N: the same machine state for both
             for label, fn in (("decode", decode), ("json.loads", json.loads)):
                 if label == "json.loads" and fmt != "json":
                     continue
+                c = time.thread_time()
                 t = time.perf_counter()
                 for _ in range(repeat):
                     for p in frames:
                         fn(p)
                 best[label] = max(best[label], n / (time.perf_counter() - t))
+                cpu[label] = min(cpu[label], (time.thread_time() - c) / n)
         size = sum(map(len, frames)) / len(frames)
-        print(f"decode {fmt:7s}: {best['decode']:>9,.0f} spans/s  (avg payload {size:.0f} B)")
+        print(f"decode {fmt:7s}: {best['decode']:>9,.0f} spans/s  (avg payload {size:.0f} B; "
+              f"CPU {1e6 * cpu['decode']:.1f} us/span)")
         if fmt == "json":
             print(f"  bare json.loads: {best['json.loads']:>9,.0f} payloads/s  -> JSON path at "
                   f"{best['decode'] / best['json.loads']:.2f}x json.loads")

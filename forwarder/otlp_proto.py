@@ -316,7 +316,7 @@ def encode_request_bytes(batch: Sequence[QueuedSpan]) -> bytes:
     """`encode_request(batch).SerializeToString()`, written directly."""
     groups: dict[ResourceAttrs, list[bytes]] = {}
     for span, origin in batch:
-        res = origin.resource_for(span)
+        res = origin.resource_for(span) if span.resource else origin.resource
         spans = groups.get(res)
         if spans is None:
             spans = groups[res] = []
