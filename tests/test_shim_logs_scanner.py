@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,9 @@ PEM = ("-----BEGIN RSA PRIVATE KEY-----\n" + "".join(f"MIIEpAIBAAKCAQEA{i:04d}se
 
 # -- the per-sandbox split -----------------------------------------------------------------
 
+SANDBOX_FIELD = re.compile(rb'sandbox="?([A-Za-z0-9][A-Za-z0-9_.-]*)')  # `sandbox=<id>` or `sandbox="<id>"`
+
+
 def reference_groups(chunk: bytes) -> dict[bytes, bytes]:
     """The rule, one line at a time.
 
@@ -57,7 +61,7 @@ def reference_groups(chunk: bytes) -> dict[bytes, bytes]:
         end = chunk.find(b"\n", pos)
         end = len(chunk) if end < 0 else end + 1
         line = chunk[pos:end]
-        m = shim_logs_sandbox_field().search(line)
+        m = SANDBOX_FIELD.search(line)
         if m:
             groups.setdefault(m.group(1), []).append(line)
         pos = end
@@ -68,12 +72,6 @@ def reference_groups(chunk: bytes) -> dict[bytes, bytes]:
                 if sid:
                     groups.setdefault(sid.encode(), []).append(line)
     return {sid: b"".join(lines) for sid, lines in groups.items()}
-
-
-def shim_logs_sandbox_field() -> Any:
-    import re
-
-    return re.compile(rb'sandbox="?([A-Za-z0-9][A-Za-z0-9_.-]*)')
 
 
 def _as_written(groups: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
