@@ -124,7 +124,7 @@ class ShimLogsCollector(Collector):
                     sources.append(await self._file(ctx, out, path, real, per_sandbox))
             else:
                 if out.deflate_level is not None:
-                    ahead = DeflateAhead(out.deflate_level, _ahead_threads())
+                    ahead = await asyncio.to_thread(DeflateAhead, out.deflate_level, _ahead_threads())
                 sources += await self._scanned(ctx, out, files, per_sandbox, scanner, ahead)
             scanned = scanner.sandbox_files if scanner else {}
             split = sorted(per_sandbox.sinks.keys() | scanned.keys())

@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import os
 import tempfile
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -35,7 +36,7 @@ class Deflated:
 @dataclass
 class _Entry:
     path: str
-    fd: int
+    fd: int = -1  # opened by the first piece, off the event loop
     submitted: int = 0  # content bytes handed to the deflate thread(s)
     size: int = 0  # content bytes whose members are in the store
     sha: "hashlib._Hash" = field(default_factory=hashlib.sha256)
@@ -44,9 +45,12 @@ class _Entry:
     dropped: bool = False
 
 
-def _deflate(entry: _Entry, offset: int, n: int, level: int) -> tuple[bytes, bytes]:
+def _deflate(entry: _Entry, offset: int, n: int, level: int, lock: threading.Lock) -> tuple[bytes, bytes]:
     if entry.dropped:
         return b"", b""
+    with lock:
+        if entry.fd < 0:
+            entry.fd = os.open(entry.path, os.O_RDONLY)
     raw = os.pread(entry.fd, n, offset)
     if len(raw) != n:
         raise OSError(f"read {len(raw)} of {n} bytes at {offset}: the file shrank")
@@ -54,7 +58,11 @@ def _deflate(entry: _Entry, offset: int, n: int, level: int) -> tuple[bytes, byt
 
 
 class DeflateAhead:
-    """Deflates growing files by key; `finish` waits for a key's members, `members` reads them back."""
+    """Deflates growing files by key; `finish` waits for a key's members, `members` reads them back.
+
+    `grow`, `drop` and `finish` are called from the event loop and never touch files there;
+    create it off the loop (it makes its temp file).
+    """
 
     def __init__(self, level: int, threads: int) -> None:
         self._level = level
@@ -64,6 +72,7 @@ class DeflateAhead:
         self._store = tempfile.TemporaryFile(prefix="kata-debug-deflated-", buffering=0)
         self._stored = 0  # only the commit thread writes it
         self._entries: dict[object, _Entry] = {}
+        self._open_lock = threading.Lock()
 
     def grow(self, key: object, path: str, size: int, *, final: bool = False) -> None:
         """`path` now holds (at least) `size` flushed bytes of `key`'s content: deflate what is new.
@@ -72,12 +81,12 @@ class DeflateAhead:
         """
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry(path, os.open(path, os.O_RDONLY))
+            entry = self._entries[key] = _Entry(path)
         if entry.dropped:
             return
         while size - entry.submitted >= (1 if final else MIN_PIECE):
             n = min(PIECE, size - entry.submitted)
-            piece = self._deflate.submit(_deflate, entry, entry.submitted, n, self._level)
+            piece = self._deflate.submit(_deflate, entry, entry.submitted, n, self._level, self._open_lock)
             entry.submitted += n
             entry.last = self._commit.submit(self._keep, entry, piece)
 
@@ -104,7 +113,8 @@ class DeflateAhead:
         if entry.last is not None:
             await asyncio.wrap_future(entry.last)  # re-raises a failed read
         del self._entries[key]
-        os.close(entry.fd)  # every piece has been read: the last one is committed
+        if entry.fd >= 0:
+            os.close(entry.fd)  # every piece has been read: the last one is committed
         if entry.size != size:
             raise OSError(f"{path}: deflated {entry.size} of {size} bytes")
         return Deflated(entry.size, entry.sha.hexdigest(), entry.members)
@@ -131,6 +141,7 @@ class DeflateAhead:
 
         await asyncio.to_thread(_shutdown)
         for entry in self._entries.values():
-            os.close(entry.fd)
+            if entry.fd >= 0:
+                os.close(entry.fd)
         self._entries.clear()
         self._store.close()
