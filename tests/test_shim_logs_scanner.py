@@ -396,3 +396,13 @@ async def test_a_sandbox_in_the_journal_and_in_a_scanned_file_reads_journal_firs
     lines = there.members[name].decode().splitlines()
     assert lines[0].endswith(f"msg=from-journal sandbox={sid} password=***")
     assert lines[1:] == [f"msg=from-file-{i} sandbox={sid} token=***" for i in range(20000)]
+
+
+async def test_a_zstd_bundle_gets_the_same_logs_from_the_scanner_without_deflating_ahead(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = kata_node(tmp_path / "host")
+    _write_logs(root, [f"sb-{i}" for i in range(5)], [1 << 20, 1 << 20])
+    here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch)
+    there, started = await _collect(root, tmp_path / "out.tar.zst", True, monkeypatch, compression="zstd")
+    assert started == ["scanner"]  # nothing deflated ahead: zstd compresses on its own
+    assert _comparable(there) == _comparable(here)
