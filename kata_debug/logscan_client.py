@@ -91,8 +91,10 @@ class ScannerProcess:
             proc = await asyncio.create_subprocess_exec(
                 # -S: the scanner needs only the standard library and this package (on
                 # PYTHONPATH), so skipping site-packages start-up hooks saves ~60 ms.
-                sys.executable, "-S", "-m", "kata_debug.logscan_worker", stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env, limit=_MAX_MESSAGE)
+                # -P, and cwd in our private directory: nothing where the collector was
+                # started from (often a shared directory) can shadow a module.
+                sys.executable, "-S", "-P", "-m", "kata_debug.logscan_worker", cwd=workdir, env=env,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr, limit=_MAX_MESSAGE)
         except OSError:
             stderr.close()
             await asyncio.to_thread(shutil.rmtree, workdir, True)

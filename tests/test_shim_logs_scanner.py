@@ -350,7 +350,7 @@ def test_a_scanner_whose_collector_died_removes_its_files(tmp_path: Path) -> Non
     log.write_bytes(b"level=info sandbox=sb-a msg=x\n" * 100_000)
     workdir = tmp_path / "scan"
     workdir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-S", "-m", "kata_debug.logscan_worker"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-S", "-P", "-m", "kata_debug.logscan_worker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.stdin and proc.stdout
     proc.stdout.close()  # the reading end is gone, as when the collector is SIGKILLed
