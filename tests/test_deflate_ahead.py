@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kata_debug.bundle import BundleWriter
+from kata_debug.bundle import GZIP_LEVEL, BundleWriter
 from kata_debug.deflate_ahead import MIN_PIECE, PIECE, DeflateAhead
 from tests.bundles import read_bundle
 
@@ -28,7 +28,7 @@ def _text(n: int, seed: int = 1) -> bytes:
 def test_deflated_members_land_in_the_bundle_between_ordinary_ones() -> None:
     sink = io.BytesIO()
     writer = BundleWriter(sink, "top", "gzip")
-    assert writer.deflate_level == 3
+    assert writer.deflate_level == GZIP_LEVEL
     body = _text(3 * PIECE + 12345)
     members = [gzip.compress(body[i:i + 100_000], 3, mtime=0) for i in range(0, len(body), 100_000)]
     writer.add_bytes("a/before.txt", b"before\n")
