@@ -261,9 +261,10 @@ class Forwarder:
         log.info("sandbox=%s: attached %s listener on %s_%d", sb.sandbox_id, sb.hypervisor, sb.node_path, TRACE_PORT)
 
     async def _detach(self, sb: SandboxSocket) -> None:
-        listener = self._sandbox_listeners.pop(sb.node_path, None)
+        listener = self._sandbox_listeners.get(sb.node_path)
         if listener is not None:
-            await listener.close()
+            await listener.close()  # counted as a listener until its socket file is gone
+            self._sandbox_listeners.pop(sb.node_path, None)
             log.info("sandbox=%s: gone; detached its trace listener", sb.sandbox_id)
         self.identities.forget(sb.sandbox_id)
 
