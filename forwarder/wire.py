@@ -158,25 +158,31 @@ class FrameReader:
         that preceded it (they are good and must not be lost with the connection).
         """
         buf = self._buf
-        buf += data
+        if buf:  # a partial frame is waiting: one copy joins it to the new bytes
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         out: list[bytes] = []
-        size = len(buf)
+        append = out.append
+        size = len(data)
         pos = 0
         limit = self.max_frame_bytes
         unpack = _BE_U64.unpack_from
         while size - pos >= HEADER_SIZE:
-            (length,) = unpack(buf, pos)
+            (length,) = unpack(data, pos)
             if length > limit:
-                del buf[:pos]
+                buf += memoryview(data)[pos:]
                 self.frames += len(out)
                 raise FrameTooLarge(length, limit, out)
             end = pos + HEADER_SIZE + length
             if end > size:
                 break
-            out.append(bytes(buf[pos + HEADER_SIZE : end]))
+            append(data[pos + HEADER_SIZE : end])  # slicing bytes: the payload's only copy
             pos = end
-        if pos:
-            del buf[:pos]
+        if pos < size:
+            buf += memoryview(data)[pos:]
         self.frames += len(out)
         return out
 
