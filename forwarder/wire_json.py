@@ -421,6 +421,45 @@ def _o_map(m: object) -> Attributes:
     return out
 
 
+def _o_events(raw: list) -> list[Event]:  # type: ignore[type-arg]
+    """The events queue's items (`Event`s as the reference builds them), checks inline."""
+    events: list[Event] = []
+    for ev in raw:
+        name = ev["name"]
+        t = ev["timestamp"]
+        kvs = ev["attributes"]
+        dropped = ev["dropped_attributes_count"]
+        secs, nanos = t["secs_since_epoch"], t["nanos_since_epoch"]
+        if (
+            type(name) is not str or type(kvs) is not list
+            or type(secs) is not int or type(nanos) is not int or secs < 0 or nanos < 0 or nanos > _U32_MAX
+            or type(dropped) is not int or dropped < 0 or dropped > _U32_MAX
+        ):
+            raise _NotCanonical
+        ns = secs * _NS + nanos
+        if ns > _U64_MAX:
+            raise _NotCanonical
+        attrs: Attributes = []
+        append = attrs.append
+        for kv in kvs:
+            k = kv["key"]
+            v = kv["value"]
+            if type(k) is not str:
+                raise _NotCanonical
+            if type(v) is dict and len(v) == 1:
+                sv = v.get("String")
+                if type(sv) is str:
+                    append((k, sv))
+                    continue
+                i = v.get("I64")
+                if type(i) is int and _I64_MIN <= i <= _I64_MAX:
+                    append((k, i))
+                    continue
+            append((k, _j_value(v)))
+        events.append(Event(name, ns, attrs, dropped))
+    return events
+
+
 def _o_links(raw: list, payload: bytes) -> list[Link]:  # type: ignore[type-arg]
     ids = _link_trace_ids(payload, _P)
     if len(ids) != len(raw) or payload.count(_TRACE_ID_KEY) != 1 + len(raw) or _escape_u(payload):
@@ -482,8 +521,19 @@ def _fast(payload: bytes) -> Span | None:
         or type(dropped_attrs) is not int or dropped_attrs < 0 or dropped_attrs > _U32_MAX
     ):
         return None
-    raw_events, dropped_events = _j_queue(d["events"], "events")
-    raw_links, dropped_links = _j_queue(d["links"], "links")
+    q = d["events"]
+    raw_events, ev_max, dropped_events = q["queue"], q["max_len"], q["dropped_count"]
+    q = d["links"]
+    raw_links, ln_max, dropped_links = q["queue"], q["max_len"], q["dropped_count"]
+    if (  # `_j_queue`, inline
+        (raw_events is not None and type(raw_events) is not list)
+        or (raw_links is not None and type(raw_links) is not list)
+        or type(ev_max) is not int or ev_max < 0 or ev_max > _U32_MAX
+        or type(dropped_events) is not int or dropped_events < 0 or dropped_events > _U32_MAX
+        or type(ln_max) is not int or ln_max < 0 or ln_max > _U32_MAX
+        or type(dropped_links) is not int or dropped_links < 0 or dropped_links > _U32_MAX
+    ):
+        return None
     message = d["status_message"]
     if type(message) is not str:
         return None
@@ -515,15 +565,7 @@ def _fast(payload: bytes) -> Span | None:
         end,
         _o_map(amap),
         dropped_attrs,
-        [
-            Event(
-                _j_str(ev["name"], "event.name"),
-                _j_times(ev, "timestamp"),
-                _j_kvs(ev["attributes"]),
-                _j_u(ev["dropped_attributes_count"], _U32_MAX, "event.dropped_attributes_count"),
-            )
-            for ev in raw_events
-        ] if raw_events else [],
+        _o_events(raw_events) if raw_events else [],
         dropped_events,
         _o_links(raw_links, payload) if raw_links else [],
         dropped_links,

@@ -111,6 +111,19 @@ def _with(path: tuple[str | int, ...], value: Any, span: Span | None = None) -> 
         (("name",), "\u2028 \x00 \ud7ff"),
         (("resource",), {"attrs": {"a": {"Bool": True}}}),
         (("resource",), {"attrs": []}),
+        (("events", "queue"), 0),  # falsy but not a list: an error, not "no events"
+        (("events", "queue"), {}),
+        (("links", "queue"), ""),
+        (("links", "queue"), []),
+        (("events", "max_len"), -1),
+        (("events", "queue", 0, "name"), 7),
+        (("events", "queue", 0, "timestamp", "nanos_since_epoch"), -1),
+        (("events", "queue", 0, "attributes"), {"pid": {"I64": 1}}),
+        (("events", "queue", 0, "attributes", 0), ["pid", {"I64": 1}]),
+        (("events", "queue", 0, "attributes", 0, "key"), None),
+        (("events", "queue", 0, "attributes", 0, "value"), {"I64": 2**63}),
+        (("events", "queue", 0, "attributes", 0, "value"), {"Bool": True, "I64": 1}),
+        (("events", "queue", 0, "dropped_attributes_count"), 2**32),
     ],
 )
 def test_edge_values_agree(path: tuple[str, ...], value: Any) -> None:
