@@ -140,6 +140,10 @@ _FIXED64 = struct.Struct("<BQ")
 _DOUBLE = struct.Struct("<Bd")  # AnyValue.double_value (4)
 _FLAGS = struct.Struct("<BBI")  # Span.flags (16): a two-byte tag, fixed32
 _LINK_FLAGS = struct.Struct("<BI")  # Span.Link.flags (6), fixed32
+# trace_id (1) and span_id (2), and parent_span_id (4) too: ids are big-endian bytes
+_IDS = struct.Struct(">2sQQ2sQ")
+_IDS_PARENT = struct.Struct(">2sQQ2sQ2sQ")
+_M64 = (1 << 64) - 1
 
 
 def _varint(n: int) -> bytes:
@@ -214,10 +218,13 @@ def _attributes(out: list[bytes], tag: bytes, attrs: Sequence[tuple[str, AttrVal
                 out += (tag, _VARINT[size] if size < _SMALL else _varint(size), kf, _STR_VALUE_HEAD[n], vb)
                 continue
             av = b"\x0a" + _varint(n) + vb
+        elif type(v) is int and 0 <= v < _SMALL:  # a small int: AnyValue.int_value, 2 or 3 bytes
+            av = b"\x18" + _VARINT[v]
         else:
             av = _any_value(v)
-        kv = kf + b"\x12" + _varint(len(av)) + av
-        out += (tag, _varint(len(kv)), kv)
+        kv = kf + b"\x12" + _VARINT[len(av)] + av if len(av) < _SMALL else kf + b"\x12" + _varint(len(av)) + av
+        n = len(kv)
+        out += (tag, _VARINT[n] if n < _SMALL else _varint(n), kv)
 
 
 def _event(e: Any) -> bytes:
@@ -251,18 +258,24 @@ def _link(ln: Any) -> bytes:
 
 def span_bytes(s: Span) -> bytes:
     """The protobuf encoding of one OTLP `Span` (what `_set_span` builds, serialised)."""
-    out = [b"\x0a\x10", s.trace_id.to_bytes(16, "big"), b"\x12\x08", s.span_id.to_bytes(8, "big")]
-    if s.trace_state:
+    tid = s.trace_id
+    if s.trace_state:  # field 3 sits between span_id (2) and parent_span_id (4)
         ts = _utf8(trace_state_text(s.trace_state))
-        out += (b"\x1a", _varint(len(ts)), ts)
-    if s.parent_span_id:
-        out += (b"\x22\x08", s.parent_span_id.to_bytes(8, "big"))
+        out = [_IDS.pack(b"\x0a\x10", tid >> 64, tid & _M64, b"\x12\x08", s.span_id), b"\x1a", _varint(len(ts)), ts]
+        if s.parent_span_id:
+            out.append(b"\x22\x08" + s.parent_span_id.to_bytes(8, "big"))
+    elif s.parent_span_id:
+        out = [_IDS_PARENT.pack(b"\x0a\x10", tid >> 64, tid & _M64, b"\x12\x08", s.span_id, b"\x22\x08",
+                                s.parent_span_id)]
+    else:
+        out = [_IDS.pack(b"\x0a\x10", tid >> 64, tid & _M64, b"\x12\x08", s.span_id)]
     if s.name:
         try:
             nb = s.name.encode()
         except UnicodeEncodeError:
             nb = _utf8(s.name)
-        out += (b"\x2a", _varint(len(nb)), nb)
+        n = len(nb)
+        out += (b"\x2a", _VARINT[n] if n < _SMALL else _varint(n), nb)
     if s.kind:
         out += (b"\x30", _VARINT[s.kind])
     start, end = s.start_time_unix_nano, s.end_time_unix_nano
@@ -279,7 +292,8 @@ def span_bytes(s: Span) -> bytes:
         out += (b"\x50", _varint(s.dropped_attributes_count))
     for e in s.events:
         eb = _event(e)
-        out += (b"\x5a", _varint(len(eb)), eb)
+        n = len(eb)
+        out += (b"\x5a", _VARINT[n] if n < _SMALL else _varint(n), eb)
     if s.dropped_events_count:
         out += (b"\x60", _varint(s.dropped_events_count))
     for ln in s.links:
@@ -325,7 +339,8 @@ def encode_request_bytes(batch: Sequence[QueuedSpan]) -> bytes:
         if spans is None:
             spans = groups[res] = []
         body = span_bytes(span)
-        spans += (b"\x12", _varint(len(body)), body)  # ScopeSpans.spans
+        n = len(body)
+        spans += (b"\x12", _VARINT[n] if n < _SMALL else _varint(n), body)  # ScopeSpans.spans
     out: list[bytes] = []
     for res, spans in groups.items():
         scope = b"".join(spans)
