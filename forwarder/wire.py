@@ -497,17 +497,26 @@ def decode_bincode(payload: bytes) -> Span:
             resource, o = _b_kvs(buf, o + 8, n, _U64.unpack_from(buf, o)[0])
         if o != n:
             raise DecodeError(f"bincode: {n - o} trailing bytes after the span")
+        # `_b_bool` and `_ns`, inline (same checks, same messages, same order)
+        if remote > 1:
+            raise DecodeError(f"bincode: is_remote {remote} is not 0 or 1")
+        start = s_secs * _NS + s_nanos
+        if start > _U64_MAX:
+            raise DecodeError(f"start_time {s_secs}s+{s_nanos}ns does not fit OTLP's u64 nanoseconds")
+        end = e_secs * _NS + e_nanos
+        if end > _U64_MAX:
+            raise DecodeError(f"end_time {e_secs}s+{e_nanos}ns does not fit OTLP's u64 nanoseconds")
         return Span(
             (hi << 64) | lo,
             span_id,
             flags,
-            _b_bool(remote, "is_remote"),
+            remote == 1,
             trace_state,
             parent,
             _BINCODE_KINDS[kind_tag],
             name,
-            _ns(s_secs, s_nanos, "start_time"),
-            _ns(e_secs, e_nanos, "end_time"),
+            start,
+            end,
             attributes,
             dropped_attrs,
             events,
