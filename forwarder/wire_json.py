@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 try:
     from orjson import loads as _orjson_loads
@@ -228,18 +229,21 @@ def _j_links(raw_links: list) -> list[Link]:  # type: ignore[type-arg]
         lt = lc["trace_id"]
         if type(lt) is not int or not 0 <= lt <= _U128_MAX:
             raise _Bad("link.trace_id")
-        links.append(
-            Link(
-                lt,
-                _j_u(lc["span_id"], _U64_MAX, "link.span_id"),
-                _j_u(lc["trace_flags"], 255, "link.trace_flags"),
-                _j_bool(lc["is_remote"], "link.is_remote"),
-                _j_trace_state(lc["trace_state"]),
-                _j_kvs(ln["attributes"]),
-                _j_u(ln["dropped_attributes_count"], _U32_MAX, "link.dropped_attributes_count"),
-            )
-        )
+        links.append(_link(ln, lc, lt))
     return links
+
+
+def _link(ln: dict[str, Any], lc: dict[str, Any], trace_id: int) -> Link:
+    """A link's fields once its trace id is known (the two decoders read that differently)."""
+    return Link(
+        trace_id,
+        _j_u(lc["span_id"], _U64_MAX, "link.span_id"),
+        _j_u(lc["trace_flags"], 255, "link.trace_flags"),
+        _j_bool(lc["is_remote"], "link.is_remote"),
+        _j_trace_state(lc["trace_state"]),
+        _j_kvs(ln["attributes"]),
+        _j_u(ln["dropped_attributes_count"], _U32_MAX, "link.dropped_attributes_count"),
+    )
 
 
 _NO_ITEMS: list = []  # type: ignore[type-arg]  # never mutated
@@ -468,17 +472,7 @@ def _o_links(raw: list, payload: bytes) -> list[Link]:  # type: ignore[type-arg]
         trace_id = int(tid)
         if trace_id > _U128_MAX:
             raise _NotCanonical
-        links.append(
-            Link(
-                trace_id,
-                _j_u(lc["span_id"], _U64_MAX, "link.span_id"),
-                _j_u(lc["trace_flags"], 255, "link.trace_flags"),
-                _j_bool(lc["is_remote"], "link.is_remote"),
-                _j_trace_state(lc["trace_state"]),
-                _j_kvs(ln["attributes"]),
-                _j_u(ln["dropped_attributes_count"], _U32_MAX, "link.dropped_attributes_count"),
-            )
-        )
+        links.append(_link(ln, lc, trace_id))
     return links
 
 
