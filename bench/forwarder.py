@@ -35,8 +35,13 @@ sys.path.insert(0, str(REPO))
 FIXTURES = REPO.parent / "shared" / "fixtures" / "agent-trace"  # beside the checkout, as in CI
 
 
+# The CPUs this bench may use, read once by the first process: child processes inherit the
+# parent's pinning, so they must not read their own affinity to find "the other core".
+os.environ.setdefault("KATA_DEBUG_BENCH_CPUS", ",".join(map(str, sorted(os.sched_getaffinity(0)))))
+
+
 def _cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0))
+    return [int(c) for c in os.environ["KATA_DEBUG_BENCH_CPUS"].split(",")]
 
 
 def pin(cpu_index: int) -> int:
