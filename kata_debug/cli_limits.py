@@ -132,6 +132,9 @@ async def run(a: LimitsArgs) -> int:
     notes: list[str] = []
     if a.paths:
         docs, errors = await asyncio.to_thread(load, a.paths, sys.stdin.buffer)
+        if errors and not docs:  # nothing to analyse: one line, no empty report
+            more = f" (and {len(errors) - 1} more input error(s))" if len(errors) > 1 else ""
+            raise UsageError(f"{errors[0].source}: {errors[0].message}{more}")
         # The parsed documents live until the process exits: keep the cyclic GC from
         # re-scanning millions of them on every collection during the analysis.
         gc.freeze()

@@ -167,3 +167,11 @@ def test_fix_limitrange_default_request_becomes_default(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     assert f.read_text() == ("# team defaults\napiVersion: v1\nkind: LimitRange\nmetadata:\n  name: lr\nspec:\n"
                              "  limits:\n  - default:  # was requests only\n      cpu: 500m\n    type: Container\n")
+
+
+def test_only_missing_inputs_is_one_error_line_and_no_report(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "kata_debug", "limits", str(tmp_path / "missing.yaml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    assert res.stderr.strip() == f"kata-debug: error: {tmp_path / 'missing.yaml'}: no such file or directory"
