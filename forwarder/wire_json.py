@@ -290,20 +290,7 @@ def decode_json_reference(payload: bytes) -> Span:
         amap = attrs["map"]
         if type(amap) is not dict:
             raise _Bad("attributes.map")
-        attributes: Attributes = []
-        append = attributes.append
-        for k, v in amap.items():
-            # Inline fast path for the common `{"String": "..."}` value.
-            if type(v) is dict and len(v) == 1:
-                s = v.get("String")
-                if type(s) is str:
-                    append((k, s))
-                    continue
-                i = v.get("I64")
-                if type(i) is int and _I64_MIN <= i <= _I64_MAX:
-                    append((k, i))
-                    continue
-            append((k, _j_value(v)))
+        attributes = _o_map(amap)
         dropped_attrs = attrs["dropped_count"]
         max_len = attrs["max_len"]
         if (

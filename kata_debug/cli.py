@@ -168,16 +168,17 @@ def collect(
 
 
 def _print_summary(result: CollectResult, console: Console) -> None:
+    from .progress import STATUS_STYLE
+
     table = Table(title=f"kata-debug bundle for node {result.node}", title_justify="left")
     table.add_column("collector")
     table.add_column("status")
     table.add_column("time", justify="right")
     table.add_column("files", justify="right")
     table.add_column("note")
-    style = {"ok": "green", "partial": "yellow", "failed": "red", "timeout": "red", "skipped": "dim"}
     for c in result.collectors:
         table.add_row(
-            c.name, f"[{style[c.status]}]{c.status}[/]", f"{c.duration_s:.1f}s", str(len(c.files)), c.error or ""
+            c.name, f"[{STATUS_STYLE[c.status]}]{c.status}[/]", f"{c.duration_s:.1f}s", str(len(c.files)), c.error or ""
         )
     console.print(table)
     if result.interrupted:

@@ -20,8 +20,8 @@ from rich.table import Table
 from .cluster import ClusterOptions, ClusterResult, NodeResult, result_json, run_cluster_collection
 from .durations import parse_duration
 from .errors import UsageError
+from .progress import STATUS_STYLE
 
-_STYLE = {"ok": "green", "partial": "yellow", "failed": "red", "timeout": "red"}
 
 
 def human_bytes(n: int) -> str:
@@ -92,7 +92,7 @@ class NodeProgress:
             task = self._tasks.pop(result.name, None)
             if task is not None:
                 self._progress.remove_task(task)
-            style = _STYLE.get(result.status, "white")
+            style = STATUS_STYLE.get(result.status, "white")
             self._progress.console.print(
                 f"[{style}]{result.status:>7}[/] {result.name}  {human_bytes(result.bytes)}  {result.duration_s:.1f}s"
                 + (f"  [dim]{result.error}[/]" if result.error else ""),
@@ -112,7 +112,7 @@ def print_summary(result: ClusterResult, console: Console) -> None:
     table.add_column("time", justify="right")
     table.add_column("note")
     for n in result.nodes:
-        style = _STYLE.get(n.status, "white")
+        style = STATUS_STYLE.get(n.status, "white")
         table.add_row(n.name, f"[{style}]{n.status}[/]", human_bytes(n.bytes), f"{n.duration_s:.1f}s", n.error or "")
     console.print(table)
     if not result.nodes:

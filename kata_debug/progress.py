@@ -10,7 +10,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .collect import CollectorResult
 
-_STYLE = {"ok": "green", "partial": "yellow", "failed": "red", "timeout": "red", "skipped": "dim"}
+#: Colour of each collector / node status, wherever one is shown.
+STATUS_STYLE = {"ok": "green", "partial": "yellow", "failed": "red", "timeout": "red", "skipped": "dim"}
 
 
 class CollectorProgress:
@@ -46,7 +47,7 @@ class CollectorProgress:
     def finished(self, result: CollectorResult) -> None:
         if not self.enabled or result.name not in self._tasks:
             return
-        style = _STYLE.get(result.status, "white")
+        style = STATUS_STYLE.get(result.status, "white")
         self._progress.update(
             self._tasks[result.name],
             description=f"{result.name}: [{style}]{result.status}[/]",

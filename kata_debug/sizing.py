@@ -27,7 +27,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .oci import A_SANDBOX_CPU_PERIOD, A_SANDBOX_CPU_QUOTA, A_SANDBOX_MEMORY, Resources
 
@@ -466,12 +466,7 @@ def _go_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
         mem = (_sum_memory_bytes(running) + (base.memory << 20)) >> 20
         return want, mem, cpus, note
 
-    mem_peak = base.memory
-    vcpu_peak = boot_v
-    for running in init_phases:
-        v, m, _, _ = phase(running)
-        vcpu_peak = max(vcpu_peak, v)
-        mem_peak = max(mem_peak, m)
+    vcpu_peak, mem_peak = _init_peaks(phase, init_phases, boot_v, base.memory)
     v, m, cpus, note = phase(steady)
     for c in steady:
         _describe_container(c, steps)
@@ -497,6 +492,20 @@ def _go_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
         max_vcpus=base.max_vcpus, containers=[], steps=steps,
         peak_vcpus=vcpu_peak if vcpu_peak > v else None,
     )
+
+
+def _init_peaks(
+    phase: Callable[[list[ContainerInput]], tuple[int, int, float, str]],
+    init_phases: list[list[ContainerInput]],
+    boot_vcpus: int,
+    boot_memory: int,
+) -> tuple[int, int]:
+    """The largest (vCPUs, MiB) the VM reaches while init containers run, boot size included."""
+    vcpu_peak, mem_peak = boot_vcpus, boot_memory
+    for running in init_phases:
+        v, m, _, _ = phase(running)
+        vcpu_peak, mem_peak = max(vcpu_peak, v), max(mem_peak, m)
+    return vcpu_peak, mem_peak
 
 
 def _describe_container(c: ContainerInput, steps: list[str]) -> None:
@@ -654,12 +663,7 @@ def _rs_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
         mem = base.memory + (_sum_memory_bytes(running) >> 20)
         return want, mem, want_f, note
 
-    mem_peak = base.memory
-    vcpu_peak = boot_v
-    for running in init_phases:
-        v, m, _, _ = phase(running)
-        vcpu_peak = max(vcpu_peak, v)
-        mem_peak = max(mem_peak, m)
+    vcpu_peak, mem_peak = _init_peaks(phase, init_phases, boot_v, base.memory)
     v, m, want_f, note = phase(steady)
     for c in steady:
         _describe_container(c, steps)
