@@ -107,7 +107,7 @@ class ShimLogsCollector(Collector):
         per_sandbox: PerSandbox[Spool] = PerSandbox(lambda sid: Spool(ctx.max_log_bytes))
         sources: list[SourceStats] = []
         missing: list[str] = []
-        journal_dirs = [d for d in JOURNAL_DIRS if ctx.host.listdir(d)]
+        journal_dirs = [d for d in JOURNAL_DIRS if await asyncio.to_thread(ctx.host.listdir, d)]
         files = await asyncio.to_thread(_log_files, ctx)
         scanner: ScannerProcess | None = None
         ahead: DeflateAhead | None = None
@@ -160,7 +160,7 @@ class ShimLogsCollector(Collector):
         argv = ["journalctl", "-o", "json", "--no-pager", "--since", f"@{int(ctx.since_time.timestamp())}", "-t", ident]
         if str(ctx.host.root) != "/":
             argv[1:1] = ["--root", str(ctx.host.root)]
-        raw = tempfile.TemporaryFile(prefix="kata-debug-journal-")
+        raw = await asyncio.to_thread(tempfile.TemporaryFile, prefix="kata-debug-journal-")
         try:
             try:
                 proc = await asyncio.create_subprocess_exec(
