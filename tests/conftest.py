@@ -10,57 +10,33 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests import services
 from tests.bundles import read_bundle  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
-def _ok(argv: list[str]) -> bool:
-    try:
-        return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def _wait(argv: list[str], what: str, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if _ok(argv):
-            return
-        time.sleep(0.2)
-    pytest.fail(f"{what} is not running; run scripts/test (it installs and starts it)")
-
-
 @pytest.fixture(scope="session")
 def containerd() -> str:
     """A running containerd; returns the `ctr` path."""
-    ctr = shutil.which("ctr")
-    if ctr is None:
-        pytest.fail("ctr not installed; run scripts/test (installs containerd and runc)")
-    if not _ok([ctr, "version"]):
-        subprocess.Popen(["containerd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        _wait([ctr, "version"], "containerd")
-    return ctr
+    try:
+        return services.ensure_containerd()
+    except services.ServiceError as e:
+        pytest.fail(f"{e}; run scripts/test")
 
 
 @pytest.fixture(scope="session")
 def journald() -> None:
     """A running systemd-journald that accepts `systemd-cat` entries."""
-    if not Path("/run/systemd/journal/socket").exists():
-        os.makedirs("/run/systemd/journal", exist_ok=True)
-        subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 15
-        while not Path("/run/systemd/journal/socket").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    if not Path("/run/systemd/journal/socket").exists():
-        pytest.fail("systemd-journald is not running; run scripts/test")
+    try:
+        services.ensure_journald()
+    except services.ServiceError as e:
+        pytest.fail(f"{e}; run scripts/test")
 
 
 @pytest.fixture(scope="session")
