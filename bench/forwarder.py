@@ -3,6 +3,7 @@
     python bench/forwarder.py            # all three parts
     python bench/forwarder.py decode     # decode-only spans/s per format, and bare json.loads
     python bench/forwarder.py e2e        # frames in over a Unix socket -> OTLP/HTTP receiver (3 runs each)
+    python bench/forwarder.py e2e json   # the same, one format only
     python bench/forwarder.py memory     # peak RSS while 1,000,000 spans arrive, backend down
 
 Targets (one core): decode >= 50,000 spans/s per format and the JSON path >= 0.5x bare
@@ -222,12 +223,12 @@ async def _e2e(total: int, fmt: str) -> dict[str, float]:
         await receiver.wait()
 
 
-def bench_e2e(total: int = 100_000, runs: int = 3) -> None:
+def bench_e2e(total: int = 100_000, runs: int = 3, formats: tuple[str, ...] = ("bincode", "json")) -> None:
     from forwarder.server import tune_gc
 
     pin(0)
     tune_gc()  # as `kata-debug forward` does
-    for fmt in ("bincode", "json"):
+    for fmt in formats:
         results = [asyncio.run(_e2e(total, fmt)) for _ in range(runs)]
         rates = sorted(r["rate"] for r in results)
         cpus = sorted(r["us_per_span"] for r in results)
@@ -314,10 +315,16 @@ def main() -> None:
     if args and args[0] == "_memory":
         asyncio.run(_memory(int(args[1])))
         return
-    parts = args or ["decode", "e2e", "memory"]
+    parts = {"decode": bench_decode, "e2e": bench_e2e, "memory": bench_memory}
+    if args[:1] == ["e2e"] and len(args) == 2 and args[1] in ("bincode", "json"):
+        chosen = [lambda: bench_e2e(formats=(args[1],))]
+    elif all(a in parts for a in args):
+        chosen = [parts[a] for a in args or parts]
+    else:
+        raise SystemExit(__doc__)
     print(f"python {sys.version.split()[0]}, {len(_cpus())} CPUs available, forwarder pinned to one")
-    for part in parts:
-        {"decode": bench_decode, "e2e": bench_e2e, "memory": bench_memory}[part]()
+    for run in chosen:
+        run()
 
 
 if __name__ == "__main__":

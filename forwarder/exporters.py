@@ -29,6 +29,8 @@ ResourceAttrs = tuple[tuple[str, AttrValue], ...]
 
 DEFAULT_FILE_MAX_BYTES = 32 * 1024 * 1024
 DEFAULT_FILE_BACKUPS = 3
+#: Below the 4 MiB a gRPC server (the Collector's OTLP receiver included) accepts by default.
+DEFAULT_MAX_REQUEST_BYTES = 3 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +68,16 @@ QueuedSpan = tuple[Span, Origin]
 
 
 class SpanSink(Protocol):
-    """A destination. `export` blocks and runs on a worker thread; False means retry later."""
+    """A destination. `export` blocks and runs on a worker thread.
+
+    It returns how many spans of the batch, from its start, were delivered: fewer than
+    `len(batch)` means the rest is to be retried later (a sink that sends one batch as
+    several requests may get part of the way).
+    """
 
     name: str
 
-    def export(self, batch: Sequence[QueuedSpan]) -> bool: ...
+    def export(self, batch: Sequence[QueuedSpan]) -> int: ...
 
     def shutdown(self) -> None: ...
 
@@ -88,6 +95,7 @@ class ExportTarget:
     insecure: bool | None = None
     compression: str | None = None  # gzip | deflate | none | None (environment / SDK default)
     timeout: float | None = None
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # OTLP: larger batches go as several requests
     path: str | None = None
     max_bytes: int = DEFAULT_FILE_MAX_BYTES
     backups: int = DEFAULT_FILE_BACKUPS
@@ -156,9 +164,12 @@ def parse_export(uri: str) -> ExportTarget:
             port = parts.port
         except ValueError:
             raise ValueError(f"{uri}: bad port") from None
-        q = _query(uri, parts.query, {"compression", "timeout"})
+        q = _query(uri, parts.query, {"compression", "timeout", "max_request_bytes"})
         compression = _compression(uri, q["compression"]) if "compression" in q else None
         timeout = _seconds(uri, q["timeout"]) if "timeout" in q else None
+        max_request = _positive_int(uri, "max_request_bytes", q.get("max_request_bytes", str(DEFAULT_MAX_REQUEST_BYTES)))
+        if max_request == 0:
+            raise ValueError(f"{uri}: max_request_bytes must be positive")
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         if "grpc" in scheme:
             if parts.path not in ("", "/"):
@@ -170,6 +181,7 @@ def parse_export(uri: str) -> ExportTarget:
                 insecure=scheme == "otlp+grpc",
                 compression=compression,
                 timeout=timeout,
+                max_request_bytes=max_request,
             )
         http_scheme = "https" if scheme == "otlp+https" else "http"
         path = parts.path if parts.path not in ("", "/") else "/v1/traces"
@@ -179,6 +191,7 @@ def parse_export(uri: str) -> ExportTarget:
             endpoint=f"{http_scheme}://{host}:{port or 4318}{path}",
             compression=compression,
             timeout=timeout,
+            max_request_bytes=max_request,
         )
     raise ValueError(
         f"{uri}: unknown exporter (use otlp+grpc://HOST:PORT, otlp+http://HOST:PORT/v1/traces, "
@@ -362,12 +375,15 @@ def _wire_exporter_classes() -> tuple[type, type]:
 
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from .otlp_proto import encode_request_bytes
+    from .otlp_proto import EncodedRequest
 
     class WireGrpcSpanExporter(GrpcExporter):  # type: ignore[misc]
-        def _translate_data(self, data: Sequence[QueuedSpan]) -> Any:  # noqa: D401
+        def _translate_data(self, data: EncodedRequest) -> Any:  # type: ignore[override]  # noqa: D401
             # The stub wants a message: the encoded request parsed back (in C, cheap).
-            return ExportTraceServiceRequest.FromString(encode_request_bytes(data))
+            return ExportTraceServiceRequest.FromString(data.data)
+
+        def export_encoded(self, request: EncodedRequest, spans: Sequence[QueuedSpan]) -> bool:
+            return super().export(request) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
 
     class WireHttpSpanExporter(HttpExporter):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -376,19 +392,19 @@ def _wire_exporter_classes() -> tuple[type, type]:
             self._wire_direct = callable(getattr(client, "export", None)) and hasattr(self, "_metrics")
             self._builder: ReadableSpanBuilder | None = None
 
-        def export(self, batch: Sequence[QueuedSpan]) -> Any:  # type: ignore[override]
+        def export_encoded(self, request: EncodedRequest, spans: Sequence[QueuedSpan]) -> bool:
             if not self._wire_direct:
                 if self._builder is None:
                     self._builder = ReadableSpanBuilder()
-                return super().export([self._builder.build(s, o) for s, o in batch])
+                return super().export([self._builder.build(s, o) for s, o in spans]) is SpanExportResult.SUCCESS
             if self._shutdown:
-                return SpanExportResult.FAILURE
-            with self._metrics.export_operation(len(batch)) as result:
-                outcome = self._client.export(encode_request_bytes(batch))
+                return False
+            with self._metrics.export_operation(request.spans) as result:
+                outcome = self._client.export(request.data)
                 if not outcome.success:
                     result.error = outcome.error
-                    return SpanExportResult.FAILURE
-            return SpanExportResult.SUCCESS
+                    return False
+            return True
 
     return WireGrpcSpanExporter, WireHttpSpanExporter
 
@@ -438,10 +454,15 @@ class OtlpSink:
             return http_exporter(**kwargs)
         raise ValueError(f"not an OTLP target: {t.kind}")
 
-    def export(self, batch: Sequence[QueuedSpan]) -> bool:
-        from opentelemetry.sdk.trace.export import SpanExportResult
+    def export(self, batch: Sequence[QueuedSpan]) -> int:
+        from .otlp_proto import encode_requests
 
-        return self._exporter.export(batch) is SpanExportResult.SUCCESS
+        done = 0
+        for request in encode_requests(batch, self.target.max_request_bytes):
+            if not self._exporter.export_encoded(request, batch[done:done + request.spans]):
+                break
+            done += request.spans
+        return done
 
     def shutdown(self) -> None:
         """Also interrupts an export that is sleeping between SDK retries."""
@@ -505,7 +526,7 @@ class FileSink:
             self._fh.flush()
             self._size += len(data)
 
-    def export(self, batch: Sequence[QueuedSpan]) -> bool:
+    def export(self, batch: Sequence[QueuedSpan]) -> int:
         try:
             self.write_line(_requests_text(batch).encode())
         except OSError as exc:
@@ -514,8 +535,8 @@ class FileSink:
                 if self._fh is not None:
                     self._fh.close()
                     self._fh = None
-            return False
-        return True
+            return 0
+        return len(batch)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -531,15 +552,15 @@ class StdoutSink:
         self.name = "stdout"
         self._stream = stream
 
-    def export(self, batch: Sequence[QueuedSpan]) -> bool:
+    def export(self, batch: Sequence[QueuedSpan]) -> int:
         stream = self._stream or sys.stdout
         try:
             stream.write(_requests_text(batch))
             stream.flush()
         except (OSError, ValueError) as exc:
             log.warning("exporter stdout: cannot write: %s", exc)
-            return False
-        return True
+            return 0
+        return len(batch)
 
     def shutdown(self) -> None:
         pass

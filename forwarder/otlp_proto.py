@@ -18,16 +18,19 @@ repeated event/link attribute keys exactly as the agent sent them.
   over and over. The output is byte for byte what `encode_request(...).SerializeToString()`
   gives (fields in number order, proto3 defaults left out); `tests/test_otlp_proto.py`
   checks that.
+* `encode_requests` is the same encoding cut into requests a receiver accepts (size-capped),
+  what the OTLP sink sends.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .exporters import QueuedSpan, ResourceAttrs
+from .exporters import DEFAULT_MAX_REQUEST_BYTES, QueuedSpan, ResourceAttrs
 from .otlp_json import FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE, trace_state_text
 from .wire import AttrValue, Span
 
@@ -330,6 +333,17 @@ def _resource_field(res: ResourceAttrs) -> bytes:
     return rf
 
 
+def _join_groups(groups: dict[ResourceAttrs, list[bytes]]) -> bytes:
+    out: list[bytes] = []
+    for res, spans in groups.items():
+        scope = b"".join(spans)
+        scope_len = _varint(len(scope))
+        resource = _resource_field(res)
+        # ResourceSpans { resource = 1; scope_spans = 2 }
+        out += (b"\x0a", _varint(len(resource) + 1 + len(scope_len) + len(scope)), resource, b"\x12", scope_len, scope)
+    return b"".join(out)
+
+
 def encode_request_bytes(batch: Sequence[QueuedSpan]) -> bytes:
     """`encode_request(batch).SerializeToString()`, written directly."""
     groups: dict[ResourceAttrs, list[bytes]] = {}
@@ -341,11 +355,52 @@ def encode_request_bytes(batch: Sequence[QueuedSpan]) -> bytes:
         body = span_bytes(span)
         n = len(body)
         spans += (b"\x12", _VARINT[n] if n < _SMALL else _varint(n), body)  # ScopeSpans.spans
-    out: list[bytes] = []
-    for res, spans in groups.items():
-        scope = b"".join(spans)
-        scope_len = _varint(len(scope))
-        resource = _resource_field(res)
-        # ResourceSpans { resource = 1; scope_spans = 2 }
-        out += (b"\x0a", _varint(len(resource) + 1 + len(scope_len) + len(scope)), resource, b"\x12", scope_len, scope)
-    return b"".join(out)
+    return _join_groups(groups)
+
+
+#: Upper bound of what a ResourceSpans adds besides its resource: two tags and two lengths.
+_GROUP_OVERHEAD = 12
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRequest:
+    """One `ExportTraceServiceRequest` carrying the batch's next `spans` spans, in order."""
+
+    spans: int
+    data: bytes
+
+    def __len__(self) -> int:  # the SDK exporters count what they export with len()
+        return self.spans
+
+
+def encode_requests(batch: Sequence[QueuedSpan], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> list[EncodedRequest]:
+    """The batch as requests of at most `max_bytes` each (a single larger span goes alone).
+
+    A receiver rejects a request above its size limit every time, so one oversized batch
+    would be retried forever and hold up everything queued behind it. Requests cover
+    consecutive runs of the batch, so a sink can say how far delivery got.
+    """
+    requests: list[EncodedRequest] = []
+    groups: dict[ResourceAttrs, list[bytes]] = {}
+    size = count = 0
+    for span, origin in batch:
+        res = origin.resource_for(span) if span.resource else origin.resource
+        body = span_bytes(span)
+        n = len(body)
+        head = _VARINT[n] if n < _SMALL else _varint(n)
+        grows = 1 + len(head) + n
+        if res not in groups:
+            grows += len(_resource_field(res)) + _GROUP_OVERHEAD
+        if count and size + grows > max_bytes:
+            requests.append(EncodedRequest(count, _join_groups(groups)))
+            groups, size, count = {}, 0, 0
+            grows = 1 + len(head) + n + len(_resource_field(res)) + _GROUP_OVERHEAD
+        spans = groups.get(res)
+        if spans is None:
+            spans = groups[res] = []
+        spans += (b"\x12", head, body)  # ScopeSpans.spans
+        size += grows
+        count += 1
+    if count:
+        requests.append(EncodedRequest(count, _join_groups(groups)))
+    return requests

@@ -169,13 +169,14 @@ class ExportPipeline:
             batch = self._take()
             self._inflight = len(batch)
             try:
-                ok = await self._worker.call(self.sink.export, batch)
+                done = int(await self._worker.call(self.sink.export, batch))
             except Exception as exc:  # noqa: BLE001 - a sink bug must not stop the pipeline
                 log.warning("exporter %s failed: %s", self.name, exc)
-                ok = False
+                done = 0
             self._inflight = 0
-            if ok:
-                self.stats.exported += len(batch)
+            done = max(0, min(done, len(batch)))
+            self.stats.exported += done
+            if done == len(batch):
                 if self._down_since is not None:
                     log.info(
                         "exporter %s: backend reachable again after %.0fs",
@@ -186,7 +187,7 @@ class ExportPipeline:
                 attempt = 0
                 continue
             self.stats.failed_exports += 1
-            self._requeue(batch)
+            self._requeue(batch[done:])
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 log.warning(

@@ -64,7 +64,7 @@ class ForwarderConfig:
     node_name: str | None = None
     host_name: str | None = None  # None: the node's /etc/hostname
     queue_size: int = 10_000
-    batch_size: int = 512
+    batch_size: int = 2048
     batch_delay: float = 0.2
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     shutdown_timeout: float = 10.0

@@ -169,7 +169,7 @@ def forward(
     export: Optional[List[str]] = typer.Option(
         None, "--export", "-e",
         help="Where spans go (repeatable): otlp+grpc://HOST:PORT (otlp+grpcs:// for TLS), otlp+http://HOST:PORT/v1/traces, "
-        "otlp+https://... (OTLP URIs take ?compression=gzip|deflate|none&timeout=SECONDS), "
+        "otlp+https://... (OTLP URIs take ?compression=gzip|deflate|none&timeout=SECONDS&max_request_bytes=N), "
         "file:///path.jsonl[?max_bytes=N&backups=N], stdout. Default: OTLP from the OTEL_EXPORTER_OTLP_* variables.",
     ),
     format: TraceFormat = typer.Option(TraceFormat.auto, "--format", help="Payload format: auto (per connection), bincode, json."),
@@ -177,6 +177,7 @@ def forward(
     host_root: Path = typer.Option(Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."),
     node_name: Optional[str] = typer.Option(None, "--node-name", help="k8s.node.name (default: $NODE_NAME, if set)."),
     queue_size: int = typer.Option(10_000, "--queue-size", min=1, help="Spans kept per exporter while its backend is slow or down; the oldest are dropped beyond."),
+    batch_size: int = typer.Option(2048, "--batch-size", min=1, help="Most spans per export (an OTLP batch above its max_request_bytes goes as several requests)."),
     max_frame_bytes: str = typer.Option("1M", "--max-frame-bytes", help="Close a connection whose frame announces more than this."),
     shutdown_timeout: str = typer.Option("10s", "--shutdown-timeout", help="On SIGTERM/SIGINT, time allowed to flush queued spans."),
     stats_interval: str = typer.Option("60s", "--stats-interval", help="How often to log the counters (0 = only at exit)."),
@@ -218,6 +219,7 @@ def forward(
         host_root=str(host_root),
         node_name=node_name or os.environ.get("NODE_NAME") or None,
         queue_size=queue_size,
+        batch_size=batch_size,
         max_frame_bytes=_size(max_frame_bytes, "--max-frame-bytes"),
         shutdown_timeout=_seconds(shutdown_timeout, "--shutdown-timeout"),
         stats_interval=_seconds(stats_interval, "--stats-interval"),

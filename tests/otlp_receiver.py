@@ -85,9 +85,12 @@ class _Collected:
 class OtlpHttpReceiver(_Collected):
     """POST /v1/traces with protobuf bodies (gzip/deflate accepted), like a collector's OTLP/HTTP."""
 
-    def __init__(self, path: str = "/v1/traces", keep: bool = True) -> None:
+    def __init__(self, path: str = "/v1/traces", keep: bool = True, max_body: int = 64 * 1024 * 1024) -> None:
         super().__init__(keep)
         self.path = path
+        #: Larger bodies get 413, as from a collector's `max_request_body_size`.
+        self.max_body = max_body
+        self.body_sizes: list[int] = []
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
 
@@ -104,6 +107,7 @@ class OtlpHttpReceiver(_Collected):
             return web.Response(status=415, text="expected application/x-protobuf")
         # aiohttp already undoes Content-Encoding (gzip/deflate) when reading the body.
         body = await request.read()
+        self.body_sizes.append(len(body))
         encoding = request.headers.get("Content-Encoding", "identity")
         req = trace_service_pb2.ExportTraceServiceRequest()
         req.ParseFromString(body)
@@ -112,7 +116,7 @@ class OtlpHttpReceiver(_Collected):
         return web.Response(body=resp.SerializeToString(), content_type="application/x-protobuf")
 
     async def start(self, port: int = 0) -> "OtlpHttpReceiver":
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=self.max_body)
         app.router.add_post(self.path, self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

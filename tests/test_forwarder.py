@@ -439,3 +439,51 @@ async def test_readable_span_path_for_sdk_releases_without_the_client_hook(short
     assert (s.start_time_unix_nano, s.end_time_unix_nano) == (span.start_time_unix_nano, span.end_time_unix_nano)
     assert (s.dropped_attributes_count, s.status.code, s.status.message) == (2, 1, "fine")
     assert [kv.key for kv in s.attributes] == [k for k, _ in span.attributes]
+
+
+async def test_a_batch_larger_than_the_backend_accepts_goes_as_several_requests(short_tmp: Path) -> None:
+    """A receiver refuses (413) every body over its limit: one big request would be retried forever."""
+    sock = short_tmp / "t.sock"
+    http = await OtlpHttpReceiver(max_body=16 * 1024).start()
+    try:
+        async with running(listen=[f"unix://{sock}"], host_root=str(short_tmp), batch_delay=0.5,
+                           exports=[parse_export(f"{http.export_uri}?max_request_bytes=16384")]) as fwd:
+            await send_unix(sock, frames(to_json(sample_span(i)) for i in range(400)))
+            got = await http.wait_for_spans(400, timeout=30)
+            stats, _ = next(iter(fwd.stats.per_exporter.values()))
+    finally:
+        await http.stop()
+    assert sorted(int.from_bytes(r.span.span_id, "big") for r in got) == [sample_span(i).span_id for i in range(400)]
+    assert len(http.body_sizes) > 1 and max(http.body_sizes) <= 16 * 1024
+    assert stats.exported == 400 and stats.failed_exports == 0
+
+
+class _FlakySink:
+    """Delivers the first `first_delivery` spans of the first batch, then fails once."""
+
+    name = "flaky"
+
+    def __init__(self, first_delivery: int) -> None:
+        self.first_delivery = first_delivery
+        self.calls = 0
+        self.delivered: list[int] = []
+
+    def export(self, batch: Any) -> int:
+        self.calls += 1
+        n = self.first_delivery if self.calls == 1 else len(batch)
+        self.delivered += [span.span_id for span, _ in batch[:n]]
+        return n
+
+    def shutdown(self) -> None:
+        pass
+
+
+async def test_a_partly_delivered_batch_retries_only_the_rest(short_tmp: Path) -> None:
+    sock = short_tmp / "t.sock"
+    sink = _FlakySink(first_delivery=7)
+    async with running(listen=[f"unix://{sock}"], host_root=str(short_tmp), sinks=[sink], batch_delay=0.5) as fwd:
+        await send_unix(sock, frames(to_bincode(sample_span(i)) for i in range(20)))
+        await until(lambda: len(sink.delivered) >= 20)
+        stats, queued = next(iter(fwd.stats.per_exporter.values()))
+    assert sink.delivered == [sample_span(i).span_id for i in range(20)], "each span once, in order"
+    assert stats.exported == 20 and stats.failed_exports == 1 and queued == 0

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from forwarder.exporters import Origin
-from forwarder.otlp_proto import encode_request, encode_request_bytes, span_bytes
+from forwarder.otlp_proto import encode_request, encode_request_bytes, encode_requests, span_bytes
 from forwarder.wire import Event, Link, Span
 from tests.agent_wire import sample_span
 from tests.test_trace_wire import fixture_payloads, spans
@@ -92,3 +92,24 @@ def test_span_bytes_is_one_span_message() -> None:
     pb = PbSpan.FromString(span_bytes(span))
     assert (pb.name, pb.span_id, pb.start_time_unix_nano) == (span.name, span.span_id.to_bytes(8, "big"),
                                                               span.start_time_unix_nano)
+
+
+@_SETTINGS
+@given(st.lists(st.tuples(spans, st.sampled_from(ORIGINS)), min_size=1, max_size=8), st.integers(1, 3000))
+def test_a_batch_is_cut_into_consecutive_requests_that_fit_the_size_cap(
+    batch: list[tuple[Span, Origin]], max_bytes: int
+) -> None:
+    requests = encode_requests(batch, max_bytes)
+    start = 0
+    for req in requests:
+        assert req.spans >= 1
+        assert req.data == encode_request_bytes(batch[start:start + req.spans])
+        assert len(req.data) <= max_bytes or req.spans == 1, "only a span that alone exceeds the cap goes over it"
+        start += req.spans
+    assert start == len(batch)
+
+
+def test_a_batch_under_the_cap_is_one_request() -> None:
+    batch = [(sample_span(i), ORIGINS[i % 2]) for i in range(100)]
+    (req,) = encode_requests(batch)
+    assert req.spans == 100 and req.data == encode_request_bytes(batch)
