@@ -58,7 +58,7 @@ class AgentTracesCollector(Collector):
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         spool_dir = str(ctx.options.get("trace_spool_dir") or DEFAULT_SPOOL_DIR)
-        real = ctx.host.resolve(spool_dir)
+        real = await asyncio.to_thread(ctx.host.resolve, spool_dir)
         if not await asyncio.to_thread(real.is_dir):
             raise CollectorSkipped(
                 f"no span spool at {spool_dir} (start `kata-debug forward --export file://{spool_dir}/spans.jsonl` "

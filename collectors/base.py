@@ -107,27 +107,33 @@ class CollectorOutput:
 
         Returns False (and records the item as failed) when it cannot be read.
         """
-        real = node_path if isinstance(node_path, Path) else self._ctx.host.resolve(node_path)
-        spool = Spool(max_bytes)
+        host = self._ctx.host
         stream = self._ctx.redactor.stream() if redact else None
 
-        def _copy() -> None:
+        def _copy() -> Spool:
+            # Resolving walks the host root (lstat per component): a worker thread's job.
+            real = node_path if isinstance(node_path, Path) else host.resolve(node_path)
             with open(real, "rb") as src:
-                if max_bytes is not None:
-                    # Skip what the cap would drop anyway; start on a line boundary.
-                    size = os.fstat(src.fileno()).st_size
-                    if size > max_bytes:
-                        src.seek(size - max_bytes - 1)
-                        src.readline()
-                        self.truncated[self._path(name)] = src.tell()
-                while chunk := src.read(_CHUNK):
-                    chunk += src.readline()
-                    spool.write(stream.feed(chunk) if stream else chunk)
+                spool = Spool(max_bytes)
+                try:
+                    if max_bytes is not None:
+                        # Skip what the cap would drop anyway; start on a line boundary.
+                        size = os.fstat(src.fileno()).st_size
+                        if size > max_bytes:
+                            src.seek(size - max_bytes - 1)
+                            src.readline()
+                            self.truncated[self._path(name)] = src.tell()
+                    while chunk := src.read(_CHUNK):
+                        chunk += src.readline()
+                        spool.write(stream.feed(chunk) if stream else chunk)
+                except BaseException:
+                    spool.close()
+                    raise
+            return spool
 
         try:
-            await asyncio.to_thread(_copy)
+            spool = await asyncio.to_thread(_copy)
         except OSError as exc:
-            spool.close()
             self.item_failed(str(node_path), exc.strerror or str(exc))
             return False
         await self._add_spool(name, spool)

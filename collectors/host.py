@@ -111,6 +111,10 @@ def gather_facts(host: HostRoot) -> dict[str, Any]:
     return facts
 
 
+#: Copied as they are, next to the facts drawn from them.
+_COPIED = ("/proc/cmdline", "/proc/version", "/etc/os-release", "/proc/meminfo")
+
+
 class HostCollector(Collector):
     name = "host"
     summary = "kernel, cmdline, CPU virtualization, /dev/kvm and vsock devices, modules, cgroups, memory, containerd handlers"
@@ -119,8 +123,8 @@ class HostCollector(Collector):
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         facts = await asyncio.to_thread(gather_facts, ctx.host)
-        for path in ("/proc/cmdline", "/proc/version", "/etc/os-release", "/proc/meminfo"):
-            if ctx.host.resolve(path).exists():
+        for path in _COPIED:
+            if await asyncio.to_thread(ctx.host.exists, path):
                 await out.add_host_file("files" + path, path, max_bytes=1 << 20)
         for path in facts["containerd"]["configs"]:
             await out.add_host_file("files" + path, path, max_bytes=4 << 20)
@@ -129,12 +133,12 @@ class HostCollector(Collector):
 
     async def _containerd_version(self, ctx: CollectContext) -> str | None:
         """Ask the node's containerd binary; only meaningful when it can run here."""
-        exe = next((p for p in ("/usr/bin/containerd", "/usr/local/bin/containerd") if ctx.host.resolve(p).is_file()), None)
+        exe = await asyncio.to_thread(ctx.host.first_file, ("/usr/bin/containerd", "/usr/local/bin/containerd"))
         if exe is None:
             return None
         try:
             proc = await asyncio.create_subprocess_exec(
-                str(ctx.host.resolve(exe)), "--version",
+                str(exe), "--version",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             )
         except OSError:

@@ -77,13 +77,11 @@ class KataConfigCollector(Collector):
     async def _tools(self, ctx: CollectContext, out: CollectorOutput) -> dict[str, str]:
         """Run kata-env / kata-ctl env from the node when they exist (static binaries)."""
         found: dict[str, str] = {}
-        on_host = str(ctx.host.root) == "/"
         for out_name, argv, paths in _TOOLS:
-            exe = next((p for p in paths if ctx.host.resolve(p).is_file()), None)
-            if exe is None:
+            real = await asyncio.to_thread(ctx.host.first_file, paths)
+            if real is None:
                 found[argv[0]] = "not installed"
                 continue
-            real = exe if on_host else str(ctx.host.resolve(exe))
-            code = await out.add_command(out_name, [real, *argv[1:]], max_bytes=4 << 20)
+            code = await out.add_command(out_name, [str(real), *argv[1:]], max_bytes=4 << 20)
             found[argv[0]] = "not runnable" if code is None else f"exit {code}"
         return found

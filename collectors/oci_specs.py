@@ -32,7 +32,7 @@ class OciSpecsCollector(Collector):
             where = f"{e.engine}/{e.namespace + '/' if e.namespace else ''}{e.id}"
             if e.error:
                 out.item_failed(f"{e.bundle}/config.json", e.error)
-                if b.config_path.exists():
+                if await asyncio.to_thread(b.config_path.exists):
                     await out.add_host_file(f"{where}/config.json.unparsed", b.config_path, max_bytes=1 << 20)
             else:
                 await out.add_json(f"{where}/config.json", b.spec, oci=True)

@@ -17,6 +17,8 @@ from typing import Any
 
 import aiohttp
 
+from kata_debug.hostroot import HostRoot
+
 from .base import CollectContext, Collector, CollectorOutput
 
 STATE_ROOTS = ("/run/vc/sbs", "/run/vc/vm", "/run/kata")
@@ -72,6 +74,30 @@ async def scrape_monitor(socket_path: Path, timeout: float = MONITOR_TIMEOUT) ->
     return results
 
 
+def _survey(host: HostRoot) -> dict[str, dict[str, Any]]:
+    """Everything the filesystem says about each sandbox, gathered in one worker-thread pass.
+
+    Entries starting with `_` are for the collector (files to copy, the socket to scrape),
+    not for `sandboxes.json`.
+    """
+    sandboxes: dict[str, dict[str, Any]] = {}
+    for root in STATE_ROOTS:
+        for sid in host.listdir(root):
+            real = host.resolve(f"{root}/{sid}")
+            if not real.is_dir():
+                continue
+            sb = sandboxes.setdefault(sid, {"id": sid, "state_dirs": {}, "_state_files": []})
+            sb["state_dirs"][root] = _listing(real)
+            for name in _STATE_FILES:
+                if (real / name).is_file():
+                    sb["_state_files"].append((real / name, f"{sid}/{root.strip('/').replace('/', '-')}-{name}"))
+    for sid, sb in sandboxes.items():
+        sb["shared_dir"] = host.resolve(f"{SHARED_ROOT}/{sid}").is_dir()
+        sockets = ((p, host.resolve(p)) for p in (pattern.format(sid=sid) for pattern in MONITOR_SOCKETS))
+        sb["_monitor_socket"] = next(((p, real) for p, real in sockets if real.exists()), None)
+    return sandboxes
+
+
 class SandboxesCollector(Collector):
     name = "sandboxes"
     summary = "Kata runtime state (/run/vc, /run/kata), persist.json, shim monitor /metrics and /agent-url"
@@ -79,22 +105,11 @@ class SandboxesCollector(Collector):
              *(s.replace("{sid}", "<sid>") + " (HTTP GET " + ", ".join(MONITOR_PATHS) + ")" for s in MONITOR_SOCKETS))
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
-        host = ctx.host
-        sandboxes: dict[str, dict[str, Any]] = {}
-        for root in STATE_ROOTS:
-            for sid in await asyncio.to_thread(host.listdir, root):
-                real = host.resolve(f"{root}/{sid}")
-                if not real.is_dir():
-                    continue
-                sb = sandboxes.setdefault(sid, {"id": sid, "state_dirs": {}})
-                sb["state_dirs"][root] = await asyncio.to_thread(_listing, real)
-                for name in _STATE_FILES:
-                    f = real / name
-                    if f.is_file():
-                        await self._state_file(out, f, f"{sid}/{root.strip('/').replace('/', '-')}-{name}")
-        for sid, sb in sandboxes.items():
-            sb["shared_dir"] = host.resolve(f"{SHARED_ROOT}/{sid}").is_dir()
-            sb["monitor"] = await self._monitor(ctx, out, sid)
+        sandboxes = await asyncio.to_thread(_survey, ctx.host)
+        for sb in sandboxes.values():
+            for state_file, name in sb.pop("_state_files"):
+                await self._state_file(out, state_file, name)
+            sb["monitor"] = await self._monitor(out, sb["id"], sb.pop("_monitor_socket"))
         await out.add_json("sandboxes.json", {
             "count": len(sandboxes),
             "missing": [] if sandboxes else ["no Kata sandbox state under /run/vc or /run/kata"],
@@ -113,22 +128,20 @@ class SandboxesCollector(Collector):
             return
         await out.add_json(name, value)
 
-    async def _monitor(self, ctx: CollectContext, out: CollectorOutput, sid: str) -> dict[str, Any]:
-        for pattern in MONITOR_SOCKETS:
-            sock = ctx.host.resolve(pattern.format(sid=sid))
-            if not sock.exists():
+    async def _monitor(self, out: CollectorOutput, sid: str, socket: tuple[str, Path] | None) -> dict[str, Any]:
+        if socket is None:
+            return {"socket": None, "error": "no shim monitor socket"}
+        node_path, real = socket
+        results = await scrape_monitor(real)
+        summary: dict[str, Any] = {"socket": node_path}
+        for path, res in results.items():
+            key = path.strip("/")
+            if isinstance(res, str):
+                summary[key] = {"error": res}
                 continue
-            results = await scrape_monitor(sock)
-            summary: dict[str, Any] = {"socket": pattern.format(sid=sid)}
-            for path, res in results.items():
-                key = path.strip("/")
-                if isinstance(res, str):
-                    summary[key] = {"error": res}
-                    continue
-                status, body = res
-                await out.add_bytes(f"{sid}/monitor-{key}.txt", body)
-                summary[key] = {"status": status, "bytes": len(body)}
-                if key == "agent-url" and status == 200:
-                    summary["agent_url"] = body.decode(errors="replace").strip()
-            return summary
-        return {"socket": None, "error": "no shim monitor socket"}
+            status, body = res
+            await out.add_bytes(f"{sid}/monitor-{key}.txt", body)
+            summary[key] = {"status": status, "bytes": len(body)}
+            if key == "agent-url" and status == 200:
+                summary["agent_url"] = body.decode(errors="replace").strip()
+        return summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 _MAX_LINKS = 40
 
@@ -58,6 +59,14 @@ class HostRoot:
 
     def exists(self, path: str) -> bool:
         return self.resolve(path).exists()
+
+    def first_file(self, paths: Sequence[str]) -> Path | None:
+        """The real location of the first of `paths` that is a file on the node (a tool's install paths)."""
+        for p in paths:
+            real = self.resolve(p)
+            if real.is_file():
+                return real
+        return None
 
     def read_bytes(self, path: str, limit: int | None = None) -> bytes:
         with open(self.resolve(path), "rb") as fh:

@@ -1,0 +1,66 @@
+"""Collectors never touch the filesystem on the event-loop thread.
+
+A host root can be a slow or hung mount (NFS, a FUSE-backed `/host`, a wedged
+`/run/vc`); a single `stat` on the loop would freeze every other collector, the progress
+display and the deadline with it. So all filesystem calls made from collector code must
+run in worker threads. The guard below wraps the calls pathlib and the collectors use and
+records any made on the loop thread from a frame in `collectors/` or the host-root walker.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from collectors import REGISTRY
+from kata_debug.collect import CollectOptions, run_collection
+from tests.hostroots import kata_node
+
+_WATCHED = ("stat", "lstat", "listdir", "scandir", "readlink", "open")
+_OURS = ("/collectors/", "/kata_debug/hostroot.py")
+
+
+@pytest.fixture
+def loop_fs_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    loop_thread = threading.get_ident()
+    calls: list[str] = []
+
+    def watch(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() == loop_thread:
+                frame = sys._getframe(1)  # no traceback module: it stats source files itself
+                while frame is not None:
+                    code = frame.f_code.co_filename
+                    if code.startswith("<frozen importlib"):
+                        break  # importing our own modules, not reading the node
+                    if any(p in code for p in _OURS):
+                        calls.append(f"{name}({args[0] if args else ''!s}) at {Path(code).name}:{frame.f_lineno}")
+                        break
+                    frame = frame.f_back
+            return fn(*args, **kwargs)
+
+        return guarded
+
+    for name in _WATCHED:
+        monkeypatch.setattr(os, name, watch(f"os.{name}", getattr(os, name)))
+    monkeypatch.setattr(io, "open", watch("open", io.open))
+    monkeypatch.setattr(builtins, "open", watch("open", builtins.open))
+    return calls
+
+
+async def test_every_collector_does_its_filesystem_work_in_worker_threads(
+    tmp_path: Path, loop_fs_calls: list[str]
+) -> None:
+    root = kata_node(tmp_path / "host")
+    result = await run_collection(CollectOptions(host_root=root, output=str(tmp_path / "b.tar.gz"),
+                                                 collectors=list(REGISTRY)))
+    ran = {r.name for r in result.collectors if r.status in ("ok", "partial", "skipped")}
+    assert {"host", "sandboxes", "kata-config", "oci-specs", "agent-traces"} <= ran, result.collectors
+    assert loop_fs_calls == [], "\n".join(sorted(set(loop_fs_calls)))
