@@ -110,8 +110,26 @@ def collect(
     node_timeout: float = typer.Option(
         600.0, "--node-timeout", help="Seconds each node may take.", rich_help_panel="Cluster mode"
     ),
+    upload: Optional[str] = typer.Option(
+        None, "--upload", help="Then send the bundle to this http(s) URL (e.g. pre-signed); it stays on disk too.",
+        rich_help_panel="Upload",
+    ),
+    upload_method: str = typer.Option("PUT", "--upload-method", help="PUT or POST.", rich_help_panel="Upload"),
+    upload_header: Optional[List[str]] = typer.Option(
+        None, "--upload-header", help="Extra header 'Name: value' (repeatable); $KATA_DEBUG_UPLOAD_TOKEN sets a bearer token.",
+        rich_help_panel="Upload",
+    ),
+    upload_retries: int = typer.Option(5, "--upload-retries", help="Retries after a transient failure.", rich_help_panel="Upload"),
+    upload_timeout: float = typer.Option(60.0, "--upload-timeout", help="Seconds without progress before an attempt fails.",
+                                         rich_help_panel="Upload"),
+    upload_cacert: Optional[Path] = typer.Option(None, "--upload-cacert", help="CA bundle for a private https endpoint.",
+                                                 rich_help_panel="Upload"),
 ) -> None:
     """Gather this node's Kata evidence into one support bundle (or, with --cluster, every Kata node's)."""
+    from .cli_upload import parse_collect_upload, upload_after_collect
+
+    upload_target = parse_collect_upload(upload, upload_method, upload_header, upload_retries, upload_timeout,
+                                         upload_cacert, output, redact=not no_redact)
     if cluster:
         from .cluster_cli import collect_cluster  # the Kubernetes client costs seconds to import
 
@@ -120,7 +138,7 @@ def collect(
             node_timeout=node_timeout, output=output, since=since, collectors=collector or [], timeout=timeout,
             no_redact=no_redact, compression=compression.value, json_output=output_format is OutputFormat.json,
             all_runtimes=all_runtimes, max_log_size=max_log_size, trace_spool_dir=trace_spool_dir,
-            host_root=host_root, deadline=deadline, node_name=node_name,
+            host_root=host_root, deadline=deadline, node_name=node_name, upload=upload_target,
         ))
     cluster_only = {"--kubeconfig": kubeconfig, "--context": context, "--node": node, "--selector": selector,
                     "--parallel": None if parallel == 8 else parallel,
@@ -150,21 +168,36 @@ def collect(
         raise UsageError(f"--deadline {deadline}: must be a positive number of seconds")
     if no_redact:
         err_console.print("[yellow]warning:[/] --no-redact: the bundle will contain secrets (env values, tokens); do not share it")
-    with CollectorProgress(enabled=output_format is OutputFormat.text) as progress:
+    json_output = output_format is OutputFormat.json
+    with CollectorProgress(enabled=not json_output) as progress:
         result = asyncio.run(run_collection(opts, progress))
+    exit_code = result.exit_code
+    uploaded: dict[str, object] | None = None
+    upload_error: str | None = None
+    if upload_target is not None:
+        uploaded, upload_error = upload_after_collect(result.output, upload_target, json_output)
+        if upload_error:
+            exit_code = 1
     summary_to = sys.stderr if output == "-" else sys.stdout
-    if output_format is OutputFormat.json:
+    if json_output:
         print(json.dumps({
             "bundle": result.output,
             "node": result.node,
-            "exit_code": result.exit_code,
+            "exit_code": exit_code,
             "interrupted": result.interrupted,
             "collectors": [asdict(c) for c in result.collectors],
             "redactions": result.redactions,
+            **({"upload": uploaded} if uploaded is not None else {}),
         }, indent=2), file=summary_to)
     else:
         _print_summary(result, Console(file=summary_to))
-    raise typer.Exit(result.exit_code)
+        if uploaded is not None and upload_error is None:
+            from .cli_upload import summary_line
+
+            print(summary_line(uploaded), file=summary_to)
+    if upload_error:
+        print(f"kata-debug: error: {upload_error}", file=sys.stderr)
+    raise typer.Exit(exit_code)
 
 
 def _print_summary(result: CollectResult, console: Console) -> None:
@@ -206,6 +239,7 @@ def _register_commands() -> None:
     from . import cli_trace; cli_trace.register(app)
     from . import cli_limits; cli_limits.register(app)
     from . import cli_node_agent; cli_node_agent.register(app)
+    from . import cli_upload; cli_upload.register(app)
 
 
 _register_commands()

@@ -21,6 +21,7 @@ from .cluster import ClusterOptions, ClusterResult, NodeResult, result_json, run
 from .durations import parse_duration
 from .errors import UsageError
 from .progress import STATUS_STYLE
+from .upload import UploadTarget
 
 
 
@@ -125,16 +126,33 @@ def print_summary(result: ClusterResult, console: Console) -> None:
         console.print(f"bundle: [bold]{result.output}[/]")
 
 
-def run(opts: ClusterOptions, json_output: bool) -> int:
-    """Run a cluster collection and print its summary; returns the exit code."""
+def run(opts: ClusterOptions, json_output: bool, upload: UploadTarget | None = None) -> int:
+    """Run a cluster collection (and its upload) and print its summary; returns the exit code."""
+    from .cli_upload import summary_line, upload_after_collect
+
     with NodeProgress(enabled=not json_output, plain_lines=not json_output) as progress:
         result = asyncio.run(run_cluster_collection(opts, progress))
+    exit_code = result.exit_code
+    uploaded: dict[str, Any] | None = None
+    upload_error: str | None = None
+    if upload is not None:
+        uploaded, upload_error = upload_after_collect(result.output, upload, json_output)
+        if upload_error:
+            exit_code = 1
     to = sys.stderr if opts.output == "-" else sys.stdout
     if json_output:
-        print(json.dumps(result_json(result), indent=2), file=to)
+        doc = result_json(result)
+        if uploaded is not None:
+            doc["upload"] = uploaded
+            doc["exit_code"] = exit_code
+        print(json.dumps(doc, indent=2), file=to)
     else:
         print_summary(result, Console(file=to))
-    return result.exit_code
+        if uploaded is not None and upload_error is None:
+            print(summary_line(uploaded), file=to)
+    if upload_error:
+        print(f"kata-debug: error: {upload_error}", file=sys.stderr)
+    return exit_code
 
 
 def collect_cluster(
@@ -158,6 +176,7 @@ def collect_cluster(
     host_root: Path,
     deadline: float | None,
     node_name: str | None,
+    upload: UploadTarget | None = None,
 ) -> int:
     """Map `collect` options onto a cluster run: node-side options are passed to every node."""
     if host_root != Path("/"):
@@ -199,4 +218,4 @@ def collect_cluster(
         redact=not no_redact,
         node_args=node_args,
     )
-    return run(opts, json_output)
+    return run(opts, json_output, upload)

@@ -8,6 +8,7 @@ websocket exactly as a real API server frames it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from tests.bundles import Bundle, read_bundle
 from tests.fake_kube_exec import ClusterFake, ExecBehaviour
 from tests.hostroots import add_task
 from tests.kata_cluster import SECRET, KataCluster, build
+from tests.upload_server import UploadServer
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--collector", "oci-specs", "--collector", "kata-config"]
@@ -271,3 +273,19 @@ async def test_kubeconfig_context_selects_the_cluster_and_a_wrong_one_is_named(f
     assert read_bundle(tmp_path / "c.tar.gz").top.startswith("kata-debug-cluster-prod-")
     with pytest.raises(UsageError, match="--context staging"):
         await run_cluster_collection(ClusterOptions(kubeconfig=str(kc), context="staging"))
+
+
+async def test_the_cluster_bundle_is_uploaded_once_written(fake: ClusterFake, tmp_path: Path) -> None:
+    build(fake, tmp_path, ["kata-a"])
+    srv = await UploadServer().start()
+    try:
+        code, out, err = await cli("collect", "--cluster", "--kubeconfig", str(fake.kubeconfig(tmp_path / "kc")),
+                                   "--output", str(tmp_path / "c.tar.gz"), "--output-format", "json", *FAST,
+                                   "--upload", srv.url(query="sig=s3cr3t"))
+    finally:
+        await srv.stop()
+    assert code == 0, err.decode()
+    summary = json.loads(out)
+    sha = hashlib.sha256((tmp_path / "c.tar.gz").read_bytes()).hexdigest()
+    assert summary["upload"]["sha256"] == sha == srv.received[0].sha256
+    assert b"s3cr3t" not in out + err

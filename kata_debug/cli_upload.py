@@ -1,0 +1,113 @@
+"""`kata-debug upload`, and the upload step `collect --upload` runs after writing its bundle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from .upload import DEFAULT_RETRIES, TOKEN_ENV, UploadError, UploadResult, UploadTarget, parse_target, upload_file
+
+def upload_with_progress(path: Path, target: UploadTarget, show: bool) -> UploadResult:
+    """Upload with a transfer bar on a terminal (stderr), silently otherwise."""
+    show = show and sys.stderr.isatty()
+    if not show:
+        return asyncio.run(upload_file(path, target))
+    bar = Progress(TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   console=Console(stderr=True), transient=True)
+    with bar:
+        task = bar.add_task("upload", total=path.stat().st_size)
+        return asyncio.run(upload_file(
+            path, target,
+            progress=lambda n: bar.advance(task, n),
+            restart=lambda: bar.reset(task),
+        ))
+
+
+def result_json(result: UploadResult | None, error: str | None = None) -> dict[str, Any]:
+    return asdict(result) if result is not None else {"error": error}
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    """One line for a person, from `result_json`."""
+    return (f"uploaded {r['bytes'] / (1 << 20):.1f} MiB to {r['url']} (HTTP {r['status']}, {r['seconds']:.1f}s, "
+            f"{r['attempts']} attempt(s)); sha256 {r['sha256']}")
+
+
+def upload(
+    bundle: Path = typer.Argument(..., help="The bundle (or any file) to send."),
+    url: str = typer.Argument(..., help="Where to send it: an http(s) URL, e.g. a pre-signed object-store URL."),
+    method: str = typer.Option("PUT", "--method", help="PUT (pre-signed URLs) or POST."),
+    header: Optional[List[str]] = typer.Option(
+        None, "--header", "-H", help=f"Extra request header 'Name: value' (repeatable). ${TOKEN_ENV} sets a bearer token."
+    ),
+    retries: int = typer.Option(DEFAULT_RETRIES, "--retries", help="Retries after a transient failure (connection, 408, 429, 5xx)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds without progress before an attempt fails."),
+    cacert: Optional[Path] = typer.Option(None, "--cacert", help="CA bundle for a private https endpoint."),
+    output_format: str = typer.Option("text", "--output-format", help="text or json."),
+) -> None:
+    """Send a bundle to a support endpoint (streamed, retried); prints its sha256 to quote to the vendor."""
+    from .errors import UsageError
+
+    if output_format not in ("text", "json"):
+        raise UsageError(f"--output-format {output_format}: use text or json")
+    if not bundle.is_file():
+        raise UsageError(f"{bundle}: no such file")
+    target = _parse(url, method, header, retries, timeout, cacert, prefix="")
+    result = upload_with_progress(bundle, target, show=output_format == "text")
+    if output_format == "json":
+        print(json.dumps(result_json(result), indent=2))
+    else:
+        print(summary_line(result_json(result)))
+
+
+def _parse(url: str, method: str, header: list[str] | None, retries: int, timeout: float, cacert: Path | None,
+           prefix: str) -> UploadTarget:
+    """`parse_target`, with option names as this command spells them (`--upload-*` in collect)."""
+    from .errors import UsageError
+
+    try:
+        return parse_target(url, method, header, retries, timeout, cacert)
+    except UsageError as exc:
+        text = str(exc)
+        if not prefix:
+            text = text.replace("--upload-", "--").replace("--upload ", "URL ")
+        raise UsageError(text) from None
+
+
+def parse_collect_upload(url: str | None, method: str, header: list[str] | None, retries: int,
+                         timeout: float, cacert: Path | None, output: str | None, redact: bool) -> UploadTarget | None:
+    """The `collect --upload*` options, checked before collection starts."""
+    from .errors import UsageError
+
+    if url is None:
+        if header or cacert is not None or method.upper() != "PUT":
+            raise UsageError("--upload-method/--upload-header/--upload-cacert: only valid with --upload")
+        return None
+    if output == "-":
+        raise UsageError("--upload: not valid with --output - (the bundle goes to stdout)")
+    if not redact:
+        raise UsageError("--upload with --no-redact: the bundle would carry secrets off the node; "
+                         "review it and send it with `kata-debug upload` if you must")
+    return _parse(url, method, header, retries, timeout, cacert, prefix="--upload")
+
+
+def upload_after_collect(path: str, target: UploadTarget, json_output: bool) -> tuple[dict[str, Any], str | None]:
+    """Upload a finished bundle; returns (JSON summary, error line or None). The bundle stays on disk."""
+    try:
+        result = upload_with_progress(Path(path), target, show=not json_output)
+    except UploadError as exc:
+        return result_json(None, str(exc)), f"{exc}; the bundle is kept at {path}"
+    return result_json(result), None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("upload")(upload)
+

@@ -1,0 +1,215 @@
+"""Send a bundle to a support endpoint: one streamed HTTP PUT or POST, retried when it may help.
+
+Support endpoints are mostly pre-signed object-store URLs (S3, GCS, Azure SAS) or a
+vendor's upload service. What they have in common decides the shape of this module:
+
+* The body is the file itself, with an exact `Content-Length`: pre-signed PUTs reject
+  chunked transfer encoding, and bundles can be gigabytes, so it is streamed from disk in
+  fixed-size chunks read in a worker thread, never loaded whole.
+* The URL's query string is a credential (the signature): it never appears in output,
+  errors or logs (`display_url`).
+* A transient failure (connection lost, 408, 429, 5xx) is retried from the start with
+  exponential backoff, honouring `Retry-After`; anything else (403 expired signature,
+  413 too large) is final, and the message says what the server answered.
+* A `Content-Digest` (RFC 9530, sha-256) lets the receiver check what arrived; the same
+  digest is in the result, for the operator to quote to the vendor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import random
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import KataDebugError, UsageError
+
+CHUNK = 1 << 20
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+DEFAULT_RETRIES = 5
+MAX_RETRY_AFTER = 60.0
+TOKEN_ENV = "KATA_DEBUG_UPLOAD_TOKEN"
+
+
+class UploadError(KataDebugError):
+    """The upload did not succeed; the bundle on disk is untouched."""
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    url: str
+    method: str = "PUT"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    retries: int = DEFAULT_RETRIES
+    #: Seconds without progress (connect, or between reads/writes) before an attempt fails.
+    timeout: float = 60.0
+    cacert: Path | None = None
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    url: str  # display form, without the query string
+    method: str
+    status: int
+    bytes: int
+    sha256: str
+    attempts: int
+    seconds: float
+
+
+ProgressFn = Callable[[int], None]
+
+
+def display_url(url: str) -> str:
+    """The URL without its query and user info: both can carry credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+
+
+def parse_target(
+    url: str,
+    method: str = "PUT",
+    headers: list[str] | None = None,
+    retries: int = DEFAULT_RETRIES,
+    timeout: float = 60.0,
+    cacert: Path | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> UploadTarget:
+    """Check everything the user gave before any byte is read or sent."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--upload {display_url(url) if parts.scheme else url!r}: not an http:// or https:// URL")
+    method = method.upper()
+    if method not in ("PUT", "POST"):
+        raise UsageError(f"--upload-method {method}: use PUT or POST")
+    if retries < 0:
+        raise UsageError(f"--upload-retries {retries}: must not be negative")
+    if timeout <= 0:
+        raise UsageError(f"--upload-timeout {timeout:g}: must be positive")
+    if cacert is not None and not cacert.is_file():
+        raise UsageError(f"--upload-cacert {cacert}: no such file")
+    parsed: dict[str, str] = {}
+    for h in headers or []:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+            raise UsageError(f"--upload-header {h.split(':')[0]!r}: expected 'Name: value'")
+        parsed[name.strip()] = value.strip()
+    token = environ.get(TOKEN_ENV)
+    if token and not any(k.lower() == "authorization" for k in parsed):
+        parsed["Authorization"] = f"Bearer {token}"
+    return UploadTarget(url, method, parsed, retries, timeout, cacert)
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+async def _body(path: Path, size: int, progress: ProgressFn | None) -> AsyncIterator[bytes]:
+    """The file's first `size` bytes, a chunk at a time, read off the event loop."""
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        left = size
+        while left > 0:
+            block = await asyncio.to_thread(fh.read, min(CHUNK, left))
+            if not block:
+                raise UploadError(f"{path}: file shrank while it was being uploaded")
+            left -= len(block)
+            if progress is not None:
+                progress(len(block))
+            yield block
+    finally:
+        await asyncio.to_thread(fh.close)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(value)))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _ssl_context(target: UploadTarget) -> ssl.SSLContext | bool:
+    if target.cacert is None:
+        return True
+    return ssl.create_default_context(cafile=str(target.cacert))
+
+
+async def upload_file(
+    path: Path,
+    target: UploadTarget,
+    progress: ProgressFn | None = None,
+    restart: Callable[[], None] | None = None,
+) -> UploadResult:
+    """Upload `path`; raises UploadError with the server's answer when it finally fails.
+
+    `progress` gets the bytes sent; `restart` is called before a retry (the body starts over).
+    """
+    import aiohttp  # here, not at the top: every CLI command imports this module's constants
+
+    loop = asyncio.get_running_loop()
+    try:
+        size, sha256 = await asyncio.to_thread(_digest, path)
+    except OSError as exc:
+        raise UploadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    shown = display_url(target.url)
+    headers = {
+        "Content-Type": "application/gzip" if path.name.endswith(".gz") else "application/octet-stream",
+        "Content-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(sha256)).decode()}:",
+        **target.headers,
+        "Content-Length": str(size),
+    }
+    timeout = aiohttp.ClientTimeout(total=None, connect=target.timeout, sock_connect=target.timeout,
+                                    sock_read=target.timeout)
+    start = loop.time()
+    attempts = 0
+    last = ""
+    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+        while True:
+            attempts += 1
+            delay: float | None = None
+            try:
+                async with session.request(
+                    target.method, target.url, data=_body(path, size, progress), headers=headers,
+                    ssl=_ssl_context(target), allow_redirects=False,
+                ) as resp:
+                    if 200 <= resp.status < 300:
+                        return UploadResult(shown, target.method, resp.status, size, sha256, attempts,
+                                            loop.time() - start)
+                    text = (await resp.content.read(300)).decode("utf-8", "replace")
+                    snippet = " ".join(text.split())[:200]
+                    last = f"HTTP {resp.status} {resp.reason or ''}".rstrip() + (f": {snippet}" if snippet else "")
+                    if resp.status not in RETRY_STATUSES:
+                        raise UploadError(f"upload to {shown} refused: {last}")
+                    delay = _retry_after(resp.headers.get("Retry-After"))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                if isinstance(exc, aiohttp.ClientSSLError):
+                    raise UploadError(f"upload to {shown}: TLS: {exc}") from None
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                last = last.replace(target.url, shown)
+            if attempts > target.retries:
+                raise UploadError(f"upload to {shown} failed after {attempts} attempt(s): {last}")
+            if delay is None:
+                delay = min(target.backoff_max, target.backoff_initial * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
+            if restart is not None:
+                restart()
+            await asyncio.sleep(delay)
