@@ -171,13 +171,8 @@ def collect(
     json_output = output_format is OutputFormat.json
     with CollectorProgress(enabled=not json_output) as progress:
         result = asyncio.run(run_collection(opts, progress))
-    exit_code = result.exit_code
-    uploaded: dict[str, object] | None = None
-    upload_error: str | None = None
-    if upload_target is not None:
-        uploaded, upload_error = upload_after_collect(result.output, upload_target, json_output)
-        if upload_error:
-            exit_code = 1
+    sent = upload_after_collect(result.output, upload_target, json_output)
+    exit_code = sent.exit_code(result.exit_code)
     summary_to = sys.stderr if output == "-" else sys.stdout
     if json_output:
         print(json.dumps({
@@ -187,16 +182,12 @@ def collect(
             "interrupted": result.interrupted,
             "collectors": [asdict(c) for c in result.collectors],
             "redactions": result.redactions,
-            **({"upload": uploaded} if uploaded is not None else {}),
+            **({"upload": sent.summary} if sent.summary is not None else {}),
         }, indent=2), file=summary_to)
     else:
         _print_summary(result, Console(file=summary_to))
-        if uploaded is not None and upload_error is None:
-            from .cli_upload import summary_line
-
-            print(summary_line(uploaded), file=summary_to)
-    if upload_error:
-        print(f"kata-debug: error: {upload_error}", file=sys.stderr)
+        sent.print_text(summary_to)
+    sent.print_error()
     raise typer.Exit(exit_code)
 
 

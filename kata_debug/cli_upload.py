@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, TextIO
 
 import typer
 from rich.console import Console
@@ -99,13 +99,34 @@ def parse_collect_upload(url: str | None, method: str, header: list[str] | None,
     return _parse(url, method, header, retries, timeout, cacert, prefix="--upload")
 
 
-def upload_after_collect(path: str, target: UploadTarget, json_output: bool) -> tuple[dict[str, Any], str | None]:
-    """Upload a finished bundle; returns (JSON summary, error line or None). The bundle stays on disk."""
+@dataclass(frozen=True)
+class AfterCollect:
+    """The upload step of `collect --upload`: what to add to the summary, and what went wrong."""
+
+    summary: dict[str, Any] | None = None  # None: no upload was asked for
+    error: str | None = None
+
+    def exit_code(self, collected: int) -> int:
+        return 1 if self.error else collected
+
+    def print_text(self, to: TextIO) -> None:
+        if self.summary is not None and self.error is None:
+            print(summary_line(self.summary), file=to)
+
+    def print_error(self) -> None:
+        if self.error:
+            print(f"kata-debug: error: {self.error}", file=sys.stderr)
+
+
+def upload_after_collect(path: str, target: UploadTarget | None, json_output: bool) -> AfterCollect:
+    """Upload a finished bundle, if asked to. The bundle stays on disk whatever happens."""
+    if target is None:
+        return AfterCollect()
     try:
         result = upload_with_progress(Path(path), target, show=not json_output)
     except UploadError as exc:
-        return result_json(None, str(exc)), f"{exc}; the bundle is kept at {path}"
-    return result_json(result), None
+        return AfterCollect(result_json(None, str(exc)), f"{exc}; the bundle is kept at {path}")
+    return AfterCollect(result_json(result))
 
 
 def register(app: typer.Typer) -> None:

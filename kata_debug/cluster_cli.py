@@ -128,30 +128,22 @@ def print_summary(result: ClusterResult, console: Console) -> None:
 
 def run(opts: ClusterOptions, json_output: bool, upload: UploadTarget | None = None) -> int:
     """Run a cluster collection (and its upload) and print its summary; returns the exit code."""
-    from .cli_upload import summary_line, upload_after_collect
+    from .cli_upload import upload_after_collect
 
     with NodeProgress(enabled=not json_output, plain_lines=not json_output) as progress:
         result = asyncio.run(run_cluster_collection(opts, progress))
-    exit_code = result.exit_code
-    uploaded: dict[str, Any] | None = None
-    upload_error: str | None = None
-    if upload is not None:
-        uploaded, upload_error = upload_after_collect(result.output, upload, json_output)
-        if upload_error:
-            exit_code = 1
+    sent = upload_after_collect(result.output, upload, json_output)
+    exit_code = sent.exit_code(result.exit_code)
     to = sys.stderr if opts.output == "-" else sys.stdout
     if json_output:
         doc = result_json(result)
-        if uploaded is not None:
-            doc["upload"] = uploaded
-            doc["exit_code"] = exit_code
+        if sent.summary is not None:
+            doc.update(upload=sent.summary, exit_code=exit_code)
         print(json.dumps(doc, indent=2), file=to)
     else:
         print_summary(result, Console(file=to))
-        if uploaded is not None and upload_error is None:
-            print(summary_line(uploaded), file=to)
-    if upload_error:
-        print(f"kata-debug: error: {upload_error}", file=sys.stderr)
+        sent.print_text(to)
+    sent.print_error()
     return exit_code
 
 

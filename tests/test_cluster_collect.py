@@ -24,7 +24,7 @@ from kata_debug.errors import KataDebugError, UsageError
 from tests.bundles import Bundle, read_bundle
 from tests.fake_kube_exec import ClusterFake, ExecBehaviour
 from tests.hostroots import add_task
-from tests.kata_cluster import SECRET, KataCluster, build
+from tests.kata_cluster import SECRET, build
 from tests.upload_server import UploadServer
 
 REPO = Path(__file__).resolve().parents[1]
