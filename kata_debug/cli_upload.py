@@ -13,7 +13,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from .errors import UsageError
 from .upload import DEFAULT_RETRIES, TOKEN_ENV, UploadError, UploadResult, UploadTarget, parse_target, upload_file
+
 
 def upload_with_progress(path: Path, target: UploadTarget, show: bool) -> UploadResult:
     """Upload with a transfer bar on a terminal (stderr), silently otherwise."""
@@ -54,13 +56,11 @@ def upload(
     output_format: str = typer.Option("text", "--output-format", help="text or json."),
 ) -> None:
     """Send a bundle to a support endpoint (streamed, retried); prints its sha256 to quote to the vendor."""
-    from .errors import UsageError
-
     if output_format not in ("text", "json"):
         raise UsageError(f"--output-format {output_format}: use text or json")
     if not bundle.is_file():
         raise UsageError(f"{bundle}: no such file")
-    target = _parse(url, method, header, retries, timeout, cacert, prefix="")
+    target = _parse(url, method, header, retries, timeout, cacert, for_collect=False)
     result = upload_with_progress(bundle, target, show=output_format == "text")
     if output_format == "json":
         print(json.dumps(result_json(result), indent=2))
@@ -69,24 +69,19 @@ def upload(
 
 
 def _parse(url: str, method: str, header: list[str] | None, retries: int, timeout: float, cacert: Path | None,
-           prefix: str) -> UploadTarget:
-    """`parse_target`, with option names as this command spells them (`--upload-*` in collect)."""
-    from .errors import UsageError
-
+           for_collect: bool) -> UploadTarget:
+    """`parse_target`, its errors naming the options as the command spells them."""
     try:
         return parse_target(url, method, header, retries, timeout, cacert)
     except UsageError as exc:
-        text = str(exc)
-        if not prefix:
-            text = text.replace("--upload-", "--").replace("--upload ", "URL ")
-        raise UsageError(text) from None
+        if for_collect:
+            raise
+        raise UsageError(str(exc).replace("--upload-", "--").replace("--upload ", "URL ")) from None
 
 
 def parse_collect_upload(url: str | None, method: str, header: list[str] | None, retries: int,
                          timeout: float, cacert: Path | None, output: str | None, redact: bool) -> UploadTarget | None:
     """The `collect --upload*` options, checked before collection starts."""
-    from .errors import UsageError
-
     if url is None:
         if header or cacert is not None or method.upper() != "PUT":
             raise UsageError("--upload-method/--upload-header/--upload-cacert: only valid with --upload")
@@ -96,7 +91,7 @@ def parse_collect_upload(url: str | None, method: str, header: list[str] | None,
     if not redact:
         raise UsageError("--upload with --no-redact: the bundle would carry secrets off the node; "
                          "review it and send it with `kata-debug upload` if you must")
-    return _parse(url, method, header, retries, timeout, cacert, prefix="--upload")
+    return _parse(url, method, header, retries, timeout, cacert, for_collect=True)
 
 
 @dataclass(frozen=True)
