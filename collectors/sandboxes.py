@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,28 +75,33 @@ async def scrape_monitor(socket_path: Path, timeout: float = MONITOR_TIMEOUT) ->
     return results
 
 
-def _survey(host: HostRoot) -> dict[str, dict[str, Any]]:
-    """Everything the filesystem says about each sandbox, gathered in one worker-thread pass.
+@dataclass
+class _Found:
+    """One sandbox as the filesystem shows it: the facts for `sandboxes.json`, and the work left."""
 
-    Entries starting with `_` are for the collector (files to copy, the socket to scrape),
-    not for `sandboxes.json`.
-    """
-    sandboxes: dict[str, dict[str, Any]] = {}
+    facts: dict[str, Any]
+    state_files: list[tuple[Path, str]] = field(default_factory=list)  # (real path, bundle name)
+    monitor_socket: tuple[str, Path] | None = None  # (node path, real path)
+
+
+def _survey(host: HostRoot) -> list[_Found]:
+    """Everything the filesystem says about each sandbox, gathered in one worker-thread pass."""
+    found: dict[str, _Found] = {}
     for root in STATE_ROOTS:
         for sid in host.listdir(root):
             real = host.resolve(f"{root}/{sid}")
             if not real.is_dir():
                 continue
-            sb = sandboxes.setdefault(sid, {"id": sid, "state_dirs": {}, "_state_files": []})
-            sb["state_dirs"][root] = _listing(real)
+            sb = found.setdefault(sid, _Found({"id": sid, "state_dirs": {}}))
+            sb.facts["state_dirs"][root] = _listing(real)
             for name in _STATE_FILES:
                 if (real / name).is_file():
-                    sb["_state_files"].append((real / name, f"{sid}/{root.strip('/').replace('/', '-')}-{name}"))
-    for sid, sb in sandboxes.items():
-        sb["shared_dir"] = host.resolve(f"{SHARED_ROOT}/{sid}").is_dir()
+                    sb.state_files.append((real / name, f"{sid}/{root.strip('/').replace('/', '-')}-{name}"))
+    for sid, sb in found.items():
+        sb.facts["shared_dir"] = host.resolve(f"{SHARED_ROOT}/{sid}").is_dir()
         sockets = ((p, host.resolve(p)) for p in (pattern.format(sid=sid) for pattern in MONITOR_SOCKETS))
-        sb["_monitor_socket"] = next(((p, real) for p, real in sockets if real.exists()), None)
-    return sandboxes
+        sb.monitor_socket = next(((p, real) for p, real in sockets if real.exists()), None)
+    return list(found.values())
 
 
 class SandboxesCollector(Collector):
@@ -106,14 +112,14 @@ class SandboxesCollector(Collector):
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         sandboxes = await asyncio.to_thread(_survey, ctx.host)
-        for sb in sandboxes.values():
-            for state_file, name in sb.pop("_state_files"):
+        for sb in sandboxes:
+            for state_file, name in sb.state_files:
                 await self._state_file(out, state_file, name)
-            sb["monitor"] = await self._monitor(out, sb["id"], sb.pop("_monitor_socket"))
+            sb.facts["monitor"] = await self._monitor(out, sb.facts["id"], sb.monitor_socket)
         await out.add_json("sandboxes.json", {
             "count": len(sandboxes),
             "missing": [] if sandboxes else ["no Kata sandbox state under /run/vc or /run/kata"],
-            "sandboxes": list(sandboxes.values()),
+            "sandboxes": [sb.facts for sb in sandboxes],
         })
 
     async def _state_file(self, out: CollectorOutput, path: Path, name: str) -> None:
