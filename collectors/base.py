@@ -102,20 +102,29 @@ class CollectorOutput:
         *,
         max_bytes: int | None = None,
         redact: bool = True,
+        oci: bool = False,
     ) -> bool:
         """Copy a node file (resolved in the host root), keeping its newest `max_bytes`.
 
+        `oci`: the file is an OCI spec kept raw because it does not parse; it is redacted
+        whole (`Redactor.oci_text`), so it must be small (a `max_bytes` cap is required).
         Returns False (and records the item as failed) when it cannot be read.
         """
         host = self._ctx.host
-        stream = self._ctx.redactor.stream() if redact else None
+        redactor = self._ctx.redactor
+        stream = redactor.stream() if redact and not oci else None
+        if oci and max_bytes is None:
+            raise ValueError("an OCI spec is redacted whole: give max_bytes")
 
         def _copy() -> Spool:
             # Resolving walks the host root (lstat per component): a worker thread's job.
-            real = node_path if isinstance(node_path, Path) else host.resolve(node_path)
-            with open(real, "rb") as src:
+            with host.open(node_path) as src:
                 spool = Spool(max_bytes)
                 try:
+                    if oci:
+                        data = src.read(max_bytes)
+                        spool.write(redactor.oci_text(data) if redact else data)
+                        return spool
                     if max_bytes is not None:
                         # Skip what the cap would drop anyway; start on a line boundary.
                         size = os.fstat(src.fileno()).st_size

@@ -32,8 +32,9 @@ class OciSpecsCollector(Collector):
             where = f"{e.engine}/{e.namespace + '/' if e.namespace else ''}{e.id}"
             if e.error:
                 out.item_failed(f"{e.bundle}/config.json", e.error)
-                if await asyncio.to_thread(b.config_path.exists):
-                    await out.add_host_file(f"{where}/config.json.unparsed", b.config_path, max_bytes=1 << 20)
+                if await asyncio.to_thread(ctx.host.exists, ctx.host.node_path(b.config_path)):
+                    await out.add_host_file(f"{where}/config.json.unparsed", b.config_path, max_bytes=1 << 20,
+                                           oci=True)
             else:
                 await out.add_json(f"{where}/config.json", b.spec, oci=True)
             row = e.to_json()

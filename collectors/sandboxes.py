@@ -95,8 +95,9 @@ def _survey(host: HostRoot) -> list[_Found]:
             sb = found.setdefault(sid, _Found({"id": sid, "state_dirs": {}}))
             sb.facts["state_dirs"][root] = _listing(real)
             for name in _STATE_FILES:
-                if (real / name).is_file():
-                    sb.state_files.append((real / name, f"{sid}/{root.strip('/').replace('/', '-')}-{name}"))
+                state = host.resolve(f"{root}/{sid}/{name}")  # a symlink here stays inside the root
+                if state.is_file():
+                    sb.state_files.append((state, f"{sid}/{root.strip('/').replace('/', '-')}-{name}"))
     for sid, sb in found.items():
         sb.facts["shared_dir"] = host.resolve(f"{SHARED_ROOT}/{sid}").is_dir()
         sockets = ((p, host.resolve(p)) for p in (pattern.format(sid=sid) for pattern in MONITOR_SOCKETS))
@@ -114,7 +115,7 @@ class SandboxesCollector(Collector):
         sandboxes = await asyncio.to_thread(_survey, ctx.host)
         for sb in sandboxes:
             for state_file, name in sb.state_files:
-                await self._state_file(out, state_file, name)
+                await self._state_file(ctx.host, out, state_file, name)
             sb.facts["monitor"] = await self._monitor(out, sb.facts["id"], sb.monitor_socket)
         await out.add_json("sandboxes.json", {
             "count": len(sandboxes),
@@ -122,9 +123,9 @@ class SandboxesCollector(Collector):
             "sandboxes": [sb.facts for sb in sandboxes],
         })
 
-    async def _state_file(self, out: CollectorOutput, path: Path, name: str) -> None:
+    async def _state_file(self, host: HostRoot, out: CollectorOutput, path: Path, name: str) -> None:
         try:
-            value = json.loads(await asyncio.to_thread(path.read_bytes))
+            value = json.loads(await asyncio.to_thread(host.read_bytes, path))
         except OSError as exc:
             out.item_failed(str(path), exc.strerror or str(exc))
             return

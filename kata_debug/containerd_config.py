@@ -47,7 +47,7 @@ def runtime_handlers(host: HostRoot) -> list[RuntimeHandler]:
     found: list[RuntimeHandler] = []
     for path in CONTAINERD_CONFIGS:
         try:
-            with open(host.resolve(path), "rb") as fh:
+            with host.open(path) as fh:
                 data = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError):
             continue

@@ -9,10 +9,12 @@ openat2(RESOLVE_IN_ROOT). No collector ever opens a host path any other way.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 _MAX_LINKS = 40
 
@@ -68,11 +70,21 @@ class HostRoot:
                 return real
         return None
 
-    def read_bytes(self, path: str, limit: int | None = None) -> bytes:
-        with open(self.resolve(path), "rb") as fh:
+    def open(self, path: str | Path) -> BinaryIO:
+        """Open a node file for reading, resolved in the root; only a regular file opens.
+
+        A `str` is a node path (`/run/...`). A `Path` is a location already under the root
+        (from a listing): it is turned back into a node path and resolved again, so a
+        symlink in its last component cannot lead outside the root either.
+        """
+        real = self.resolve(path if isinstance(path, str) else self.node_path(path))
+        return open_regular(real)
+
+    def read_bytes(self, path: str | Path, limit: int | None = None) -> bytes:
+        with self.open(path) as fh:
             return fh.read(-1 if limit is None else limit)
 
-    def read_text(self, path: str, limit: int | None = None) -> str:
+    def read_text(self, path: str | Path, limit: int | None = None) -> str:
         return self.read_bytes(path, limit).decode("utf-8", "replace")
 
     def listdir(self, path: str) -> list[str]:
@@ -86,3 +98,22 @@ class HostRoot:
         """The node-side path (`/run/...`) of a location under the root."""
         rel = os.path.relpath(real, self.root)
         return "/" if rel == "." else "/" + rel
+
+
+def open_regular(real: str | os.PathLike[str]) -> BinaryIO:
+    """Open `real` for reading if it is a regular file; OSError("not a regular file") if not.
+
+    A FIFO, socket or device planted where a config or state file should be would block a
+    plain `open()` forever (a FIFO without a writer) or stream without end (a device), and
+    a worker thread stuck in it keeps the process from ever exiting. Opening non-blocking
+    first never waits, and `fstat` on the open descriptor checks the very file we read.
+    """
+    fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(real))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

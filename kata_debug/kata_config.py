@@ -101,11 +101,11 @@ def drop_in_paths(host: HostRoot, config_path: str) -> list[str]:
 
 def load_config(host: HostRoot, path: str) -> KataConfig:
     """Parse `path` plus its drop-ins. Raises OSError / tomllib.TOMLDecodeError (blocking)."""
-    with open(host.resolve(path), "rb") as fh:
+    with host.open(path) as fh:
         data = tomllib.load(fh)
     drop_ins = drop_in_paths(host, path)
     for d in drop_ins:
-        with open(host.resolve(d), "rb") as fh:
+        with host.open(d) as fh:
             data = _merge(data, tomllib.load(fh))
     return parse_config(data, path, drop_ins)
 

@@ -111,11 +111,11 @@ class OciBundle:
     spec: dict[str, Any] | None
 
 
-def runtime_of(bundle_dir: Path, spec: dict[str, Any] | None) -> str | None:
+def runtime_of(host: HostRoot, bundle_dir: Path, spec: dict[str, Any] | None) -> str | None:
     """The runtime a bundle runs under, as containerd names it (`io.containerd.kata.v2`)."""
     for name in ("runtime", "shim-binary-path"):
         try:
-            text = (bundle_dir / name).read_text().strip()
+            text = host.read_text(bundle_dir / name, 4096).strip()
         except OSError:
             continue
         if not text:
@@ -148,7 +148,7 @@ def _entry(host: HostRoot, engine: str, ns: str | None, bundle_dir: Path, cid: s
     spec: dict[str, Any] | None = None
     error: str | None = None
     try:
-        with open(config, "rb") as fh:
+        with host.open(config) as fh:
             spec = json.load(fh)
         if not isinstance(spec, dict):
             raise ValueError("top level is not a JSON object")
@@ -168,7 +168,7 @@ def _entry(host: HostRoot, engine: str, ns: str | None, bundle_dir: Path, cid: s
     if ctype not in ("sandbox", "container"):
         ctype = "unknown"
     sandbox_id = _first(ann, A_SANDBOX_ID) or (cid if ctype == "sandbox" else None)
-    runtime = runtime_of(bundle_dir, spec)
+    runtime = runtime_of(host, bundle_dir, spec)
     entry = OciEntry(
         id=cid,
         engine=engine,

@@ -69,6 +69,10 @@ _PEM_BEGIN = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 _PEM_END = re.compile(rb"-----END [A-Z0-9 ]*PRIVATE KEY-----")
 
 
+# An OCI `process.env` entry as raw JSON text: "NAME=value" (for specs that do not parse).
+_ENV_STRING = re.compile(rb'"([A-Za-z_][A-Za-z0-9_.-]*)=((?:[^"\\]|\\.)*)"')
+
+
 def looks_secret(key: str) -> bool:
     """Whether a map key / annotation name suggests its value is a secret."""
     return bool(_SECRET_KEY_RE.search(key.strip().rstrip("_-")))
@@ -139,6 +143,27 @@ class Redactor:
         return self.bytes(data.encode("utf-8", "surrogateescape")).decode(
             "utf-8", "surrogateescape"
         )
+
+    def oci_text(self, data: bytes) -> bytes:
+        """Redact an OCI spec that does not parse as JSON (kept raw for the maintainer).
+
+        `json_value(oci=True)` cannot see its `process.env`, so every JSON string shaped
+        like an env entry loses its value (`"DB_PASSWORD=***"`), then the text rules run.
+        """
+        if not self.enabled:
+            return data
+        n = 0
+
+        def mask(m: re.Match[bytes]) -> bytes:
+            nonlocal n
+            if m.group(2) in (b"", _MASK_B):
+                return m.group(0)
+            n += 1
+            return b'"' + m.group(1) + b"=" + _MASK_B + b'"'
+
+        data = _ENV_STRING.sub(mask, data)
+        self._count("oci-env", n)
+        return self.bytes(data)
 
     def stream(self) -> "StreamRedactor":
         return StreamRedactor(self)

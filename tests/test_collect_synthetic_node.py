@@ -67,13 +67,15 @@ async def test_non_kata_tasks_are_left_out_unless_all_runtimes(tmp_path: Path) -
 
 async def test_malformed_config_json_is_a_failed_item_and_the_rest_is_collected(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
-    add_task(root, "k8s.io", "broken", '{"ociVersion": "1.0.2", "process": ')
+    add_task(root, "k8s.io", "broken", '{"ociVersion": "1.0.2", "process": {"env": ["PLAIN=plain-leak", "DB_PASSWORD=pw-leak"')
     result, bundle = await _collect(root, tmp_path / "b.tar.gz", collectors=["oci-specs"])
     oci = bundle.collector("oci-specs")
     assert oci["status"] == "partial" and result.exit_code == 3
     assert oci["items_failed"][0]["item"].endswith("/broken/config.json")
     assert "malformed config.json" in oci["items_failed"][0]["reason"]
     assert "oci-specs/containerd/k8s.io/ctr0123456789/config.json" in bundle.members
+    raw = bundle.members["oci-specs/containerd/k8s.io/broken/config.json.unparsed"]
+    assert b'"PLAIN=***", "DB_PASSWORD=***"' in raw, "kept for the maintainer, env values still removed"
 
 
 async def test_shim_monitor_socket_is_scraped_even_past_sun_path_length(tmp_path: Path) -> None:
@@ -116,12 +118,62 @@ async def test_a_machine_without_kata_gets_a_bundle_saying_what_is_missing(tmp_p
 async def test_symlinks_in_the_host_root_never_lead_outside_it(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
     outside = tmp_path / "outside.toml"
-    outside.write_text("[hypervisor.qemu]\ndefault_memory = 9999\n")
+    outside.write_text("[hypervisor.qemu]\ndefault_memory = 987654\n")
     cfg = root / "etc/kata-containers/configuration.toml"
     cfg.unlink()
     cfg.symlink_to(str(outside))  # absolute target: means <root>/<that path> on the node
     _, bundle = await _collect(root, tmp_path / "b.tar.gz", collectors=["kata-config"])
-    assert b"9999" not in b"".join(bundle.members.values())
+    assert b"default_memory = 987654" not in b"".join(bundle.members.values())
+    assert bundle.json("kata-config/summary.json")["sizing"] is None, "the link leads nowhere inside the root"
+
+
+async def test_task_and_state_files_that_are_symlinks_are_read_inside_the_root(tmp_path: Path) -> None:
+    """A node's /run/... symlinks are node paths: `<root>/<target>`, never the collector's own files."""
+    root = kata_node(tmp_path / "host")
+    leak = tmp_path / "outside"
+    leak.mkdir()
+    (leak / "config.json").write_text(json.dumps(oci_spec(ctype="container", sandbox_id="x", env=["K=OUTSIDE_LEAK"])))
+    (leak / "persist.json").write_text('{"leak": "OUTSIDE_LEAK"}')
+    (leak / "runtime").write_text("OUTSIDE_LEAK")
+    # Absolute targets that exist outside the root but not inside it.
+    app = root / "run/containerd/io.containerd.runtime.v2.task/k8s.io/ctr0123456789"
+    for name in ("config.json", "runtime"):
+        (app / name).unlink()
+        (app / name).symlink_to(leak / name)
+    persist = root / "run/vc/sbs/sb0123456789/persist.json"
+    persist.unlink()
+    persist.symlink_to(leak / "persist.json")
+    # And one whose absolute target exists inside the root: followed there.
+    inside = root / "srv/state/persist.json"
+    inside.parent.mkdir(parents=True)
+    inside.write_text('{"HypervisorState": {"Pid": 777}}')
+    (root / "run/vc/sbs/sb-inside").mkdir(parents=True)
+    (root / "run/vc/sbs/sb-inside/persist.json").symlink_to("/srv/state/persist.json")
+    _, bundle = await _collect(root, tmp_path / "b.tar.gz", collectors=["oci-specs", "sandboxes"], all_runtimes=True)
+    assert b"OUTSIDE_LEAK" not in b"".join(bundle.members.values())
+    assert bundle.json("sandboxes/sb-inside/run-vc-sbs-persist.json")["HypervisorState"]["Pid"] == 777
+    oci = bundle.collector("oci-specs")
+    assert [(f["item"].rsplit("/", 2)[-2], f["reason"]) for f in oci["items_failed"]] == [
+        ("ctr0123456789", "config.json missing")]
+
+
+def test_a_fifo_where_a_file_should_be_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO without a writer would block a plain open() forever, and the process with it."""
+    root = kata_node(tmp_path / "host")
+    app = root / "run/containerd/io.containerd.runtime.v2.task/k8s.io/ctr0123456789"
+    (app / "config.json").unlink()
+    os.mkfifo(app / "config.json")
+    persist = root / "run/vc/sbs/sb0123456789/persist.json"
+    persist.unlink()
+    os.mkfifo(persist)
+    out = tmp_path / "b.tar.gz"
+    proc = kata_debug("collect", "--host-root", str(root), "-o", str(out), "-c", "oci-specs", "-c", "sandboxes",
+                      "-c", "kata-config", "--output-format", "json", timeout=60)
+    assert proc.returncode == 3, proc.stderr.decode()
+    bundle = read_bundle(out)
+    reasons = [f["reason"] for c in ("oci-specs", "sandboxes") for f in bundle.collector(c)["items_failed"]]
+    assert any("not a regular file" in r for r in reasons), reasons
+    assert bundle.collector("kata-config")["status"] == "ok"
 
 
 def bind_unix(path: Path) -> socket.socket:
