@@ -239,14 +239,29 @@ _register_commands()
 def main() -> None:
     """Entry point: every user-facing error is one line, never a traceback.
 
-    Click's standalone mode already turns usage errors into one line and exit 2; the rest
-    is ours.
+    Click's own usage errors (unknown option, bad choice) are turned into one line too,
+    naming the option, instead of its framed multi-line panel.
     """
+    command = typer.main.get_command(app)
     try:
-        app()
+        code = command.main(args=sys.argv[1:], prog_name="kata-debug", standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
+        print("kata-debug: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's UsageError, BadParameter, NoSuchOption, ...
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(0)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        message = " ".join(message.replace("Value error, ", "").split())
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        print(f"kata-debug: error: {message}{hint}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
     except KataDebugError as exc:
         print(f"kata-debug: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         print(f"kata-debug: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -8,6 +8,7 @@ stays, and the manifest is queued behind it.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import time
@@ -21,7 +22,7 @@ from collectors.base import CollectContext, CollectorOutput, CollectorSkipped, D
 
 from . import __version__
 from .bundle import SCHEMA_VERSION, SUFFIXES, AsyncBundle, BundleWriter, Compression, OutputTarget, bundle_stem
-from .errors import UsageError
+from .errors import OutputError, UsageError
 from .hostroot import HostRoot
 from .interrupts import run_interruptible
 from .redact import Redactor
@@ -104,8 +105,12 @@ def validate(opts: CollectOptions) -> None:
         raise UsageError(
             f"--collector {unknown[0]}: unknown collector (choose from {', '.join(registry.REGISTRY)})"
         )
-    if opts.timeout <= 0:
+    if not (math.isfinite(opts.timeout) and opts.timeout > 0):
         raise UsageError(f"--timeout {opts.timeout}: must be a positive number of seconds")
+    if opts.deadline is not None and not (math.isfinite(opts.deadline) and opts.deadline > 0):
+        raise UsageError(f"--deadline {opts.deadline}: must be a positive number of seconds")
+    if opts.output and opts.output != "-" and Path(opts.output).is_dir():
+        raise OutputError(f"--output {opts.output}: is a directory (give a file name)")
 
 
 def default_output(node: str, started: datetime, compression: Compression) -> str:
@@ -135,7 +140,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         all_runtimes=opts.all_runtimes,
         options=dict(opts.options),
     )
-    selected = opts.collectors or list(registry.REGISTRY)
+    selected = list(dict.fromkeys(opts.collectors or registry.REGISTRY))  # `-c host -c host` runs it once
     results: dict[str, CollectorResult] = {}
     outputs: dict[str, CollectorOutput] = {}
     starts: dict[str, float] = {}
@@ -190,6 +195,10 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     }
     try:
         await bundle.close(manifest)
+    except OSError as exc:
+        target.abandon()
+        kept = f"; what was written is in {target.partial}" if target.partial is not None else ""
+        raise OutputError(f"--output {output}: cannot write the bundle: {exc.strerror or exc}{kept}") from None
     except BaseException:
         target.abandon()
         raise

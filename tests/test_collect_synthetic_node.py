@@ -263,6 +263,11 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path: Path) -> None:
         (["collect", "--since", "yesterday"], "--since"),
         (["collect", "--collector", "nope"], "--collector nope"),
         (["collect", "--max-log-size", "lots"], "--max-log-size"),
+        (["collect", "--timeout", "nan"], "--timeout nan"),
+        (["collect", "--deadline", "nan"], "--deadline nan"),
+        (["collect", "--compression", "lz4"], "'--compression': 'lz4' is not one of"),
+        (["collect", "--bogus"], "No such option: --bogus"),
+        (["collect", "--output-format", "xml"], "'--output-format'"),
     ]
     for args, needle in cases:
         res = kata_debug(*args, cwd=tmp_path)
@@ -278,6 +283,35 @@ def test_unwritable_output_is_exit_1_with_a_clear_message(tmp_path: Path) -> Non
     res = kata_debug("collect", "--host-root", str(root), "--output", str(tmp_path / "no/such/dir/b.tar.gz"))
     assert res.returncode == 1
     assert "does not exist" in res.stderr.decode() and "Traceback" not in res.stderr.decode()
+
+
+def test_an_output_that_is_a_directory_is_refused_before_collecting(tmp_path: Path) -> None:
+    root = kata_node(tmp_path / "host")
+    (tmp_path / "out").mkdir()
+    res = kata_debug("collect", "--host-root", str(root), "--output", str(tmp_path / "out"))
+    err = res.stderr.decode()
+    assert res.returncode == 1 and f"--output {tmp_path / 'out'}: is a directory" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out.partial").exists()
+
+
+def test_a_full_disk_is_one_line_not_an_internal_error(tmp_path: Path) -> None:
+    root = kata_node(tmp_path / "host")
+    with open("/dev/full", "wb") as full:  # every write: ENOSPC
+        res = subprocess.run([sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-o", "-",
+                              "-c", "oci-specs"], stdout=full, stderr=subprocess.PIPE, timeout=120, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    err = res.stderr.decode()
+    assert res.returncode == 1 and "cannot write the bundle: No space left on device" in err
+    assert "internal error" not in err and "Traceback" not in err
+
+
+def test_a_collector_named_twice_runs_once(tmp_path: Path) -> None:
+    root = kata_node(tmp_path / "host")
+    res = kata_debug("collect", "--host-root", str(root), "-o", str(tmp_path / "b.tar.gz"), "-c", "oci-specs",
+                     "-c", "oci-specs")
+    assert res.returncode == 0, res.stderr
+    names = [c["name"] for c in read_bundle(tmp_path / "b.tar.gz").manifest["collectors"]]
+    assert names.count("oci-specs") == 1
 
 
 def test_output_dash_streams_the_bundle_to_stdout(tmp_path: Path) -> None:
