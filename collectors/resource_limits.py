@@ -303,8 +303,12 @@ def _text(rows: list[dict[str, Any]], node_cfg: str, cpus: int | None) -> str:
         lines.append(f"  computed: boot {c['boot_vcpus']} vCPU / {c['boot_memory_mib']} MiB, "
                      f"running {c['vcpus']} vCPU / {c['memory_mib']} MiB")
         if o:
-            lines.append(f"  observed: boot {o['boot_vcpus']} vCPU / {o['boot_memory_mib']} MiB, now "
-                         f"{o['current_vcpus']} vCPU / {o['current_memory_mib']} MiB ({', '.join(o['sources'])})")
+            def known(v: Any) -> Any:
+                return "unknown" if v is None else v
+
+            lines.append(f"  observed: boot {known(o['boot_vcpus'])} vCPU / {known(o['boot_memory_mib'])} MiB, now "
+                         f"{known(o['current_vcpus'])} vCPU / {known(o['current_memory_mib'])} MiB "
+                         f"({', '.join(o['sources'])})")
         else:
             lines.append("  observed: no hypervisor command line or persist.json found")
         for f in r["findings"]:

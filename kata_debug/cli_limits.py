@@ -87,6 +87,8 @@ def limits(
     """Show the VM each Kata workload really gets, and flag requests that do nothing.
 
     Kata sizes VMs from limits only. Exit code: 0 no warnings, 1 warnings, 2 input error.
+    The PATHs are one input, as `kubectl apply -f` would see them: a LimitRange or
+    RuntimeClass in one file applies to the workloads of every other file given.
     """
     args = LimitsArgs(
         paths=list(paths or []), kubeconfig=kubeconfig, context=context, namespace=namespace,

@@ -152,6 +152,12 @@ def _edit(text: str, doc_index: int, targets: list[FixTarget]) -> str:
 def fix_text(path: str, text: str, items: list[tuple[int, Finding]]) -> FileFix:
     """Apply every fixable finding of one file; each group is verified before it is kept."""
     result = FileFix(path=path, original=text, fixed=text)
+    if path.endswith(".json") or text.lstrip().startswith(("{", "[")):
+        # Only YAML is edited in place (comments, order and layout kept); rewriting JSON
+        # would reformat the whole file.
+        result.skipped.extend((f, "JSON manifests are not rewritten by --fix (YAML only); edit it by hand")
+                              for _i, f in items if f.fix is not None)
+        return result
     groups: dict[tuple[int, tuple[str | int, ...], str, str], list[tuple[Finding, FixTarget]]] = {}
     for doc_index, f in items:
         if f.fix is None:

@@ -100,7 +100,7 @@ def for_handler(handler: str | None, runtime: str | None = None) -> SizingConfig
                   f"{'runtime-rs' if profile.runtime == RS else 'Go runtime'} qemu defaults")
     else:
         origin = f"kata-deploy {KATA_RELEASE} defaults for shim {shim!r}"
-    return replace(profile, source=f"{origin} ({_describe(profile)}); pass --config for a node's real file")
+    return replace(profile, source=f"{origin} ({_describe(profile)}); no configuration.toml was read")
 
 
 def _describe(c: SizingConfig) -> str:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import yaml
 
 from kata_debug.limits import analyse
 from kata_debug.limits_fix import FileFix, fix_text
 from kata_debug.limits_input import parse_text
+from tests.conftest import kata_debug
 
 
 def fix(text: str, name: str = "m.yaml") -> FileFix:
@@ -65,6 +69,17 @@ def test_unsafe_shapes_are_skipped_with_a_reason() -> None:
     inline = POD + "      requests: {cpu: 1}\n"
     f = fix(inline)
     assert not f.changed and "flow style" in f.skipped[0][1]
+
+
+def test_json_manifests_are_reported_not_rewritten(tmp_path: Path) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"runtimeClassName": "kata", "containers": [
+               {"name": "c", "image": "i", "resources": {"requests": {"cpu": "1"}}}]}}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(pod, indent=2))
+    res = kata_debug("limits", "--fix", str(path))
+    assert path.read_text() == json.dumps(pod, indent=2)
+    assert "JSON manifests are not rewritten by --fix" in res.stdout.decode() + res.stderr.decode()
 
 
 def test_fixed_text_is_exactly_the_intended_data() -> None:
