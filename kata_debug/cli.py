@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from dataclasses import asdict
@@ -148,6 +147,7 @@ def collect(
             raise UsageError(f"{flag}: only valid with --cluster")
     from .collect import CollectOptions, run_collection
     from .durations import parse_duration
+    from .interrupts import exit_process, run_leaving_stuck_threads
     from .progress import CollectorProgress
 
     opts = CollectOptions(
@@ -170,7 +170,7 @@ def collect(
         err_console.print("[yellow]warning:[/] --no-redact: the bundle will contain secrets (env values, tokens); do not share it")
     json_output = output_format is OutputFormat.json
     with CollectorProgress(enabled=not json_output) as progress:
-        result = asyncio.run(run_collection(opts, progress))
+        result = run_leaving_stuck_threads(run_collection(opts, progress))
     sent = upload_after_collect(result.output, upload_target, json_output)
     exit_code = sent.exit_code(result.exit_code)
     summary_to = sys.stderr if output == "-" else sys.stdout
@@ -188,7 +188,7 @@ def collect(
         _print_summary(result, Console(file=summary_to))
         sent.print_text(summary_to)
     sent.print_error()
-    raise typer.Exit(exit_code)
+    exit_process(exit_code)
 
 
 def _print_summary(result: CollectResult, console: Console) -> None:
