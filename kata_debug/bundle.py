@@ -410,6 +410,8 @@ class OutputTarget:
         if self.to_stdout:
             import sys
 
+            if sys.stdout.isatty():
+                raise OutputError("--output -: standard output is a terminal; redirect it to a file or a pipe")
             self._fh = sys.stdout.buffer
             return self._fh
         assert self.partial is not None

@@ -305,6 +305,21 @@ def test_a_full_disk_is_one_line_not_an_internal_error(tmp_path: Path) -> None:
     assert "internal error" not in err and "Traceback" not in err
 
 
+def test_a_bundle_is_not_written_to_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    root = kata_node(tmp_path / "host")
+    controller, terminal = pty.openpty()
+    try:
+        res = subprocess.run([sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-o", "-",
+                              "-c", "oci-specs"], stdout=terminal, stderr=subprocess.PIPE, timeout=60, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert res.returncode == 1 and "standard output is a terminal" in res.stderr.decode()
+
+
 def test_a_collector_named_twice_runs_once(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
     res = kata_debug("collect", "--host-root", str(root), "-o", str(tmp_path / "b.tar.gz"), "-c", "oci-specs",
