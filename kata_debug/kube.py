@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
 import aiohttp
+import yaml
 from kubernetes.aio.client import ApiClient, Configuration
 from kubernetes.aio.config import ConfigException, load_incluster_config
 from kubernetes.aio.config.kube_config import KubeConfigLoader, KubeConfigMerger
@@ -58,6 +59,71 @@ def _status_message(body: bytes, fallback: str) -> str:
     return fallback
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line (the client's and PyYAML's messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, on one line: `(line 2): expected the node content, but found '<stream end>'`."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        return f"(line {exc.problem_mark.line + 1}): {exc.problem or exc.context or 'syntax error'}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"(byte {exc.position}): not UTF-8 text"
+    return f": {_one_line(exc)}"
+
+
+_NAMED_LISTS = ("clusters", "contexts", "users")
+
+
+def check_kubeconfig(path: Path, label: str) -> None:
+    """Raise UsageError (one line, naming `label`) unless `path` is a loadable kubeconfig file.
+
+    Only the shape the client's merger relies on is checked: a YAML mapping whose clusters,
+    contexts and users are lists of named mappings. Everything else (unknown context, missing
+    server) is left to the client, whose messages are already one line.
+    """
+    if path.is_dir():
+        raise UsageError(f"{label}: is a directory")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{label}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    try:
+        doc = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{label}: not valid YAML {_yaml_problem(exc)}") from None
+    if doc is None:
+        raise UsageError(f"{label}: empty")
+    if not isinstance(doc, dict):
+        raise UsageError(f"{label}: not a kubeconfig (a YAML mapping with clusters, contexts and users expected)")
+    for key in _NAMED_LISTS:
+        entries = doc.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries):
+            raise UsageError(f"{label}: {key}: a list of entries with a name expected")
+
+
+def check_kubeconfig_files(files: Sequence[str], explicit: bool, source: str) -> list[str]:
+    """The kubeconfig files to merge, each checked (blocking: run it in a thread).
+
+    An explicit --kubeconfig must exist; entries of $KUBECONFIG that do not exist are skipped,
+    as kubectl skips them.
+    """
+    present: list[str] = []
+    for name in files:
+        path = Path(name).expanduser()
+        label = f"--kubeconfig {name}" if explicit else f"{source} {name}"
+        if not explicit and not os.path.lexists(path):
+            continue
+        check_kubeconfig(path, label)
+        present.append(str(path))
+    return present
+
+
 class KubeSession:
     """One API connection pool for objects and one for exec websockets."""
 
@@ -76,15 +142,17 @@ class KubeSession:
         Raises UsageError naming the option when the configuration cannot be used.
         """
         config = Configuration()
-        path = kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+        from_env = os.environ.get("KUBECONFIG")
+        path = kubeconfig or from_env or str(Path.home() / ".kube" / "config")
         explicit = kubeconfig is not None
-        files = [p for p in path.split(os.pathsep) if p]
-        if explicit and not Path(kubeconfig).is_file():  # type: ignore[arg-type]
-            raise UsageError(f"--kubeconfig {kubeconfig}: no such file")
+        files = [kubeconfig] if explicit else [p for p in path.split(os.pathsep) if p]
         option = f"--kubeconfig {kubeconfig}" if explicit else f"kubeconfig {path}"
+        # Each file is checked before the client's loader sees it: the loader turns a YAML
+        # syntax error into a three-line traceback and an empty file into a TypeError.
+        present = await asyncio.to_thread(check_kubeconfig_files, files, explicit, "KUBECONFIG" if from_env else "kubeconfig")
         try:
-            if any(Path(p).expanduser().is_file() for p in files):
-                merger = await asyncio.to_thread(KubeConfigMerger, path)  # file reads off the loop
+            if present:
+                merger = await asyncio.to_thread(KubeConfigMerger, os.pathsep.join(present))  # file reads off the loop
                 loader = KubeConfigLoader(config_dict=merger.config, active_context=context, config_base_path=None)
                 await loader.load_and_set(config)
                 current = loader.current_context or {}
@@ -97,10 +165,10 @@ class KubeSession:
                 raise UsageError(f"{option}: not found; no cluster to read (use --kubeconfig FILE or set KUBECONFIG)")
         except ConfigException as exc:
             if context:
-                raise UsageError(f"--context {context}: {exc}") from None
-            raise UsageError(f"{option}: {exc}") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{option}: cannot use it: {exc}") from None
+                raise UsageError(f"--context {context}: {_one_line(exc)}") from None
+            raise UsageError(f"{option}: {_one_line(exc)}") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+            raise UsageError(f"{option}: cannot use it: {_one_line(exc)}") from None
         config.connection_pool_maxsize = max(pool_size, 8)
         return cls(config, KubeTarget(context=active, server=config.host, namespace=namespace))
 

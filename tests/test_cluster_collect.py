@@ -37,10 +37,10 @@ async def fake() -> Any:
         yield server
 
 
-async def cli(*args: str, timeout: float = 120) -> tuple[int, bytes, bytes]:
+async def cli(*args: str, timeout: float = 120, cwd: Path = REPO) -> tuple[int, bytes, bytes]:
     """The real CLI in its own process (the fake server keeps running on this loop)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kata_debug", *args, cwd=REPO,
+        sys.executable, "-m", "kata_debug", *args, cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
@@ -239,6 +239,22 @@ async def test_bad_options_are_one_line_usage_errors(tmp_path: Path) -> None:
     assert code == 2 and err.decode().strip() == "kata-debug: error: --host-root /tmp: not valid with --cluster (nodes always use /host)"
     code, _, err = await cli("collect", "--parallel", "3")
     assert code == 2 and "--parallel: only valid with --cluster" in err.decode()
+
+
+@pytest.mark.parametrize("command", [["collect", "--cluster", "--output", "c.tar.gz"], ["limits"]])
+async def test_unusable_kubeconfigs_are_one_line_exit_2_for_every_command_that_reads_one(
+    tmp_path: Path, command: list[str]
+) -> None:
+    garbage = tmp_path / "kc"
+    garbage.write_text("garbage: [\n")
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    for kubeconfig, problem in [(garbage, "not valid YAML (line 2)"), (empty, "empty"), (tmp_path, "is a directory")]:
+        code, _, err = await cli(*command, "--kubeconfig", str(kubeconfig), cwd=tmp_path)
+        text = err.decode()
+        assert code == 2 and text.count("\n") == 1 and "Traceback" not in text, text
+        assert text.startswith(f"kata-debug: error: --kubeconfig {kubeconfig}: {problem}"), text
+    assert not list(tmp_path.glob("c.tar.gz*"))
 
 
 async def test_exec_uses_the_v5_subprotocol_and_the_agent_container(fake: ClusterFake, tmp_path: Path) -> None:

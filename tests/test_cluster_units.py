@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
+
+import pytest
 
 from kata_debug.cluster import ClusterOptions, _pick_agent_pods, node_command, node_deadline
 from kata_debug.cluster_objects import is_kata_handler, node_summary, redact_object, resource_path
+from kata_debug.errors import UsageError
+from kata_debug.kube import KubeSession, check_kubeconfig_files
 from kata_debug.kube_exec import parse_status
 from kata_debug.redact import MASK, Redactor
 
@@ -136,3 +141,48 @@ def test_node_summary_keeps_what_matters_for_kata() -> None:
     assert s["kata_runtime_label"] == "false" and s["ready"] == "True"
     assert s["kernel_version"] == "6.8.0" and s["container_runtime_version"] == "containerd://1.7.24"
     assert s["allocatable"] == {"cpu": "3800m", "memory": "15Gi"} and s["kata_pods"] == ["ns/p"]
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("garbage: [\n", "not valid YAML (line 2): expected the node content, but found '<stream end>'"),
+    ("a: 1\n  b: 2\n", "not valid YAML (line 2): mapping values are not allowed here"),
+    ("", "empty"),
+    ("# nothing but a comment\n", "empty"),
+    ("- a list\n", "not a kubeconfig (a YAML mapping with clusters, contexts and users expected)"),
+    ("clusters: oops\n", "clusters: a list of entries with a name expected"),
+    ("users: [{user: {}}]\n", "users: a list of entries with a name expected"),
+])
+async def test_a_kubeconfig_that_cannot_be_loaded_is_one_usage_error_naming_it(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    kc = tmp_path / "kc"
+    kc.write_text(content)
+    with pytest.raises(UsageError) as info:
+        await KubeSession.connect(str(kc))
+    assert str(info.value) == f"--kubeconfig {kc}: {problem}"
+
+
+async def test_a_kubeconfig_that_is_a_directory_or_missing_says_which(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=f"^--kubeconfig {tmp_path}: is a directory$"):
+        await KubeSession.connect(str(tmp_path))
+    with pytest.raises(UsageError, match="^--kubeconfig .*/missing: no such file$"):
+        await KubeSession.connect(str(tmp_path / "missing"))
+
+
+async def test_bytes_that_are_not_text_are_not_yaml(tmp_path: Path) -> None:
+    kc = tmp_path / "kc"
+    kc.write_bytes(b"\x80\x81 binary")
+    with pytest.raises(UsageError, match=r"not valid YAML \(byte 0\): not UTF-8 text$"):
+        await KubeSession.connect(str(kc))
+
+
+def test_kubeconfig_env_entries_are_checked_and_missing_ones_skipped_like_kubectl(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.write_text("clusters: []\ncontexts: []\nusers: []\n")
+    bad = tmp_path / "bad"
+    bad.write_text("garbage: [\n")
+    assert check_kubeconfig_files([str(tmp_path / "missing"), str(good)], False, "KUBECONFIG") == [str(good)]
+    with pytest.raises(UsageError, match=f"^KUBECONFIG {bad}: not valid YAML \\(line 2\\)"):
+        check_kubeconfig_files([str(good), str(bad)], False, "KUBECONFIG")
+    with pytest.raises(UsageError, match=f"^KUBECONFIG {tmp_path}: is a directory$"):
+        check_kubeconfig_files([str(tmp_path)], False, "KUBECONFIG")
