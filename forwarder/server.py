@@ -41,7 +41,7 @@ from .listeners import (
     open_vsock,
     parse_listen,
 )
-from .pipeline import ExportPipeline
+from .pipeline import DEFAULT_QUEUE_BYTES, ExportPipeline
 from .wire import DEFAULT_MAX_FRAME_BYTES, DecodeError, FormatSniffer, FrameReader, FrameTooLarge
 
 log = logging.getLogger("kata_debug.forwarder")
@@ -64,6 +64,11 @@ class ForwarderConfig:
     node_name: str | None = None
     host_name: str | None = None  # None: the node's /etc/hostname
     queue_size: int = 10_000
+    #: Per exporter, the most frame-payload bytes its queued spans may account for: with
+    #: only `queue_size`, a guest sending maximum-size frames could make it hold gigabytes.
+    #: Must be at least `max_frame_bytes`, or a span from a maximum-size frame could never
+    #: be queued at all.
+    queue_bytes: int = DEFAULT_QUEUE_BYTES
     batch_size: int = 2048
     batch_delay: float = 0.2
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
@@ -142,10 +147,16 @@ class Forwarder:
         sinks: list[SpanSink] = [make_sink(t) for t in config.exports] + list(config.sinks)
         if not sinks:
             raise ForwarderError("no exporter configured")
+        if config.queue_bytes < config.max_frame_bytes:
+            raise ValueError(
+                f"queue_bytes {config.queue_bytes} is below max_frame_bytes {config.max_frame_bytes}: "
+                "a span from a frame that large could never be queued"
+            )
         self.pipelines = [
             ExportPipeline(
                 s,
                 queue_size=config.queue_size,
+                queue_bytes=config.queue_bytes,
                 batch_size=config.batch_size,
                 batch_delay=config.batch_delay,
                 retry_initial=config.retry_initial,
@@ -172,6 +183,7 @@ class Forwarder:
     def stats(self) -> ForwarderStats:
         s = self._stats
         s.listeners = len(self._listeners) + len(self._sandbox_listeners)
+        # len(p) counts the batch being exported too: during an outage it is most of what is held.
         s.per_exporter = {p.name: (p.stats, len(p)) for p in self.pipelines}
         return s
 
@@ -317,6 +329,10 @@ class Forwarder:
             st.frames += len(payloads)
             items: list[QueuedSpan] = []
             append = items.append
+            # Each span is accounted in the exporter queues with its payload's size, which
+            # is what bounds their memory (queue_bytes) whatever size of frame a guest sends.
+            sizes: list[int] = []
+            append_size = sizes.append
             decode = sniffer.decoder  # still sniffing (auto): settles within `decode`
             for payload in payloads:
                 try:
@@ -338,10 +354,11 @@ class Forwarder:
                         )
                     continue
                 append((span, origin))
+                append_size(len(payload))
             if items:
                 st.spans += len(items)
                 for put in puts:
-                    put(items)
+                    put(items, sizes)
             if too_large is not None:
                 st.oversized_frames += 1
                 log.warning("%s: closing connection: %s (--max-frame-bytes)", who, too_large)

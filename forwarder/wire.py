@@ -142,6 +142,10 @@ class FrameReader:
     Nothing is allocated from a header's claim: a frame's bytes are only kept as they
     actually arrive, and a header above `max_frame_bytes` raises `FrameTooLarge` at once
     (the stream has no resynchronisation point, so the caller must drop it).
+
+    Linear in the bytes fed: an incomplete frame only grows a bytearray; it is converted
+    to `bytes` once, when a frame is complete, so each received byte is copied a bounded
+    number of times however small the pieces it arrives in.
     """
 
     __slots__ = ("max_frame_bytes", "_buf", "frames")
@@ -158,8 +162,22 @@ class FrameReader:
         that preceded it (they are good and must not be lost with the connection).
         """
         buf = self._buf
-        if buf:  # a partial frame is waiting: one copy joins it to the new bytes
+        limit = self.max_frame_bytes
+        unpack = _BE_U64.unpack_from
+        if buf:  # a partial frame is waiting
             buf += data
+            # Still incomplete: only the append above (amortised O(len(data))). Converting
+            # here would copy the whole partial frame on every read, quadratic in its size
+            # when a large frame trickles in in small pieces.
+            held = len(buf)
+            if held < HEADER_SIZE:
+                return []
+            (length,) = unpack(buf, 0)
+            if length > limit:
+                raise FrameTooLarge(length, limit)  # the bytes stay held, as below
+            if held < HEADER_SIZE + length:
+                return []
+            # At least one frame is complete: one copy, so payloads are sliced from bytes.
             data = bytes(buf)
             buf.clear()
         elif type(data) is not bytes:
@@ -168,8 +186,6 @@ class FrameReader:
         append = out.append
         size = len(data)
         pos = 0
-        limit = self.max_frame_bytes
-        unpack = _BE_U64.unpack_from
         while size - pos >= HEADER_SIZE:
             (length,) = unpack(data, pos)
             if length > limit:

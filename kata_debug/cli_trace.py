@@ -40,9 +40,20 @@ class LogLevel(str, Enum):
 
 
 def _size(text: str, option: str) -> int:
+    """A size option in bytes (`64M`, `1G`, `4096`), or a one-line usage error.
+
+    `parse_size` lets `nan` and `inf` through to `int()` and rounds `0.1` down to 0 bytes;
+    a limit must be a whole, positive number of bytes.
+    """
     from .cli import parse_size
 
-    return parse_size(text, option)
+    try:
+        value = parse_size(text, option)
+    except (ValueError, OverflowError):
+        raise UsageError(f"{option} {text!r}: not a size (use e.g. 50M, 1G)") from None
+    if value < 1:
+        raise UsageError(f"{option} {text!r}: must be at least 1 byte")
+    return value
 
 
 def _seconds(text: str, option: str) -> float:
@@ -177,6 +188,11 @@ def forward(
     host_root: Path = typer.Option(Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."),
     node_name: Optional[str] = typer.Option(None, "--node-name", help="k8s.node.name (default: $NODE_NAME, if set)."),
     queue_size: int = typer.Option(10_000, "--queue-size", min=1, help="Spans kept per exporter while its backend is slow or down; the oldest are dropped beyond."),
+    queue_bytes: str = typer.Option(
+        "64M", "--queue-bytes",
+        help="Frame bytes kept per exporter while its backend is slow or down (at least --max-frame-bytes); "
+        "the oldest spans are dropped beyond. Bounds memory whatever frame sizes guests send.",
+    ),
     batch_size: int = typer.Option(2048, "--batch-size", min=1, help="Most spans per export (an OTLP batch above its max_request_bytes goes as several requests)."),
     max_frame_bytes: str = typer.Option("1M", "--max-frame-bytes", help="Close a connection whose frame announces more than this."),
     shutdown_timeout: str = typer.Option("10s", "--shutdown-timeout", help="On SIGTERM/SIGINT, time allowed to flush queued spans."),
@@ -211,6 +227,13 @@ def forward(
             raise UsageError(str(exc)) from None
     if not host_root.is_dir():
         raise UsageError(f"--host-root {host_root}: not a directory")
+    frame_limit = _size(max_frame_bytes, "--max-frame-bytes")
+    queue_limit = _size(queue_bytes, "--queue-bytes")
+    if queue_limit < frame_limit:
+        raise UsageError(
+            f"--queue-bytes {queue_bytes}: below --max-frame-bytes ({frame_limit} bytes); "
+            "a span from a frame that large could never be queued"
+        )
     config = ForwarderConfig(
         listen=listen_uris,
         exports=targets,
@@ -219,8 +242,9 @@ def forward(
         host_root=str(host_root),
         node_name=node_name or os.environ.get("NODE_NAME") or None,
         queue_size=queue_size,
+        queue_bytes=queue_limit,
         batch_size=batch_size,
-        max_frame_bytes=_size(max_frame_bytes, "--max-frame-bytes"),
+        max_frame_bytes=frame_limit,
         shutdown_timeout=_seconds(shutdown_timeout, "--shutdown-timeout"),
         stats_interval=_seconds(stats_interval, "--stats-interval"),
     )

@@ -9,6 +9,7 @@ import logging
 import shutil
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -235,6 +236,9 @@ async def test_backend_down_then_up_delivers_what_was_queued(short_tmp: Path) ->
         http = await OtlpHttpReceiver().start(port)
         try:
             got = await http.wait_for_spans(50, timeout=30)
+            # The receiver has the spans before the export call returns; until then the
+            # batch is still in flight, and counted as queued.
+            await until(lambda: next(iter(fwd.stats.per_exporter.values()))[0].exported == 50)
         finally:
             await http.stop()
         stats, queued = next(iter(fwd.stats.per_exporter.values()))
@@ -484,6 +488,84 @@ async def test_a_partly_delivered_batch_retries_only_the_rest(short_tmp: Path) -
     async with running(listen=[f"unix://{sock}"], host_root=str(short_tmp), sinks=[sink], batch_delay=0.5) as fwd:
         await send_unix(sock, frames(to_bincode(sample_span(i)) for i in range(20)))
         await until(lambda: len(sink.delivered) >= 20)
+        await until(lambda: next(iter(fwd.stats.per_exporter.values()))[0].exported >= 20)  # export returned
         stats, queued = next(iter(fwd.stats.per_exporter.values()))
     assert sink.delivered == [sample_span(i).span_id for i in range(20)], "each span once, in order"
     assert stats.exported == 20 and stats.failed_exports == 1 and queued == 0
+
+
+class _DownSink:
+    """A backend that is down: every export fails at once, delivering nothing."""
+
+    name = "down"
+
+    def export(self, batch: Any) -> int:
+        return 0
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _big_payload(i: int, blob: int = 900_000) -> bytes:
+    """A bincode span carrying `blob` bytes of attribute: near the 1 MiB frame limit."""
+    span = sample_span(i)
+    span.attributes.append(("blob", "x" * blob))
+    return to_bincode(span)
+
+
+async def test_big_frames_with_the_backend_down_are_held_within_queue_bytes(short_tmp: Path) -> None:
+    """A guest sending maximum-size frames cannot make an exporter hold more than queue_bytes.
+
+    The span cap (10,000 by default) alone would keep all 20 spans here, 18 MB.
+    """
+    sock = short_tmp / "t.sock"
+    payloads = [_big_payload(i) for i in range(20)]
+    size = len(payloads[0])
+    assert {len(p) for p in payloads} == {size} and 3 * size <= 3 << 20 < 4 * size
+    # One failed export, then a retry far beyond the test: the queue is observed at rest.
+    async with running(listen=[f"unix://{sock}?sandbox=sbB"], host_root=str(short_tmp), sinks=[_DownSink()],
+                       queue_bytes=3 << 20, retry_initial=600, retry_max=600, shutdown_timeout=0.5) as fwd:
+        await send_unix(sock, frames(payloads))
+        await until(lambda: fwd.stats.spans == 20)
+        await until(lambda: next(iter(fwd.stats.per_exporter.values()))[0].failed_exports >= 1)
+        (pipeline,) = fwd.pipelines
+        stats, queued = next(iter(fwd.stats.per_exporter.values()))
+        assert [span.span_id for span, _ in pipeline._q] == [sample_span(i).span_id for i in (17, 18, 19)]
+        assert (queued, pipeline.queued_bytes, stats.dropped) == (3, 3 * size, 17)
+    # At the shutdown deadline the 3 held spans are dropped too: every span is accounted for.
+    assert (stats.dropped, stats.exported, len(pipeline), pipeline.held_bytes) == (20, 0, 0, 0)
+
+
+class _HangingSink:
+    """A backend that accepts the connection and then does not answer until released."""
+
+    name = "hanging"
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def export(self, batch: Any) -> int:
+        self.entered.set()
+        self.release.wait(30)
+        return len(batch)
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+
+async def test_queued_counts_the_batch_being_exported_while_the_backend_hangs(short_tmp: Path) -> None:
+    sock = short_tmp / "t.sock"
+    sink = _HangingSink()
+    async with running(listen=[f"unix://{sock}"], host_root=str(short_tmp), sinks=[sink]) as fwd:
+        await send_unix(sock, frames(to_bincode(sample_span(i)) for i in range(5)))
+        await until(lambda: fwd.stats.spans == 5 and sink.entered.is_set())
+        await send_unix(sock, frames(to_bincode(sample_span(i)) for i in range(5, 7)))
+        await until(lambda: fwd.stats.spans == 7)
+        stats, queued = next(iter(fwd.stats.per_exporter.values()))
+        line = fwd.stats.line()
+        assert queued == 7 and stats.exported == 0, "the 5 in flight are held, not gone"
+        assert "exported=0 dropped=0 failed_exports=0 queued=7]" in line
+        sink.release.set()
+        await until(lambda: next(iter(fwd.stats.per_exporter.values()))[0].exported == 7)
+        assert next(iter(fwd.stats.per_exporter.values()))[1] == 0

@@ -216,6 +216,57 @@ def test_truncated_frame_is_left_pending() -> None:
     assert reader.pending == 10 and reader.pending_header() == 3
 
 
+def test_a_maximum_size_frame_in_512_byte_pieces_is_returned_once_complete() -> None:
+    """Each piece of an incomplete frame is only held (linear in the bytes fed); the frame
+    comes out once, intact, with the next frame's first bytes held for later."""
+    payload = bytes(range(256)) * 4096  # 1 MiB, the default limit
+    nxt = frame(b"next")
+    stream = frame(payload) + nxt[:5]
+    reader = FrameReader()
+    pieces = [stream[i : i + 512] for i in range(0, len(stream), 512)]
+    got: list[bytes] = []
+    for n, piece in enumerate(pieces, 1):
+        out = reader.feed(piece)
+        if n * 512 < 8 + len(payload):
+            assert out == [] and reader.frames == 0
+            assert reader.pending == n * 512
+            assert reader.pending_header() == (len(payload) if n * 512 >= 8 else None)
+        got += out
+    assert len(got) == 1 and got[0] == payload and type(got[0]) is bytes
+    assert reader.frames == 1 and reader.pending == 5 and reader.pending_header() is None
+    assert reader.feed(nxt[5:]) == [b"next"] and reader.pending == 0 and reader.frames == 2
+
+
+def test_frame_pieces_of_any_size_and_type_reassemble_in_order() -> None:
+    payloads = [b"", b"a" * 700, b"b", b"c" * 3000, b"d" * 9]
+    stream = frames(payloads)
+    for step in (1, 3, 7, 64, 511, 4096):
+        reader = FrameReader()
+        got: list[bytes] = []
+        for i in range(0, len(stream), step):
+            got += reader.feed(memoryview(bytearray(stream[i : i + step])))
+        assert got == payloads and reader.pending == 0 and reader.frames == len(payloads), step
+
+
+def test_oversized_header_arriving_in_pieces_raises_as_soon_as_it_is_complete() -> None:
+    reader = FrameReader(max_frame_bytes=1024)
+    bad = struct.pack(">Q", 1025)
+    assert reader.feed(frame(b"ok") + bad[:3]) == [b"ok"]
+    with pytest.raises(FrameTooLarge) as info:
+        reader.feed(bad[3:])
+    assert info.value.length == 1025 and info.value.frames == [] and reader.frames == 1
+    assert reader.pending == 8  # held, never allocated for
+
+
+def test_oversized_header_after_a_frame_completed_from_held_bytes_carries_that_frame() -> None:
+    reader = FrameReader(max_frame_bytes=1024)
+    good = frame(b"y" * 600)
+    assert reader.feed(good[:100]) == []
+    with pytest.raises(FrameTooLarge) as info:
+        reader.feed(good[100:] + struct.pack(">Q", 2**40) + b"zz")
+    assert info.value.frames == [b"y" * 600] and reader.frames == 1
+
+
 # --------------------------------------------------------------------------- property tests
 
 _names = st.text(max_size=12)
