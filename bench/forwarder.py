@@ -193,7 +193,7 @@ async def _e2e(total: int, fmt: str) -> dict[str, float]:
         fwd = Forwarder(ForwarderConfig(
             listen=[f"unix://{sock}?sandbox=bench"],
             exports=[parse_export(f"otlp+http://127.0.0.1:{port}/v1/traces")],
-            queue_size=total, stats_interval=0, host_root=str(tmp),
+            queue_size=total, queue_bytes=1 << 30, stats_interval=0, host_root=str(tmp),
         ))
         task = asyncio.create_task(fwd.run())
         await fwd.wait_started()
