@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal, Protocol
 
 from . import __version__
 from .bundle import SCHEMA_VERSION, SUFFIXES, AsyncBundle, BundleWriter, Compression, OutputTarget, Spool, bundle_stem, safe_component
-from .cluster_objects import KATA_RUNTIME_LABEL, ClusterObjects, Inventory, discover, failure_from, name_of
+from .cluster_objects import KATA_RUNTIME_LABEL, ClusterObjects, Inventory, ItemFailure, discover, failure_from, name_of
 from .errors import KataDebugError, UsageError
 from .interrupts import run_interruptible
 from .kube import KubeError, KubeSession
@@ -84,6 +84,19 @@ class ClusterResult:
     def exit_code(self) -> int:
         bad = any(n.status != "ok" for n in self.nodes) or bool(self.items_failed) or bool(self.interrupted)
         return PARTIAL_EXIT if bad else 0
+
+
+@dataclass
+class NodePlan:
+    """What `plan` decided: the nodes to try, their agent pods, and how the list was made."""
+
+    inventory: Inventory
+    names: list[str]
+    agents: dict[str, dict[str, Any]]  # nodeName -> agent pod
+    early: list[NodeResult]  # nodes that cannot be tried (asked for by name, not in the cluster)
+    source: Literal["nodes", "agent pods"] = "nodes"
+    note: str | None = None  # why the selection differs from what was asked
+    agents_error: str | None = None  # why the agent pods could not be listed
 
 
 class ClusterProgress(Protocol):
@@ -198,18 +211,44 @@ class ClusterCollection:
         self.progress = progress or _NoProgress()
         self.redactor = Redactor(enabled=opts.redact)
 
-    async def plan(self) -> tuple[Inventory, list[str], dict[str, dict[str, Any]], list["NodeResult"]]:
-        """Which nodes to collect, from which agent pod; nodes that cannot be tried come back as results."""
+    async def _agent_pods(self, inv: Inventory) -> tuple[list[dict[str, Any]], ItemFailure | None]:
+        """The node agent pods, or the failure that hid them (also recorded in `inv`)."""
+        try:
+            pods = await self.session.list(
+                f"/api/v1/namespaces/{self.opts.agent_namespace}/pods",
+                [("labelSelector", self.opts.agent_selector)],
+            )
+        except KubeError as exc:
+            if exc.status in (0, 401):
+                raise
+            failure = failure_from(f"agent pods in namespace {self.opts.agent_namespace}", exc)
+            inv.failures.append(failure)
+            return [], failure
+        return pods, None
+
+    async def plan(self) -> NodePlan:
+        """Which nodes to collect, from which agent pod; nodes that cannot be tried come back as results.
+
+        The node list is the first choice (labels, `-l`, "no such node"). When it cannot be
+        read, the agent pods are: the README's minimal grant (the Role kata-debug-collect:
+        list pods and exec in namespace kata-debug) must still bring every node's bundle
+        home, and the DaemonSet already runs exactly one agent on every Kata node.
+        """
         inv = await discover(self.session, None)
-        early: list[NodeResult] = []
+        agent_list, agents_failure = await self._agent_pods(inv)
+        nodes_failure = next((f for f in inv.failures if f.item == "nodes"), None)
+        agents = _pick_agent_pods(agent_list)
+        plan = NodePlan(inv, [], agents, [], source="nodes",
+                        agents_error=agents_failure.reason if agents_failure is not None else None)
         if self.opts.nodes:
-            names = list(dict.fromkeys(self.opts.nodes))
-            if not any(f.item == "nodes" for f in inv.failures):  # only when the node list is trustworthy
+            plan.names = list(dict.fromkeys(self.opts.nodes))
+            if nodes_failure is None:  # only when the node list is trustworthy
                 known = {name_of(n) for n in inv.nodes}
-                early = [NodeResult(n, "failed", "no such node in the cluster", 0.0, 0) for n in names if n not in known]
-                names = [n for n in names if n in known]
-        else:
-            selector = self.opts.selector or KATA_RUNTIME_LABEL
+                plan.early = [NodeResult(n, "failed", "no such node in the cluster", 0.0, 0) for n in plan.names if n not in known]
+                plan.names = [n for n in plan.names if n in known]
+            return plan
+        selector = self.opts.selector or KATA_RUNTIME_LABEL
+        if nodes_failure is None:
             try:
                 selected = await self.session.list("/api/v1/nodes", [("labelSelector", selector)])
             except KubeError as exc:
@@ -217,27 +256,34 @@ class ClusterCollection:
                     raise
                 if exc.status == 400 and self.opts.selector:
                     raise UsageError(f"-l {self.opts.selector}: {exc.message}") from None
-                inv.failures.append(failure_from(f"nodes with label {selector}", exc))
-                selected = []
-            names = sorted({name_of(n) for n in selected})
-            if not self.opts.selector:
-                # Kata pods on nodes kata-deploy never labelled (manual installs) count too.
-                names = sorted(set(names) | inv.kata_pod_nodes)
-        try:
-            agents = await self.session.list(
-                f"/api/v1/namespaces/{self.opts.agent_namespace}/pods",
-                [("labelSelector", self.opts.agent_selector)],
-            )
-        except KubeError as exc:
-            if exc.status in (0, 401):
-                raise
-            agents = []
-            inv.failures.append(failure_from(f"agent pods in namespace {self.opts.agent_namespace}", exc))
-        return inv, names, _pick_agent_pods(agents), early
+                nodes_failure = failure_from(f"nodes with label {selector}", exc)
+                inv.failures.append(nodes_failure)
+            else:
+                plan.names = sorted({name_of(n) for n in selected})
+                if not self.opts.selector:
+                    # Kata pods on nodes kata-deploy never labelled (manual installs) count too.
+                    plan.names = sorted(set(plan.names) | inv.kata_pod_nodes)
+                return plan
+        # The node list is unreadable: every node that runs an agent pod is a Kata node (the
+        # DaemonSet's affinity is the kata-deploy label), plus nodes with Kata pods if known.
+        assert nodes_failure is not None
+        plan.source = "agent pods"
+        plan.names = sorted(set(agents) | (set() if self.opts.selector else inv.kata_pod_nodes))
+        plan.note = (f"nodes cannot be listed ({nodes_failure.reason}): collected the nodes that run a "
+                     f"kata-debug agent pod in namespace {self.opts.agent_namespace}")
+        if self.opts.selector:
+            plan.note += f"; -l {self.opts.selector} ignored (node labels unknown)"
+            inv.failures.append(ItemFailure(f"node selection -l {self.opts.selector}", plan.note, nodes_failure.status))
+        return plan
 
-    async def collect_node(self, node: str, agent: dict[str, Any] | None, bundle: AsyncBundle) -> NodeResult:
+    async def collect_node(
+        self, node: str, agent: dict[str, Any] | None, bundle: AsyncBundle, agents_error: str | None = None
+    ) -> NodeResult:
         start = time.monotonic()
         base = f"nodes/{safe_component(node, 'node')}"
+        if agent is None and agents_error is not None:
+            return NodeResult(node, "failed", f"cannot list the kata-debug agent pods in namespace "
+                              f"{self.opts.agent_namespace}: {agents_error}", 0.0, 0)
         if agent is None:
             return NodeResult(
                 node, "failed",
@@ -318,11 +364,12 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
     run = ClusterCollection(opts, session, progress)
     started = datetime.now(timezone.utc)
     try:
-        inv, names, agents, early = await run.plan()
+        plan = await run.plan()
     except KubeError as exc:
         hint = " (the API server rejected the kubeconfig's credentials)" if exc.status == 401 else ""
         status = f"HTTP {exc.status}: " if exc.status else ""
         raise KataDebugError(f"cluster {session.target.server}: {status}{exc.message}{hint}") from None
+    inv, names, agents, early = plan.inventory, plan.names, plan.agents, plan.early
     progress.nodes_planned(names)
     context = session.target.context
     top = bundle_stem("cluster-" + (context or "cluster"), started)
@@ -345,7 +392,7 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
             except asyncio.QueueEmpty:
                 return
             try:
-                result = await run.collect_node(node, agents.get(node), bundle)
+                result = await run.collect_node(node, agents.get(node), bundle, plan.agents_error)
             except KubeError as exc:
                 result = NodeResult(node, "failed", exc.message, 0.0, 0)
             results[node] = result
@@ -391,6 +438,8 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
             "nodes": opts.nodes,
             "selector": opts.selector or (None if opts.nodes else KATA_RUNTIME_LABEL),
             "plus_nodes_with_kata_pods": not (opts.nodes or opts.selector),
+            "from": plan.source,
+            "note": plan.note,
         },
         "kata_runtime_classes": sorted(inv.kata_runtime_classes),
         "kata_pods": len(inv.kata_pods),

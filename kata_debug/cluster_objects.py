@@ -30,6 +30,7 @@ LOG_LIMIT_BYTES = 10 << 20
 class ItemFailure:
     item: str
     reason: str
+    status: int | None = None  # the HTTP status when a read was refused (403 decides fallbacks)
 
 
 @dataclass
@@ -62,7 +63,7 @@ def namespace_of(obj: dict[str, Any]) -> str:
 
 def failure_from(item: str, exc: KubeError) -> ItemFailure:
     """A failed read as a manifest entry, with the API server's own words."""
-    return ItemFailure(item, f"HTTP {exc.status}: {exc.message}" if exc.status else exc.message)
+    return ItemFailure(item, f"HTTP {exc.status}: {exc.message}" if exc.status else exc.message, exc.status or None)
 
 
 def redact_object(redactor: Redactor, obj: Any) -> Any:

@@ -10,7 +10,9 @@ generated from the kinds in `KINDS`, so the real `kubectl` works against it too.
 Extending it (other test helpers do): `register_kind()` for more resource types,
 `add_routes()` before `start()` for endpoints that are not plain GETs (the pods/exec
 websocket lives in `tests/fake_kube_exec.py`), `find()` to look served objects up, and
-`forbidden`/`token` for authorization failures. Only 127.0.0.1 is ever bound.
+`forbidden`/`token` for authorization failures; `only_namespace()` plays a user bound to a
+namespaced Role and nothing else (every read elsewhere is 403, discovery stays public).
+Only 127.0.0.1 is ever bound.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from aiohttp import web
 
@@ -109,6 +111,8 @@ class FakeKube:
         self.objects: dict[str, Any] = dict(objects or {})
         self.token = token
         self.forbidden: set[str] = set()  # collection or item paths that answer 403
+        self.user = "tester"  # who the 403 messages say was refused
+        self.allowed: Callable[[str], bool] = lambda path: True  # RBAC: may this path be read?
         self.requests: list[str] = []  # every request's path and query, in order
         self.app = web.Application()
         self._extra: list[web.RouteDef] = []
@@ -135,6 +139,27 @@ class FakeKube:
 
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    def only_namespace(self, namespace: str, user: str | None = None) -> "FakeKube":
+        """Authorize like a user whose only grant is a Role in `namespace`.
+
+        What the API server keeps public for everyone (system:public-info-viewer and
+        system:discovery: /version, /api, /apis and the group discovery documents) stays
+        readable; every other path outside /api/v1/namespaces/<namespace>/ answers 403.
+        """
+        inside = f"/api/v1/namespaces/{namespace}/"
+        if user is not None:
+            self.user = user
+        self.allowed = lambda path: path.startswith(inside) or self._discovery(path) is not None
+        return self
+
+    def refuses(self, path: str) -> bool:
+        """Whether a read of `path` is forbidden (by `forbidden` or by `only_namespace`)."""
+        return (path in self.forbidden or any(path.startswith(f + "/") for f in self.forbidden)
+                or not self.allowed(path))
+
+    def forbidden_status(self, path: str) -> web.Response:
+        return status(403, "Forbidden", f"forbidden: User \"{self.user}\" cannot get path \"{path}\"")
 
     def add_routes(self, routes: Iterable[web.RouteDef]) -> None:
         """Extra endpoints (exec, logs, watch ...); they win over the generic GET handler."""
@@ -202,8 +227,8 @@ class FakeKube:
         self.requests.append(request.path_qs)
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
             return status(401, "Unauthorized", "Unauthorized")
-        if path in self.forbidden or any(path.startswith(f + "/") for f in self.forbidden):
-            return status(403, "Forbidden", f"forbidden: User \"tester\" cannot get path \"{path}\"")
+        if self.refuses(path):
+            return self.forbidden_status(path)
         if path in self.objects:
             return web.json_response(self.objects[path])
         coll = self._collection(path)

@@ -300,8 +300,8 @@ class ClusterFake(FakeKube):
         path = f"/api/v1/namespaces/{ns}/pods/{name}/log"
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
             return status(401, "Unauthorized", "Unauthorized")
-        if path in self.forbidden:
-            return status(403, "Forbidden", f'pods "{name}" is forbidden: cannot get resource "pods/log"')
+        if self.refuses(path):
+            return status(403, "Forbidden", f'pods "{name}" is forbidden: User "{self.user}" cannot get resource "pods/log"')
         pod = self.pod(ns, name)
         if pod is None:
             return status(404, "NotFound", f'pods "{name}" not found')

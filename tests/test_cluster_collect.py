@@ -257,6 +257,48 @@ async def test_unusable_kubeconfigs_are_one_line_exit_2_for_every_command_that_r
     assert not list(tmp_path.glob("c.tar.gz*"))
 
 
+async def test_with_only_the_role_kata_debug_collect_every_agent_node_is_collected(fake: ClusterFake, tmp_path: Path) -> None:
+    """The README's minimal grant: list pods and exec in namespace kata-debug, nothing else."""
+    build(fake, tmp_path, ["kata-a", "kata-b"])
+    fake.only_namespace("kata-debug")
+    r = await run_cluster_collection(options(fake, tmp_path))
+    assert {n.name: n.status for n in r.nodes} == {"kata-a": "ok", "kata-b": "ok"}, "every node with an agent pod"
+    assert r.exit_code == 3, "the cluster objects could not be read: partial"
+    items = {f["item"]: f["reason"] for f in r.items_failed}
+    assert items["nodes"].startswith("HTTP 403") and items["pods"].startswith("HTTP 403")
+    bundle = read_bundle(tmp_path / "cluster.tar.gz")
+    selection = bundle.manifest["node_selection"]
+    assert selection["from"] == "agent pods"
+    assert selection["note"].startswith("nodes cannot be listed (HTTP 403")
+    for name in ("kata-a", "kata-b"):
+        assert node_bundle(bundle, f"nodes/{name}/bundle.tar.gz").manifest["node"] == name
+
+
+async def test_without_the_node_list_node_names_are_kept_and_a_selector_is_ignored_with_a_note(
+    fake: ClusterFake, tmp_path: Path
+) -> None:
+    build(fake, tmp_path, ["kata-a", "kata-b"])
+    fake.only_namespace("kata-debug")
+    r = await run_cluster_collection(options(fake, tmp_path, nodes=["kata-b"]))
+    assert [(n.name, n.status) for n in r.nodes] == [("kata-b", "ok")], "--node is respected"
+    r = await run_cluster_collection(options(fake, tmp_path, selector="pool=gpu"))
+    assert sorted(n.name for n in r.nodes) == ["kata-a", "kata-b"], "labels are unknown: every agent node"
+    (note,) = [f for f in r.items_failed if f["item"] == "node selection -l pool=gpu"]
+    assert note["reason"].endswith("; -l pool=gpu ignored (node labels unknown)")
+    assert read_bundle(tmp_path / "cluster.tar.gz").manifest["node_selection"]["note"] == note["reason"]
+
+
+async def test_when_only_the_agent_pods_are_hidden_each_node_says_so(fake: ClusterFake, tmp_path: Path) -> None:
+    build(fake, tmp_path, ["kata-a"])
+    fake.forbidden.add("/api/v1/namespaces/kata-debug/pods")
+    r = await run_cluster_collection(options(fake, tmp_path))
+    (node,) = r.nodes
+    assert node.status == "failed"
+    assert node.error is not None and node.error.startswith(
+        "cannot list the kata-debug agent pods in namespace kata-debug: HTTP 403"), node.error
+    assert "cluster/pods/shop/web-7d9f8-x2x4q.json" in read_bundle(tmp_path / "cluster.tar.gz").members
+
+
 async def test_exec_uses_the_v5_subprotocol_and_the_agent_container(fake: ClusterFake, tmp_path: Path) -> None:
     build(fake, tmp_path, ["kata-a"])
     await run_cluster_collection(options(fake, tmp_path))
