@@ -14,6 +14,9 @@ streams home and add the Kubernetes objects no node can see. Design choices:
   node that failed mid-stream are kept as `bundle.tar.gz.partial` (gzip salvages a prefix).
 - The node gets `--deadline` a little under the node timeout, so a slow node ends its own
   bundle cleanly (collectors marked timeout) before the cluster run would have to cut it.
+- Nothing is written until the server has shown it is a Kubernetes API server (GET /version)
+  and the identity can see the nodes or the agent pods: a wrong URL or a login that sees
+  nothing ends as one error line, not as an empty bundle with exit 3.
 """
 
 from __future__ import annotations
@@ -211,6 +214,31 @@ class ClusterCollection:
         self.progress = progress or _NoProgress()
         self.redactor = Redactor(enabled=opts.redact)
 
+    async def preflight(self) -> dict[str, Any]:
+        """GET /version: stop before anything is written unless a Kubernetes API server answers.
+
+        A kubeconfig pointing at the wrong URL (a web server, a proxy without the API behind
+        it) otherwise gets 404 on every read and ends as an empty bundle. /version is readable
+        by everyone (system:public-info-viewer), so a 403 here only means that role was
+        removed and the run goes on; 401 means the credentials were rejected.
+        """
+        try:
+            version = await self.session.get("/version")
+        except KubeError as exc:
+            if exc.status == 403:
+                return {}
+            if exc.status in (0, 401):
+                raise
+            detail = f"HTTP {exc.status}" if not 200 <= exc.status < 300 else exc.message
+            raise KataDebugError(f"{self._server()}: not a Kubernetes API server (GET /version: {detail})") from None
+        if not isinstance(version.get("gitVersion"), str):
+            raise KataDebugError(f"{self._server()}: not a Kubernetes API server (GET /version: no gitVersion in the answer)")
+        return version
+
+    def _server(self) -> str:
+        target = self.session.target
+        return f"server {target.server}" + (f" (context {target.context})" if target.context else "")
+
     async def _agent_pods(self, inv: Inventory) -> tuple[list[dict[str, Any]], ItemFailure | None]:
         """The node agent pods, or the failure that hid them (also recorded in `inv`)."""
         try:
@@ -234,9 +262,16 @@ class ClusterCollection:
         list pods and exec in namespace kata-debug) must still bring every node's bundle
         home, and the DaemonSet already runs exactly one agent on every Kata node.
         """
+        await self.preflight()
         inv = await discover(self.session, None)
         agent_list, agents_failure = await self._agent_pods(inv)
         nodes_failure = next((f for f in inv.failures if f.item == "nodes"), None)
+        if agents_failure is not None and agents_failure.status == 403 and nodes_failure is not None and nodes_failure.status == 403:
+            raise KataDebugError(
+                f"{self._server()}: forbidden: cannot list nodes or pods in namespace {self.opts.agent_namespace} "
+                f"({agents_failure.reason}); check the credentials and RBAC (Role kata-debug-collect in "
+                f"namespace {self.opts.agent_namespace}, deploy/daemonset.yaml)"
+            )
         agents = _pick_agent_pods(agent_list)
         plan = NodePlan(inv, [], agents, [], source="nodes",
                         agents_error=agents_failure.reason if agents_failure is not None else None)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from kata_debug.cluster import ClusterOptions, run_cluster_collection
 from kata_debug.errors import KataDebugError, UsageError
@@ -297,6 +298,85 @@ async def test_when_only_the_agent_pods_are_hidden_each_node_says_so(fake: Clust
     assert node.error is not None and node.error.startswith(
         "cannot list the kata-debug agent pods in namespace kata-debug: HTTP 403"), node.error
     assert "cluster/pods/shop/web-7d9f8-x2x4q.json" in read_bundle(tmp_path / "cluster.tar.gz").members
+
+
+async def test_an_identity_that_can_list_neither_nodes_nor_agent_pods_stops_before_writing(
+    fake: ClusterFake, tmp_path: Path
+) -> None:
+    build(fake, tmp_path, ["kata-a"])
+    fake.only_namespace("somewhere-else", user="system:anonymous")
+    with pytest.raises(KataDebugError) as info:
+        await run_cluster_collection(options(fake, tmp_path))
+    message = str(info.value)
+    assert "forbidden: cannot list nodes or pods in namespace kata-debug" in message
+    assert 'User "system:anonymous"' in message, "names the identity the server saw"
+    assert "check the credentials and RBAC (Role kata-debug-collect" in message
+    assert not list(tmp_path.glob("cluster.tar.gz*")) and not fake.exec.sessions
+    code, out, err = await cli("collect", "--cluster", "--kubeconfig", str(fake.kubeconfig(tmp_path / "kc")),
+                               "--output", str(tmp_path / "c.tar.gz"))
+    assert code == 1 and err.decode().count("\n") == 1, err.decode()
+    assert err.decode().startswith(f"kata-debug: error: server {fake.url} (context fake): forbidden: ")
+    assert not list(tmp_path.glob("c.tar.gz*"))
+
+
+async def test_version_being_private_does_not_stop_the_run(fake: ClusterFake, tmp_path: Path) -> None:
+    build(fake, tmp_path, ["kata-a"])
+    fake.forbidden.add("/version")
+    r = await run_cluster_collection(options(fake, tmp_path))
+    assert [n.status for n in r.nodes] == ["ok"] and r.exit_code == 0
+
+
+class NotKube:
+    """A loopback web server that is not an API server: a proxy's 404 page, or a JSON health check."""
+
+    def __init__(self, version: web.Response | None) -> None:
+        self.version = version
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.path == "/version" and self.version is not None:
+            return self.version
+        return web.Response(status=404, text="<html><body><h1>404 Not Found</h1></body></html>", content_type="text/html")
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+def kubeconfig_for(url: str, path: Path) -> Path:
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "web",
+        "clusters": [{"name": "web", "cluster": {"server": url}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "web", "context": {"cluster": "web", "user": "u"}}],
+    }))
+    return path
+
+
+@pytest.mark.parametrize(("version", "why"), [
+    (None, "GET /version: HTTP 404"),
+    (web.Response(text="<html>welcome</html>", content_type="text/html"), "GET /version: response is not JSON"),
+    (web.json_response({"status": "ok"}), "GET /version: no gitVersion in the answer"),
+])
+async def test_a_server_that_is_not_kubernetes_is_one_error_and_no_bundle(
+    tmp_path: Path, version: web.Response | None, why: str
+) -> None:
+    async with NotKube(version) as url:
+        kc = kubeconfig_for(url, tmp_path / "kc")
+        with pytest.raises(KataDebugError) as info:
+            await run_cluster_collection(ClusterOptions(kubeconfig=str(kc), output=str(tmp_path / "c.tar.gz")))
+        assert str(info.value) == f"server {url} (context web): not a Kubernetes API server ({why})"
+        if version is None:
+            code, _, err = await cli("collect", "--cluster", "--kubeconfig", str(kc), "--output", str(tmp_path / "c.tar.gz"))
+            assert code == 1 and err.decode() == f"kata-debug: error: {info.value}\n"
+    assert not list(tmp_path.glob("c.tar.gz*"))
 
 
 async def test_exec_uses_the_v5_subprotocol_and_the_agent_container(fake: ClusterFake, tmp_path: Path) -> None:
