@@ -22,7 +22,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -57,7 +57,26 @@ class AgentConfig:
 
     @property
     def spool(self) -> Path:
-        return self.spool_dir or self.host_root / SPOOL_NODE_PATH.lstrip("/")
+        return _absolute(self.spool_dir or self.host_root / SPOOL_NODE_PATH.lstrip("/"))
+
+    def absolute(self) -> "AgentConfig":
+        """The same settings with every path absolute.
+
+        The agent hands paths to the forwarder (host root, spool file) and keeps using them
+        for as long as it runs; resolving `--host-root hr` once, against the directory it was
+        started in, is what the user meant.
+        """
+        return replace(
+            self,
+            host_root=_absolute(self.host_root),
+            spool_dir=_absolute(self.spool_dir) if self.spool_dir is not None else None,
+            state_file=_absolute(self.state_file) if self.state_file is not None else None,
+        )
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute and normalised (`a/../b` -> `/cwd/b`), symlinks left alone."""
+    return Path(os.path.abspath(path))
 
 
 def vsock_problem(port: int) -> str | None:
@@ -106,7 +125,17 @@ def spool_target(cfg: AgentConfig) -> ExportTarget:
             pass
     except OSError as exc:
         raise UsageError(f"--spool-dir {spool}: cannot write: {exc.strerror or exc}") from None
-    return parse_export(f"file://{spool / SPOOL_FILE}?max_bytes={per_file}&backups={SPOOL_FILES - 1}")
+    # Built directly, not parsed from a file:// string: a path is not a URI, and `?` or `#` in
+    # it would become a query or a fragment. The URI is only the exporter's name in logs.
+    path = spool / SPOOL_FILE
+    backups = SPOOL_FILES - 1
+    return ExportTarget(
+        uri=f"{path.as_uri()}?max_bytes={per_file}&backups={backups}",
+        kind="file",
+        path=str(path),
+        max_bytes=per_file,
+        backups=backups,
+    )
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
@@ -119,6 +148,7 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
 
 class NodeAgent:
     def __init__(self, cfg: AgentConfig) -> None:
+        cfg = cfg.absolute()
         if not cfg.host_root.is_dir():
             raise UsageError(f"--host-root {cfg.host_root}: not a directory")
         if not 0 < cfg.vsock_port < 1 << 32:

@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
+from kata_debug.node_agent import AgentConfig, spool_target
 from tests.bundles import read_bundle
 from tests.hostroots import kata_node
 from tests.otlp_receiver import OtlpHttpReceiver, free_port
@@ -77,14 +78,15 @@ class Agent:
         return self.proc.returncode
 
 
-async def start_agent(root: Path, state: Path, *args: str, env: dict[str, str] | None = None) -> Agent:
+async def start_agent(root: Path, state: Path, *args: str, env: dict[str, str] | None = None,
+                      cwd: Path = REPO) -> Agent:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kata_debug", "node-agent", "--host-root", str(root), "--state-file", str(state),
         "--stats-interval", "0", *args,
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "NODE_NAME": "kata-node-7", **(env or {})},
+        cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO), "NODE_NAME": "kata-node-7", **(env or {})},
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
-    return Agent(proc, state)
+    return Agent(proc, cwd / state)  # a relative --state-file is relative to the agent's cwd
 
 
 def start_vmm(path: Path) -> socket.socket:
@@ -271,3 +273,39 @@ async def test_bad_input_is_one_line_and_exit_2(short_tmp: Path) -> None:
         assert proc.returncode == 2, err.decode()
         assert err.decode().strip().splitlines() == [f"kata-debug: error: {message}"] or \
             err.decode().startswith(f"kata-debug: error: {message}"), err.decode()
+
+
+@pytest.mark.parametrize("spool_name", ["spool", "spool?max_bytes=1", "spool#1", "spool dir %41"])
+async def test_relative_paths_and_uri_characters_in_paths_spool_where_they_say(short_tmp: Path, spool_name: str) -> None:
+    """`--host-root h --spool-dir <name>` from the directory the agent was started in, byte for byte."""
+    kata_node(short_tmp / "h")
+    agent = await start_agent(Path("h"), Path("state.json"), "--spool-dir", spool_name, "--vsock-port", str(vsock_port()),
+                              cwd=short_tmp)
+    vmm = None
+    try:
+        state = await agent.ready()
+        spool = short_tmp / spool_name
+        assert state["spool"] == str(spool / "spans.jsonl")
+        vmm = start_vmm(short_tmp / f"h/run/vc/vm/{SID}/clh.sock")
+        await guest_sends(short_tmp / f"h/run/vc/vm/{SID}/clh.sock_10240", JSON_STREAM)
+        await until(lambda: (spool / "spans.jsonl").exists() and (spool / "spans.jsonl").stat().st_size > 0)
+        assert await agent.stop() == 0, agent.stderr.decode()
+    finally:
+        if agent.proc.returncode is None:
+            agent.proc.kill()
+            await agent.proc.wait()
+        if vmm is not None:
+            vmm.close()
+    assert len(spooled_spans(short_tmp / spool_name)) == JSON_SPANS
+    assert sorted(p.name for p in short_tmp.iterdir()) == sorted(["h", "state.json", spool_name])
+
+
+def test_the_spool_target_is_the_absolute_path_itself_not_a_parsed_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = AgentConfig(host_root=Path("hr"), spool_bytes=4 << 20).absolute()
+    target = spool_target(cfg)
+    assert target.kind == "file" and target.path == str(tmp_path / "hr/var/lib/kata-debug/traces/spans.jsonl")
+    assert (target.max_bytes, target.backups) == (1 << 20, 3)
+    odd = spool_target(AgentConfig(host_root=tmp_path, spool_dir=Path("a?b=1#c")))
+    assert odd.path == str(tmp_path / "a?b=1#c" / "spans.jsonl")
+    assert "a%3Fb%3D1%23c" in odd.uri or "a%3Fb=1%23c" in odd.uri, "the name in logs is a quoted URI"
