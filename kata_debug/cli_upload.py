@@ -10,9 +10,6 @@ from pathlib import Path
 from typing import Any, List, Optional, TextIO
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
 from .errors import UsageError
 from .upload import DEFAULT_RETRIES, TOKEN_ENV, UploadError, UploadResult, UploadTarget, parse_target, upload_file
 
@@ -22,6 +19,9 @@ def upload_with_progress(path: Path, target: UploadTarget, show: bool) -> Upload
     show = show and sys.stderr.isatty()
     if not show:
         return asyncio.run(upload_file(path, target))
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
     bar = Progress(TextColumn("upload"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    console=Console(stderr=True), transient=True)
     with bar:

@@ -22,13 +22,15 @@ import base64
 import hashlib
 import os
 import random
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import KataDebugError, UsageError
+
+if TYPE_CHECKING:
+    import ssl
 
 CHUNK = 1 << 20
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -148,9 +150,11 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
-def _ssl_context(target: UploadTarget) -> ssl.SSLContext | bool:
+def _ssl_context(target: UploadTarget) -> "ssl.SSLContext | bool":
     if target.cacert is None:
         return True
+    import ssl
+
     return ssl.create_default_context(cafile=str(target.cacert))
 
 
