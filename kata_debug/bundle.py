@@ -406,20 +406,36 @@ class OutputTarget:
         self._fh: BinaryIO | None = None
         self.partial = Path(path + ".partial") if not self.to_stdout else None
 
-    def open(self) -> BinaryIO:
-        if self.to_stdout:
+    @staticmethod
+    def check(path: str | None) -> None:
+        """Refuse, before any work, an output that cannot be written (None: the default name)."""
+        if path is None:
+            return
+        if path == "-":
             import sys
 
             if sys.stdout.isatty():
                 raise OutputError("--output -: standard output is a terminal; redirect it to a file or a pipe")
+            return
+        target = Path(path)
+        if target.is_dir():
+            raise OutputError(f"--output {path}: is a directory (give a file name)")
+        parent = Path(path + ".partial").parent
+        if not parent.is_dir():
+            raise OutputError(f"--output {path}: directory {parent} does not exist")
+
+    def open(self) -> BinaryIO:
+        self.check(self.path)
+        if self.to_stdout:
+            import sys
+
             self._fh = sys.stdout.buffer
             return self._fh
         assert self.partial is not None
-        parent = self.partial.parent
-        if not parent.is_dir():
-            raise OutputError(f"--output {self.path}: directory {parent} does not exist")
         try:
-            self._fh = open(self.partial, "wb")
+            # 0600: a bundle is node evidence, redacted or not; its owner decides who reads it.
+            fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            self._fh = os.fdopen(fd, "wb")
         except OSError as exc:
             raise OutputError(f"--output {self.path}: cannot write: {exc.strerror}") from None
         return self._fh

@@ -131,6 +131,7 @@ def validate(opts: ClusterOptions) -> None:
     for n in opts.nodes:
         if not n or "/" in n:
             raise UsageError(f"--node {n!r}: not a node name")
+    OutputTarget.check(opts.output)  # before minutes of discovery, not after
 
 
 def node_deadline(node_timeout: float) -> float:

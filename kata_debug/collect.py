@@ -109,8 +109,7 @@ def validate(opts: CollectOptions) -> None:
         raise UsageError(f"--timeout {opts.timeout}: must be a positive number of seconds")
     if opts.deadline is not None and not (math.isfinite(opts.deadline) and opts.deadline > 0):
         raise UsageError(f"--deadline {opts.deadline}: must be a positive number of seconds")
-    if opts.output and opts.output != "-" and Path(opts.output).is_dir():
-        raise OutputError(f"--output {opts.output}: is a directory (give a file name)")
+    OutputTarget.check(opts.output)
 
 
 def default_output(node: str, started: datetime, compression: Compression) -> str:

@@ -427,3 +427,14 @@ async def test_the_cluster_bundle_is_uploaded_once_written(fake: ClusterFake, tm
     sha = hashlib.sha256((tmp_path / "c.tar.gz").read_bytes()).hexdigest()
     assert summary["upload"]["sha256"] == sha == srv.received[0].sha256
     assert b"s3cr3t" not in out + err
+
+
+async def test_an_output_directory_that_does_not_exist_is_refused_before_any_request(
+    fake: ClusterFake, tmp_path: Path
+) -> None:
+    build(fake, tmp_path, ["kata-a"])
+    before = len(fake.requests)
+    code, _, err = await cli("collect", "--cluster", "--kubeconfig", str(fake.kubeconfig(tmp_path / "kc")),
+                             "--output", str(tmp_path / "nope/c.tar.gz"), *FAST)
+    assert code == 1 and "does not exist" in err.decode() and len(err.decode().strip().splitlines()) == 1
+    assert len(fake.requests) == before, "not one request to the API server"

@@ -320,6 +320,13 @@ def test_a_bundle_is_not_written_to_a_terminal(tmp_path: Path) -> None:
     assert res.returncode == 1 and "standard output is a terminal" in res.stderr.decode()
 
 
+def test_the_bundle_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    root = kata_node(tmp_path / "host")
+    res = kata_debug("collect", "--host-root", str(root), "-o", str(tmp_path / "b.tar.gz"), "-c", "oci-specs")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "b.tar.gz").stat().st_mode & 0o777 == 0o600
+
+
 def test_a_collector_named_twice_runs_once(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
     res = kata_debug("collect", "--host-root", str(root), "-o", str(tmp_path / "b.tar.gz"), "-c", "oci-specs",
