@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import stat
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any
 
 from kata_debug.bundle import Spool
+from kata_debug.hostroot import open_regular
 from kata_debug.logfmt import parse_line, sandbox_of
+from kata_debug.logsince import first_offset_since
 from kata_debug.logscan import BATCH, PerSandbox, SourceStats, copy_log
 from kata_debug.deflate_ahead import DeflateAhead
 from kata_debug.logscan_client import Progress, ScannerGone, ScannerProcess
@@ -111,7 +113,7 @@ class ShimLogsCollector(Collector):
         files = await asyncio.to_thread(_log_files, ctx)
         scanner: ScannerProcess | None = None
         ahead: DeflateAhead | None = None
-        if sum(min(size, ctx.max_log_bytes) for _, _, size in files) >= SCANNER_MIN_BYTES:
+        if sum(f.cap for f in files) >= SCANNER_MIN_BYTES:
             scanner = await ScannerProcess.start()  # its start-up overlaps the journal reads
         try:
             if not journal_dirs:
@@ -120,8 +122,8 @@ class ShimLogsCollector(Collector):
                 for ident in IDENTIFIERS:
                     sources.append(await self._journal(ctx, out, ident, per_sandbox))
             if scanner is None:
-                for path, real, _ in files:
-                    sources.append(await self._file(ctx, out, path, real, per_sandbox))
+                for f in files:
+                    sources.append(await self._file(ctx, out, f, per_sandbox))
             else:
                 if out.deflate_level is not None:
                     ahead = await asyncio.to_thread(DeflateAhead, out.deflate_level, _ahead_threads())
@@ -197,22 +199,22 @@ class ShimLogsCollector(Collector):
         finally:
             raw.close()
 
-    async def _file(self, ctx: CollectContext, out: CollectorOutput, path: str, real: str,
+    async def _file(self, ctx: CollectContext, out: CollectorOutput, f: LogFile,
                     per_sandbox: PerSandbox[Spool]) -> SourceStats:
-        stats = SourceStats(source=f"file:{path}")
+        stats = SourceStats(source=f"file:{f.path}")
         spool = out.spool()
         try:
             skipped = await asyncio.to_thread(
-                copy_log, real, ctx.max_log_bytes, spool, per_sandbox, ctx.redactor.stream(), stats)
+                copy_log, f.real, f.cap, spool, per_sandbox, ctx.redactor.stream(), stats)
         except OSError as exc:
             spool.close()
             stats.error = exc.strerror or str(exc)
-            out.item_failed(path, stats.error)
+            out.item_failed(f.path, stats.error)
             return stats
-        await self._add_file(out, path, spool, skipped)
+        await self._add_file(out, f, spool, skipped)
         return stats
 
-    async def _scanned(self, ctx: CollectContext, out: CollectorOutput, files: list[tuple[str, str, int]],
+    async def _scanned(self, ctx: CollectContext, out: CollectorOutput, files: list[LogFile],
                        per_sandbox: PerSandbox[Spool], scanner: ScannerProcess,
                        ahead: DeflateAhead | None) -> list[SourceStats]:
         """The log files, redacted and split by the scanner process while this one compresses.
@@ -221,7 +223,7 @@ class ShimLogsCollector(Collector):
         the redacted copies and the per-sandbox lines overlaps the scan instead of following
         it; each file goes into the bundle as soon as the scanner is done with it.
         """
-        sources = [SourceStats(source=f"file:{path}") for path, _, _ in files]
+        sources = [SourceStats(source=f"file:{f.path}") for f in files]
         journal_sids = set(per_sandbox.sinks)  # their lines join journal spools: not deflated ahead
         done = 0
 
@@ -238,9 +240,10 @@ class ShimLogsCollector(Collector):
                     ahead.grow(("sandbox", sid), path, size)
 
         try:
-            await scanner.send([(real, ctx.max_log_bytes) for _, real, _ in files],
+            await scanner.send([(f.real, f.cap) for f in files],
                                present=journal_sids, redact=ctx.redactor.enabled)
-            for (path, _, _), stats in zip(files, sources):
+            for f, stats in zip(files, sources):
+                path = f.path
                 result = await scanner.next_file(progress if ahead is not None else None)
                 key = ("file", done)
                 done += 1
@@ -255,13 +258,12 @@ class ShimLogsCollector(Collector):
                 name = "files" + path
                 if not await self._add_deflated(out, name, ahead, key, result.output, result.size):
                     await out.add_spool(name, await scanner.adopt(result.output))
-                if result.skipped:
-                    out.truncated[f"{out.collector}/{name}"] = result.skipped
+                _record_cut(out, name, f, result.skipped)
             await scanner.finish()
         except ScannerGone as exc:
-            for (path, _, _), stats in list(zip(files, sources))[done:]:
+            for f, stats in list(zip(files, sources))[done:]:
                 stats.error = str(exc)
-                out.item_failed(path, str(exc))
+                out.item_failed(f.path, str(exc))
             if done == len(files):
                 out.item_failed("log scanner", str(exc))
         return sources
@@ -299,24 +301,44 @@ class ShimLogsCollector(Collector):
         await out.add_deflated(name, deflated.size, deflated.sha256, ahead.members(deflated))
         return True
 
-    async def _add_file(self, out: CollectorOutput, path: str, spool: Spool, skipped: int) -> None:
-        name = "files" + path
+    async def _add_file(self, out: CollectorOutput, f: LogFile, spool: Spool, skipped: int) -> None:
+        name = "files" + f.path
         await out.add_spool(name, spool)
-        if skipped:
-            out.truncated[f"{out.collector}/{name}"] = skipped
+        _record_cut(out, name, f, skipped)
 
 
-def _log_files(ctx: CollectContext) -> list[tuple[str, str, int]]:
-    """(node path, real path, size) of the log files present on the node."""
+def _record_cut(out: CollectorOutput, name: str, f: LogFile, skipped: int) -> None:
+    """Truncation is what the size cap left out; entries older than `--since` were not asked for."""
+    cut = skipped - f.before_since
+    if cut > 0:
+        out.truncated[f"{out.collector}/{name}"] = cut
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """A log file on the node, and how much of its end to read."""
+
+    path: str  # node path
+    real: str
+    size: int
+    #: Bytes before the first entry within `--since` (not read; not "truncated" either).
+    before_since: int
+    #: Bytes to read from the end: the newest within `--since`, at most the size cap.
+    cap: int
+
+
+def _log_files(ctx: CollectContext) -> list[LogFile]:
+    """The log files present on the node, each bounded by `--since` and the size cap."""
     found = []
     for path in LOG_FILES:
         real = ctx.host.resolve(path)
         try:
-            st = real.stat()
+            with open_regular(real) as fh:
+                size = os.fstat(fh.fileno()).st_size
+                before = first_offset_since(fh, size, ctx.since_time)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode):
-            found.append((path, str(real), st.st_size))
+        found.append(LogFile(path, str(real), size, before, min(ctx.max_log_bytes, size - before)))
     return found
 
 

@@ -357,7 +357,7 @@ def _collect(root: Path, out: Path) -> dict[str, bytes]:
     from tests.bundles import read_bundle
 
     argv = [sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "--output", str(out),
-            "--node-name", "kata-node-1"]
+            "--node-name", "kata-node-1", "--since", "36500d"]  # the fixture log's fixed date stays in the window
     for name in ("host", "kata-config", "oci-specs", "sandboxes", "resource-limits", "shim-logs"):
         argv += ["--collector", name]
     proc = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=120)

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +212,7 @@ async def _collect(root: Path, out: Path, scanner: bool, monkeypatch: pytest.Mon
         m.setattr(logscan_client, "PROGRESS_EVERY", 1)  # say how far it got after every chunk
         m.setattr(ScannerProcess, "start", classmethod(spy_start))
         m.setattr(DeflateAhead, "finish", spy_finish)
+        kw.setdefault("since", timedelta(days=36500))  # the fixture lines' fixed dates are always in the window
         await run_collection(CollectOptions(host_root=root, output=str(out), collectors=["shim-logs"], **kw))
     return read_bundle(out), started
 
@@ -406,3 +407,22 @@ async def test_a_zstd_bundle_gets_the_same_logs_from_the_scanner_without_deflati
     there, started = await _collect(root, tmp_path / "out.tar.zst", True, monkeypatch, compression="zstd")
     assert started == ["scanner"]  # nothing deflated ahead: zstd compresses on its own
     assert _comparable(there) == _comparable(here)
+
+
+@pytest.mark.parametrize("scanner", [False, True], ids=["in process", "scanner process"])
+async def test_log_files_are_bounded_by_since_and_that_is_not_truncation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool) -> None:
+    root = kata_node(tmp_path / "host")
+    log = root / shim_logs.LOG_FILES[0].lstrip("/")
+    log.parent.mkdir(parents=True)
+    now = datetime.now(timezone.utc)
+    lines = []
+    for hours, what in ((72, "three days ago"), (30, "yesterday morning"), (1, "an hour ago"), (0, "just now")):
+        stamp = (now - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lines.append(f'time="{stamp}" level=info msg="{what}" sandbox=sb-{hours}\n')
+    log.write_text("".join(lines) + "  panic: continuation of just now\n")
+    bundle, _ = await _collect(root, tmp_path / "b.tgz", scanner, monkeypatch, since=timedelta(hours=24))
+    name = f"shim-logs/files{shim_logs.LOG_FILES[0]}"
+    assert bundle.members[name] == ("".join(lines[2:]) + "  panic: continuation of just now\n").encode()
+    assert name not in bundle.collector("shim-logs")["truncated"], "not asked for is not cut"
+    assert bundle.json("shim-logs/summary.json")["sandboxes"] == ["sb-0", "sb-1"]
