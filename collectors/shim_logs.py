@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from kata_debug.bundle import Spool
-from kata_debug.hostroot import open_regular
+from kata_debug.hostroot import HostRoot, open_regular
 from kata_debug.logfmt import parse_line, sandbox_of
 from kata_debug.logsince import first_offset_since
 from kata_debug.logscan import BATCH, PerSandbox, SourceStats, copy_log
@@ -103,7 +103,8 @@ def _split_journal(raw: IO[bytes], ident: str, text: Spool, parsed: Spool, per_s
 class ShimLogsCollector(Collector):
     name = "shim-logs"
     summary = "journald entries of kata, kata-runtime, containerd, crio (raw + parsed + per sandbox) and containerd/CRI-O log files"
-    reads = (*(f"journalctl -o json -t {i}" for i in IDENTIFIERS), *JOURNAL_DIRS, *LOG_FILES)
+    reads = (*(f"journalctl -o json -t {i}" for i in IDENTIFIERS), *JOURNAL_DIRS, *LOG_FILES,
+             *(f"{p}.<N> (rotated)" for p in LOG_FILES))
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         per_sandbox: PerSandbox[Spool] = PerSandbox(lambda sid: Spool(ctx.max_log_bytes))
@@ -327,18 +328,37 @@ class LogFile:
     cap: int
 
 
+def _with_rotations(host: HostRoot, path: str) -> list[tuple[str, bool]]:
+    """`path`'s uncompressed rotations (`name.1`, `name.2`, ...) oldest first, then `path`.
+
+    (node path, is a rotation). logrotate's compressed `.gz` rotations are left out: their
+    text cannot be redacted without unpacking them.
+    """
+    directory, _, name = path.rpartition("/")
+    prefix = name + "."
+    numbers = sorted((int(n[len(prefix):]) for n in host.listdir(directory or "/")
+                      if n.startswith(prefix) and n[len(prefix):].isdigit()), reverse=True)
+    return [(f"{directory}/{prefix}{n}", True) for n in numbers] + [(path, False)]
+
+
 def _log_files(ctx: CollectContext) -> list[LogFile]:
-    """The log files present on the node, each bounded by `--since` and the size cap."""
+    """The log files present on the node, each bounded by `--since` and the size cap.
+
+    A rotation whose entries are all older than `--since` is left out altogether.
+    """
     found = []
-    for path in LOG_FILES:
-        real = ctx.host.resolve(path)
-        try:
-            with open_regular(real) as fh:
-                size = os.fstat(fh.fileno()).st_size
-                before = first_offset_since(fh, size, ctx.since_time)
-        except OSError:
-            continue
-        found.append(LogFile(path, str(real), size, before, min(ctx.max_log_bytes, size - before)))
+    for base in LOG_FILES:
+        for path, rotated in _with_rotations(ctx.host, base):
+            real = ctx.host.resolve(path)
+            try:
+                with open_regular(real) as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    before = first_offset_since(fh, size, ctx.since_time)
+            except OSError:
+                continue
+            if rotated and before >= size:
+                continue
+            found.append(LogFile(path, str(real), size, before, min(ctx.max_log_bytes, size - before)))
     return found
 
 

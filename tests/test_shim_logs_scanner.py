@@ -426,3 +426,30 @@ async def test_log_files_are_bounded_by_since_and_that_is_not_truncation(
     assert bundle.members[name] == ("".join(lines[2:]) + "  panic: continuation of just now\n").encode()
     assert name not in bundle.collector("shim-logs")["truncated"], "not asked for is not cut"
     assert bundle.json("shim-logs/summary.json")["sandboxes"] == ["sb-0", "sb-1"]
+
+
+@pytest.mark.parametrize("scanner", [False, True], ids=["in process", "scanner process"])
+async def test_rotated_log_files_within_since_come_too_oldest_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool) -> None:
+    root = kata_node(tmp_path / "host")
+    log = root / shim_logs.LOG_FILES[0].lstrip("/")
+    log.parent.mkdir(parents=True)
+    now = datetime.now(timezone.utc)
+
+    def entry(hours: int, what: str) -> str:
+        stamp = (now - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return f'time="{stamp}" level=info msg="{what}" sandbox=sb-{hours}\n'
+
+    Path(f"{log}.3").write_text(entry(80, "long gone"))
+    Path(f"{log}.2").write_text(entry(30, "before the window") + entry(5, "rotated twice"))
+    Path(f"{log}.1").write_text(entry(2, "rotated once"))
+    Path(f"{log}.2.gz").write_bytes(b"\x1f\x8b not read")
+    log.write_text(entry(1, "live"))
+    bundle, _ = await _collect(root, tmp_path / "b.tgz", scanner, monkeypatch, since=timedelta(hours=24))
+    base = f"shim-logs/files{shim_logs.LOG_FILES[0]}"
+    files = [m for m in bundle.members if m.startswith(base)]
+    assert files == [f"{base}.2", f"{base}.1", base], "all older than --since: left out; .gz: not read"
+    assert bundle.members[f"{base}.2"] == entry(5, "rotated twice").encode()
+    sources = [s["source"] for s in bundle.json("shim-logs/summary.json")["sources"] if s["source"].startswith("file:")]
+    assert sources == [f"file:{shim_logs.LOG_FILES[0]}.2", f"file:{shim_logs.LOG_FILES[0]}.1",
+                       f"file:{shim_logs.LOG_FILES[0]}"]
