@@ -40,6 +40,8 @@ def expand(paths: list[str]) -> tuple[list[str], list[InputError]]:
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found.extend(os.path.join(root, n) for n in names if n.endswith(SUFFIXES))
+            if not found:  # a typo'd or wrong directory must not pass as "no warnings"
+                errors.append(InputError(p, f"no manifests in this directory ({', '.join(SUFFIXES)})"))
             files.extend(sorted(found))
         elif path.is_file():
             files.append(p)

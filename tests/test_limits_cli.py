@@ -175,3 +175,11 @@ def test_only_missing_inputs_is_one_error_line_and_no_report(tmp_path: Path) -> 
     assert res.returncode == 2
     assert res.stdout == ""
     assert res.stderr.strip() == f"kata-debug: error: {tmp_path / 'missing.yaml'}: no such file or directory"
+
+
+def test_a_directory_without_manifests_is_an_input_error_not_a_clean_report(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("nothing to see\n")
+    res = subprocess.run([sys.executable, "-m", "kata_debug", "limits", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().startswith(f"kata-debug: error: {tmp_path}: no manifests in this directory")
