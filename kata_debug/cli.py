@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict
 from enum import Enum
@@ -64,9 +65,14 @@ def parse_size(text: str, option: str) -> int:
         value = float(s[: len(s) - len(unit)])
     except ValueError:
         raise UsageError(f"{option} {text!r}: not a size (use e.g. 50M, 1G)") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{option} {text!r}: not a size (use e.g. 50M, 1G)")
     if value <= 0:
         raise UsageError(f"{option} {text!r}: must be positive")
-    return int(value * units[unit])
+    size = int(value * units[unit])
+    if size < 1:
+        raise UsageError(f"{option} {text!r}: must be at least 1 byte")
+    return size
 
 
 @app.command()
