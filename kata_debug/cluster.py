@@ -22,6 +22,7 @@ streams home and add the Kubernetes objects no node can see. Design choices:
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -126,7 +127,7 @@ class _NoProgress:
 def validate(opts: ClusterOptions) -> None:
     if opts.parallel < 1:
         raise UsageError(f"--parallel {opts.parallel}: must be at least 1")
-    if opts.node_timeout <= 0:
+    if not (math.isfinite(opts.node_timeout) and opts.node_timeout > 0):
         raise UsageError(f"--node-timeout {opts.node_timeout:g}: must be a positive number of seconds")
     for n in opts.nodes:
         if not n or "/" in n:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -177,7 +178,7 @@ def collect_cluster(
         raise UsageError("--node-name: not valid with --cluster (use --node to choose nodes)")
     if deadline is not None:
         raise UsageError("--deadline: not valid with --cluster (use --node-timeout)")
-    if timeout <= 0:
+    if not (math.isfinite(timeout) and timeout > 0):
         raise UsageError(f"--timeout {timeout}: must be a positive number of seconds")
     import collectors as registry
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ def parse_target(
         raise UsageError(f"--upload-method {method}: use PUT or POST")
     if retries < 0:
         raise UsageError(f"--upload-retries {retries}: must not be negative")
-    if timeout <= 0:
+    if not (math.isfinite(timeout) and timeout > 0):
         raise UsageError(f"--upload-timeout {timeout:g}: must be positive")
     if cacert is not None and not cacert.is_file():
         raise UsageError(f"--upload-cacert {cacert}: no such file")

@@ -234,6 +234,8 @@ async def test_wrong_token_is_fatal_before_anything_is_written(tmp_path: Path) -
 async def test_bad_options_are_one_line_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--parallel 0"):
         await run_cluster_collection(ClusterOptions(parallel=0))
+    with pytest.raises(UsageError, match="--node-timeout nan"):
+        await run_cluster_collection(ClusterOptions(node_timeout=float("nan")))
     with pytest.raises(UsageError, match="--kubeconfig"):
         await run_cluster_collection(ClusterOptions(kubeconfig=str(tmp_path / "missing")))
     code, _, err = await cli("collect", "--cluster", "--host-root", "/tmp")

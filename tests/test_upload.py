@@ -124,6 +124,7 @@ async def test_https_with_a_private_ca(tmp_path: Path) -> None:
         (["http://127.0.0.1:9/x", "--method", "PATCH"], "--method PATCH: use PUT or POST"),
         (["http://127.0.0.1:9/x", "-H", "no colon"], "expected 'Name: value'"),
         (["http://127.0.0.1:9/x", "--cacert", "/nonexistent/ca.pem"], "--cacert /nonexistent/ca.pem: no such file"),
+        (["http://127.0.0.1:9/x", "--timeout", "nan"], "--timeout nan: must be positive"),
     ],
 )
 async def test_bad_input_is_one_line_naming_it(tmp_path: Path, args: list[str], message: str) -> None:
