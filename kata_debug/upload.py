@@ -185,6 +185,10 @@ async def upload_file(
     }
     timeout = aiohttp.ClientTimeout(total=None, connect=target.timeout, sock_connect=target.timeout,
                                     sock_read=target.timeout)
+    try:
+        ssl_context = await asyncio.to_thread(_ssl_context, target)  # reads the CA bundle: once, off the loop
+    except OSError as exc:  # ssl.SSLError included: not PEM, no certificate in it
+        raise UploadError(f"{target.cacert}: not a usable CA bundle: {exc.strerror or exc}") from None
     start = loop.time()
     attempts = 0
     last = ""
@@ -195,7 +199,7 @@ async def upload_file(
             try:
                 async with session.request(
                     target.method, target.url, data=_body(path, size, progress), headers=headers,
-                    ssl=_ssl_context(target), allow_redirects=False,
+                    ssl=ssl_context, allow_redirects=False,
                 ) as resp:
                     if 200 <= resp.status < 300:
                         return UploadResult(shown, target.method, resp.status, size, sha256, attempts,
