@@ -7,15 +7,26 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, List, Optional, TextIO
+from typing import TYPE_CHECKING, Any, List, Optional, TextIO
 
 import typer
+
 from .errors import UsageError
-from .upload import DEFAULT_RETRIES, TOKEN_ENV, UploadError, UploadResult, UploadTarget, parse_target, upload_file
+
+if TYPE_CHECKING:
+    from .upload import UploadResult, UploadTarget
+
+# upload.DEFAULT_RETRIES and upload.TOKEN_ENV, not imported from it: every command's start-up
+# imports this module (for `register`) and upload.py alone costs ~10 ms of it. The upload
+# module is imported when an upload is asked for; tests/test_upload.py checks these match.
+DEFAULT_RETRIES = 5
+TOKEN_ENV = "KATA_DEBUG_UPLOAD_TOKEN"
 
 
 def upload_with_progress(path: Path, target: UploadTarget, show: bool) -> UploadResult:
     """Upload with a transfer bar on a terminal (stderr), silently otherwise."""
+    from .upload import upload_file
+
     show = show and sys.stderr.isatty()
     if not show:
         return asyncio.run(upload_file(path, target))
@@ -71,6 +82,8 @@ def upload(
 def _parse(url: str, method: str, header: list[str] | None, retries: int, timeout: float, cacert: Path | None,
            for_collect: bool) -> UploadTarget:
     """`parse_target`, its errors naming the options as the command spells them."""
+    from .upload import parse_target
+
     try:
         return parse_target(url, method, header, retries, timeout, cacert)
     except UsageError as exc:
@@ -117,6 +130,8 @@ def upload_after_collect(path: str, target: UploadTarget | None, json_output: bo
     """Upload a finished bundle, if asked to. The bundle stays on disk whatever happens."""
     if target is None:
         return AfterCollect()
+    from .upload import UploadError
+
     try:
         result = upload_with_progress(Path(path), target, show=not json_output)
     except UploadError as exc:

@@ -168,3 +168,14 @@ async def test_a_failed_upload_keeps_the_bundle_and_says_where(tmp_path: Path, s
     assert code == 1
     assert out_file.stat().st_size > 0 and "oci-specs" in out
     assert f"the bundle is kept at {out_file}" in err and "HTTP 500" in err
+
+
+def test_the_cli_defaults_are_the_upload_modules_own_and_it_is_not_imported_at_start_up() -> None:
+    import subprocess
+
+    from kata_debug import cli_upload, upload
+
+    assert (cli_upload.DEFAULT_RETRIES, cli_upload.TOKEN_ENV) == (upload.DEFAULT_RETRIES, upload.TOKEN_ENV)
+    probe = "import sys, kata_debug.cli; print('kata_debug.upload' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
