@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Protocol, TypeVar
 
+from .hostroot import open_regular
 from .logfmt import parse_line, sandbox_of
 from .redact import StreamRedactor
 
@@ -114,7 +115,7 @@ def copy_log(real_path: str, cap: int, out: Sink, per_sandbox: PerSandbox[Any], 
     skipped at the start.
     """
     skipped = 0
-    with open(real_path, "rb") as src:
+    with open_regular(real_path) as src:  # a FIFO swapped in since it was measured: an error, not a hang
         size = os.fstat(src.fileno()).st_size
         if size > cap:
             src.seek(size - cap - 1)
