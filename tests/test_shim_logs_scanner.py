@@ -18,7 +18,7 @@ import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 import pytest
@@ -409,17 +409,27 @@ async def test_a_zstd_bundle_gets_the_same_logs_from_the_scanner_without_deflati
     assert _comparable(there) == _comparable(here)
 
 
-@pytest.mark.parametrize("scanner", [False, True], ids=["in process", "scanner process"])
-async def test_log_files_are_bounded_by_since_and_that_is_not_truncation(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool) -> None:
+def _dated_log(tmp_path: Path) -> tuple[Path, Path, Callable[[int, str], str]]:
+    """A node root, its first containerd log file's path (directory made), and a maker of log
+    entries stamped `hours` before now (naming sandbox `sb-<hours>`)."""
     root = kata_node(tmp_path / "host")
     log = root / shim_logs.LOG_FILES[0].lstrip("/")
     log.parent.mkdir(parents=True)
     now = datetime.now(timezone.utc)
-    lines = []
-    for hours, what in ((72, "three days ago"), (30, "yesterday morning"), (1, "an hour ago"), (0, "just now")):
+
+    def entry(hours: int, what: str) -> str:
         stamp = (now - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        lines.append(f'time="{stamp}" level=info msg="{what}" sandbox=sb-{hours}\n')
+        return f'time="{stamp}" level=info msg="{what}" sandbox=sb-{hours}\n'
+
+    return root, log, entry
+
+
+@pytest.mark.parametrize("scanner", [False, True], ids=["in process", "scanner process"])
+async def test_log_files_are_bounded_by_since_and_that_is_not_truncation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool) -> None:
+    root, log, entry = _dated_log(tmp_path)
+    lines = [entry(hours, what) for hours, what in
+             ((72, "three days ago"), (30, "yesterday morning"), (1, "an hour ago"), (0, "just now"))]
     log.write_text("".join(lines) + "  panic: continuation of just now\n")
     bundle, _ = await _collect(root, tmp_path / "b.tgz", scanner, monkeypatch, since=timedelta(hours=24))
     name = f"shim-logs/files{shim_logs.LOG_FILES[0]}"
@@ -431,15 +441,7 @@ async def test_log_files_are_bounded_by_since_and_that_is_not_truncation(
 @pytest.mark.parametrize("scanner", [False, True], ids=["in process", "scanner process"])
 async def test_rotated_log_files_within_since_come_too_oldest_first(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool) -> None:
-    root = kata_node(tmp_path / "host")
-    log = root / shim_logs.LOG_FILES[0].lstrip("/")
-    log.parent.mkdir(parents=True)
-    now = datetime.now(timezone.utc)
-
-    def entry(hours: int, what: str) -> str:
-        stamp = (now - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return f'time="{stamp}" level=info msg="{what}" sandbox=sb-{hours}\n'
-
+    root, log, entry = _dated_log(tmp_path)
     Path(f"{log}.3").write_text(entry(80, "long gone"))
     Path(f"{log}.2").write_text(entry(30, "before the window") + entry(5, "rotated twice"))
     Path(f"{log}.1").write_text(entry(2, "rotated once"))
