@@ -133,11 +133,12 @@ class ShimLogsCollector(Collector):
             split = sorted(per_sandbox.sinks.keys() | scanned.keys())
             for sid in split:
                 journal = per_sandbox.sinks.pop(sid, None)
-                if scanner is None or sid not in scanned:
+                if sid in scanned:
+                    assert scanner is not None
+                    await self._add_scanned_sandbox(ctx, out, sid, journal, scanner, ahead)
+                else:
                     assert journal is not None
                     await out.add_spool(f"sandboxes/{sid}.log", journal)
-                else:
-                    await self._add_scanned_sandbox(ctx, out, sid, journal, scanner, ahead)
         finally:
             for spool in per_sandbox.sinks.values():
                 spool.close()
