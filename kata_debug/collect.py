@@ -118,7 +118,7 @@ def default_output(node: str, started: datetime, compression: Compression) -> st
 
 async def run_collection(opts: CollectOptions, progress: Progress | None = None) -> CollectResult:
     """Collect into `opts.output`; raises UsageError/OutputError before anything is written."""
-    validate(opts)
+    await asyncio.to_thread(validate, opts)  # stats the host root and the output: off the loop
     progress = progress or _NoProgress()
     host = HostRoot.at(opts.host_root)
     node = opts.node or await asyncio.to_thread(detect_node_name, host)
@@ -126,7 +126,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     top = bundle_stem(node, started)
     output = opts.output or default_output(node, started, opts.compression)
     target = OutputTarget(output)
-    sink = target.open()
+    sink = await asyncio.to_thread(target.open)
     redactor = Redactor(enabled=opts.redact)
     bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
     ctx = CollectContext(
