@@ -7,13 +7,13 @@ Both encoders here carry what that encoder leaves out: link trace state, W3C tra
 repeated event/link attribute keys exactly as the agent sent them.
 
 * `encode_request` builds an `ExportTraceServiceRequest` message in place (`.add()` and field
-  assignment): the reference, and what the gRPC exporter is handed.
-* `encode_request_bytes` writes the same request's protobuf encoding directly: what both
-  exporters send. The HTTP exporter only ever needs the bytes, and a span is a fixed, small
-  set of fields (tags, lengths, values; `struct` for the fixed-width ones; a common string
-  attribute is five precomputed or borrowed pieces and no concatenation). It is slightly
-  faster than the message API (which is already C underneath: the cost of both is the
-  Python work per field), and it cannot fail on a string: a lone surrogate, which a JSON
+  assignment): the reference the direct encoding is tested against.
+* `encode_request_bytes` writes the same request's protobuf encoding directly (what both
+  exporters send, cut to size by `encode_requests`). A span is a fixed, small set of fields
+  (tags, lengths, values; `struct` for the fixed-width ones; a common string attribute is
+  five precomputed or borrowed pieces and no concatenation). It is slightly faster than the
+  message API (which is already C underneath: the cost of both is the Python work per
+  field), and it cannot fail on a string: a lone surrogate, which a JSON
   `\ud800` escape can produce, is replaced instead of raising and failing the whole batch
   over and over. The output is byte for byte what `encode_request(...).SerializeToString()`
   gives (fields in number order, proto3 defaults left out); `tests/test_otlp_proto.py`
@@ -25,6 +25,7 @@ repeated event/link attribute keys exactly as the agent sent them.
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -345,17 +346,8 @@ def _join_groups(groups: dict[ResourceAttrs, list[bytes]]) -> bytes:
 
 
 def encode_request_bytes(batch: Sequence[QueuedSpan]) -> bytes:
-    """`encode_request(batch).SerializeToString()`, written directly."""
-    groups: dict[ResourceAttrs, list[bytes]] = {}
-    for span, origin in batch:
-        res = origin.resource_for(span) if span.resource else origin.resource
-        spans = groups.get(res)
-        if spans is None:
-            spans = groups[res] = []
-        body = span_bytes(span)
-        n = len(body)
-        spans += (b"\x12", _VARINT[n] if n < _SMALL else _varint(n), body)  # ScopeSpans.spans
-    return _join_groups(groups)
+    """`encode_request(batch).SerializeToString()`, written directly: `encode_requests` uncapped."""
+    return b"".join([r.data for r in encode_requests(batch, sys.maxsize)])
 
 
 #: Upper bound of what a ResourceSpans adds besides its resource: two tags and two lengths.
