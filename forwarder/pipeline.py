@@ -153,15 +153,7 @@ class ExportPipeline:
 
     def put(self, item: QueuedSpan, size: int) -> None:
         """Queue one span of `size` accounted bytes; never blocks. Drops the oldest when over a cap."""
-        q = self._q
-        q.append(item)
-        self._sizes.append(size)
-        self._bytes += size
-        self.stats.queued += 1
-        if len(q) > self.queue_size or self._bytes > self.queue_bytes:
-            self._trim()
-        if len(q) >= self.batch_size or len(q) == 1:
-            self._wake.set()
+        self.put_many([item], (size,))
 
     def put_many(self, items: list[QueuedSpan], sizes: Sequence[int]) -> None:
         """`put` for every item, in order (one call per received chunk, not per span).
