@@ -77,6 +77,12 @@ class Agent:
         assert self.proc.returncode is not None
         return self.proc.returncode
 
+    async def kill(self) -> None:
+        """Cleanup after a failed test: kill the agent if it is still running."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
 
 async def start_agent(root: Path, state: Path, *args: str, env: dict[str, str] | None = None,
                       cwd: Path = REPO) -> Agent:
@@ -163,9 +169,7 @@ async def test_agent_follows_sandboxes_exports_tagged_spans_spools_them_and_stop
 
         assert await agent.stop() == 0, agent.stderr.decode()
     finally:
-        if agent.proc.returncode is None:
-            agent.proc.kill()
-            await agent.proc.wait()
+        await agent.kill()
         await http.stop()
         for s in vmms:
             s.close()
@@ -209,9 +213,7 @@ async def test_without_vsock_the_agent_says_so_once_and_hybrid_vsock_still_flows
         assert {r.resource["kata.sandbox.id"] for r in got} == {SID}
         assert await agent.stop() == 0
     finally:
-        if agent.proc.returncode is None:
-            agent.proc.kill()
-            await agent.proc.wait()
+        await agent.kill()
         await http.stop()
         taken.close()
         if vmm is not None:
@@ -245,9 +247,7 @@ async def test_spool_stays_under_its_cap_however_many_spans_arrive(short_tmp: Pa
             await until(lambda: mark() not in (before, None))  # written (the agent batches for 0.2 s)
         assert await agent.stop() == 0
     finally:
-        if agent.proc.returncode is None:
-            agent.proc.kill()
-            await agent.proc.wait()
+        await agent.kill()
         if vmm is not None:
             vmm.close()
     files = sorted(spool.glob("spans.jsonl*"))
@@ -291,9 +291,7 @@ async def test_relative_paths_and_uri_characters_in_paths_spool_where_they_say(s
         await until(lambda: (spool / "spans.jsonl").exists() and (spool / "spans.jsonl").stat().st_size > 0)
         assert await agent.stop() == 0, agent.stderr.decode()
     finally:
-        if agent.proc.returncode is None:
-            agent.proc.kill()
-            await agent.proc.wait()
+        await agent.kill()
         if vmm is not None:
             vmm.close()
     assert len(spooled_spans(short_tmp / spool_name)) == JSON_SPANS
