@@ -96,8 +96,9 @@ def parse_collect_upload(url: str | None, method: str, header: list[str] | None,
                          timeout: float, cacert: Path | None, output: str | None, redact: bool) -> UploadTarget | None:
     """The `collect --upload*` options, checked before collection starts."""
     if url is None:
-        if header or cacert is not None or method.upper() != "PUT":
-            raise UsageError("--upload-method/--upload-header/--upload-cacert: only valid with --upload")
+        if header or cacert is not None or method.upper() != "PUT" or retries != DEFAULT_RETRIES or timeout != 60.0:
+            raise UsageError("--upload-method/--upload-header/--upload-retries/--upload-timeout/--upload-cacert: "
+                             "only valid with --upload")
         return None
     if output == "-":
         raise UsageError("--upload: not valid with --output - (the bundle goes to stdout)")

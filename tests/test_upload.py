@@ -179,3 +179,8 @@ def test_the_cli_defaults_are_the_upload_modules_own_and_it_is_not_imported_at_s
     probe = "import sys, kata_debug.cli; print('kata_debug.upload' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_upload_options_without_upload_are_refused(tmp_path: Path) -> None:
+    code, _, err = await cli("collect", "-o", str(tmp_path / "b.tar.gz"), "--upload-retries", "9")
+    assert code == 2 and "only valid with --upload" in err and not (tmp_path / "b.tar.gz").exists()
