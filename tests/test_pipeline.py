@@ -8,9 +8,10 @@ export, put back after a failure (all of it or the undelivered rest), dropped, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -123,13 +124,26 @@ async def until(predicate: Any, timeout: float = 10.0) -> None:
     await asyncio.wait_for(_poll(), timeout)
 
 
+@contextlib.asynccontextmanager
+async def running(p: ExportPipeline, sink: "ScriptedSink") -> AsyncIterator[None]:
+    """`p.run()` as a task; afterwards close, release any export still waiting, and finish."""
+    task = asyncio.create_task(p.run())
+    try:
+        yield
+    finally:
+        p.close()
+        for _ in range(4):
+            sink.release()
+        await asyncio.wait_for(task, 10)
+        p.finish()
+
+
 async def test_partial_delivery_requeues_the_rest_with_exact_bytes_and_the_caps_drop_the_oldest() -> None:
     sink = ScriptedSink(script=[1])  # first export: one span through, then the backend fails
     p = ExportPipeline(sink, queue_size=100, queue_bytes=1000, batch_size=4, batch_delay=0.0,
                        retry_initial=0.01, retry_max=0.01)
     sizes = {0: 100, 1: 200, 2: 300, 3: 400, 4: 250, 5: 250}
-    task = asyncio.create_task(p.run())
-    try:
+    async with running(p, sink):
         p.put_many(ITEMS[:4], [sizes[i] for i in range(4)])
         await until(lambda: len(sink.batches) == 1)
         # The batch being exported has left the queue but is still held, and reported.
@@ -149,20 +163,13 @@ async def test_partial_delivery_requeues_the_rest_with_exact_bytes_and_the_caps_
         assert sink.delivered == [0, 3, 4, 5]
         assert (len(p), p.queued_bytes, p.held_bytes, p.stats.dropped) == (0, 0, 0, 2)
         assert len(p._sizes) == 0
-    finally:
-        p.close()
-        for _ in range(4):
-            sink.release()
-        await asyncio.wait_for(task, 10)
-        p.finish()
 
 
 async def test_a_failed_batch_goes_back_whole_and_a_retry_sees_the_same_bytes() -> None:
     sink = ScriptedSink(script=[0, 0])  # backend down twice, then up
     p = ExportPipeline(sink, queue_size=100, queue_bytes=10_000, batch_size=3, batch_delay=0.0,
                        retry_initial=0.01, retry_max=0.01)
-    task = asyncio.create_task(p.run())
-    try:
+    async with running(p, sink):
         p.put_many(ITEMS[:5], SIZES[:5])
         for call in range(3):
             await until(lambda: len(sink.batches) == call + 1)
@@ -175,12 +182,6 @@ async def test_a_failed_batch_goes_back_whole_and_a_retry_sees_the_same_bytes() 
         sink.release()
         await until(lambda: p.stats.exported == 5)
         assert (len(p), p.held_bytes, p.stats.dropped, p.stats.failed_exports) == (0, 0, 0, 2)
-    finally:
-        p.close()
-        for _ in range(4):
-            sink.release()
-        await asyncio.wait_for(task, 10)
-        p.finish()
 
 
 async def test_abandon_counts_queued_and_in_flight_spans_and_releases_their_bytes() -> None:
