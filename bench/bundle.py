@@ -35,8 +35,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from collectors.shim_logs import LOG_FILES  # noqa: E402
-from tests.hostroots import kata_node, add_task, oci_spec  # noqa: E402
+from kata_debug.collectors.shim_logs import LOG_FILES  # noqa: E402
+from tests.hostroots import add_task, kata_node, oci_spec  # noqa: E402
 
 
 def _log_block(rng: random.Random, sandboxes: list[str], size: int) -> bytes:
@@ -47,12 +47,16 @@ def _log_block(rng: random.Random, sandboxes: list[str], size: int) -> bytes:
         sid = rng.choice(sandboxes)
         n = rng.randrange(1_000_000)
         if rng.random() < 0.7:
-            line = (f'time="2026-11-28T10:{n % 60:02d}:{n % 59:02d}.{n:06d}Z" level=debug msg="reading guest console" '
-                    f'pid={1000 + n % 5000} sandbox={sid} source=virtcontainers subsystem={rng.choice(subsystems)} '
-                    f'vmconsole="[ {n / 1000:.6f}] virtio_blk virtio{n % 8}: [vd{chr(97 + n % 26)}] {n * 512} 512-byte logical blocks"\n')
+            line = (
+                f'time="2026-11-28T10:{n % 60:02d}:{n % 59:02d}.{n:06d}Z" level=debug msg="reading guest console" '
+                f"pid={1000 + n % 5000} sandbox={sid} source=virtcontainers subsystem={rng.choice(subsystems)} "
+                f'vmconsole="[ {n / 1000:.6f}] virtio_blk virtio{n % 8}: [vd{chr(97 + n % 26)}] {n * 512} 512-byte logical blocks"\n'
+            )
         else:
-            line = (f'time="2026-11-28T10:{n % 60:02d}:{n % 59:02d}.{n:06d}Z" level=info msg="container started" '
-                    f'id={rng.getrandbits(128):032x} namespace=k8s.io runtime=io.containerd.kata.v2 pid={n}\n')
+            line = (
+                f'time="2026-11-28T10:{n % 60:02d}:{n % 59:02d}.{n:06d}Z" level=info msg="container started" '
+                f"id={rng.getrandbits(128):032x} namespace=k8s.io runtime=io.containerd.kata.v2 pid={n}\n"
+            )
         lines.append(line)
         total += len(line)
     return "".join(lines).encode()
@@ -65,9 +69,18 @@ def build_node(root: Path, bundles: int, log_mib: int) -> list[Path]:
     sandboxes = [f"{rng.getrandbits(256):064x}" for _ in range(max(1, bundles // 4))]
     for i in range(bundles):
         sid = sandboxes[i % len(sandboxes)]
-        add_task(root, "k8s.io", f"c{i:05d}{sid[:16]}", oci_spec(
-            ctype="container", sandbox_id=sid, quota=50000 + i, memory=(256 + i) * 2**20,
-            env=[f"VAR_{j}=value-{j}" for j in range(20)]))
+        add_task(
+            root,
+            "k8s.io",
+            f"c{i:05d}{sid[:16]}",
+            oci_spec(
+                ctype="container",
+                sandbox_id=sid,
+                quota=50000 + i,
+                memory=(256 + i) * 2**20,
+                env=[f"VAR_{j}=value-{j}" for j in range(20)],
+            ),
+        )
     block = _log_block(rng, sandboxes, 4 << 20)
     files = LOG_FILES[:4]
     per_file = (log_mib << 20) // len(files)
@@ -105,8 +118,9 @@ def _tree_rss(proc: psutil.Process) -> int:
 def _run_measured(argv: list[str], cwd: Path | None = None) -> Run:
     """Wall time, CPU and memory of one command: rusage via wait4, tree RSS sampled every 10 ms."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     peak = 0
     done = threading.Event()
 
@@ -136,23 +150,48 @@ def _run_measured(argv: list[str], cwd: Path | None = None) -> Run:
 def bench(size_mib: int, bundles: int, workdir: Path, repeat: int) -> dict[str, float]:
     root = workdir / f"host-{size_mib}"
     inputs = build_node(root, bundles, size_mib)
-    input_bytes = sum(f.stat().st_size for rel in inputs
-                      for f in ([root / rel] if (root / rel).is_file() else (root / rel).rglob("*")) if f.is_file())
+    input_bytes = sum(
+        f.stat().st_size
+        for rel in inputs
+        for f in ([root / rel] if (root / rel).is_file() else (root / rel).rglob("*"))
+        if f.is_file()
+    )
     out = workdir / "bundle.tar.gz"
     runs: list[tuple[Run, Run]] = []
     for i in range(repeat):  # interleaved, so both see the same machine load
         tar = _run_measured(["tar", "czf", str(workdir / "baseline.tar.gz"), *map(str, inputs)], cwd=root)
-        kd = _run_measured([
-            sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "--output", str(out),
-            "--collector", "oci-specs", "--collector", "shim-logs", "--all-runtimes",
-            "--max-log-size", f"{size_mib + 64}M", "--timeout", "3600", "--output-format", "json",
-            "--since", "36500d",  # the generated lines carry fixed dates: keep them all, as tar does
-        ])
+        kd = _run_measured(
+            [
+                sys.executable,
+                "-m",
+                "kata_debug",
+                "collect",
+                "--host-root",
+                str(root),
+                "--output",
+                str(out),
+                "--collector",
+                "oci-specs",
+                "--collector",
+                "shim-logs",
+                "--all-runtimes",
+                "--max-log-size",
+                f"{size_mib + 64}M",
+                "--timeout",
+                "3600",
+                "--output-format",
+                "json",
+                "--since",
+                "36500d",  # the generated lines carry fixed dates: keep them all, as tar does
+            ]
+        )
         runs.append((tar, kd))
         if repeat > 1:
-            print(f"  run {i + 1}: tar czf {tar.seconds:.2f}s ({tar.cpu_s:.2f} cpu-s) | kata-debug {kd.seconds:.2f}s "
-                  f"({kd.cpu_s:.2f} cpu-s) | ratio {tar.seconds / kd.seconds:.2f} | tree RSS {kd.tree_rss_peak / 2**20:.1f} MiB",
-                  flush=True)
+            print(
+                f"  run {i + 1}: tar czf {tar.seconds:.2f}s ({tar.cpu_s:.2f} cpu-s) | kata-debug {kd.seconds:.2f}s "
+                f"({kd.cpu_s:.2f} cpu-s) | ratio {tar.seconds / kd.seconds:.2f} | tree RSS {kd.tree_rss_peak / 2**20:.1f} MiB",
+                flush=True,
+            )
     shutil.rmtree(root)
     tar_s = statistics.median(t.seconds for t, _ in runs)
     kd_s = statistics.median(k.seconds for _, k in runs)
@@ -189,11 +228,14 @@ def main() -> None:
             r = bench(size, args.bundles, Path(tmp), max(1, args.repeat))
             ok_rss = r["peak_rss_mib"] < 150
             ok_tp = r["throughput_ratio"] >= 0.8
-            print(f"{r['input_mib']:>7} MiB in, median of {r['runs']}: tar czf {r['tar_czf_s']:>6}s ({r['tar_czf_mb_s']} MB/s, "
-                  f"{r['tar_czf_cpu_s']} cpu-s) | kata-debug {r['kata_debug_s']:>6}s ({r['kata_debug_mb_s']} MB/s, "
-                  f"{r['kata_debug_cpu_s']} cpu-s) | ratio {r['throughput_ratio']} [{'ok' if ok_tp else 'BELOW 0.8'}] "
-                  f"(cpu ratio {r['cpu_ratio']}) | peak RSS, all processes {r['peak_rss_mib']} MiB "
-                  f"[{'ok' if ok_rss else 'OVER 150'}]", flush=True)
+            print(
+                f"{r['input_mib']:>7} MiB in, median of {r['runs']}: tar czf {r['tar_czf_s']:>6}s ({r['tar_czf_mb_s']} MB/s, "
+                f"{r['tar_czf_cpu_s']} cpu-s) | kata-debug {r['kata_debug_s']:>6}s ({r['kata_debug_mb_s']} MB/s, "
+                f"{r['kata_debug_cpu_s']} cpu-s) | ratio {r['throughput_ratio']} [{'ok' if ok_tp else 'BELOW 0.8'}] "
+                f"(cpu ratio {r['cpu_ratio']}) | peak RSS, all processes {r['peak_rss_mib']} MiB "
+                f"[{'ok' if ok_rss else 'OVER 150'}]",
+                flush=True,
+            )
             print(json.dumps(r))
 
 

@@ -33,7 +33,7 @@ MIB = 1 << 20
 def make_node_bundle(path: Path, mib: int) -> int:
     """A valid node bundle (tar.gz with a manifest) of about `mib` MiB: incompressible content,
     as a real compressed bundle is."""
-    from kata_debug.bundle import BundleWriter
+    from kata_debug.bundle.writer import BundleWriter
 
     with open(path, "wb") as fh:
         w = BundleWriter(fh, "kata-debug-bench-node-20260101T000000Z", "gzip", level=1)
@@ -81,10 +81,25 @@ def run_once(nodes: int, bundle: Path, work: Path, parallel: int) -> dict[str, f
         out = work / f"cluster-{nodes}.tar.gz"
         t0 = time.perf_counter()
         cli = subprocess.Popen(
-            [sys.executable, "-m", "kata_debug", "collect", "--cluster", "--kubeconfig", str(kubeconfig),
-             "--output", str(out), "--output-format", "json", "--parallel", str(parallel)],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(work)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "kata_debug",
+                "collect",
+                "--cluster",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--output",
+                str(out),
+                "--output-format",
+                "json",
+                "--parallel",
+                str(parallel),
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(work)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         assert cli.stdout is not None
         stdout = cli.stdout.read()
@@ -134,13 +149,18 @@ def main() -> None:
         bundle = work / "node-bundle.tar.gz"
         size = make_node_bundle(bundle, args.mib)
         print(f"node bundle: {size / MIB:.1f} MiB; --parallel {args.parallel}; CPUs: {os.cpu_count()}")
-        print(f"{'nodes':>6} {'ok':>5} {'wall s':>8} {'node GiB':>9} {'MB/s':>8} {'peak RSS MiB':>13} {'CLI CPU s':>10}")
+        print(
+            f"{'nodes':>6} {'ok':>5} {'wall s':>8} {'node GiB':>9} {'MB/s':>8} {'peak RSS MiB':>13} {'CLI CPU s':>10}"
+        )
         results = []
         for n in args.nodes:
             r = run_once(n, bundle, work, args.parallel)
             results.append(r)
-            print(f"{r['nodes']:>6} {r['ok']:>5} {r['wall_s']:>8.1f} {r['node_bytes'] / (1 << 30):>9.2f} "
-                  f"{r['mb_s']:>8.1f} {r['peak_rss_mib']:>13.1f} {r['cli_cpu_s']:>10.1f}", flush=True)
+            print(
+                f"{r['nodes']:>6} {r['ok']:>5} {r['wall_s']:>8.1f} {r['node_bytes'] / (1 << 30):>9.2f} "
+                f"{r['mb_s']:>8.1f} {r['peak_rss_mib']:>13.1f} {r['cli_cpu_s']:>10.1f}",
+                flush=True,
+            )
         if len(results) >= 2:
             ratio = results[-1]["mb_s"] / results[0]["mb_s"]
             print(f"MB/s at {results[-1]['nodes']} nodes / at {results[0]['nodes']} nodes: {ratio:.2f} (target >= 0.7)")

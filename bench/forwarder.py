@@ -53,7 +53,7 @@ def pin(cpu_index: int) -> int:
 
 
 def payloads(fmt: str) -> list[bytes]:
-    from forwarder.wire import FrameReader
+    from kata_debug.forwarder.wire import FrameReader
 
     return FrameReader().feed((FIXTURES / fmt / f"stream.{fmt}.bin").read_bytes())
 
@@ -62,7 +62,7 @@ def payloads(fmt: str) -> list[bytes]:
 
 
 def bench_decode(rounds: int = 7, repeat: int = 40) -> None:
-    from forwarder.wire import decode_bincode, decode_json
+    from kata_debug.forwarder.wire import decode_bincode, decode_json
 
     pin(0)
     for fmt, decode in (("bincode", decode_bincode), ("json", decode_json)):
@@ -82,11 +82,15 @@ def bench_decode(rounds: int = 7, repeat: int = 40) -> None:
                 best[label] = max(best[label], n / (time.perf_counter() - t))
                 cpu[label] = min(cpu[label], (time.thread_time() - c) / n)
         size = sum(map(len, frames)) / len(frames)
-        print(f"decode {fmt:7s}: {best['decode']:>9,.0f} spans/s  (avg payload {size:.0f} B; "
-              f"CPU {1e6 * cpu['decode']:.1f} us/span)")
+        print(
+            f"decode {fmt:7s}: {best['decode']:>9,.0f} spans/s  (avg payload {size:.0f} B; "
+            f"CPU {1e6 * cpu['decode']:.1f} us/span)"
+        )
         if fmt == "json":
-            print(f"  bare json.loads: {best['json.loads']:>9,.0f} payloads/s  -> JSON path at "
-                  f"{best['decode'] / best['json.loads']:.2f}x json.loads")
+            print(
+                f"  bare json.loads: {best['json.loads']:>9,.0f} payloads/s  -> JSON path at "
+                f"{best['decode'] / best['json.loads']:.2f}x json.loads"
+            )
 
 
 # --------------------------------------------------------------------------- helpers run in other processes
@@ -159,8 +163,9 @@ def _receiver(port_file: str, expect: int) -> None:
 
 
 def _spawn(*args: str, stdout: Any = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, __file__, *args], cwd=REPO, stdout=stdout,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.Popen(
+        [sys.executable, __file__, *args], cwd=REPO, stdout=stdout, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
 
 
 def _wait_file(path: Path, timeout: float = 30) -> str:
@@ -178,23 +183,34 @@ def _wait_file(path: Path, timeout: float = 30) -> str:
 async def _e2e(total: int, fmt: str) -> dict[str, float]:
     """One run. Spans are counted at the receiver (another process), and the wall time runs
     from the sender's first frame to the receiver's last span."""
-    from forwarder.exporters import parse_export
-    from forwarder.server import Forwarder, ForwarderConfig
+    from kata_debug.forwarder.exporters import parse_export
+    from kata_debug.forwarder.server import Forwarder, ForwarderConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="kd-bench-"))
     port_file = tmp / "port"
     receiver = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "_receiver", str(port_file), str(total), cwd=REPO,
-        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+        sys.executable,
+        __file__,
+        "_receiver",
+        str(port_file),
+        str(total),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         port = int(await asyncio.to_thread(_wait_file, port_file))
         sock = tmp / "agent.sock"
-        fwd = Forwarder(ForwarderConfig(
-            listen=[f"unix://{sock}?sandbox=bench"],
-            exports=[parse_export(f"otlp+http://127.0.0.1:{port}/v1/traces")],
-            queue_size=total, queue_bytes=1 << 30, stats_interval=0, host_root=str(tmp),
-        ))
+        fwd = Forwarder(
+            ForwarderConfig(
+                listen=[f"unix://{sock}?sandbox=bench"],
+                exports=[parse_export(f"otlp+http://127.0.0.1:{port}/v1/traces")],
+                queue_size=total,
+                queue_bytes=1 << 30,
+                stats_interval=0,
+                host_root=str(tmp),
+            )
+        )
         task = asyncio.create_task(fwd.run())
         await fwd.wait_started()
         cpu0 = os.times()
@@ -202,7 +218,7 @@ async def _e2e(total: int, fmt: str) -> dict[str, float]:
         assert receiver.stdout is not None
         try:
             line = await asyncio.wait_for(receiver.stdout.readline(), 300)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             line = b""
         cpu1 = os.times()
         out, _ = await asyncio.to_thread(sender.communicate)
@@ -211,20 +227,26 @@ async def _e2e(total: int, fmt: str) -> dict[str, float]:
         fwd.stop()
         await task
         if not line:
-            raise SystemExit(f"end to end ({fmt}): the receiver did not get {total} spans; forwarder: "
-                             f"{fwd.stats.line()}")
+            raise SystemExit(
+                f"end to end ({fmt}): the receiver did not get {total} spans; forwarder: {fwd.stats.line()}"
+            )
         received, last_span = int(line.split()[0]), float(line.split()[1])
         elapsed = last_span - first_frame
         cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-        return {"received": received, "elapsed": elapsed, "rate": received / elapsed,
-                "us_per_span": 1e6 * cpu / received, "dropped": stats.dropped}
+        return {
+            "received": received,
+            "elapsed": elapsed,
+            "rate": received / elapsed,
+            "us_per_span": 1e6 * cpu / received,
+            "dropped": stats.dropped,
+        }
     finally:
         receiver.kill()
         await receiver.wait()
 
 
 def bench_e2e(total: int = 100_000, runs: int = 3, formats: tuple[str, ...] = ("bincode", "json")) -> None:
-    from forwarder.server import tune_gc
+    from kata_debug.forwarder.server import tune_gc
 
     pin(0)
     tune_gc()  # as `kata-debug forward` does
@@ -236,18 +258,20 @@ def bench_e2e(total: int = 100_000, runs: int = 3, formats: tuple[str, ...] = ("
         # Wall-clock rate (first frame sent -> last span received, counted by the receiver),
         # and the forwarder's own CPU time per span: what one idle core would give, the
         # figure that depends least on what else the machine is running.
-        print(f"end to end ({fmt}, 4 connections, unix socket -> SDK OTLP/HTTP exporter -> loopback receiver, "
-              f"median of {runs} x {total:,} spans): {median_rate:>9,.0f} spans/s wall "
-              f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}); forwarder CPU {median_cpu:.1f} us/span = "
-              f"{1e6 / median_cpu:,.0f} spans per CPU-second (runs: {', '.join(f'{c:.1f}' for c in cpus)})")
+        print(
+            f"end to end ({fmt}, 4 connections, unix socket -> SDK OTLP/HTTP exporter -> loopback receiver, "
+            f"median of {runs} x {total:,} spans): {median_rate:>9,.0f} spans/s wall "
+            f"(runs: {', '.join(f'{r:,.0f}' for r in rates)}); forwarder CPU {median_cpu:.1f} us/span = "
+            f"{1e6 / median_cpu:,.0f} spans per CPU-second (runs: {', '.join(f'{c:.1f}' for c in cpus)})"
+        )
 
 
 # --------------------------------------------------------------------------- memory
 
 
 async def _memory(total: int) -> None:
-    from forwarder.exporters import parse_export
-    from forwarder.server import Forwarder, ForwarderConfig, tune_gc
+    from kata_debug.forwarder.exporters import parse_export
+    from kata_debug.forwarder.server import Forwarder, ForwarderConfig, tune_gc
 
     pin(0)
     tune_gc()  # as `kata-debug forward` does
@@ -256,16 +280,22 @@ async def _memory(total: int) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]  # nobody listens: the backend is down throughout
-    fwd = Forwarder(ForwarderConfig(
-        listen=[f"unix://{sock}?sandbox=bench"],
-        exports=[parse_export(f"otlp+http://127.0.0.1:{dead_port}/v1/traces")],
-        stats_interval=0, host_root=str(tmp), shutdown_timeout=1,
-    ))
+    fwd = Forwarder(
+        ForwarderConfig(
+            listen=[f"unix://{sock}?sandbox=bench"],
+            exports=[parse_export(f"otlp+http://127.0.0.1:{dead_port}/v1/traces")],
+            stats_interval=0,
+            host_root=str(tmp),
+            shutdown_timeout=1,
+        )
+    )
     task = asyncio.create_task(fwd.run())
     await fwd.wait_started()
     t0 = time.perf_counter()
-    senders = [_spawn("_sender", str(sock), fmt, str(total // 2), "2", stdout=subprocess.DEVNULL)
-               for fmt in ("bincode", "json")]
+    senders = [
+        _spawn("_sender", str(sock), fmt, str(total // 2), "2", stdout=subprocess.DEVNULL)
+        for fmt in ("bincode", "json")
+    ]
     while fwd.stats.spans + fwd.stats.decode_errors < total:
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - t0
@@ -276,9 +306,11 @@ async def _memory(total: int) -> None:
     fwd.stop()
     await task
     peak = _peak_rss_mib()
-    print(f"memory: {total:,} spans in {elapsed:.1f}s with the backend down (queue {fwd.config.queue_size:,}): "
-          f"peak RSS {peak:.0f} MiB; {dropped:,} dropped while running (oldest first), {queued:,} queued "
-          f"when the last span arrived, {failed} failed export attempts")
+    print(
+        f"memory: {total:,} spans in {elapsed:.1f}s with the backend down (queue {fwd.config.queue_size:,}): "
+        f"peak RSS {peak:.0f} MiB; {dropped:,} dropped while running (oldest first), {queued:,} queued "
+        f"when the last span arrived, {failed} failed export attempts"
+    )
 
 
 def _peak_rss_mib() -> float:
@@ -296,8 +328,12 @@ def _peak_rss_mib() -> float:
 
 def bench_memory(total: int = 1_000_000) -> None:
     # A fresh process: the peak must be the forwarder's alone.
-    subprocess.run([sys.executable, __file__, "_memory", str(total)], cwd=REPO,
-                   env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    subprocess.run(
+        [sys.executable, __file__, "_memory", str(total)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
 
 
 def main() -> None:

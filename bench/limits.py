@@ -22,21 +22,31 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kata_debug.limits import analyse  # noqa: E402
-from kata_debug.limits_input import parse_text  # noqa: E402
+from kata_debug.sizing.inputs import parse_text  # noqa: E402
+from kata_debug.sizing.limits import analyse  # noqa: E402
 
 CPU = ["100m", "250m", "500m", "1", "1500m", "2", 0.5, 1]
 MEM = ["64Mi", "128Mi", "256Mi", "512Mi", "800Mi", "1Gi", "2Gi", "1G"]
-RUNTIME_CLASSES = ["kata", "kata-qemu", "kata-clh", "kata-fc", "kata-dragonball", "kata-qemu-runtime-rs",
-                   None, "runc", "gvisor"]
+RUNTIME_CLASSES = [
+    "kata",
+    "kata-qemu",
+    "kata-clh",
+    "kata-fc",
+    "kata-dragonball",
+    "kata-qemu-runtime-rs",
+    None,
+    "runc",
+    "gvisor",
+]
 
 
 def container(rng: random.Random, i: int) -> dict[str, Any]:
@@ -79,8 +89,11 @@ def pod_spec(rng: random.Random) -> dict[str, Any]:
 
 def workload(rng: random.Random, n: int) -> dict[str, Any]:
     kind = rng.choices(["Deployment", "Pod", "StatefulSet", "Job", "CronJob"], [55, 25, 8, 7, 5])[0]
-    meta: dict[str, Any] = {"name": f"w{n}", "namespace": f"team-{n % 20}",
-                            "labels": {"app": f"w{n}", "tier": rng.choice(["web", "db", "batch"])}}
+    meta: dict[str, Any] = {
+        "name": f"w{n}",
+        "namespace": f"team-{n % 20}",
+        "labels": {"app": f"w{n}", "tier": rng.choice(["web", "db", "batch"])},
+    }
     tmeta: dict[str, Any] = {"labels": {"app": f"w{n}"}}
     if rng.random() < 0.1:
         tmeta["annotations"] = {"io.katacontainers.config.hypervisor.default_vcpus": "2"}
@@ -88,8 +101,12 @@ def workload(rng: random.Random, n: int) -> dict[str, Any]:
     if kind == "Pod":
         return {"apiVersion": "v1", "kind": "Pod", "metadata": {**meta, **tmeta}, "spec": template["spec"]}
     if kind == "CronJob":
-        return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta,
-                "spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": template}}}}
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": meta,
+            "spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": template}}},
+        }
     api = "batch/v1" if kind == "Job" else "apps/v1"
     spec: dict[str, Any] = {"template": template}
     if kind != "Job":
@@ -100,11 +117,23 @@ def workload(rng: random.Random, n: int) -> dict[str, Any]:
 def stream(n: int, seed: int = 7) -> str:
     rng = random.Random(seed)
     objs: list[dict[str, Any]] = [
-        {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "kata-qemu"},
-         "handler": "kata-qemu", "overhead": {"podFixed": {"cpu": "250m", "memory": "160Mi"}}},
-        {"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "defaults", "namespace": "team-3"},
-         "spec": {"limits": [{"type": "Container", "default": {"cpu": "1", "memory": "512Mi"},
-                              "defaultRequest": {"cpu": "100m"}}]}},
+        {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": "kata-qemu"},
+            "handler": "kata-qemu",
+            "overhead": {"podFixed": {"cpu": "250m", "memory": "160Mi"}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": {"name": "defaults", "namespace": "team-3"},
+            "spec": {
+                "limits": [
+                    {"type": "Container", "default": {"cpu": "1", "memory": "512Mi"}, "defaultRequest": {"cpu": "100m"}}
+                ]
+            },
+        },
     ]
     objs += [workload(rng, i) for i in range(n)]
     return yaml.dump_all(objs, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
@@ -154,18 +183,28 @@ def main() -> None:
     t_cli = best(cli, args.repeat)
     t_lib = best(library, args.repeat)
     t_json = best(with_json, args.repeat)
-    print(f"input: {n} documents, {len(text) / 2**20:.1f} MiB of YAML; {s['workloads']} workloads, "
-          f"{s['kata_workloads']} Kata; {s['warnings']} warnings, {s['info']} info")
-    rows = [("bare yaml.load_all (CSafeLoader)", t_parse), ("kata-debug limits (parse + analysis)", t_cli),
-            ("limits.analyse as a library call", t_lib), ("kata-debug limits --format json", t_json)]
+    print(
+        f"input: {n} documents, {len(text) / 2**20:.1f} MiB of YAML; {s['workloads']} workloads, "
+        f"{s['kata_workloads']} Kata; {s['warnings']} warnings, {s['info']} info"
+    )
+    rows = [
+        ("bare yaml.load_all (CSafeLoader)", t_parse),
+        ("kata-debug limits (parse + analysis)", t_cli),
+        ("limits.analyse as a library call", t_lib),
+        ("kata-debug limits --format json", t_json),
+    ]
     for label, t in rows:
         print(f"{label:<40} {n / t:9,.0f} documents/s  ({t:.2f} s)")
-    print(f"per document: parsing {t_parse / n * 1e6:.0f} us, analysis {(t_cli - t_parse) / n * 1e6:.0f} us "
-          f"({(t_lib - t_parse) / n * 1e6:.0f} us as a library call)")
+    print(
+        f"per document: parsing {t_parse / n * 1e6:.0f} us, analysis {(t_cli - t_parse) / n * 1e6:.0f} us "
+        f"({(t_lib - t_parse) / n * 1e6:.0f} us as a library call)"
+    )
     for label, t in (("kata-debug limits", t_cli), ("library call", t_lib)):
         ratio = t_parse / t
-        print(f"ratio {label} (parse time / total time) = {ratio:.2f}  "
-              f"(target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'})")
+        print(
+            f"ratio {label} (parse time / total time) = {ratio:.2f}  "
+            f"(target >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'})"
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def _serve(port_file: str) -> None:
 def _timed(argv: list[str]) -> tuple[float, float, int]:
     """(seconds, peak RSS MiB, exit code) of one child process."""
     t = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t
     return elapsed, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
@@ -64,10 +65,11 @@ def main() -> None:
         with open(bundle, "wb") as fh:
             block = os.urandom(1 << 20)
             for i in range(args.mib):
-                fh.write(block[i % 256:] + block[: i % 256])
+                fh.write(block[i % 256 :] + block[: i % 256])
         port_file = tmp / "port"
-        server = subprocess.Popen([sys.executable, __file__, "_serve", str(port_file)], cwd=REPO,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+        server = subprocess.Popen(
+            [sys.executable, __file__, "_serve", str(port_file)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text()):
             if time.monotonic() > deadline:
@@ -76,11 +78,15 @@ def main() -> None:
         url = f"http://127.0.0.1:{port_file.read_text()}/bundles/bench.tar.gz"
         size = args.mib
         secs, rss, code = _timed([sys.executable, "-m", "kata_debug", "upload", str(bundle), url])
-        print(f"kata-debug upload: {size} MiB in {secs:.2f}s = {size / secs:,.0f} MiB/s (digest pass included), "
-              f"peak RSS {rss:.0f} MiB, exit {code}")
+        print(
+            f"kata-debug upload: {size} MiB in {secs:.2f}s = {size / secs:,.0f} MiB/s (digest pass included), "
+            f"peak RSS {rss:.0f} MiB, exit {code}"
+        )
         if shutil.which("curl"):
             secs, rss, code = _timed(["curl", "-sS", "-o", "/dev/null", "-T", str(bundle), url])
-            print(f"curl -T          : {size} MiB in {secs:.2f}s = {size / secs:,.0f} MiB/s, peak RSS {rss:.0f} MiB, exit {code}")
+            print(
+                f"curl -T          : {size} MiB in {secs:.2f}s = {size / secs:,.0f} MiB/s, peak RSS {rss:.0f} MiB, exit {code}"
+            )
     finally:
         if server is not None:
             server.kill()

@@ -1,4 +1,4 @@
-"""Collectors: one module per kind of evidence, all behind `collectors.base.Collector`.
+"""Collectors: one module per kind of evidence, all behind `kata_debug.collectors.base.Collector`.
 
 `REGISTRY` is the order they appear in `--help`, the manifest and the bundle.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .base import Collector, CollectContext, CollectorOutput, CollectorSkipped
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, CollectorSkipped
 
 # name -> "module:Class"; imported lazily so one broken collector cannot break the CLI.
 REGISTRY: dict[str, str] = {
@@ -23,7 +23,7 @@ REGISTRY: dict[str, str] = {
 
 def load(name: str) -> type[Collector]:
     module, _, cls = REGISTRY[name].partition(":")
-    return getattr(import_module(f"collectors.{module}"), cls)
+    return getattr(import_module(f"kata_debug.collectors.{module}"), cls)
 
 
 __all__ = ["REGISTRY", "load", "Collector", "CollectContext", "CollectorOutput", "CollectorSkipped"]

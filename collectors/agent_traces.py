@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import re
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .base import CollectContext, Collector, CollectorOutput, CollectorSkipped
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, CollectorSkipped
 
 DEFAULT_SPOOL_DIR = "/var/lib/kata-debug/traces"
 # The live file and its rotations (`spans.jsonl`, `spans.jsonl.1`, ...).
@@ -43,7 +43,7 @@ def _list_spool(real_dir: Path) -> list[dict[str, Any]]:
             {
                 "name": child.name,
                 "size": st.st_size,
-                "mtime": datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat(),
+                "mtime": datetime.fromtimestamp(st.st_mtime, UTC).isoformat(),
             }
         )
     # Live file first, then its rotations newest to oldest.

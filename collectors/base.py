@@ -12,14 +12,15 @@ import asyncio
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
-from kata_debug.bundle import AsyncBundle, Spool
-from kata_debug.hostroot import HostRoot
-from kata_debug.redact import Redactor
+from kata_debug.bundle.writer import AsyncBundle, Spool
+from kata_debug.node.hostroot import HostRoot
+from kata_debug.redact.redactor import Redactor
 
 _CHUNK = 1 << 20
 DEFAULT_LOG_CAP = 50 * 1024 * 1024

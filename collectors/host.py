@@ -12,17 +12,31 @@ import os
 import stat
 from typing import Any
 
-from kata_debug.containerd_config import CONTAINERD_CONFIGS, runtime_handlers
-from kata_debug.hostroot import HostRoot
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
+from kata_debug.node.containerd_config import CONTAINERD_CONFIGS, runtime_handlers
+from kata_debug.node.hostroot import HostRoot
 
-from .base import CollectContext, Collector, CollectorOutput
-
-_MODULES = ("kvm", "kvm_intel", "kvm_amd", "vhost", "vhost_net", "vhost_vsock", "vsock",
-            "vmw_vsock_virtio_transport_common", "virtio_vsock")
+_MODULES = (
+    "kvm",
+    "kvm_intel",
+    "kvm_amd",
+    "vhost",
+    "vhost_net",
+    "vhost_vsock",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "virtio_vsock",
+)
 _DEVICES = ("/dev/kvm", "/dev/vhost-vsock", "/dev/vhost-net", "/dev/vsock")
 _MEMINFO_KEYS = ("MemTotal", "MemAvailable", "HugePages_Total", "HugePages_Free", "Hugepagesize", "SwapTotal")
-_FILES = ("/proc/cmdline", "/proc/version", "/etc/os-release", "/proc/meminfo", "/proc/modules",
-          "/sys/fs/cgroup/cgroup.controllers")
+_FILES = (
+    "/proc/cmdline",
+    "/proc/version",
+    "/etc/os-release",
+    "/proc/meminfo",
+    "/proc/modules",
+    "/sys/fs/cgroup/cgroup.controllers",
+)
 
 
 def _read(host: HostRoot, path: str) -> str | None:
@@ -39,7 +53,9 @@ def gather_facts(host: HostRoot) -> dict[str, Any]:
     facts["kernel"] = (_read(host, "/proc/sys/kernel/osrelease") or "").strip() or None
     facts["cmdline"] = (_read(host, "/proc/cmdline") or "").strip() or None
     os_release = _read(host, "/etc/os-release") or ""
-    facts["os"] = next((l.split("=", 1)[1].strip('"') for l in os_release.splitlines() if l.startswith("PRETTY_NAME=")), None)
+    facts["os"] = next(
+        (ln.split("=", 1)[1].strip('"') for ln in os_release.splitlines() if ln.startswith("PRETTY_NAME=")), None
+    )
 
     cpuinfo = _read(host, "/proc/cpuinfo") or ""
     flags: set[str] = set()
@@ -50,8 +66,7 @@ def gather_facts(host: HostRoot) -> dict[str, Any]:
         elif line.startswith(("flags", "Features")) and not flags:
             flags = set(line.split(":", 1)[1].split())
     virt = sorted(flags & {"vmx", "svm"})
-    facts["cpu"] = {"count": cpus or os.cpu_count(), "virtualization_flags": virt,
-                    "nested_hint": "hypervisor" in flags}
+    facts["cpu"] = {"count": cpus or os.cpu_count(), "virtualization_flags": virt, "nested_hint": "hypervisor" in flags}
     if flags and not virt:
         missing.append("CPU virtualization flag (vmx/svm) not exposed")
 
@@ -59,8 +74,7 @@ def gather_facts(host: HostRoot) -> dict[str, Any]:
     for dev in _DEVICES:
         try:
             st = host.resolve(dev).stat()
-            devices[dev] = {"present": True, "char_device": stat.S_ISCHR(st.st_mode),
-                            "mode": oct(st.st_mode & 0o777)}
+            devices[dev] = {"present": True, "char_device": stat.S_ISCHR(st.st_mode), "mode": oct(st.st_mode & 0o777)}
         except OSError:
             devices[dev] = {"present": False}
     facts["devices"] = devices
@@ -69,9 +83,9 @@ def gather_facts(host: HostRoot) -> dict[str, Any]:
             missing.append(f"{dev} not present")
 
     modules_text = _read(host, "/proc/modules")
-    loaded = {l.split()[0] for l in (modules_text or "").splitlines() if l.strip()}
+    loaded = {ln.split()[0] for ln in (modules_text or "").splitlines() if ln.strip()}
     builtin_text = _read(host, f"/lib/modules/{facts['kernel']}/modules.builtin") if facts["kernel"] else None
-    builtin = {os.path.basename(l).removesuffix(".ko").replace("-", "_") for l in (builtin_text or "").splitlines()}
+    builtin = {os.path.basename(ln).removesuffix(".ko").replace("-", "_") for ln in (builtin_text or "").splitlines()}
     facts["modules"] = {m: ("loaded" if m in loaded else "builtin" if m in builtin else "absent") for m in _MODULES}
     if modules_text is None:
         facts["modules"] = None
@@ -94,15 +108,22 @@ def gather_facts(host: HostRoot) -> dict[str, Any]:
         if key in _MEMINFO_KEYS:
             meminfo[key] = value.strip()
     facts["memory"] = meminfo
-    facts["hugepages"] = {n: (_read(host, f"/sys/kernel/mm/hugepages/{n}/nr_hugepages") or "").strip()
-                          for n in host.listdir("/sys/kernel/mm/hugepages")}
+    facts["hugepages"] = {
+        n: (_read(host, f"/sys/kernel/mm/hugepages/{n}/nr_hugepages") or "").strip()
+        for n in host.listdir("/sys/kernel/mm/hugepages")
+    }
 
     handlers = runtime_handlers(host)
     facts["containerd"] = {
         "configs": [p for p in CONTAINERD_CONFIGS if host.resolve(p).is_file()],
         "runtime_handlers": [
-            {"name": h.name, "runtime_type": h.runtime_type, "config_path": h.config_path,
-             "kata": h.kata, "source": h.source}
+            {
+                "name": h.name,
+                "runtime_type": h.runtime_type,
+                "config_path": h.config_path,
+                "kata": h.kata,
+                "source": h.source,
+            }
             for h in handlers
         ],
     }
@@ -117,9 +138,18 @@ _COPIED = ("/proc/cmdline", "/proc/version", "/etc/os-release", "/proc/meminfo")
 
 class HostCollector(Collector):
     name = "host"
-    summary = "kernel, cmdline, CPU virtualization, /dev/kvm and vsock devices, modules, cgroups, memory, containerd handlers"
-    reads = (*_FILES, "/proc/cpuinfo", "/proc/sys/kernel/osrelease", *_DEVICES,
-             "/sys/kernel/mm/hugepages", *CONTAINERD_CONFIGS, "containerd --version")
+    summary = (
+        "kernel, cmdline, CPU virtualization, /dev/kvm and vsock devices, modules, cgroups, memory, containerd handlers"
+    )
+    reads = (
+        *_FILES,
+        "/proc/cpuinfo",
+        "/proc/sys/kernel/osrelease",
+        *_DEVICES,
+        "/sys/kernel/mm/hugepages",
+        *CONTAINERD_CONFIGS,
+        "containerd --version",
+    )
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         facts = await asyncio.to_thread(gather_facts, ctx.host)
@@ -138,14 +168,16 @@ class HostCollector(Collector):
             return None
         try:
             proc = await asyncio.create_subprocess_exec(
-                str(exe), "--version",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                str(exe),
+                "--version",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
             )
         except OSError:
             return None
         try:
             stdout, _ = await asyncio.wait_for(proc.communicate(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             return None

@@ -11,28 +11,37 @@ import asyncio
 import tomllib
 from typing import Any
 
-from kata_debug.kata_config import (
-    CONFIG_DIRS,
-    SEARCH_PATHS,
-    drop_in_paths,
-    effective_config_path,
-    load_config,
-)
-
-from .base import CollectContext, Collector, CollectorOutput
-from kata_debug.containerd_config import runtime_handlers
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
+from kata_debug.node.containerd_config import runtime_handlers
+from kata_debug.node.kata_config import CONFIG_DIRS, SEARCH_PATHS, drop_in_paths, effective_config_path, load_config
 
 _TOOLS = (
-    ("kata-env.json", ("kata-runtime", "kata-env", "--json"), ("/opt/kata/bin/kata-runtime", "/usr/bin/kata-runtime", "/usr/local/bin/kata-runtime")),
-    ("kata-ctl-env.txt", ("kata-ctl", "env"), ("/opt/kata/bin/kata-ctl", "/usr/bin/kata-ctl", "/usr/local/bin/kata-ctl")),
+    (
+        "kata-env.json",
+        ("kata-runtime", "kata-env", "--json"),
+        ("/opt/kata/bin/kata-runtime", "/usr/bin/kata-runtime", "/usr/local/bin/kata-runtime"),
+    ),
+    (
+        "kata-ctl-env.txt",
+        ("kata-ctl", "env"),
+        ("/opt/kata/bin/kata-ctl", "/usr/bin/kata-ctl", "/usr/local/bin/kata-ctl"),
+    ),
 )
 
 
 class KataConfigCollector(Collector):
     name = "kata-config"
-    summary = "Kata configuration files in search order, config.d drop-ins, the one in effect and its sizing keys, kata-env"
-    reads = (*SEARCH_PATHS, *(f"{d}/configuration*.toml" for d in CONFIG_DIRS), "<config dir>/config.d/*.toml",
-             "/etc/containerd/config.toml (runtime ConfigPath)", "kata-runtime kata-env", "kata-ctl env")
+    summary = (
+        "Kata configuration files in search order, config.d drop-ins, the one in effect and its sizing keys, kata-env"
+    )
+    reads = (
+        *SEARCH_PATHS,
+        *(f"{d}/configuration*.toml" for d in CONFIG_DIRS),
+        "<config dir>/config.d/*.toml",
+        "/etc/containerd/config.toml (runtime ConfigPath)",
+        "kata-runtime kata-env",
+        "kata-ctl env",
+    )
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         host = ctx.host

@@ -10,15 +10,17 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from kata_debug.oci import CONTAINERD_TASK_ROOT, CRIO_ROOT, OciBundle, iter_bundles
-
-from .base import CollectContext, Collector, CollectorOutput
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
+from kata_debug.node.oci import CONTAINERD_TASK_ROOT, CRIO_ROOT, OciBundle, iter_bundles
 
 
 class OciSpecsCollector(Collector):
     name = "oci-specs"
     summary = "config.json of every Kata task bundle (containerd, CRI-O) plus an index of sandboxes, pods and limits"
-    reads = (f"{CONTAINERD_TASK_ROOT}/<ns>/<id>/{{config.json,runtime,shim-binary-path}}", f"{CRIO_ROOT}/<id>/userdata/config.json")
+    reads = (
+        f"{CONTAINERD_TASK_ROOT}/<ns>/<id>/{{config.json,runtime,shim-binary-path}}",
+        f"{CRIO_ROOT}/<id>/userdata/config.json",
+    )
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         bundles: list[OciBundle] = await asyncio.to_thread(lambda: list(iter_bundles(ctx.host)))
@@ -33,8 +35,7 @@ class OciSpecsCollector(Collector):
             if e.error:
                 out.item_failed(f"{e.bundle}/config.json", e.error)
                 if await asyncio.to_thread(ctx.host.exists, ctx.host.node_path(b.config_path)):
-                    await out.add_host_file(f"{where}/config.json.unparsed", b.config_path, max_bytes=1 << 20,
-                                           oci=True)
+                    await out.add_host_file(f"{where}/config.json.unparsed", b.config_path, max_bytes=1 << 20, oci=True)
             else:
                 await out.add_json(f"{where}/config.json", b.spec, oci=True)
             row = e.to_json()

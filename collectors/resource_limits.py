@@ -1,6 +1,6 @@
 """Per Kata sandbox: the limits Kata was given, the VM it should have made, and the VM it made.
 
-The same sizing model as `kata-debug limits` (`kata_debug.sizing`), fed this time by the
+The same sizing model as `kata-debug limits` (`kata_debug.sizing.model`), fed this time by the
 node's own evidence: the OCI specs of the sandbox and its containers (limits and the CRI
 sizing annotations) and the Kata configuration the sandbox runs with. What the VM really
 got comes from the hypervisor's command line (qemu `-smp`/`-m`, found in the host's
@@ -19,14 +19,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from kata_debug.containerd_config import runtime_handlers
-from kata_debug.hostroot import HostRoot
-from kata_debug.kata_config import SEARCH_PATHS, KataConfig, load_config, load_effective_config
-from kata_debug.oci import CONTAINERD_TASK_ROOT, CRIO_ROOT, OciBundle, iter_bundles
-from kata_debug.sizing import ContainerInput, SandboxInput, SizingConfig, VmSize, size_vm
-from kata_debug.sizing_config import for_handler, from_kata_config
-
-from .base import CollectContext, Collector, CollectorOutput
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
+from kata_debug.node.containerd_config import runtime_handlers
+from kata_debug.node.hostroot import HostRoot
+from kata_debug.node.kata_config import SEARCH_PATHS, KataConfig, load_config, load_effective_config
+from kata_debug.node.oci import CONTAINERD_TASK_ROOT, CRIO_ROOT, OciBundle, iter_bundles
+from kata_debug.sizing.config import for_handler, from_kata_config
+from kata_debug.sizing.model import ContainerInput, SandboxInput, SizingConfig, VmSize, size_vm
 
 PERSIST = "/run/vc/sbs/{sid}/persist.json"
 HANDLER_ANNOTATIONS = ("io.kubernetes.cri.runtime-handler", "io.kubernetes.cri-o.RuntimeHandler")
@@ -118,12 +117,18 @@ def compare(vm: VmSize, obs: Observed) -> list[dict[str, Any]]:
     findings: list[dict[str, Any]] = []
 
     def mismatch(what: str, want: int, got: int, where: str) -> None:
-        findings.append({
-            "rule": "vm-size-mismatch", "severity": "warning", "resource": what,
-            "message": (f"{where}: the VM has {got} {'vCPU(s)' if what == 'cpu' else 'MiB'}, but Kata's sizing of "
-                        f"these limits with this configuration gives {want}: the shim used other settings "
-                        "(another configuration file, annotations) or other limits than the OCI specs say"),
-        })
+        findings.append(
+            {
+                "rule": "vm-size-mismatch",
+                "severity": "warning",
+                "resource": what,
+                "message": (
+                    f"{where}: the VM has {got} {'vCPU(s)' if what == 'cpu' else 'MiB'}, but Kata's sizing of "
+                    f"these limits with this configuration gives {want}: the shim used other settings "
+                    "(another configuration file, annotations) or other limits than the OCI specs say"
+                ),
+            }
+        )
 
     if obs.boot_vcpus is not None and obs.boot_vcpus != vm.boot_vcpus:
         mismatch("cpu", vm.boot_vcpus, obs.boot_vcpus, "at boot")
@@ -153,8 +158,9 @@ def host_cpus(host: HostRoot) -> int | None:
     except (OSError, ValueError):
         pass
     try:
-        n = sum(1 for line in host.read_text("/proc/cpuinfo", limit=1 << 22).splitlines()
-                if line.startswith("processor"))
+        n = sum(
+            1 for line in host.read_text("/proc/cpuinfo", limit=1 << 22).splitlines() if line.startswith("processor")
+        )
         return n or None
     except OSError:
         return None
@@ -184,12 +190,18 @@ class _Sandbox:
 
 class ResourceLimitsCollector(Collector):
     name = "resource-limits"
-    summary = ("per Kata sandbox: limits from its OCI specs, the VM size Kata computes from them, and what "
-               "the VM got (qemu -smp/-m, persist.json); a finding when they differ")
+    summary = (
+        "per Kata sandbox: limits from its OCI specs, the VM size Kata computes from them, and what "
+        "the VM got (qemu -smp/-m, persist.json); a finding when they differ"
+    )
     reads = (
-        f"{CONTAINERD_TASK_ROOT}/<ns>/<id>/config.json", f"{CRIO_ROOT}/<id>/userdata/config.json",
-        *SEARCH_PATHS, "containerd runtime ConfigPath of the sandbox's handler",
-        "/run/vc/sbs/<sid>/persist.json", "/proc/<pid>/cmdline (qemu processes)", "/sys/devices/system/cpu/online",
+        f"{CONTAINERD_TASK_ROOT}/<ns>/<id>/config.json",
+        f"{CRIO_ROOT}/<id>/userdata/config.json",
+        *SEARCH_PATHS,
+        "containerd runtime ConfigPath of the sandbox's handler",
+        "/run/vc/sbs/<sid>/persist.json",
+        "/proc/<pid>/cmdline (qemu processes)",
+        "/sys/devices/system/cpu/online",
     )
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
@@ -211,14 +223,17 @@ class ResourceLimitsCollector(Collector):
         rows = []
         for sid in sorted(groups):
             rows.append(await self._sandbox(host, out, sid, groups[sid], node_cfg, handlers, cpus, qemus))
-        await out.add_json("sizing.json", {
-            "host_cpus": cpus,
-            "node_config": node_cfg_note,
-            "count": len(rows),
-            "mismatches": sum(1 for r in rows if r["findings"]),
-            "missing": [] if rows else ["no Kata sandboxes on this node"],
-            "sandboxes": rows,
-        })
+        await out.add_json(
+            "sizing.json",
+            {
+                "host_cpus": cpus,
+                "node_config": node_cfg_note,
+                "count": len(rows),
+                "mismatches": sum(1 for r in rows if r["findings"]),
+                "missing": [] if rows else ["no Kata sandboxes on this node"],
+                "sandboxes": rows,
+            },
+        )
         await out.add_text("sizing.txt", _text(rows, node_cfg_note, cpus))
 
     async def _node_config(self, host: HostRoot, out: CollectorOutput) -> tuple[KataConfig | None, str]:
@@ -231,8 +246,14 @@ class ResourceLimitsCollector(Collector):
             return None, f"none of {', '.join(SEARCH_PATHS)} exists; kata-deploy defaults for the handler assumed"
         return kc, kc.path
 
-    async def _config_for(self, host: HostRoot, out: CollectorOutput, handler: str | None,
-                          node_cfg: KataConfig | None, handlers: dict[str, Any]) -> SizingConfig:
+    async def _config_for(
+        self,
+        host: HostRoot,
+        out: CollectorOutput,
+        handler: str | None,
+        node_cfg: KataConfig | None,
+        handlers: dict[str, Any],
+    ) -> SizingConfig:
         """The handler's own ConfigPath (kata-deploy), else the node's configuration, else defaults."""
         h = handlers.get(handler or "")
         if h is not None and h.config_path:
@@ -245,9 +266,17 @@ class ResourceLimitsCollector(Collector):
             return from_kata_config(node_cfg)
         return for_handler(handler)
 
-    async def _sandbox(self, host: HostRoot, out: CollectorOutput, sid: str, g: _Sandbox,
-                       node_cfg: KataConfig | None, handlers: dict[str, Any], cpus: int | None,
-                       qemus: list[QemuProcess]) -> dict[str, Any]:
+    async def _sandbox(
+        self,
+        host: HostRoot,
+        out: CollectorOutput,
+        sid: str,
+        g: _Sandbox,
+        node_cfg: KataConfig | None,
+        handlers: dict[str, Any],
+        cpus: int | None,
+        qemus: list[QemuProcess],
+    ) -> dict[str, Any]:
         sb = g.sandbox.entry if g.sandbox else None
         ann = ((g.sandbox.spec or {}).get("annotations") or {}) if g.sandbox else {}
         handler = next((ann[a] for a in HANDLER_ANNOTATIONS if ann.get(a)), None)
@@ -276,20 +305,40 @@ class ResourceLimitsCollector(Collector):
             out.item_failed(persist, f"{type(exc).__name__}: {exc}")
         findings = compare(vm, obs) if obs.sources else []
         if sb is None:
-            findings.append({"rule": "unevaluable", "severity": "info", "resource": None,
-                             "message": "no sandbox (pause) bundle: the CRI sizing annotations are unknown"})
+            findings.append(
+                {
+                    "rule": "unevaluable",
+                    "severity": "info",
+                    "resource": None,
+                    "message": "no sandbox (pause) bundle: the CRI sizing annotations are unknown",
+                }
+            )
         return {
             "sandbox_id": sid,
             "pod": {"namespace": sb.pod_namespace, "name": sb.pod_name, "uid": sb.pod_uid} if sb else None,
             "runtime_handler": handler,
             "config": cfg.source,
             "sandbox_annotations": inp.sandbox_annotations,
-            "containers": [{"id": c.entry.id, "name": c.entry.container_name,
-                            **{k: v for k, v in c.entry.to_json()["resources"].items()}} for c in g.containers],
+            "containers": [
+                {
+                    "id": c.entry.id,
+                    "name": c.entry.container_name,
+                    **{k: v for k, v in c.entry.to_json()["resources"].items()},
+                }
+                for c in g.containers
+            ],
             "computed": vm.to_json(),
-            "observed": {"sources": obs.sources, "boot_vcpus": obs.boot_vcpus, "max_vcpus": obs.max_vcpus,
-                         "boot_memory_mib": obs.boot_memory_mib, "current_vcpus": obs.current_vcpus,
-                         "current_memory_mib": obs.current_memory_mib, **obs.detail} if obs.sources else None,
+            "observed": {
+                "sources": obs.sources,
+                "boot_vcpus": obs.boot_vcpus,
+                "max_vcpus": obs.max_vcpus,
+                "boot_memory_mib": obs.boot_memory_mib,
+                "current_vcpus": obs.current_vcpus,
+                "current_memory_mib": obs.current_memory_mib,
+                **obs.detail,
+            }
+            if obs.sources
+            else None,
             "findings": findings,
         }
 
@@ -300,15 +349,20 @@ def _text(rows: list[dict[str, Any]], node_cfg: str, cpus: int | None) -> str:
         c, o = r["computed"], r["observed"]
         pod = r["pod"] or {}
         lines.append(f"{r['sandbox_id']}  {pod.get('namespace')}/{pod.get('name')}  ({c['runtime']} / {c['mode']})")
-        lines.append(f"  computed: boot {c['boot_vcpus']} vCPU / {c['boot_memory_mib']} MiB, "
-                     f"running {c['vcpus']} vCPU / {c['memory_mib']} MiB")
+        lines.append(
+            f"  computed: boot {c['boot_vcpus']} vCPU / {c['boot_memory_mib']} MiB, "
+            f"running {c['vcpus']} vCPU / {c['memory_mib']} MiB"
+        )
         if o:
+
             def known(v: Any) -> Any:
                 return "unknown" if v is None else v
 
-            lines.append(f"  observed: boot {known(o['boot_vcpus'])} vCPU / {known(o['boot_memory_mib'])} MiB, now "
-                         f"{known(o['current_vcpus'])} vCPU / {known(o['current_memory_mib'])} MiB "
-                         f"({', '.join(o['sources'])})")
+            lines.append(
+                f"  observed: boot {known(o['boot_vcpus'])} vCPU / {known(o['boot_memory_mib'])} MiB, now "
+                f"{known(o['current_vcpus'])} vCPU / {known(o['current_memory_mib'])} MiB "
+                f"({', '.join(o['sources'])})"
+            )
         else:
             lines.append("  observed: no hypervisor command line or persist.json found")
         for f in r["findings"]:

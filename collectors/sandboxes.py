@@ -18,9 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from kata_debug.hostroot import HostRoot
-
-from .base import CollectContext, Collector, CollectorOutput
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
+from kata_debug.node.hostroot import HostRoot
 
 STATE_ROOTS = ("/run/vc/sbs", "/run/vc/vm", "/run/kata")
 SHARED_ROOT = "/run/kata-containers/shared/sandboxes"
@@ -38,8 +37,15 @@ def _listing(path: Path) -> list[dict[str, Any]]:
             st = child.lstat()
         except OSError:
             continue
-        kind = ("socket" if stat.S_ISSOCK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode)
-                else "symlink" if stat.S_ISLNK(st.st_mode) else "file")
+        kind = (
+            "socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "dir"
+            if stat.S_ISDIR(st.st_mode)
+            else "symlink"
+            if stat.S_ISLNK(st.st_mode)
+            else "file"
+        )
         rows.append({"name": child.name, "type": kind, "size": st.st_size if kind == "file" else None})
     return rows
 
@@ -67,7 +73,7 @@ async def scrape_monitor(socket_path: Path, timeout: float = MONITOR_TIMEOUT) ->
                 try:
                     async with session.get(f"http://shim{path}") as resp:
                         results[path] = (resp.status, await resp.content.read(4 << 20))
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     results[path] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     finally:
         if dirfd is not None:
@@ -108,8 +114,12 @@ def _survey(host: HostRoot) -> list[_Found]:
 class SandboxesCollector(Collector):
     name = "sandboxes"
     summary = "Kata runtime state (/run/vc, /run/kata), persist.json, shim monitor /metrics and /agent-url"
-    reads = (*(f"{r}/<sid>/" for r in STATE_ROOTS), "/run/vc/sbs/<sid>/persist.json", SHARED_ROOT + "/<sid>/",
-             *(s.replace("{sid}", "<sid>") + " (HTTP GET " + ", ".join(MONITOR_PATHS) + ")" for s in MONITOR_SOCKETS))
+    reads = (
+        *(f"{r}/<sid>/" for r in STATE_ROOTS),
+        "/run/vc/sbs/<sid>/persist.json",
+        SHARED_ROOT + "/<sid>/",
+        *(s.replace("{sid}", "<sid>") + " (HTTP GET " + ", ".join(MONITOR_PATHS) + ")" for s in MONITOR_SOCKETS),
+    )
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         sandboxes = await asyncio.to_thread(_survey, ctx.host)
@@ -117,11 +127,14 @@ class SandboxesCollector(Collector):
             for state_file, name in sb.state_files:
                 await self._state_file(ctx.host, out, state_file, name)
             sb.facts["monitor"] = await self._monitor(out, sb.facts["id"], sb.monitor_socket)
-        await out.add_json("sandboxes.json", {
-            "count": len(sandboxes),
-            "missing": [] if sandboxes else ["no Kata sandbox state under /run/vc or /run/kata"],
-            "sandboxes": [sb.facts for sb in sandboxes],
-        })
+        await out.add_json(
+            "sandboxes.json",
+            {
+                "count": len(sandboxes),
+                "missing": [] if sandboxes else ["no Kata sandbox state under /run/vc or /run/kata"],
+                "sandboxes": [sb.facts for sb in sandboxes],
+            },
+        )
 
     async def _state_file(self, host: HostRoot, out: CollectorOutput, path: Path, name: str) -> None:
         try:

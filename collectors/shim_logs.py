@@ -7,7 +7,7 @@ before a failure are the ones that explain it. Lines that name a sandbox are als
 per sandbox so a maintainer can read one pod's story in order.
 
 Redacting and splitting is pure Python on every byte; for large log files it runs in a
-scanner process (`kata_debug.logscan_client`) so the bundle's compressor keeps its core.
+scanner process (`kata_debug.logs.scan_client`) so the bundle's compressor keeps its core.
 """
 
 from __future__ import annotations
@@ -17,19 +17,18 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
-from kata_debug.bundle import Spool
-from kata_debug.hostroot import HostRoot, open_regular
-from kata_debug.logfmt import parse_line, sandbox_of
-from kata_debug.logsince import first_offset_since
-from kata_debug.logscan import BATCH, PerSandbox, SourceStats, copy_log
-from kata_debug.deflate_ahead import DeflateAhead
-from kata_debug.logscan_client import Progress, ScannerGone, ScannerProcess
-from kata_debug.redact import Redactor
-
-from .base import CollectContext, Collector, CollectorOutput
+from kata_debug.bundle.deflate_ahead import DeflateAhead
+from kata_debug.bundle.writer import Spool
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
+from kata_debug.logs.logfmt import parse_line, sandbox_of
+from kata_debug.logs.scan import BATCH, PerSandbox, SourceStats, copy_log
+from kata_debug.logs.scan_client import Progress, ScannerGone, ScannerProcess
+from kata_debug.logs.since import first_offset_since
+from kata_debug.node.hostroot import HostRoot, open_regular
+from kata_debug.redact.redactor import Redactor
 
 IDENTIFIERS = ("kata", "kata-runtime", "containerd", "crio")
 JOURNAL_DIRS = ("/var/log/journal", "/run/log/journal")
@@ -52,8 +51,15 @@ def _journal_message(entry: dict[str, Any]) -> str:
     return str(msg)
 
 
-def _split_journal(raw: IO[bytes], ident: str, text: Spool, parsed: Spool, per_sandbox: PerSandbox,
-                   redactor: Redactor, stats: SourceStats) -> None:
+def _split_journal(
+    raw: IO[bytes],
+    ident: str,
+    text: Spool,
+    parsed: Spool,
+    per_sandbox: PerSandbox,
+    redactor: Redactor,
+    stats: SourceStats,
+) -> None:
     """journalctl -o json lines -> readable log, parsed JSON lines, per-sandbox lines."""
     redact, redact_parsed = redactor.stream(), redactor.stream()
     text_buf: list[bytes] = []
@@ -79,14 +85,20 @@ def _split_journal(raw: IO[bytes], ident: str, text: Spool, parsed: Spool, per_s
             continue
         message = _journal_message(entry)
         try:
-            ts = datetime.fromtimestamp(int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6, timezone.utc)
+            ts = datetime.fromtimestamp(int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6, UTC)
         except (TypeError, ValueError, OverflowError):
-            ts = datetime.fromtimestamp(0, timezone.utc)
+            ts = datetime.fromtimestamp(0, UTC)
         pid = entry.get("_PID", "")
         line = f"{ts.isoformat()} {entry.get('_HOSTNAME', '-')} {ident}[{pid}]: {message}\n".encode("utf-8", "replace")
         fields = parse_line(message)
-        row = {"ts": ts.isoformat(), "identifier": ident, "pid": pid, "priority": entry.get("PRIORITY"),
-               "message": message, "fields": fields}
+        row = {
+            "ts": ts.isoformat(),
+            "identifier": ident,
+            "pid": pid,
+            "priority": entry.get("PRIORITY"),
+            "message": message,
+            "fields": fields,
+        }
         text_buf.append(line)
         parsed_buf.append(json.dumps(row, ensure_ascii=False).encode("utf-8", "replace") + b"\n")
         stats.lines += 1
@@ -103,8 +115,12 @@ def _split_journal(raw: IO[bytes], ident: str, text: Spool, parsed: Spool, per_s
 class ShimLogsCollector(Collector):
     name = "shim-logs"
     summary = "journald entries of kata, kata-runtime, containerd, crio (raw + parsed + per sandbox) and containerd/CRI-O log files"
-    reads = (*(f"journalctl -o json -t {i}" for i in IDENTIFIERS), *JOURNAL_DIRS, *LOG_FILES,
-             *(f"{p}.<N> (rotated)" for p in LOG_FILES))
+    reads = (
+        *(f"journalctl -o json -t {i}" for i in IDENTIFIERS),
+        *JOURNAL_DIRS,
+        *LOG_FILES,
+        *(f"{p}.<N> (rotated)" for p in LOG_FILES),
+    )
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         per_sandbox: PerSandbox[Spool] = PerSandbox(lambda sid: Spool(ctx.max_log_bytes))
@@ -148,18 +164,23 @@ class ShimLogsCollector(Collector):
                 await scanner.close()
         if any(s.error == "journalctl not found" for s in sources):
             missing.append("journalctl not available")
-        await out.add_json("summary.json", {
-            "since": ctx.since_time.isoformat(),
-            "cap_bytes": ctx.max_log_bytes,
-            "journal_dirs": journal_dirs,
-            "sources": [s.__dict__ for s in sources],
-            "sandboxes": split,
-            "sandboxes_not_split": per_sandbox.overflow,
-            "truncated": out.truncated,
-            "missing": missing,
-        })
+        await out.add_json(
+            "summary.json",
+            {
+                "since": ctx.since_time.isoformat(),
+                "cap_bytes": ctx.max_log_bytes,
+                "journal_dirs": journal_dirs,
+                "sources": [s.__dict__ for s in sources],
+                "sandboxes": split,
+                "sandboxes_not_split": per_sandbox.overflow,
+                "truncated": out.truncated,
+                "missing": missing,
+            },
+        )
 
-    async def _journal(self, ctx: CollectContext, out: CollectorOutput, ident: str, per_sandbox: PerSandbox) -> SourceStats:
+    async def _journal(
+        self, ctx: CollectContext, out: CollectorOutput, ident: str, per_sandbox: PerSandbox
+    ) -> SourceStats:
         stats = SourceStats(source=f"journal:{ident}")
         argv = ["journalctl", "-o", "json", "--no-pager", "--since", f"@{int(ctx.since_time.timestamp())}", "-t", ident]
         if str(ctx.host.root) != "/":
@@ -168,7 +189,8 @@ class ShimLogsCollector(Collector):
         try:
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, stdout=raw, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+                    *argv, stdout=raw, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+                )
             except FileNotFoundError:
                 stats.error = "journalctl not found"
                 return stats
@@ -185,8 +207,7 @@ class ShimLogsCollector(Collector):
             raw.seek(0)
             text, parsed = out.spool(ctx.max_log_bytes), out.spool(ctx.max_log_bytes)
             try:
-                await asyncio.to_thread(_split_journal, raw, ident, text, parsed, per_sandbox,
-                                        ctx.redactor, stats)
+                await asyncio.to_thread(_split_journal, raw, ident, text, parsed, per_sandbox, ctx.redactor, stats)
             except BaseException:
                 text.close()
                 parsed.close()
@@ -201,13 +222,13 @@ class ShimLogsCollector(Collector):
         finally:
             raw.close()
 
-    async def _file(self, ctx: CollectContext, out: CollectorOutput, f: LogFile,
-                    per_sandbox: PerSandbox[Spool]) -> SourceStats:
+    async def _file(
+        self, ctx: CollectContext, out: CollectorOutput, f: LogFile, per_sandbox: PerSandbox[Spool]
+    ) -> SourceStats:
         stats = SourceStats(source=f"file:{f.path}")
         spool = out.spool()
         try:
-            skipped = await asyncio.to_thread(
-                copy_log, f.real, f.cap, spool, per_sandbox, ctx.redactor.stream(), stats)
+            skipped = await asyncio.to_thread(copy_log, f.real, f.cap, spool, per_sandbox, ctx.redactor.stream(), stats)
         except OSError as exc:
             spool.close()
             stats.error = exc.strerror or str(exc)
@@ -216,9 +237,15 @@ class ShimLogsCollector(Collector):
         await self._add_file(out, f, spool, skipped)
         return stats
 
-    async def _scanned(self, ctx: CollectContext, out: CollectorOutput, files: list[LogFile],
-                       per_sandbox: PerSandbox[Spool], scanner: ScannerProcess,
-                       ahead: DeflateAhead | None) -> list[SourceStats]:
+    async def _scanned(
+        self,
+        ctx: CollectContext,
+        out: CollectorOutput,
+        files: list[LogFile],
+        per_sandbox: PerSandbox[Spool],
+        scanner: ScannerProcess,
+        ahead: DeflateAhead | None,
+    ) -> list[SourceStats]:
         """The log files, redacted and split by the scanner process while this one compresses.
 
         What the scanner has written is deflated ahead (`ahead`) as it goes, so compressing
@@ -242,8 +269,7 @@ class ShimLogsCollector(Collector):
                     ahead.grow(("sandbox", sid), path, size)
 
         try:
-            await scanner.send([(f.real, f.cap) for f in files],
-                               present=journal_sids, redact=ctx.redactor.enabled)
+            await scanner.send([(f.real, f.cap) for f in files], present=journal_sids, redact=ctx.redactor.enabled)
             for f, stats in zip(files, sources):
                 path = f.path
                 result = await scanner.next_file(progress if ahead is not None else None)
@@ -270,8 +296,15 @@ class ShimLogsCollector(Collector):
                 out.item_failed("log scanner", str(exc))
         return sources
 
-    async def _add_scanned_sandbox(self, ctx: CollectContext, out: CollectorOutput, sid: str, journal: Spool | None,
-                                   scanner: ScannerProcess, ahead: DeflateAhead | None) -> None:
+    async def _add_scanned_sandbox(
+        self,
+        ctx: CollectContext,
+        out: CollectorOutput,
+        sid: str,
+        journal: Spool | None,
+        scanner: ScannerProcess,
+        ahead: DeflateAhead | None,
+    ) -> None:
         """One sandbox's lines from the scanned files, after its journal lines if it has any."""
         name = f"sandboxes/{sid}.log"
         key = ("sandbox", sid)
@@ -291,8 +324,9 @@ class ShimLogsCollector(Collector):
             spool = journal
         await out.add_spool(name, spool)
 
-    async def _add_deflated(self, out: CollectorOutput, name: str, ahead: DeflateAhead | None, key: object,
-                            path: str, size: int) -> bool:
+    async def _add_deflated(
+        self, out: CollectorOutput, name: str, ahead: DeflateAhead | None, key: object, path: str, size: int
+    ) -> bool:
         """Add content deflated ahead; False (nothing added) when it was not."""
         if ahead is None:
             return False
@@ -337,8 +371,14 @@ def _with_rotations(host: HostRoot, path: str) -> list[tuple[str, bool]]:
     """
     directory, _, name = path.rpartition("/")
     prefix = name + "."
-    numbers = sorted((int(n[len(prefix):]) for n in host.listdir(directory or "/")
-                      if n.startswith(prefix) and n[len(prefix):].isdigit()), reverse=True)
+    numbers = sorted(
+        (
+            int(n[len(prefix) :])
+            for n in host.listdir(directory or "/")
+            if n.startswith(prefix) and n[len(prefix) :].isdigit()
+        ),
+        reverse=True,
+    )
     return [(f"{directory}/{prefix}{n}", True) for n in numbers] + [(path, False)]
 
 

@@ -16,13 +16,12 @@ import logging
 import os
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
-from kata_debug.hostroot import HostRoot
-from kata_debug.oci import find_sandbox
-
-from .wire import AttrValue
+from kata_debug.forwarder.wire import AttrValue
+from kata_debug.node.hostroot import HostRoot
+from kata_debug.node.oci import find_sandbox
 
 log = logging.getLogger("kata_debug.forwarder")
 
@@ -153,8 +152,9 @@ class IdentityResolver:
     `miss_ttl` seconds, since the spec can be written just after the VM starts.
     """
 
-    def __init__(self, host: HostRoot, node_name: str | None = None, host_name: str | None = None,
-                 miss_ttl: float = 5.0) -> None:
+    def __init__(
+        self, host: HostRoot, node_name: str | None = None, host_name: str | None = None, miss_ttl: float = 5.0
+    ) -> None:
         self.host = host
         self.node_name = node_name
         self.host_name = host_name

@@ -15,13 +15,14 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from .otlp_json import group_by_resource, request_line
-from .wire import AttrValue, Span
+from kata_debug.forwarder.otlp_json import group_by_resource, request_line
+from kata_debug.forwarder.wire import AttrValue, Span
 
 log = logging.getLogger("kata_debug.forwarder")
 
@@ -50,7 +51,7 @@ class Origin:
     resource: ResourceAttrs = field(default=())
 
     @classmethod
-    def make(cls, sandbox_id: str | None, source: str, base: ResourceAttrs, identity: ResourceAttrs) -> "Origin":
+    def make(cls, sandbox_id: str | None, source: str, base: ResourceAttrs, identity: ResourceAttrs) -> Origin:
         merged = dict(base)
         merged.update(identity)
         return cls(sandbox_id, source, base, identity, tuple(merged.items()))
@@ -167,7 +168,9 @@ def parse_export(uri: str) -> ExportTarget:
         q = _query(uri, parts.query, {"compression", "timeout", "max_request_bytes"})
         compression = _compression(uri, q["compression"]) if "compression" in q else None
         timeout = _seconds(uri, q["timeout"]) if "timeout" in q else None
-        max_request = _positive_int(uri, "max_request_bytes", q.get("max_request_bytes", str(DEFAULT_MAX_REQUEST_BYTES)))
+        max_request = _positive_int(
+            uri, "max_request_bytes", q.get("max_request_bytes", str(DEFAULT_MAX_REQUEST_BYTES))
+        )
         if max_request == 0:
             raise ValueError(f"{uri}: max_request_bytes must be positive")
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
@@ -206,15 +209,15 @@ def target_from_env(environ: Mapping[str, str] = os.environ) -> ExportTarget:
     only the protocol choice is ours, with the specification's default `http/protobuf`.
     """
     protocol = (
-        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
     ).strip()
     if protocol == "grpc":
         return ExportTarget(uri="env:grpc", kind="otlp-grpc")
     if protocol == "http/protobuf":
         return ExportTarget(uri="env:http/protobuf", kind="otlp-http")
-    raise ValueError(
-        f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: not supported (use grpc or http/protobuf)"
-    )
+    raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: not supported (use grpc or http/protobuf)")
 
 
 # --------------------------------------------------------------------------- OTLP via the SDK
@@ -338,7 +341,9 @@ class ReadableSpanBuilder:
         ]
         links = [
             sdk["WireLink"](
-                SpanContext(ln.trace_id, ln.span_id, ln.is_remote, TraceFlags(ln.trace_flags), self._state(ln.trace_state)),
+                SpanContext(
+                    ln.trace_id, ln.span_id, ln.is_remote, TraceFlags(ln.trace_flags), self._state(ln.trace_state)
+                ),
                 dict(ln.attributes),
                 ln.dropped_attributes_count,
             )
@@ -371,11 +376,10 @@ def _wire_exporter_classes() -> tuple[type, type]:
     """
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from opentelemetry.sdk.trace.export import SpanExportResult
 
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    from .otlp_proto import EncodedRequest
+    from kata_debug.forwarder.otlp_proto import EncodedRequest
 
     class WireGrpcSpanExporter(GrpcExporter):  # type: ignore[misc]
         def _translate_data(self, data: EncodedRequest) -> Any:  # type: ignore[override]  # noqa: D401
@@ -455,11 +459,11 @@ class OtlpSink:
         raise ValueError(f"not an OTLP target: {t.kind}")
 
     def export(self, batch: Sequence[QueuedSpan]) -> int:
-        from .otlp_proto import encode_requests
+        from kata_debug.forwarder.otlp_proto import encode_requests
 
         done = 0
         for request in encode_requests(batch, self.target.max_request_bytes):
-            if not self._exporter.export_encoded(request, batch[done:done + request.spans]):
+            if not self._exporter.export_encoded(request, batch[done : done + request.spans]):
                 break
             done += request.spans
         return done
@@ -486,8 +490,13 @@ class FileSink:
     (plus one request line). Rotated files keep the newest spans; the oldest file goes.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int = DEFAULT_FILE_MAX_BYTES,
-                 backups: int = DEFAULT_FILE_BACKUPS, name: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int = DEFAULT_FILE_MAX_BYTES,
+        backups: int = DEFAULT_FILE_BACKUPS,
+        name: str | None = None,
+    ) -> None:
         self.path = Path(path)
         self.name = name or f"file://{self.path}"
         self.max_bytes = max_bytes

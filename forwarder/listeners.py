@@ -15,9 +15,9 @@ import os
 import re
 import socket
 import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger("kata_debug.forwarder")
@@ -229,7 +229,9 @@ async def open_vsock(
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise ListenerError(f"vsock {'any' if cid == VMADDR_CID_ANY else cid}:{port}: cannot listen: {exc.strerror or exc}") from None
+        raise ListenerError(
+            f"vsock {'any' if cid == VMADDR_CID_ANY else cid}:{port}: cannot listen: {exc.strerror or exc}"
+        ) from None
 
     async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from .wire import AttrValue, Attributes, Event, Link, Span
+from kata_debug.forwarder.wire import Attributes, AttrValue, Event, Link, Span
 
 # OTLP SpanFlags bits: 8 says whether bit 9 (context is remote) is known.
 FLAG_HAS_IS_REMOTE = 0x100
@@ -136,8 +137,11 @@ def request_line(groups: Iterable[ResourceGroup]) -> str:
     return _dumps(request_json(groups)) + "\n"
 
 
-def merged_resource(base: Attributes | Sequence[tuple[str, AttrValue]], span_resource: Attributes | None,
-                    identity: Sequence[tuple[str, AttrValue]] = ()) -> tuple[tuple[str, AttrValue], ...]:
+def merged_resource(
+    base: Attributes | Sequence[tuple[str, AttrValue]],
+    span_resource: Attributes | None,
+    identity: Sequence[tuple[str, AttrValue]] = (),
+) -> tuple[tuple[str, AttrValue], ...]:
     """The resource a span is exported with.
 
     Precedence, lowest first: forwarder defaults (`service.name`, ...), the span's own

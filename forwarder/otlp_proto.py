@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import struct
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .exporters import DEFAULT_MAX_REQUEST_BYTES, QueuedSpan, ResourceAttrs
-from .otlp_json import FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE, trace_state_text
-from .wire import AttrValue, Span
+from kata_debug.forwarder.exporters import DEFAULT_MAX_REQUEST_BYTES, QueuedSpan, ResourceAttrs
+from kata_debug.forwarder.otlp_json import FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE, trace_state_text
+from kata_debug.forwarder.wire import AttrValue, Span
 
 
 def _set_value(av: Any, v: AttrValue) -> None:
@@ -254,9 +255,7 @@ def _link(ln: Any) -> bytes:
         _attributes(out, b"\x22", ln.attributes)
     if ln.dropped_attributes_count:
         out += (b"\x28", _varint(ln.dropped_attributes_count))
-    out.append(
-        _LINK_FLAGS.pack(0x35, ln.trace_flags | FLAG_HAS_IS_REMOTE | (FLAG_IS_REMOTE if ln.is_remote else 0))
-    )
+    out.append(_LINK_FLAGS.pack(0x35, ln.trace_flags | FLAG_HAS_IS_REMOTE | (FLAG_IS_REMOTE if ln.is_remote else 0)))
     return b"".join(out)
 
 
@@ -269,8 +268,9 @@ def span_bytes(s: Span) -> bytes:
         if s.parent_span_id:
             out.append(b"\x22\x08" + s.parent_span_id.to_bytes(8, "big"))
     elif s.parent_span_id:
-        out = [_IDS_PARENT.pack(b"\x0a\x10", tid >> 64, tid & _M64, b"\x12\x08", s.span_id, b"\x22\x08",
-                                s.parent_span_id)]
+        out = [
+            _IDS_PARENT.pack(b"\x0a\x10", tid >> 64, tid & _M64, b"\x12\x08", s.span_id, b"\x22\x08", s.parent_span_id)
+        ]
     else:
         out = [_IDS.pack(b"\x0a\x10", tid >> 64, tid & _M64, b"\x12\x08", s.span_id)]
     if s.name:

@@ -22,11 +22,12 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat, starmap
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
-from .exporters import QueuedSpan, SpanSink
+from kata_debug.forwarder.exporters import QueuedSpan, SpanSink
 
 log = logging.getLogger("kata_debug.forwarder")
 _T = TypeVar("_T")
@@ -39,7 +40,9 @@ class _DaemonWorker:
     """Runs blocking calls one at a time on a daemon thread, awaitable from the loop."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: "queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop] | None]" = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop] | None
+        ] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -245,7 +248,7 @@ class ExportPipeline:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.batch_delay)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             batch, sizes = self._take()
             try:

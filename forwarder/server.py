@@ -21,28 +21,34 @@ import contextlib
 import gc
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from kata_debug.hostroot import HostRoot
-
-from .discovery import CidResolver, IdentityResolver, SandboxSocket, SandboxWatcher, default_host_name
-from .exporters import ExportTarget, Origin, QueuedSpan, SpanSink, make_sink
-from .listeners import (
+from kata_debug.forwarder.discovery import (
+    CidResolver,
+    IdentityResolver,
+    SandboxSocket,
+    SandboxWatcher,
+    default_host_name,
+)
+from kata_debug.forwarder.exporters import ExportTarget, Origin, QueuedSpan, SpanSink, make_sink
+from kata_debug.forwarder.listeners import (
+    TRACE_PORT,
     Listener,
     ListenerError,
     ListenSpec,
     Peer,
-    TRACE_PORT,
     hvsock_listen_path,
     open_tcp,
     open_unix,
     open_vsock,
     parse_listen,
 )
-from .pipeline import DEFAULT_QUEUE_BYTES, ExportPipeline
-from .wire import DEFAULT_MAX_FRAME_BYTES, DecodeError, FormatSniffer, FrameReader, FrameTooLarge
+from kata_debug.forwarder.pipeline import DEFAULT_QUEUE_BYTES, ExportPipeline
+from kata_debug.forwarder.wire import DEFAULT_MAX_FRAME_BYTES, DecodeError, FormatSniffer, FrameReader, FrameTooLarge
+from kata_debug.node.hostroot import HostRoot
 
 log = logging.getLogger("kata_debug.forwarder")
 

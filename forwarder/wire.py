@@ -16,9 +16,10 @@ access) because a node forwards every span of every sandbox.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable, Literal, Union
+from typing import Literal
 
 __all__ = [
     "AttrValue",
@@ -48,7 +49,7 @@ WireFormat = Literal["auto", "bincode", "json"]
 FORMATS: tuple[str, ...] = ("auto", "bincode", "json")
 
 #: An attribute value: the four scalar kinds, or a homogeneous tuple of one of them.
-AttrValue = Union[bool, int, float, str, tuple[bool, ...], tuple[int, ...], tuple[float, ...], tuple[str, ...]]
+AttrValue = bool | int | float | str | tuple[bool, ...] | tuple[int, ...] | tuple[float, ...] | tuple[str, ...]
 #: Attributes in wire order. A list, not a dict: event and link attributes are a `Vec` on the
 #: wire and may repeat a key; the forwarder passes on what the agent sent.
 Attributes = list[tuple[str, AttrValue]]
@@ -560,7 +561,7 @@ def decoder_for(fmt: str) -> Decoder:
     if fmt == "bincode":
         return decode_bincode
     if fmt == "json":
-        from .wire_json import decode_json
+        from kata_debug.forwarder.wire_json import decode_json
 
         return decode_json
     raise ValueError(f"no single decoder for format {fmt!r}")
@@ -610,7 +611,7 @@ class FormatSniffer:
 def __getattr__(name: str) -> object:
     """`wire.decode_json`, without an import cycle: `wire_json` builds on this module's model."""
     if name == "decode_json":
-        from .wire_json import decode_json
+        from kata_debug.forwarder.wire_json import decode_json
 
         return decode_json
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

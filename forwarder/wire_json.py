@@ -26,13 +26,13 @@ try:
 except ImportError:  # a declared dependency; without it the reference decoder does all the work
     _orjson_loads = None
 
-from .wire import (
+from kata_debug.forwarder.wire import (
     _I64_MAX,
     _I64_MIN,
     _NS,
     _U64_MAX,
-    AttrValue,
     Attributes,
+    AttrValue,
     DecodeError,
     Event,
     Link,
@@ -226,8 +226,12 @@ def _j_queue(q: object, what: str) -> tuple[list, int]:  # type: ignore[type-arg
     max_len = q["max_len"]  # type: ignore[index]
     dropped = q["dropped_count"]  # type: ignore[index]
     if (
-        type(max_len) is not int or max_len < 0 or max_len > _U32_MAX
-        or type(dropped) is not int or dropped < 0 or dropped > _U32_MAX
+        type(max_len) is not int
+        or max_len < 0
+        or max_len > _U32_MAX
+        or type(dropped) is not int
+        or dropped < 0
+        or dropped > _U32_MAX
     ):
         raise _Bad(f"{what}.max_len/dropped_count")
     if items is None:
@@ -281,10 +285,18 @@ def decode_json_reference(payload: bytes) -> Span:
         flags = ctx["trace_flags"]
         parent = d["parent_span_id"]
         if (
-            type(trace_id) is not int or trace_id < 0 or trace_id > _U128_MAX
-            or type(span_id) is not int or span_id < 0 or span_id > _U64_MAX
-            or type(flags) is not int or flags < 0 or flags > 255
-            or type(parent) is not int or parent < 0 or parent > _U64_MAX
+            type(trace_id) is not int
+            or trace_id < 0
+            or trace_id > _U128_MAX
+            or type(span_id) is not int
+            or span_id < 0
+            or span_id > _U64_MAX
+            or type(flags) is not int
+            or flags < 0
+            or flags > 255
+            or type(parent) is not int
+            or parent < 0
+            or parent > _U64_MAX
         ):
             raise _Bad("span_context ids/flags or parent_span_id")
         remote = ctx["is_remote"]
@@ -310,21 +322,29 @@ def decode_json_reference(payload: bytes) -> Span:
         max_len = attrs["max_len"]
         if (
             type(attrs["evict_list"]) is not list
-            or type(max_len) is not int or max_len < 0 or max_len > _U32_MAX
-            or type(dropped_attrs) is not int or dropped_attrs < 0 or dropped_attrs > _U32_MAX
+            or type(max_len) is not int
+            or max_len < 0
+            or max_len > _U32_MAX
+            or type(dropped_attrs) is not int
+            or dropped_attrs < 0
+            or dropped_attrs > _U32_MAX
         ):
             raise _Bad("attributes evict_list/max_len/dropped_count")
 
         raw_events, dropped_events = _j_queue(d["events"], "events")
-        events = [
-            Event(
-                _j_str(ev["name"], "event.name"),
-                _j_times(ev, "timestamp"),
-                _j_kvs(ev["attributes"]),
-                _j_u(ev["dropped_attributes_count"], _U32_MAX, "event.dropped_attributes_count"),
-            )
-            for ev in raw_events
-        ] if raw_events else []
+        events = (
+            [
+                Event(
+                    _j_str(ev["name"], "event.name"),
+                    _j_times(ev, "timestamp"),
+                    _j_kvs(ev["attributes"]),
+                    _j_u(ev["dropped_attributes_count"], _U32_MAX, "event.dropped_attributes_count"),
+                )
+                for ev in raw_events
+            ]
+            if raw_events
+            else []
+        )
         raw_links, dropped_links = _j_queue(d["links"], "links")
         links = _j_links(raw_links)
         status = _JSON_STATUS.get(d["status_code"])  # type: ignore[arg-type]
@@ -372,8 +392,6 @@ def decode_json_reference(payload: bytes) -> Span:
         raise DecodeError("json: nested too deeply") from None
     except MemoryError:
         raise DecodeError("json: payload too large to parse") from None
-
-
 
 
 # --------------------------------------------------------------------------- fast path
@@ -436,8 +454,14 @@ def _o_events(raw: list) -> list[Event]:  # type: ignore[type-arg]
         secs, nanos = t["secs_since_epoch"], t["nanos_since_epoch"]
         if (
             type(name) is not str
-            or type(secs) is not int or type(nanos) is not int or secs < 0 or nanos < 0 or nanos > _U32_MAX
-            or type(dropped) is not int or dropped < 0 or dropped > _U32_MAX
+            or type(secs) is not int
+            or type(nanos) is not int
+            or secs < 0
+            or nanos < 0
+            or nanos > _U32_MAX
+            or type(dropped) is not int
+            or dropped < 0
+            or dropped > _U32_MAX
         ):
             raise _NotCanonical
         ns = secs * _NS + nanos
@@ -478,9 +502,15 @@ def _fast(payload: bytes) -> Span | None:
     remote = ctx["is_remote"]
     if (
         trace_id > _U128_MAX
-        or type(span_id) is not int or span_id < 0 or span_id > _U64_MAX
-        or type(flags) is not int or flags < 0 or flags > 255
-        or type(parent) is not int or parent < 0 or parent > _U64_MAX
+        or type(span_id) is not int
+        or span_id < 0
+        or span_id > _U64_MAX
+        or type(flags) is not int
+        or flags < 0
+        or flags > 255
+        or type(parent) is not int
+        or parent < 0
+        or parent > _U64_MAX
         or type(remote) is not bool
     ):
         return None
@@ -493,9 +523,14 @@ def _fast(payload: bytes) -> Span | None:
     dropped_attrs = attrs["dropped_count"]
     max_len = attrs["max_len"]
     if (
-        type(amap) is not dict or type(attrs["evict_list"]) is not list
-        or type(max_len) is not int or max_len < 0 or max_len > _U32_MAX
-        or type(dropped_attrs) is not int or dropped_attrs < 0 or dropped_attrs > _U32_MAX
+        type(amap) is not dict
+        or type(attrs["evict_list"]) is not list
+        or type(max_len) is not int
+        or max_len < 0
+        or max_len > _U32_MAX
+        or type(dropped_attrs) is not int
+        or dropped_attrs < 0
+        or dropped_attrs > _U32_MAX
     ):
         return None
     q = d["events"]
@@ -505,10 +540,18 @@ def _fast(payload: bytes) -> Span | None:
     if (  # `_j_queue`, inline
         (raw_events is not None and type(raw_events) is not list)
         or (raw_links is not None and type(raw_links) is not list)
-        or type(ev_max) is not int or ev_max < 0 or ev_max > _U32_MAX
-        or type(dropped_events) is not int or dropped_events < 0 or dropped_events > _U32_MAX
-        or type(ln_max) is not int or ln_max < 0 or ln_max > _U32_MAX
-        or type(dropped_links) is not int or dropped_links < 0 or dropped_links > _U32_MAX
+        or type(ev_max) is not int
+        or ev_max < 0
+        or ev_max > _U32_MAX
+        or type(dropped_events) is not int
+        or dropped_events < 0
+        or dropped_events > _U32_MAX
+        or type(ln_max) is not int
+        or ln_max < 0
+        or ln_max > _U32_MAX
+        or type(dropped_links) is not int
+        or dropped_links < 0
+        or dropped_links > _U32_MAX
     ):
         return None
     message = d["status_message"]
@@ -521,8 +564,16 @@ def _fast(payload: bytes) -> Span | None:
     t = d["end_time"]
     e_secs, e_nanos = t["secs_since_epoch"], t["nanos_since_epoch"]
     if (
-        type(secs) is not int or type(nanos) is not int or secs < 0 or nanos < 0 or nanos > _U32_MAX
-        or type(e_secs) is not int or type(e_nanos) is not int or e_secs < 0 or e_nanos < 0 or e_nanos > _U32_MAX
+        type(secs) is not int
+        or type(nanos) is not int
+        or secs < 0
+        or nanos < 0
+        or nanos > _U32_MAX
+        or type(e_secs) is not int
+        or type(e_nanos) is not int
+        or e_secs < 0
+        or e_nanos < 0
+        or e_nanos > _U32_MAX
     ):
         return None
     start = secs * _NS + nanos

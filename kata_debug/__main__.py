@@ -1,3 +1,3 @@
-from .cli import main
+from kata_debug.cli.app import main
 
 main()

@@ -23,12 +23,13 @@ import hashlib
 import math
 import os
 import random
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import KataDebugError, UsageError
+from kata_debug.errors import KataDebugError, UsageError
 
 if TYPE_CHECKING:
     import ssl
@@ -151,7 +152,7 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
-def _ssl_context(target: UploadTarget) -> "ssl.SSLContext | bool":
+def _ssl_context(target: UploadTarget) -> ssl.SSLContext | bool:
     if target.cacert is None:
         return True
     import ssl
@@ -183,8 +184,9 @@ async def upload_file(
         **target.headers,
         "Content-Length": str(size),
     }
-    timeout = aiohttp.ClientTimeout(total=None, connect=target.timeout, sock_connect=target.timeout,
-                                    sock_read=target.timeout)
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=target.timeout, sock_connect=target.timeout, sock_read=target.timeout
+    )
     try:
         ssl_context = await asyncio.to_thread(_ssl_context, target)  # reads the CA bundle: once, off the loop
     except OSError as exc:  # ssl.SSLError included: not PEM, no certificate in it
@@ -198,19 +200,24 @@ async def upload_file(
             delay: float | None = None
             try:
                 async with session.request(
-                    target.method, target.url, data=_body(path, size, progress), headers=headers,
-                    ssl=ssl_context, allow_redirects=False,
+                    target.method,
+                    target.url,
+                    data=_body(path, size, progress),
+                    headers=headers,
+                    ssl=ssl_context,
+                    allow_redirects=False,
                 ) as resp:
                     if 200 <= resp.status < 300:
-                        return UploadResult(shown, target.method, resp.status, size, sha256, attempts,
-                                            loop.time() - start)
+                        return UploadResult(
+                            shown, target.method, resp.status, size, sha256, attempts, loop.time() - start
+                        )
                     text = (await resp.content.read(300)).decode("utf-8", "replace")
                     snippet = " ".join(text.split())[:200]
                     last = f"HTTP {resp.status} {resp.reason or ''}".rstrip() + (f": {snippet}" if snippet else "")
                     if resp.status not in RETRY_STATUSES:
                         raise UploadError(f"upload to {shown} refused: {last}")
                     delay = _retry_after(resp.headers.get("Retry-After"))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 if isinstance(exc, aiohttp.ClientSSLError):
                     raise UploadError(f"upload to {shown}: TLS: {exc}") from None
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-from forwarder.wire import AttrValue, Span
+from kata_debug.forwarder.wire import AttrValue, Span
 
 _KIND_TAG = {3: 0, 2: 1, 4: 2, 5: 3, 1: 4}  # OTLP kind -> agent enum tag (Client..Internal)
 _KIND_NAME = {3: "Client", 2: "Server", 4: "Producer", 5: "Consumer", 1: "Internal"}
@@ -90,7 +91,12 @@ def to_bincode(span: Span, max_len: int = 128) -> bytes:
     if span.events:
         out.append(b"\x01" + struct.pack("<Q", len(span.events)))
         for e in span.events:
-            out += [_s(e.name), _time(e.time_unix_nano), _kvs(e.attributes), struct.pack("<I", e.dropped_attributes_count)]
+            out += [
+                _s(e.name),
+                _time(e.time_unix_nano),
+                _kvs(e.attributes),
+                struct.pack("<I", e.dropped_attributes_count),
+            ]
     else:
         out.append(b"\x00")
     out.append(struct.pack("<II", max_len, span.dropped_events_count))
@@ -208,7 +214,8 @@ def to_json(span: Span) -> bytes:
 
 def sample_span(i: int = 0, *, name: str = "rpc.create_container", sandbox_attr: str = "sb") -> Span:
     """A realistic agent span (tracing-opentelemetry attributes, one event)."""
-    from forwarder.wire import Event, Span as _Span
+    from kata_debug.forwarder.wire import Event
+    from kata_debug.forwarder.wire import Span as _Span
 
     base = 1_764_000_000_000_000_000 + i * 1000
     return _Span(

@@ -55,11 +55,14 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def kata_debug(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
-               cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+def kata_debug(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run the real CLI as a user would (a separate process)."""
     return subprocess.run(
         [sys.executable, "-m", "kata_debug", *args],
-        capture_output=True, timeout=timeout, cwd=cwd or REPO,
+        capture_output=True,
+        timeout=timeout,
+        cwd=cwd or REPO,
         env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)},
     )

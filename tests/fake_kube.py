@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -69,8 +70,15 @@ for _k in (
 
 
 def status(code: int, reason: str, message: str) -> web.Response:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     return web.json_response(body, status=code)
 
 
@@ -121,7 +129,7 @@ class FakeKube:
 
     # ---- content --------------------------------------------------------------------
 
-    def add(self, *objs: dict[str, Any]) -> "FakeKube":
+    def add(self, *objs: dict[str, Any]) -> FakeKube:
         """Serve complete objects at their item paths (uid/resourceVersion filled in if absent)."""
         for obj in objs:
             obj = copy.deepcopy(obj)
@@ -140,7 +148,7 @@ class FakeKube:
     def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
 
-    def only_namespace(self, namespace: str, user: str | None = None) -> "FakeKube":
+    def only_namespace(self, namespace: str, user: str | None = None) -> FakeKube:
         """Authorize like a user whose only grant is a Role in `namespace`.
 
         What the API server keeps public for everyone (system:public-info-viewer and
@@ -155,11 +163,10 @@ class FakeKube:
 
     def refuses(self, path: str) -> bool:
         """Whether a read of `path` is forbidden (by `forbidden` or by `only_namespace`)."""
-        return (path in self.forbidden or any(path.startswith(f + "/") for f in self.forbidden)
-                or not self.allowed(path))
+        return path in self.forbidden or any(path.startswith(f + "/") for f in self.forbidden) or not self.allowed(path)
 
     def forbidden_status(self, path: str) -> web.Response:
-        return status(403, "Forbidden", f"forbidden: User \"{self.user}\" cannot get path \"{path}\"")
+        return status(403, "Forbidden", f'forbidden: User "{self.user}" cannot get path "{path}"')
 
     def add_routes(self, routes: Iterable[web.RouteDef]) -> None:
         """Extra endpoints (exec, logs, watch ...); they win over the generic GET handler."""
@@ -175,15 +182,19 @@ class FakeKube:
             if path == f"{k.prefix}/{k.plural}":
                 return k, None
             if k.namespaced and path.startswith(f"{k.prefix}/namespaces/") and path.endswith(f"/{k.plural}"):
-                ns = path[len(f"{k.prefix}/namespaces/"):-len(f"/{k.plural}")]
+                ns = path[len(f"{k.prefix}/namespaces/") : -len(f"/{k.plural}")]
                 if ns and "/" not in ns:
                     return k, ns
         return None
 
     def _list(self, k: Kind, ns: str | None, query: Any) -> dict[str, Any]:
-        items = [o for o in self.objects.values()
-                 if isinstance(o, dict) and o.get("kind") == k.kind
-                 and (ns is None or (o.get("metadata") or {}).get("namespace") == ns)]
+        items = [
+            o
+            for o in self.objects.values()
+            if isinstance(o, dict)
+            and o.get("kind") == k.kind
+            and (ns is None or (o.get("metadata") or {}).get("namespace") == ns)
+        ]
         items.sort(key=lambda o: ((o["metadata"].get("namespace") or ""), o["metadata"]["name"]))
         for key, want, eq in _selector(query.get("labelSelector", "")):
             items = [o for o in items if (((o["metadata"].get("labels") or {}).get(key) == want) == eq)]
@@ -191,7 +202,7 @@ class FakeKube:
             items = [o for o in items if ((str(_lookup(o, key)) == want) == eq)]
         start = int(query.get("continue") or 0)
         limit = int(query.get("limit") or 0)
-        page = items[start:start + limit] if limit else items[start:]
+        page = items[start : start + limit] if limit else items[start:]
         meta: dict[str, Any] = {"resourceVersion": str(2000 + len(self.objects))}
         if limit and start + limit < len(items):
             meta["continue"] = str(start + limit)
@@ -202,24 +213,47 @@ class FakeKube:
         if path == "/version":
             return {"major": "1", "minor": "32", "gitVersion": "v1.32.0-fake", "platform": "linux/amd64"}
         if path == "/api":
-            return {"kind": "APIVersions", "versions": ["v1"],
-                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+            return {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+            }
         groups: dict[str, list[Kind]] = {}
         for k in KINDS.values():
             if k.group:
                 groups.setdefault(k.group, []).append(k)
         if path == "/apis":
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                {"name": g, "versions": [{"groupVersion": f"{g}/{ks[0].version}", "version": ks[0].version}],
-                 "preferredVersion": {"groupVersion": f"{g}/{ks[0].version}", "version": ks[0].version}}
-                for g, ks in sorted(groups.items())]}
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [
+                    {
+                        "name": g,
+                        "versions": [{"groupVersion": f"{g}/{ks[0].version}", "version": ks[0].version}],
+                        "preferredVersion": {"groupVersion": f"{g}/{ks[0].version}", "version": ks[0].version},
+                    }
+                    for g, ks in sorted(groups.items())
+                ],
+            }
         for prefix in {k.prefix for k in KINDS.values()}:
             if path == prefix:
                 ks = [k for k in KINDS.values() if k.prefix == prefix]
-                return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": ks[0].api_version,
-                        "resources": [{"name": k.plural, "singularName": k.kind.lower(), "namespaced": k.namespaced,
-                                       "kind": k.kind, "verbs": ["get", "list"], "shortNames": list(k.short_names)}
-                                      for k in ks]}
+                return {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": ks[0].api_version,
+                    "resources": [
+                        {
+                            "name": k.plural,
+                            "singularName": k.kind.lower(),
+                            "namespaced": k.namespaced,
+                            "kind": k.kind,
+                            "verbs": ["get", "list"],
+                            "shortNames": list(k.short_names),
+                        }
+                        for k in ks
+                    ],
+                }
         return None
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
@@ -257,15 +291,16 @@ class FakeKube:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> "FakeKube":
+    async def __aenter__(self) -> FakeKube:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def kubeconfig(self, path: Path, namespace: str | None = None, context: str = "fake",
-                   token: str | None = None) -> Path:
+    def kubeconfig(
+        self, path: Path, namespace: str | None = None, context: str = "fake", token: str | None = None
+    ) -> Path:
         """A kubeconfig pointing at this server (JSON is valid YAML, and kubectl reads it)."""
         ctx: dict[str, Any] = {"cluster": "fake", "user": "tester"}
         if namespace:

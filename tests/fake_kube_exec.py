@@ -31,10 +31,11 @@ import os
 import re
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 
@@ -117,7 +118,8 @@ class ExecAPI:
         behaviour = self.behaviours.get(name, ExecBehaviour())
         if ns in self.forbidden_namespaces or behaviour.kind == "forbidden":
             return error_status(
-                403, "Forbidden",
+                403,
+                "Forbidden",
                 f'pods "{name}" is forbidden: User "tester" cannot create resource "pods/exec" in API group "" '
                 f'in the namespace "{ns}"',
             )
@@ -138,8 +140,9 @@ class ExecAPI:
             return error_status(400, "BadRequest", f"unable to upgrade: no supported subprotocol in {offered}")
         ws = web.WebSocketResponse(protocols=SUBPROTOCOLS, autoping=True, max_msg_size=0)
         await ws.prepare(request)
-        self.sessions.append({"namespace": ns, "pod": name, "container": container, "command": command,
-                              "protocol": ws.ws_protocol})
+        self.sessions.append(
+            {"namespace": ns, "pod": name, "container": container, "command": command, "protocol": ws.ws_protocol}
+        )
         try:
             await ws.send_bytes(bytes([STDOUT]))  # "streams are ready"
             await self._run(ws, request, behaviour, command)
@@ -162,8 +165,11 @@ class ExecAPI:
         assert b.host_root is not None, "a `run` pod needs the host root of its node"
         proc = await asyncio.create_subprocess_exec(
             *local_argv(command, b.host_root),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **self.env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), **self.env},
         )
         assert proc.stdout is not None and proc.stderr is not None
         sent = 0
@@ -261,8 +267,9 @@ class LogLine:
 class ClusterFake(FakeKube):
     """FakeKube plus exec, pod logs and set-based selectors (what `collect --cluster` uses)."""
 
-    def __init__(self, objects: dict[str, Any] | None = None, token: str | None = None,
-                 exec_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, objects: dict[str, Any] | None = None, token: str | None = None, exec_env: dict[str, str] | None = None
+    ) -> None:
         super().__init__(objects, token)
         self.exec = ExecAPI(self.pod, env=exec_env, token=lambda: self.token)
         self.logs: dict[tuple[str, str, str, bool], list[LogLine]] = {}  # (ns, pod, container, previous)
@@ -281,12 +288,23 @@ class ClusterFake(FakeKube):
         try:
             reqs = parse_selector(selector)
         except ValueError as exc:
-            raise web.HTTPBadRequest(text=json.dumps({
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": str(exc), "reason": "BadRequest", "code": 400}), content_type="application/json")
-        items = [o for o in full["items"] if all(r((o["metadata"].get("labels") or {})) for r in reqs)]
+            raise web.HTTPBadRequest(
+                text=json.dumps(
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Failure",
+                        "message": str(exc),
+                        "reason": "BadRequest",
+                        "code": 400,
+                    }
+                ),
+                content_type="application/json",
+            ) from None
+        items = [o for o in full["items"] if all(r(o["metadata"].get("labels") or {}) for r in reqs)]
         start, limit = int(query.get("continue") or 0), int(query.get("limit") or 0)
-        page = items[start:start + limit] if limit else items[start:]
+        page = items[start : start + limit] if limit else items[start:]
         if limit and start + limit < len(items):
             full["metadata"]["continue"] = str(start + limit)
         else:
@@ -301,14 +319,18 @@ class ClusterFake(FakeKube):
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
             return status(401, "Unauthorized", "Unauthorized")
         if self.refuses(path):
-            return status(403, "Forbidden", f'pods "{name}" is forbidden: User "{self.user}" cannot get resource "pods/log"')
+            return status(
+                403, "Forbidden", f'pods "{name}" is forbidden: User "{self.user}" cannot get resource "pods/log"'
+            )
         pod = self.pod(ns, name)
         if pod is None:
             return status(404, "NotFound", f'pods "{name}" not found')
         containers = [c["name"] for c in pod["spec"]["containers"]]
         container = request.query.get("container") or (containers[0] if len(containers) == 1 else "")
         if container not in containers:
-            return status(400, "BadRequest", f"a container name must be specified for pod {name}, choose one of: {containers}")
+            return status(
+                400, "BadRequest", f"a container name must be specified for pod {name}, choose one of: {containers}"
+            )
         previous = request.query.get("previous") == "true"
         lines = self.logs.get((ns, name, container, previous))
         if lines is None and previous:
@@ -317,8 +339,9 @@ class ClusterFake(FakeKube):
         cutoff = time.time() - int(since) if since else None
         stamps = request.query.get("timestamps") == "true"
         body = "".join(
-            (datetime.fromtimestamp(ln.at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ ") if stamps else "") + ln.text + "\n"
-            for ln in lines or [] if cutoff is None or ln.at >= cutoff
+            (datetime.fromtimestamp(ln.at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ") if stamps else "") + ln.text + "\n"
+            for ln in lines or []
+            if cutoff is None or ln.at >= cutoff
         ).encode()
         limit = request.query.get("limitBytes")
         if limit:
@@ -327,5 +350,14 @@ class ClusterFake(FakeKube):
 
 
 ExecHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-__all__ = ["ClusterFake", "ExecAPI", "ExecBehaviour", "LogLine", "local_argv", "parse_selector", "status_object",
-           "SUBPROTOCOLS", "WSMsgType"]
+__all__ = [
+    "ClusterFake",
+    "ExecAPI",
+    "ExecBehaviour",
+    "LogLine",
+    "local_argv",
+    "parse_selector",
+    "status_object",
+    "SUBPROTOCOLS",
+    "WSMsgType",
+]

@@ -68,16 +68,35 @@ def add_task(root: Path, ns: str, cid: str, spec: dict[str, Any] | str, runtime:
 
 def kata_node(root: Path, sandbox_id: str = "sb0123456789") -> Path:
     """A node with one Kata pod: sandbox + one container, Go runtime state, Kata config."""
-    add_task(root, "k8s.io", sandbox_id, oci_spec(
-        ctype="sandbox", sandbox_id=sandbox_id, quota=50000, memory=800 * 2**20,
-        extra_annotations={"io.kubernetes.cri.sandbox-cpu-quota": "50000",
-                           "io.kubernetes.cri.sandbox-cpu-period": "100000",
-                           "io.kubernetes.cri.sandbox-memory": str(800 * 2**20)}))
-    add_task(root, "k8s.io", "ctr0123456789", oci_spec(
-        ctype="container", sandbox_id=sandbox_id, quota=50000, memory=800 * 2**20,
-        env=["PATH=/usr/bin", "DB_PASSWORD=hunter2"],
-        extra_annotations={"io.kubernetes.cri.container-name": "app",
-                           "example.com/api-token": "tok-abc123"}))
+    add_task(
+        root,
+        "k8s.io",
+        sandbox_id,
+        oci_spec(
+            ctype="sandbox",
+            sandbox_id=sandbox_id,
+            quota=50000,
+            memory=800 * 2**20,
+            extra_annotations={
+                "io.kubernetes.cri.sandbox-cpu-quota": "50000",
+                "io.kubernetes.cri.sandbox-cpu-period": "100000",
+                "io.kubernetes.cri.sandbox-memory": str(800 * 2**20),
+            },
+        ),
+    )
+    add_task(
+        root,
+        "k8s.io",
+        "ctr0123456789",
+        oci_spec(
+            ctype="container",
+            sandbox_id=sandbox_id,
+            quota=50000,
+            memory=800 * 2**20,
+            env=["PATH=/usr/bin", "DB_PASSWORD=hunter2"],
+            extra_annotations={"io.kubernetes.cri.container-name": "app", "example.com/api-token": "tok-abc123"},
+        ),
+    )
     sbs = root / "run/vc/sbs" / sandbox_id
     sbs.mkdir(parents=True)
     (sbs / "persist.json").write_text(json.dumps({"SandboxContainer": sandbox_id, "HypervisorState": {"Pid": 4242}}))

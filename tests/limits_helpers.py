@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from kata_debug.limits import Entry, Options, Report, analyse
-from kata_debug.limits_input import load
+from kata_debug.sizing.inputs import load
+from kata_debug.sizing.limits import Entry, Options, Report, analyse
 
 HERE = Path(__file__).resolve().parent
 COPY = HERE / "fixtures" / "kata-manifests"
@@ -18,8 +18,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kata-man
 MANIFESTS = COPY if COPY.is_dir() else SHARED
 BEFORE = MANIFESTS / "before"
 AFTER = MANIFESTS / "after"
-FIX_FILES = sorted([p.name for p in BEFORE.glob("tools__packaging__kata-deploy__examples__*")]
-                   + ["tests__integration__kubernetes__runtimeclass_workloads__redis-master-deployment.yaml"])
+FIX_FILES = sorted(
+    [p.name for p in BEFORE.glob("tools__packaging__kata-deploy__examples__*")]
+    + ["tests__integration__kubernetes__runtimeclass_workloads__redis-master-deployment.yaml"]
+)
 
 
 def analyse_text(text: str, opts: Options | None = None) -> Report:
@@ -42,8 +44,9 @@ def rules(entry: Entry) -> list[tuple[str, str | None, str | None]]:
     return [(f.rule, f.container, f.resource) for f in entry.findings]
 
 
-def container(name: str = "app", limits: dict[str, Any] | None = None, requests: dict[str, Any] | None = None,
-              **extra: Any) -> dict[str, Any]:
+def container(
+    name: str = "app", limits: dict[str, Any] | None = None, requests: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     res: dict[str, Any] = {}
     if requests is not None:
         res["requests"] = requests
@@ -52,9 +55,14 @@ def container(name: str = "app", limits: dict[str, Any] | None = None, requests:
     return {"name": name, "image": "registry.k8s.io/pause:3.10", "resources": res, **extra}
 
 
-def pod(*containers: dict[str, Any], name: str = "web", runtime_class: str | None = "kata",
-        namespace: str | None = None, annotations: dict[str, str] | None = None,
-        **spec: Any) -> dict[str, Any]:
+def pod(
+    *containers: dict[str, Any],
+    name: str = "web",
+    runtime_class: str | None = "kata",
+    namespace: str | None = None,
+    annotations: dict[str, str] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if namespace:
         meta["namespace"] = namespace
@@ -70,13 +78,21 @@ def limit_range(name: str = "limits", namespace: str | None = None, **item: Any)
     meta: dict[str, Any] = {"name": name}
     if namespace:
         meta["namespace"] = namespace
-    return {"apiVersion": "v1", "kind": "LimitRange", "metadata": meta,
-            "spec": {"limits": [{"type": "Container", **item}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": meta,
+        "spec": {"limits": [{"type": "Container", **item}]},
+    }
 
 
 def runtime_class(name: str, handler: str, overhead: dict[str, str] | None = None) -> dict[str, Any]:
-    obj: dict[str, Any] = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": name},
-                           "handler": handler}
+    obj: dict[str, Any] = {
+        "apiVersion": "node.k8s.io/v1",
+        "kind": "RuntimeClass",
+        "metadata": {"name": name},
+        "handler": handler,
+    }
     if overhead:
         obj["overhead"] = {"podFixed": overhead}
     return obj

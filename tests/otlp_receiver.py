@@ -115,7 +115,7 @@ class OtlpHttpReceiver(_Collected):
         resp = trace_service_pb2.ExportTraceServiceResponse()
         return web.Response(body=resp.SerializeToString(), content_type="application/x-protobuf")
 
-    async def start(self, port: int = 0) -> "OtlpHttpReceiver":
+    async def start(self, port: int = 0) -> OtlpHttpReceiver:
         app = web.Application(client_max_size=self.max_body)
         app.router.add_post(self.path, self._handle)
         self._runner = web.AppRunner(app, access_log=None)
@@ -153,7 +153,7 @@ class OtlpGrpcReceiver(_Collected):
     def export_uri(self) -> str:
         return f"otlp+grpc://127.0.0.1:{self.port}"
 
-    async def start(self, port: int = 0) -> "OtlpGrpcReceiver":
+    async def start(self, port: int = 0) -> OtlpGrpcReceiver:
         self._server = grpc.aio.server()
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self._server)
         self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")

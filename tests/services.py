@@ -37,8 +37,9 @@ def _connects(path: Path, kind: socket.SocketKind) -> bool:
 
 def journald_alive() -> bool:
     """Both sockets `systemd-cat` and native-protocol writers use accept a connection."""
-    return (_connects(JOURNAL_DIR / "socket", socket.SOCK_DGRAM)
-            and _connects(JOURNAL_DIR / "stdout", socket.SOCK_STREAM))
+    return _connects(JOURNAL_DIR / "socket", socket.SOCK_DGRAM) and _connects(
+        JOURNAL_DIR / "stdout", socket.SOCK_STREAM
+    )
 
 
 def containerd_alive(ctr: str) -> bool:
@@ -80,7 +81,9 @@ def ensure_containerd(seconds: float = 20) -> str:
     """Returns the `ctr` path."""
     ctr = shutil.which("ctr")
     if ctr is None or shutil.which("containerd") is None:
-        raise ServiceError("containerd/ctr not installed; install the Debian packages containerd and runc (scripts/test does)")
+        raise ServiceError(
+            "containerd/ctr not installed; install the Debian packages containerd and runc (scripts/test does)"
+        )
     if containerd_alive(ctr):
         return ctr
     _spawn(["containerd"], CONTAINERD_LOG)

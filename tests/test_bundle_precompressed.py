@@ -9,7 +9,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from kata_debug.bundle import BundleWriter
+from kata_debug.bundle.writer import BundleWriter
 from tests.bundles import read_bundle
 
 

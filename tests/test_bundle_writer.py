@@ -1,12 +1,11 @@
 """The bundle is a valid tar stream, manifest last, every member hashed, in every compression."""
 
 import io
-import json
 from pathlib import Path
 
 import pytest
 
-from kata_debug.bundle import BundleWriter, OutputTarget, Spool
+from kata_debug.bundle.writer import BundleWriter, OutputTarget, Spool
 from kata_debug.errors import OutputError
 from tests.bundles import read_bundle
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from kata_debug.cluster import ClusterOptions, run_cluster_collection
+from kata_debug.cluster.fanout import ClusterOptions, run_cluster_collection
 from kata_debug.errors import KataDebugError, UsageError
 from tests.bundles import Bundle, read_bundle
 from tests.fake_kube_exec import ClusterFake, ExecBehaviour
@@ -41,9 +41,14 @@ async def fake() -> Any:
 async def cli(*args: str, timeout: float = 120, cwd: Path = REPO) -> tuple[int, bytes, bytes]:
     """The real CLI in its own process (the fake server keeps running on this loop)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kata_debug", *args, cwd=cwd,
+        sys.executable,
+        "-m",
+        "kata_debug",
+        *args,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
@@ -63,10 +68,21 @@ def entries(bundle: Bundle) -> dict[str, dict[str, Any]]:
     return {n["name"]: n for n in bundle.manifest["nodes"]}
 
 
-async def test_cluster_bundle_holds_cluster_objects_and_every_kata_node_bundle(fake: ClusterFake, tmp_path: Path) -> None:
+async def test_cluster_bundle_holds_cluster_objects_and_every_kata_node_bundle(
+    fake: ClusterFake, tmp_path: Path
+) -> None:
     cluster = build(fake, tmp_path, ["kata-a", "kata-b"])
-    code, out, err = await cli("collect", "--cluster", "--kubeconfig", str(fake.kubeconfig(tmp_path / "kc")),
-                               "--output", str(tmp_path / "c.tar.gz"), "--output-format", "json", *FAST)
+    code, out, err = await cli(
+        "collect",
+        "--cluster",
+        "--kubeconfig",
+        str(fake.kubeconfig(tmp_path / "kc")),
+        "--output",
+        str(tmp_path / "c.tar.gz"),
+        "--output-format",
+        "json",
+        *FAST,
+    )
     assert code == 0, err.decode()
     summary = json.loads(out)
     assert summary["exit_code"] == 0 and summary["context"] == "fake"
@@ -110,7 +126,8 @@ async def test_cluster_bundle_holds_cluster_objects_and_every_kata_node_bundle(f
     assert "Installing Kata Containers artifacts" in log and "ghp_leakyTokenValue123" not in log
     # No secret anywhere: cluster objects, logs, and inside every node bundle.
     everything = b"".join(bundle.members.values()) + b"".join(
-        b"".join(node_bundle(bundle, n["member"]).members.values()) for n in nodes.values())
+        b"".join(node_bundle(bundle, n["member"]).members.values()) for n in nodes.values()
+    )
     assert SECRET.encode() not in everything and b"hunter2" not in everything
     assert m["redactions"]["k8s-env"] >= 1
 
@@ -164,8 +181,15 @@ async def test_a_node_that_never_answers_times_out_and_the_others_finish(fake: C
 async def test_exit_code_and_summary_say_partial_on_the_command_line(fake: ClusterFake, tmp_path: Path) -> None:
     cluster = build(fake, tmp_path, ["good", "refused"])
     fake.behave(cluster.agent("refused"), ExecBehaviour("forbidden"))
-    code, out, err = await cli("collect", "--cluster", "--kubeconfig", str(fake.kubeconfig(tmp_path / "kc")),
-                               "--output", str(tmp_path / "c.tar.gz"), *FAST)
+    code, out, err = await cli(
+        "collect",
+        "--cluster",
+        "--kubeconfig",
+        str(fake.kubeconfig(tmp_path / "kc")),
+        "--output",
+        str(tmp_path / "c.tar.gz"),
+        *FAST,
+    )
     assert code == 3
     text = out.decode()
     assert "good" in text and "refused" in text and "forbidden" in text
@@ -174,18 +198,34 @@ async def test_exit_code_and_summary_say_partial_on_the_command_line(fake: Clust
 
 async def test_bundle_to_stdout_keeps_the_summary_on_stderr(fake: ClusterFake, tmp_path: Path) -> None:
     build(fake, tmp_path, ["kata-a"])
-    code, out, err = await cli("collect", "--cluster", "--kubeconfig", str(fake.kubeconfig(tmp_path / "kc")),
-                               "--output", "-", "--output-format", "json", *FAST)
+    code, out, err = await cli(
+        "collect",
+        "--cluster",
+        "--kubeconfig",
+        str(fake.kubeconfig(tmp_path / "kc")),
+        "--output",
+        "-",
+        "--output-format",
+        "json",
+        *FAST,
+    )
     assert code == 0, err.decode()
     bundle = read_bundle(out)
     assert entries(bundle)["kata-a"]["status"] == "ok"
-    assert json.loads(err[err.index(b"{"):])["nodes"][0]["name"] == "kata-a"
+    assert json.loads(err[err.index(b"{") :])["nodes"][0]["name"] == "kata-a"
 
 
 async def test_node_selection_by_name_selector_and_kata_pods(fake: ClusterFake, tmp_path: Path) -> None:
     build(fake, tmp_path, ["kata-a", "kata-b"])
-    fake.add({**fake.find("/api/v1/nodes/kata-b"), "metadata": {
-        **fake.find("/api/v1/nodes/kata-b")["metadata"], "labels": {"katacontainers.io/kata-runtime": "false", "pool": "gpu"}}})
+    fake.add(
+        {
+            **fake.find("/api/v1/nodes/kata-b"),
+            "metadata": {
+                **fake.find("/api/v1/nodes/kata-b")["metadata"],
+                "labels": {"katacontainers.io/kata-runtime": "false", "pool": "gpu"},
+            },
+        }
+    )
     r = await run_cluster_collection(options(fake, tmp_path, nodes=["kata-b", "ghost"]))
     assert {n.name: n.status for n in r.nodes} == {"kata-b": "ok", "ghost": "failed"}
     assert next(n for n in r.nodes if n.name == "ghost").error == "no such node in the cluster"
@@ -239,7 +279,11 @@ async def test_bad_options_are_one_line_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--kubeconfig"):
         await run_cluster_collection(ClusterOptions(kubeconfig=str(tmp_path / "missing")))
     code, _, err = await cli("collect", "--cluster", "--host-root", "/tmp")
-    assert code == 2 and err.decode().strip() == "kata-debug: error: --host-root /tmp: not valid with --cluster (nodes always use /host)"
+    assert (
+        code == 2
+        and err.decode().strip()
+        == "kata-debug: error: --host-root /tmp: not valid with --cluster (nodes always use /host)"
+    )
     code, _, err = await cli("collect", "--parallel", "3")
     assert code == 2 and "--parallel: only valid with --cluster" in err.decode()
 
@@ -260,7 +304,9 @@ async def test_unusable_kubeconfigs_are_one_line_exit_2_for_every_command_that_r
     assert not list(tmp_path.glob("c.tar.gz*"))
 
 
-async def test_with_only_the_role_kata_debug_collect_every_agent_node_is_collected(fake: ClusterFake, tmp_path: Path) -> None:
+async def test_with_only_the_role_kata_debug_collect_every_agent_node_is_collected(
+    fake: ClusterFake, tmp_path: Path
+) -> None:
     """The README's minimal grant: list pods and exec in namespace kata-debug, nothing else."""
     build(fake, tmp_path, ["kata-a", "kata-b"])
     fake.only_namespace("kata-debug")
@@ -298,7 +344,8 @@ async def test_when_only_the_agent_pods_are_hidden_each_node_says_so(fake: Clust
     (node,) = r.nodes
     assert node.status == "failed"
     assert node.error is not None and node.error.startswith(
-        "cannot list the kata-debug agent pods in namespace kata-debug: HTTP 403"), node.error
+        "cannot list the kata-debug agent pods in namespace kata-debug: HTTP 403"
+    ), node.error
     assert "cluster/pods/shop/web-7d9f8-x2x4q.json" in read_bundle(tmp_path / "cluster.tar.gz").members
 
 
@@ -314,8 +361,14 @@ async def test_an_identity_that_can_list_neither_nodes_nor_agent_pods_stops_befo
     assert 'User "system:anonymous"' in message, "names the identity the server saw"
     assert "check the credentials and RBAC (Role kata-debug-collect" in message
     assert not list(tmp_path.glob("cluster.tar.gz*")) and not fake.exec.sessions
-    code, out, err = await cli("collect", "--cluster", "--kubeconfig", str(fake.kubeconfig(tmp_path / "kc")),
-                               "--output", str(tmp_path / "c.tar.gz"))
+    code, out, err = await cli(
+        "collect",
+        "--cluster",
+        "--kubeconfig",
+        str(fake.kubeconfig(tmp_path / "kc")),
+        "--output",
+        str(tmp_path / "c.tar.gz"),
+    )
     assert code == 1 and err.decode().count("\n") == 1, err.decode()
     assert err.decode().startswith(f"kata-debug: error: server {fake.url} (context fake): forbidden: ")
     assert not list(tmp_path.glob("c.tar.gz*"))
@@ -337,7 +390,9 @@ class NotKube:
     async def handle(self, request: web.Request) -> web.Response:
         if request.path == "/version" and self.version is not None:
             return self.version
-        return web.Response(status=404, text="<html><body><h1>404 Not Found</h1></body></html>", content_type="text/html")
+        return web.Response(
+            status=404, text="<html><body><h1>404 Not Found</h1></body></html>", content_type="text/html"
+        )
 
     async def __aenter__(self) -> str:
         app = web.Application()
@@ -353,20 +408,29 @@ class NotKube:
 
 
 def kubeconfig_for(url: str, path: Path) -> Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "web",
-        "clusters": [{"name": "web", "cluster": {"server": url}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "web", "context": {"cluster": "web", "user": "u"}}],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "web",
+                "clusters": [{"name": "web", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "web", "context": {"cluster": "web", "user": "u"}}],
+            }
+        )
+    )
     return path
 
 
-@pytest.mark.parametrize(("version", "why"), [
-    (None, "GET /version: HTTP 404"),
-    (web.Response(text="<html>welcome</html>", content_type="text/html"), "GET /version: response is not JSON"),
-    (web.json_response({"status": "ok"}), "GET /version: no gitVersion in the answer"),
-])
+@pytest.mark.parametrize(
+    ("version", "why"),
+    [
+        (None, "GET /version: HTTP 404"),
+        (web.Response(text="<html>welcome</html>", content_type="text/html"), "GET /version: response is not JSON"),
+        (web.json_response({"status": "ok"}), "GET /version: no gitVersion in the answer"),
+    ],
+)
 async def test_a_server_that_is_not_kubernetes_is_one_error_and_no_bundle(
     tmp_path: Path, version: web.Response | None, why: str
 ) -> None:
@@ -376,7 +440,9 @@ async def test_a_server_that_is_not_kubernetes_is_one_error_and_no_bundle(
             await run_cluster_collection(ClusterOptions(kubeconfig=str(kc), output=str(tmp_path / "c.tar.gz")))
         assert str(info.value) == f"server {url} (context web): not a Kubernetes API server ({why})"
         if version is None:
-            code, _, err = await cli("collect", "--cluster", "--kubeconfig", str(kc), "--output", str(tmp_path / "c.tar.gz"))
+            code, _, err = await cli(
+                "collect", "--cluster", "--kubeconfig", str(kc), "--output", str(tmp_path / "c.tar.gz")
+            )
             assert code == 1 and err.decode() == f"kata-debug: error: {info.value}\n"
     assert not list(tmp_path.glob("c.tar.gz*"))
 
@@ -395,7 +461,9 @@ def tar_names(data: bytes) -> list[str]:
         return t.getnames()
 
 
-async def test_without_runtimeclass_access_kata_pods_are_found_by_kata_deploy_names(fake: ClusterFake, tmp_path: Path) -> None:
+async def test_without_runtimeclass_access_kata_pods_are_found_by_kata_deploy_names(
+    fake: ClusterFake, tmp_path: Path
+) -> None:
     build(fake, tmp_path, ["kata-a"])
     fake.forbidden.add("/apis/node.k8s.io/v1/runtimeclasses")
     r = await run_cluster_collection(options(fake, tmp_path))
@@ -404,11 +472,14 @@ async def test_without_runtimeclass_access_kata_pods_are_found_by_kata_deploy_na
     assert [p["name"] for p in bundle.json("cluster/pods.json")] == ["web-7d9f8-x2x4q"]
 
 
-async def test_kubeconfig_context_selects_the_cluster_and_a_wrong_one_is_named(fake: ClusterFake, tmp_path: Path) -> None:
+async def test_kubeconfig_context_selects_the_cluster_and_a_wrong_one_is_named(
+    fake: ClusterFake, tmp_path: Path
+) -> None:
     build(fake, tmp_path, ["kata-a"])
     kc = fake.kubeconfig(tmp_path / "kc", context="prod")
-    r = await run_cluster_collection(ClusterOptions(kubeconfig=str(kc), context="prod", output=str(tmp_path / "c.tar.gz"),
-                                                    node_args=list(FAST)))
+    r = await run_cluster_collection(
+        ClusterOptions(kubeconfig=str(kc), context="prod", output=str(tmp_path / "c.tar.gz"), node_args=list(FAST))
+    )
     assert r.context == "prod" and [n.status for n in r.nodes] == ["ok"]
     assert read_bundle(tmp_path / "c.tar.gz").top.startswith("kata-debug-cluster-prod-")
     with pytest.raises(UsageError, match="--context staging"):
@@ -419,9 +490,19 @@ async def test_the_cluster_bundle_is_uploaded_once_written(fake: ClusterFake, tm
     build(fake, tmp_path, ["kata-a"])
     srv = await UploadServer().start()
     try:
-        code, out, err = await cli("collect", "--cluster", "--kubeconfig", str(fake.kubeconfig(tmp_path / "kc")),
-                                   "--output", str(tmp_path / "c.tar.gz"), "--output-format", "json", *FAST,
-                                   "--upload", srv.url(query="sig=s3cr3t"))
+        code, out, err = await cli(
+            "collect",
+            "--cluster",
+            "--kubeconfig",
+            str(fake.kubeconfig(tmp_path / "kc")),
+            "--output",
+            str(tmp_path / "c.tar.gz"),
+            "--output-format",
+            "json",
+            *FAST,
+            "--upload",
+            srv.url(query="sig=s3cr3t"),
+        )
     finally:
         await srv.stop()
     assert code == 0, err.decode()
@@ -436,7 +517,14 @@ async def test_an_output_directory_that_does_not_exist_is_refused_before_any_req
 ) -> None:
     build(fake, tmp_path, ["kata-a"])
     before = len(fake.requests)
-    code, _, err = await cli("collect", "--cluster", "--kubeconfig", str(fake.kubeconfig(tmp_path / "kc")),
-                             "--output", str(tmp_path / "nope/c.tar.gz"), *FAST)
+    code, _, err = await cli(
+        "collect",
+        "--cluster",
+        "--kubeconfig",
+        str(fake.kubeconfig(tmp_path / "kc")),
+        "--output",
+        str(tmp_path / "nope/c.tar.gz"),
+        *FAST,
+    )
     assert code == 1 and "does not exist" in err.decode() and len(err.decode().strip().splitlines()) == 1
     assert len(fake.requests) == before, "not one request to the API server"

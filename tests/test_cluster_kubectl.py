@@ -30,8 +30,12 @@ async def fake() -> Any:
 
 async def kubectl(kubeconfig: Path, *args: str) -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
-        KUBECTL, "--kubeconfig", str(kubeconfig), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        KUBECTL,
+        "--kubeconfig",
+        str(kubeconfig),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
@@ -53,16 +57,46 @@ async def test_kubectl_exec_streams_a_node_bundle_and_its_exit_code(fake: Cluste
     cluster = build(fake, tmp_path, ["kata-a"])
     kc = fake.kubeconfig(tmp_path / "kc")
     pod = cluster.agent("kata-a")
-    code, out, err = await kubectl(kc, "exec", "-n", "kata-debug", pod, "-c", "agent", "--",
-                                   "kata-debug", "collect", "--host-root", "/host", "--output", "-", "-c", "oci-specs")
+    code, out, err = await kubectl(
+        kc,
+        "exec",
+        "-n",
+        "kata-debug",
+        pod,
+        "-c",
+        "agent",
+        "--",
+        "kata-debug",
+        "collect",
+        "--host-root",
+        "/host",
+        "--output",
+        "-",
+        "-c",
+        "oci-specs",
+    )
     assert code == 0, err.decode()
     bundle = read_bundle(out)
     assert bundle.json("oci-specs/index.json")["kata_sandboxes"] == ["sb-kata-a"]
     assert fake.exec.sessions[-1]["protocol"] == "v5.channel.k8s.io", "kubectl negotiated the newest protocol"
     # A collector fails: exit 3 travels as a NonZeroExitCode status, kubectl turns it back into 3.
     add_task(cluster.roots["kata-a"], "k8s.io", "broken", "{")
-    code, out, err = await kubectl(kc, "exec", "-n", "kata-debug", pod, "--",
-                                   "kata-debug", "collect", "--host-root", "/host", "--output", "-", "-c", "oci-specs")
+    code, out, err = await kubectl(
+        kc,
+        "exec",
+        "-n",
+        "kata-debug",
+        pod,
+        "--",
+        "kata-debug",
+        "collect",
+        "--host-root",
+        "/host",
+        "--output",
+        "-",
+        "-c",
+        "oci-specs",
+    )
     assert code == 3 and b"command terminated with exit code 3" in err
     assert read_bundle(out).collector("oci-specs")["status"] == "partial"
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from kata_debug.cluster import ClusterOptions, _pick_agent_pods, node_command, node_deadline
-from kata_debug.cluster_objects import is_kata_handler, node_summary, redact_object, resource_path
+from kata_debug.cluster.fanout import ClusterOptions, _pick_agent_pods, node_command, node_deadline
+from kata_debug.cluster.objects import is_kata_handler, node_summary, redact_object, resource_path
 from kata_debug.errors import UsageError
-from kata_debug.kube import KubeSession, check_kubeconfig_files
-from kata_debug.kube_exec import parse_status
-from kata_debug.redact import MASK, Redactor
+from kata_debug.kube.client import KubeSession, check_kubeconfig_files
+from kata_debug.kube.exec_stream import parse_status
+from kata_debug.redact.redactor import MASK, Redactor
 
 
 def test_success_status_is_exit_zero() -> None:
@@ -22,7 +22,8 @@ def test_success_status_is_exit_zero() -> None:
 
 def test_non_zero_exit_code_comes_from_the_exit_code_cause() -> None:
     status = {
-        "metadata": {}, "status": "Failure",
+        "metadata": {},
+        "status": "Failure",
         "message": "command terminated with non-zero exit code: error executing command [x], exit code 3",
         "reason": "NonZeroExitCode",
         "details": {"causes": [{"reason": "ExitCode", "message": "3"}]},
@@ -32,8 +33,12 @@ def test_non_zero_exit_code_comes_from_the_exit_code_cause() -> None:
 
 
 def test_failure_without_exit_code_is_an_exec_failure() -> None:
-    status = {"metadata": {}, "status": "Failure", "reason": "InternalError",
-              "message": 'OCI runtime exec failed: exec: "kata-debug": executable file not found in $PATH'}
+    status = {
+        "metadata": {},
+        "status": "Failure",
+        "reason": "InternalError",
+        "message": 'OCI runtime exec failed: exec: "kata-debug": executable file not found in $PATH',
+    }
     code, message = parse_status(json.dumps(status).encode())
     assert code is None and "executable file not found" in (message or "")
 
@@ -50,8 +55,9 @@ def test_node_gets_a_deadline_it_can_finish_before_we_cut_it() -> None:
 
 
 def test_node_command_collects_to_stdout_under_host_with_the_node_name() -> None:
-    opts = ClusterOptions(since=timedelta(hours=2), node_timeout=100, redact=False, compression="zstd",
-                          node_args=["--collector", "host"])
+    opts = ClusterOptions(
+        since=timedelta(hours=2), node_timeout=100, redact=False, compression="zstd", node_args=["--collector", "host"]
+    )
     argv = node_command(opts, "node-a")
     assert argv[:2] == ["kata-debug", "collect"]
 
@@ -68,8 +74,11 @@ def _agent(name: str, node: str, phase: str = "Running", ready: bool = True, del
     meta: dict = {"name": name}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    return {"metadata": meta, "spec": {"nodeName": node},
-            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": node},
+        "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
 
 
 def test_agent_pod_choice_prefers_running_ready_and_not_terminating() -> None:
@@ -99,15 +108,29 @@ def test_kata_handlers_are_recognised_by_name() -> None:
 
 
 def test_objects_lose_env_values_and_secrets_in_annotations() -> None:
-    last_applied = json.dumps({"spec": {"containers": [{"name": "app", "env": [{"name": "DB_PASSWORD", "value": "hunter2"}]}]}})
+    last_applied = json.dumps(
+        {"spec": {"containers": [{"name": "app", "env": [{"name": "DB_PASSWORD", "value": "hunter2"}]}]}}
+    )
     pod = {
-        "metadata": {"name": "web", "annotations": {
-            "kubectl.kubernetes.io/last-applied-configuration": last_applied,
-            "example.com/api-token": "tok-abc123",
-            "example.com/owner": "team-a",
-        }},
-        "spec": {"containers": [{"name": "app", "env": [{"name": "DB_PASSWORD", "value": "hunter2"},
-                                                         {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]},
+        "metadata": {
+            "name": "web",
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": last_applied,
+                "example.com/api-token": "tok-abc123",
+                "example.com/owner": "team-a",
+            },
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "env": [
+                        {"name": "DB_PASSWORD", "value": "hunter2"},
+                        {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                    ],
+                }
+            ]
+        },
     }
     redactor = Redactor()
     out = redact_object(redactor, pod)
@@ -130,10 +153,16 @@ def test_node_summary_keeps_what_matters_for_kata() -> None:
         "metadata": {"name": "n1", "labels": {"katacontainers.io/kata-runtime": "false"}},
         "spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}]},
         "status": {
-            "allocatable": {"cpu": "3800m", "memory": "15Gi"}, "capacity": {"cpu": "4"},
+            "allocatable": {"cpu": "3800m", "memory": "15Gi"},
+            "capacity": {"cpu": "4"},
             "conditions": [{"type": "Ready", "status": "True"}],
-            "nodeInfo": {"kernelVersion": "6.8.0", "containerRuntimeVersion": "containerd://1.7.24",
-                         "osImage": "Ubuntu 24.04", "kubeletVersion": "v1.32.4", "architecture": "amd64"},
+            "nodeInfo": {
+                "kernelVersion": "6.8.0",
+                "containerRuntimeVersion": "containerd://1.7.24",
+                "osImage": "Ubuntu 24.04",
+                "kubeletVersion": "v1.32.4",
+                "architecture": "amd64",
+            },
         },
     }
     pods = [{"metadata": {"name": "p", "namespace": "ns"}, "spec": {"nodeName": "n1"}}]
@@ -143,15 +172,18 @@ def test_node_summary_keeps_what_matters_for_kata() -> None:
     assert s["allocatable"] == {"cpu": "3800m", "memory": "15Gi"} and s["kata_pods"] == ["ns/p"]
 
 
-@pytest.mark.parametrize(("content", "problem"), [
-    ("garbage: [\n", "not valid YAML (line 2): expected the node content, but found '<stream end>'"),
-    ("a: 1\n  b: 2\n", "not valid YAML (line 2): mapping values are not allowed here"),
-    ("", "empty"),
-    ("# nothing but a comment\n", "empty"),
-    ("- a list\n", "not a kubeconfig (a YAML mapping with clusters, contexts and users expected)"),
-    ("clusters: oops\n", "clusters: a list of entries with a name expected"),
-    ("users: [{user: {}}]\n", "users: a list of entries with a name expected"),
-])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("garbage: [\n", "not valid YAML (line 2): expected the node content, but found '<stream end>'"),
+        ("a: 1\n  b: 2\n", "not valid YAML (line 2): mapping values are not allowed here"),
+        ("", "empty"),
+        ("# nothing but a comment\n", "empty"),
+        ("- a list\n", "not a kubeconfig (a YAML mapping with clusters, contexts and users expected)"),
+        ("clusters: oops\n", "clusters: a list of entries with a name expected"),
+        ("users: [{user: {}}]\n", "users: a list of entries with a name expected"),
+    ],
+)
 async def test_a_kubeconfig_that_cannot_be_loaded_is_one_usage_error_naming_it(
     tmp_path: Path, content: str, problem: str
 ) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -20,23 +20,49 @@ def container(containerd: str, rootfs: Path) -> Iterator[str]:
     """A real runc container with limits, a secret env value and CRI annotations."""
     cid = f"kd-{uuid.uuid4().hex[:10]}"
     subprocess.run(
-        [containerd, "-n", NS, "run", "-d",
-         "--memory-limit", str(256 * 2**20), "--cpus", "1.5",
-         "--env", "DB_PASSWORD=s3cret-value", "--env", "MODE=test",
-         "--annotation", "io.kubernetes.cri.container-type=sandbox",
-         "--annotation", f"io.kubernetes.cri.sandbox-id={cid}",
-         "--annotation", "io.kubernetes.cri.sandbox-name=web-0",
-         "--annotation", "io.kubernetes.cri.sandbox-namespace=shop",
-         "--annotation", "io.kubernetes.cri.sandbox-uid=0b5ff2d4-1111-4222-8333-444455556666",
-         "--rootfs", str(rootfs), cid, "/bin/sleep", "300"],
-        check=True, capture_output=True, timeout=60,
+        [
+            containerd,
+            "-n",
+            NS,
+            "run",
+            "-d",
+            "--memory-limit",
+            str(256 * 2**20),
+            "--cpus",
+            "1.5",
+            "--env",
+            "DB_PASSWORD=s3cret-value",
+            "--env",
+            "MODE=test",
+            "--annotation",
+            "io.kubernetes.cri.container-type=sandbox",
+            "--annotation",
+            f"io.kubernetes.cri.sandbox-id={cid}",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-name=web-0",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-namespace=shop",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-uid=0b5ff2d4-1111-4222-8333-444455556666",
+            "--rootfs",
+            str(rootfs),
+            cid,
+            "/bin/sleep",
+            "300",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     try:
         yield cid
     finally:
         subprocess.run([containerd, "-n", NS, "task", "kill", "-s", "KILL", cid], capture_output=True, timeout=30)
         for _ in range(50):
-            if subprocess.run([containerd, "-n", NS, "task", "rm", cid], capture_output=True, timeout=30).returncode == 0:
+            if (
+                subprocess.run([containerd, "-n", NS, "task", "rm", cid], capture_output=True, timeout=30).returncode
+                == 0
+            ):
                 break
             subprocess.run(["sleep", "0.1"])
         subprocess.run([containerd, "-n", NS, "container", "rm", cid], capture_output=True, timeout=30)
@@ -91,8 +117,11 @@ def test_shim_logs_from_the_journal_are_split_per_sandbox_and_redacted(journald:
     assert "starting sandbox" in per_sandbox and "other pod" not in per_sandbox
     assert f"tok-{sid[:8]}" not in per_sandbox
     assert "other pod" in bundle.members[f"shim-logs/sandboxes/{other}.log"].decode()
-    parsed = [r for r in map(__import__("json").loads, bundle.members["shim-logs/journal/kata.parsed.jsonl"].splitlines())
-              if r["fields"].get("sandbox") == sid]
+    parsed = [
+        r
+        for r in map(__import__("json").loads, bundle.members["shim-logs/journal/kata.parsed.jsonl"].splitlines())
+        if r["fields"].get("sandbox") == sid
+    ]
     assert [r["fields"]["msg"] for r in parsed][:2] == ["starting sandbox", "reading guest console"]
     assert parsed[1]["fields"]["agent"]["msg"] == "agent started"
     assert parsed[0]["identifier"] == "kata"
@@ -106,7 +135,9 @@ def test_shim_logs_from_the_journal_are_split_per_sandbox_and_redacted(journald:
 def test_shim_logs_read_the_journal_of_the_host_root_not_the_collectors_own(journald: None, tmp_path: Path) -> None:
     """In the DaemonSet the node's journal is under /host; journalctl must read that one."""
     sid = uuid.uuid4().hex
-    line = f'time="2026-11-28T00:00:01Z" level=warning msg="vcpu hotplug failed" pid=7 sandbox={sid} source=virtcontainers'
+    line = (
+        f'time="2026-11-28T00:00:01Z" level=warning msg="vcpu hotplug failed" pid=7 sandbox={sid} source=virtcontainers'
+    )
     subprocess.run(["systemd-cat", "-t", "kata"], input=line.encode() + b"\n", check=True, timeout=10)
     subprocess.run(["journalctl", "--sync"], capture_output=True, timeout=30)
     root = tmp_path / "host"
@@ -118,7 +149,9 @@ def test_shim_logs_read_the_journal_of_the_host_root_not_the_collectors_own(jour
     later = uuid.uuid4().hex  # logged on this machine after the copy: not on the "node"
     subprocess.run(["systemd-cat", "-t", "kata"], input=f"msg=late sandbox={later}\n".encode(), check=True, timeout=10)
     subprocess.run(["journalctl", "--sync"], capture_output=True, timeout=30)
-    res = kata_debug("collect", "--host-root", str(root), "--output", str(tmp_path / "b.tgz"), "-c", "shim-logs", "--since", "10m")
+    res = kata_debug(
+        "collect", "--host-root", str(root), "--output", str(tmp_path / "b.tgz"), "-c", "shim-logs", "--since", "10m"
+    )
     assert res.returncode == 0, res.stderr
     bundle = read_bundle(tmp_path / "b.tgz")
     assert "vcpu hotplug failed" in bundle.members[f"shim-logs/sandboxes/{sid}.log"].decode()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -12,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 
-from collectors.sandboxes import short_unix_path
-from kata_debug.collect import CollectOptions, run_collection
+from kata_debug.collect.runner import CollectOptions, run_collection
+from kata_debug.collectors.sandboxes import short_unix_path
 from tests.bundles import read_bundle
 from tests.conftest import REPO, kata_debug
 from tests.hostroots import add_task, kata_node, oci_spec
@@ -67,7 +65,12 @@ async def test_non_kata_tasks_are_left_out_unless_all_runtimes(tmp_path: Path) -
 
 async def test_malformed_config_json_is_a_failed_item_and_the_rest_is_collected(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
-    add_task(root, "k8s.io", "broken", '{"ociVersion": "1.0.2", "process": {"env": ["PLAIN=plain-leak", "DB_PASSWORD=pw-leak"')
+    add_task(
+        root,
+        "k8s.io",
+        "broken",
+        '{"ociVersion": "1.0.2", "process": {"env": ["PLAIN=plain-leak", "DB_PASSWORD=pw-leak"',
+    )
     result, bundle = await _collect(root, tmp_path / "b.tar.gz", collectors=["oci-specs"])
     oci = bundle.collector("oci-specs")
     assert oci["status"] == "partial" and result.exit_code == 3
@@ -107,7 +110,9 @@ async def test_shim_monitor_socket_is_scraped_even_past_sun_path_length(tmp_path
 async def test_a_machine_without_kata_gets_a_bundle_saying_what_is_missing(tmp_path: Path) -> None:
     root = tmp_path / "empty"
     root.mkdir()
-    result, bundle = await _collect(root, tmp_path / "b.tar.gz", collectors=["oci-specs", "sandboxes", "kata-config", "host"])
+    result, bundle = await _collect(
+        root, tmp_path / "b.tar.gz", collectors=["oci-specs", "sandboxes", "kata-config", "host"]
+    )
     assert result.exit_code == 0
     assert bundle.json("oci-specs/index.json")["missing"] == ["no Kata task bundles on this node"]
     assert bundle.json("sandboxes/sandboxes.json")["missing"]
@@ -154,7 +159,8 @@ async def test_task_and_state_files_that_are_symlinks_are_read_inside_the_root(t
     assert bundle.json("sandboxes/sb-inside/run-vc-sbs-persist.json")["HypervisorState"]["Pid"] == 777
     oci = bundle.collector("oci-specs")
     assert [(f["item"].rsplit("/", 2)[-2], f["reason"]) for f in oci["items_failed"]] == [
-        ("ctr0123456789", "config.json missing")]
+        ("ctr0123456789", "config.json missing")
+    ]
 
 
 def test_a_fifo_where_a_file_should_be_is_skipped_not_waited_on(tmp_path: Path) -> None:
@@ -167,8 +173,22 @@ def test_a_fifo_where_a_file_should_be_is_skipped_not_waited_on(tmp_path: Path) 
     persist.unlink()
     os.mkfifo(persist)
     out = tmp_path / "b.tar.gz"
-    proc = kata_debug("collect", "--host-root", str(root), "-o", str(out), "-c", "oci-specs", "-c", "sandboxes",
-                      "-c", "kata-config", "--output-format", "json", timeout=60)
+    proc = kata_debug(
+        "collect",
+        "--host-root",
+        str(root),
+        "-o",
+        str(out),
+        "-c",
+        "oci-specs",
+        "-c",
+        "sandboxes",
+        "-c",
+        "kata-config",
+        "--output-format",
+        "json",
+        timeout=60,
+    )
     assert proc.returncode == 3, proc.stderr.decode()
     bundle = read_bundle(out)
     reasons = [f["reason"] for c in ("oci-specs", "sandboxes") for f in bundle.collector(c)["items_failed"]]
@@ -198,8 +218,7 @@ async def test_a_hanging_collector_times_out_and_the_bundle_is_still_complete(tm
     root = kata_node(tmp_path / "host")
     hang = _hanging_socket(root / "run/vc/sbs/sb0123456789/shim-monitor.sock")
     try:
-        result, bundle = await _collect(root, tmp_path / "b.tar.gz", timeout=1.0,
-                                        collectors=["sandboxes", "oci-specs"])
+        result, bundle = await _collect(root, tmp_path / "b.tar.gz", timeout=1.0, collectors=["sandboxes", "oci-specs"])
     finally:
         hang.close()
     sandboxes = bundle.collector("sandboxes")
@@ -218,9 +237,26 @@ def test_sigint_mid_collection_still_ends_in_a_valid_bundle(tmp_path: Path) -> N
     # A monitor that never answers keeps `sandboxes` busy; scrape timeout is 3s per path.
     out = tmp_path / "b.tar.gz"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "--output", str(out),
-         "--collector", "sandboxes", "--collector", "oci-specs", "--output-format", "json"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-m",
+            "kata_debug",
+            "collect",
+            "--host-root",
+            str(root),
+            "--output",
+            str(out),
+            "--collector",
+            "sandboxes",
+            "--collector",
+            "oci-specs",
+            "--output-format",
+            "json",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         partial = Path(str(out) + ".partial")
@@ -245,8 +281,21 @@ def test_global_deadline_marks_unfinished_collectors_timeout(tmp_path: Path) -> 
     root = kata_node(tmp_path / "host")
     hang = _hanging_socket(root / "run/vc/sbs/sb0123456789/shim-monitor.sock")
     try:
-        res = kata_debug("collect", "--host-root", str(root), "--output", str(tmp_path / "b.tar"),
-                         "--compression", "none", "--deadline", "1", "-c", "sandboxes", "-c", "host")
+        res = kata_debug(
+            "collect",
+            "--host-root",
+            str(root),
+            "--output",
+            str(tmp_path / "b.tar"),
+            "--compression",
+            "none",
+            "--deadline",
+            "1",
+            "-c",
+            "sandboxes",
+            "-c",
+            "host",
+        )
     finally:
         hang.close()
     assert res.returncode == 3, res.stderr
@@ -300,9 +349,14 @@ def test_an_output_that_is_a_directory_is_refused_before_collecting(tmp_path: Pa
 def test_a_full_disk_is_one_line_not_an_internal_error(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
     with open("/dev/full", "wb") as full:  # every write: ENOSPC
-        res = subprocess.run([sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-o", "-",
-                              "-c", "oci-specs"], stdout=full, stderr=subprocess.PIPE, timeout=120, cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        res = subprocess.run(
+            [sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-o", "-", "-c", "oci-specs"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
     err = res.stderr.decode()
     assert res.returncode == 1 and "cannot write the bundle: No space left on device" in err
     assert "internal error" not in err and "Traceback" not in err
@@ -314,9 +368,14 @@ def test_a_bundle_is_not_written_to_a_terminal(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
     controller, terminal = pty.openpty()
     try:
-        res = subprocess.run([sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-o", "-",
-                              "-c", "oci-specs"], stdout=terminal, stderr=subprocess.PIPE, timeout=60, cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        res = subprocess.run(
+            [sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-o", "-", "-c", "oci-specs"],
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
     finally:
         os.close(terminal)
         os.close(controller)
@@ -332,8 +391,9 @@ def test_the_bundle_is_readable_by_its_owner_only(tmp_path: Path) -> None:
 
 def test_a_collector_named_twice_runs_once(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
-    res = kata_debug("collect", "--host-root", str(root), "-o", str(tmp_path / "b.tar.gz"), "-c", "oci-specs",
-                     "-c", "oci-specs")
+    res = kata_debug(
+        "collect", "--host-root", str(root), "-o", str(tmp_path / "b.tar.gz"), "-c", "oci-specs", "-c", "oci-specs"
+    )
     assert res.returncode == 0, res.stderr
     names = [c["name"] for c in read_bundle(tmp_path / "b.tar.gz").manifest["collectors"]]
     assert names.count("oci-specs") == 1
@@ -345,23 +405,36 @@ def test_output_dash_streams_the_bundle_to_stdout(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     bundle = read_bundle(res.stdout)
     assert "oci-specs/index.json" in bundle.members
-    assert json.loads(res.stderr[res.stderr.index(b"{"):])["exit_code"] == 0
+    assert json.loads(res.stderr[res.stderr.index(b"{") :])["exit_code"] == 0
 
 
 def test_zstd_bundle(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
-    res = kata_debug("collect", "--host-root", str(root), "--output", str(tmp_path / "b.tar.zst"),
-                     "--compression", "zstd", "-c", "kata-config")
+    res = kata_debug(
+        "collect",
+        "--host-root",
+        str(root),
+        "--output",
+        str(tmp_path / "b.tar.zst"),
+        "--compression",
+        "zstd",
+        "-c",
+        "kata-config",
+    )
     assert res.returncode == 0, res.stderr
     assert read_bundle(tmp_path / "b.tar.zst").json("kata-config/summary.json")["in_effect"]
 
 
 def test_no_redact_warns_and_keeps_values(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
-    res = kata_debug("collect", "--host-root", str(root), "--output", str(tmp_path / "b.tgz"), "--no-redact", "-c", "oci-specs")
+    res = kata_debug(
+        "collect", "--host-root", str(root), "--output", str(tmp_path / "b.tgz"), "--no-redact", "-c", "oci-specs"
+    )
     assert res.returncode == 0
     assert "--no-redact" in res.stderr.decode()
-    assert b"hunter2" in read_bundle(tmp_path / "b.tgz").members["oci-specs/containerd/k8s.io/ctr0123456789/config.json"]
+    assert (
+        b"hunter2" in read_bundle(tmp_path / "b.tgz").members["oci-specs/containerd/k8s.io/ctr0123456789/config.json"]
+    )
 
 
 def test_log_files_are_capped_keeping_the_newest_lines_and_split_per_sandbox(tmp_path: Path) -> None:
@@ -370,10 +443,23 @@ def test_log_files_are_capped_keeping_the_newest_lines_and_split_per_sandbox(tmp
     log.parent.mkdir(parents=True)
     with log.open("w") as fh:
         for i in range(40000):
-            fh.write(f'time="2026-11-28T00:00:00Z" level=info msg="event {i:06d}" sandbox=sb0123456789 source=virtcontainers\n')
+            fh.write(
+                f'time="2026-11-28T00:00:00Z" level=info msg="event {i:06d}" sandbox=sb0123456789 source=virtcontainers\n'
+            )
         fh.write('time="2026-11-28T00:00:01Z" level=error msg="last words token=abc123"\n')
-    res = kata_debug("collect", "--host-root", str(root), "--output", str(tmp_path / "b.tgz"),
-                     "-c", "shim-logs", "--max-log-size", "1M", "--since", "36500d")  # fixed dates stay in the window
+    res = kata_debug(
+        "collect",
+        "--host-root",
+        str(root),
+        "--output",
+        str(tmp_path / "b.tgz"),
+        "-c",
+        "shim-logs",
+        "--max-log-size",
+        "1M",
+        "--since",
+        "36500d",
+    )  # fixed dates stay in the window
     assert res.returncode == 0, res.stderr
     bundle = read_bundle(tmp_path / "b.tgz")
     name = "shim-logs/files/var/lib/rancher/k3s/agent/containerd/containerd.log"
@@ -385,4 +471,6 @@ def test_log_files_are_capped_keeping_the_newest_lines_and_split_per_sandbox(tmp
     assert bundle.collector("shim-logs")["truncated"][name] == log.read_bytes().index(kept[:200])
     per_sandbox = bundle.members["shim-logs/sandboxes/sb0123456789.log"]
     assert per_sandbox.endswith(b'msg="event 039999" sandbox=sb0123456789 source=virtcontainers\n')
-    assert bundle.json("shim-logs/summary.json")["missing"] == ["no journal files under /var/log/journal or /run/log/journal"]
+    assert bundle.json("shim-logs/summary.json")["missing"] == [
+        "no journal files under /var/log/journal or /run/log/journal"
+    ]

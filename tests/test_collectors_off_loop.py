@@ -14,13 +14,14 @@ import io
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from collectors import REGISTRY
-from kata_debug.collect import CollectOptions, run_collection
+from kata_debug.collect.runner import CollectOptions, run_collection
+from kata_debug.collectors import REGISTRY
 from tests.hostroots import kata_node
 
 _WATCHED = ("stat", "lstat", "listdir", "scandir", "readlink", "open")
@@ -59,8 +60,9 @@ async def test_every_collector_does_its_filesystem_work_in_worker_threads(
     tmp_path: Path, loop_fs_calls: list[str]
 ) -> None:
     root = kata_node(tmp_path / "host")
-    result = await run_collection(CollectOptions(host_root=root, output=str(tmp_path / "b.tar.gz"),
-                                                 collectors=list(REGISTRY)))
+    result = await run_collection(
+        CollectOptions(host_root=root, output=str(tmp_path / "b.tar.gz"), collectors=list(REGISTRY))
+    )
     ran = {r.name for r in result.collectors if r.status in ("ok", "partial", "skipped")}
     assert {"host", "sandboxes", "kata-config", "oci-specs", "agent-traces"} <= ran, result.collectors
     assert loop_fs_calls == [], "\n".join(sorted(set(loop_fs_calls)))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kata_debug.bundle import GZIP_LEVEL, BundleWriter
-from kata_debug.deflate_ahead import MIN_PIECE, PIECE, DeflateAhead
+from kata_debug.bundle.deflate_ahead import MIN_PIECE, PIECE, DeflateAhead
+from kata_debug.bundle.writer import GZIP_LEVEL, BundleWriter
 from tests.bundles import read_bundle
 
 
@@ -30,7 +30,7 @@ def test_deflated_members_land_in_the_bundle_between_ordinary_ones() -> None:
     writer = BundleWriter(sink, "top", "gzip")
     assert writer.deflate_level == GZIP_LEVEL
     body = _text(3 * PIECE + 12345)
-    members = [gzip.compress(body[i:i + 100_000], 3, mtime=0) for i in range(0, len(body), 100_000)]
+    members = [gzip.compress(body[i : i + 100_000], 3, mtime=0) for i in range(0, len(body), 100_000)]
     writer.add_bytes("a/before.txt", b"before\n")
     writer.add_deflated("b/deflated.log", len(body), hashlib.sha256(body).hexdigest(), iter(members))
     writer.add_bytes("a/after.txt", b"after" * 1000)
@@ -85,5 +85,8 @@ async def test_dropped_or_shrunk_content_is_refused_not_spliced(tmp_path: Path) 
             await ahead.finish("short", str(path), 4 * MIN_PIECE)
     finally:
         await ahead.close()
-    assert all(not str(os.readlink(f"/proc/self/fd/{fd}")).endswith("a.log")
-               for fd in map(int, os.listdir("/proc/self/fd")) if os.path.exists(f"/proc/self/fd/{fd}"))
+    assert all(
+        not str(os.readlink(f"/proc/self/fd/{fd}")).endswith("a.log")
+        for fd in map(int, os.listdir("/proc/self/fd"))
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    )

@@ -98,7 +98,7 @@ def test_security_context_is_root_without_privileges(agent: dict[str, Any], pod_
 
 def test_every_added_capability_is_explained_in_a_comment() -> None:
     text = DEPLOY.read_text()
-    block = text[text.index("add:"): text.index("seccompProfile:")]
+    block = text[text.index("add:") : text.index("seccompProfile:")]
     assert "# " in block.split("- DAC_READ_SEARCH")[0], "a comment must say why DAC_READ_SEARCH is added"
 
 
@@ -164,7 +164,11 @@ def test_evidence_comes_from_parents_every_node_has(pod_spec: dict[str, Any]) ->
     assert "/run" not in volumes, "/run holds containerd.sock and crio.sock; a read-only mount does not stop connect()"
     assert "/etc" not in volumes, "/etc holds the kubelet's credentials and /etc/shadow"
     assert {p for p in volumes if p.startswith("/etc/")} == {
-        "/etc/kata-containers", "/etc/containerd", "/etc/machine-id", "/etc/os-release"}
+        "/etc/kata-containers",
+        "/etc/containerd",
+        "/etc/machine-id",
+        "/etc/os-release",
+    }
 
 
 def _static_prefix(read: str) -> str | None:
@@ -177,13 +181,14 @@ def _static_prefix(read: str) -> str | None:
 
 def _node_paths_read() -> set[str]:
     """Every node path a collector reads: its declared `reads`, plus what a collector derives."""
-    from collectors import REGISTRY, load
-    from collectors.kata_config import _TOOLS
+    from kata_debug.collectors import REGISTRY, load
+    from kata_debug.collectors.kata_config import _TOOLS
 
     paths = {p for name in REGISTRY for r in load(name).reads if (p := _static_prefix(r))}
     paths |= {path for _, _, candidates in _TOOLS for path in candidates}  # kata-runtime kata-env, kata-ctl env
     paths |= {
-        "/usr/bin/containerd", "/usr/local/bin/containerd",  # containerd --version
+        "/usr/bin/containerd",
+        "/usr/local/bin/containerd",  # containerd --version
         "/lib/modules/",  # modules.builtin
         "/etc/machine-id",  # journalctl --root
         "/usr/lib/os-release",  # where /etc/os-release usually points
@@ -236,7 +241,7 @@ def test_probes_run_commands_and_no_port_is_exposed(agent: dict[str, Any]) -> No
     assert "ports" not in agent
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert set(agent[probe]) & {"httpGet", "tcpSocket", "grpc"} == set(), probe
-        assert agent[probe]["exec"]["command"][:3] == ["python3", "-m", "kata_debug.node_agent_health"]
+        assert agent[probe]["exec"]["command"][:3] == ["python3", "-m", "kata_debug.agent.health"]
 
 
 def test_node_name_comes_from_the_downward_api(agent: dict[str, Any]) -> None:
@@ -275,12 +280,14 @@ def test_probes_read_the_state_file_the_agent_writes(agent: dict[str, Any]) -> N
 
 
 def test_agent_spool_is_where_collect_reads_it(agent: dict[str, Any], pod_spec: dict[str, Any]) -> None:
-    from collectors.agent_traces import DEFAULT_SPOOL_DIR
-    from kata_debug.node_agent import SPOOL_NODE_PATH
+    from kata_debug.agent.service import SPOOL_NODE_PATH
+    from kata_debug.collectors.agent_traces import DEFAULT_SPOOL_DIR
 
     assert SPOOL_NODE_PATH == DEFAULT_SPOOL_DIR
     mounts = _host_mounts(agent, pod_spec)
-    assert mounts[SPOOL_NODE_PATH][0] == "/host" + SPOOL_NODE_PATH, "node-agent --host-root /host spools here by default"
+    assert mounts[SPOOL_NODE_PATH][0] == "/host" + SPOOL_NODE_PATH, (
+        "node-agent --host-root /host spools here by default"
+    )
 
 
 def test_every_object_is_valid_for_the_kubernetes_api_schema(docs: list[dict[str, Any]]) -> None:
@@ -307,7 +314,8 @@ def _kata_deploy_node(root: Path) -> Path:
         'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata-qemu]\n'
         'runtime_type = "io.containerd.kata-qemu.v2"\n'
         '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata-qemu.options]\n'
-        'ConfigPath = "/opt/kata/share/defaults/kata-containers/configuration-qemu.toml"\n')
+        'ConfigPath = "/opt/kata/share/defaults/kata-containers/configuration-qemu.toml"\n'
+    )
     (root / "usr/share/defaults/kata-containers").mkdir(parents=True)
     (root / "usr/share/defaults/kata-containers/configuration.toml").write_text(KATA_CONFIG)
     (root / "usr/lib/modules/6.8.0-51-generic").mkdir(parents=True)
@@ -322,7 +330,8 @@ def _kata_deploy_node(root: Path) -> Path:
     (root / "proc/modules").write_text("vhost_vsock 24576 0 - Live 0x0\n")
     (root / "var/log/containerd").mkdir(parents=True)
     (root / "var/log/containerd/containerd.log").write_text(
-        'time="2026-01-01T00:00:00Z" level=info msg="shim started" sandbox=sb0123456789\n')
+        'time="2026-01-01T00:00:00Z" level=info msg="shim started" sandbox=sb0123456789\n'
+    )
     for d in ("sys", "dev", "var/lib/kubelet/pki"):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "var/lib/kubelet/pki/kubelet-client.key").write_text("not for the agent\n")
@@ -335,7 +344,7 @@ def _pod_view(node: Path, view: Path, pod_spec: dict[str, Any], agent: dict[str,
     The kubelet resolves the hostPath on the node (so a `/lib -> usr/lib` symlink mounts
     /usr/lib); a copy stands in for the bind mount.
     """
-    from kata_debug.hostroot import HostRoot
+    from kata_debug.node.hostroot import HostRoot
 
     host = HostRoot.at(node)
     for host_path, source in _host_volumes(pod_spec).items():
@@ -356,8 +365,20 @@ def _pod_view(node: Path, view: Path, pod_spec: dict[str, Any], agent: dict[str,
 def _collect(root: Path, out: Path) -> dict[str, bytes]:
     from tests.bundles import read_bundle
 
-    argv = [sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "--output", str(out),
-            "--node-name", "kata-node-1", "--since", "36500d"]  # the fixture log's fixed date stays in the window
+    argv = [
+        sys.executable,
+        "-m",
+        "kata_debug",
+        "collect",
+        "--host-root",
+        str(root),
+        "--output",
+        str(out),
+        "--node-name",
+        "kata-node-1",
+        "--since",
+        "36500d",
+    ]  # the fixture log's fixed date stays in the window
     for name in ("host", "kata-config", "oci-specs", "sandboxes", "resource-limits", "shim-logs"):
         argv += ["--collector", name]
     proc = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=120)

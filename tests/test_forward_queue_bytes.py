@@ -36,8 +36,18 @@ async def test_big_frames_with_the_backend_down_hold_at_most_queue_bytes(short_t
     port = free_port()  # nobody listens: the backend is down throughout
     sock = short_tmp / "agent.sock"
     proc = await _start_forward(
-        "--listen", f"unix://{sock}?sandbox=sbQ", "--export", f"otlp+grpc://127.0.0.1:{port}?timeout=1",
-        "--queue-bytes", "3M", "--host-root", str(short_tmp), "--stats-interval", "0", "--shutdown-timeout", "1s",
+        "--listen",
+        f"unix://{sock}?sandbox=sbQ",
+        "--export",
+        f"otlp+grpc://127.0.0.1:{port}?timeout=1",
+        "--queue-bytes",
+        "3M",
+        "--host-root",
+        str(short_tmp),
+        "--stats-interval",
+        "0",
+        "--shutdown-timeout",
+        "1s",
     )
     try:
         await _wait_for_socket(sock, proc)

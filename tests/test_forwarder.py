@@ -10,14 +10,15 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
-from forwarder.exporters import FileSink, parse_export, target_from_env
-from forwarder.listeners import VMADDR_CID_ANY, open_vsock, parse_listen
-from forwarder.server import Forwarder, ForwarderConfig, ForwarderError
+from kata_debug.forwarder.exporters import FileSink, parse_export, target_from_env
+from kata_debug.forwarder.listeners import VMADDR_CID_ANY, open_vsock, parse_listen
+from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderError
 from tests.agent_wire import frame, frames, sample_span, to_bincode, to_json
 from tests.hostroots import kata_node
 from tests.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, ReceivedSpan, free_port
@@ -77,7 +78,11 @@ def _any(v: Any) -> dict[str, Any]:
         return {"arrayValue": {"values": [_any(x) for x in v.array_value.values]}}
     if kind == "int_value":
         return {"intValue": str(v.int_value)}
-    return {{"string_value": "stringValue", "bool_value": "boolValue", "double_value": "doubleValue"}[kind]: getattr(v, kind)}
+    return {
+        {"string_value": "stringValue", "bool_value": "boolValue", "double_value": "doubleValue"}[kind]: getattr(
+            v, kind
+        )
+    }
 
 
 def _kvs(kvs: Any) -> list[dict[str, Any]]:
@@ -104,14 +109,20 @@ def received_view(r: ReceivedSpan, own_resource_keys: set[str]) -> dict[str, Any
         ],
         "droppedEventsCount": s.dropped_events_count,
         "links": [
-            {"attributes": _kvs(ln.attributes), "spanId": ln.span_id.hex(), "traceId": ln.trace_id.hex(),
-             "traceState": ln.trace_state}
+            {
+                "attributes": _kvs(ln.attributes),
+                "spanId": ln.span_id.hex(),
+                "traceId": ln.trace_id.hex(),
+                "traceState": ln.trace_state,
+            }
             for ln in s.links
         ],
         "droppedLinksCount": s.dropped_links_count,
         "status": {"code": s.status.code, "message": s.status.message},
-        "resource": sorted(({"key": o["key"], "value": {"stringValue": o["value"]}} for o in own),
-                           key=lambda kv: kv["key"]) or None,
+        "resource": sorted(
+            ({"key": o["key"], "value": {"stringValue": o["value"]}} for o in own), key=lambda kv: kv["key"]
+        )
+        or None,
     }
 
 
@@ -160,8 +171,10 @@ async def test_fixture_streams_over_hvsock_and_unix_reach_http_and_grpc_receiver
             want = [strict(e) for e in expected_spans(fmt)]
             got = sorted(
                 # The fixture spans that carry a resource carry {host.arch, service.name}.
-                (strict(received_view(r, {"host.arch", "service.name"} if "host.arch" in r.resource else set()))
-                 for r in by_sandbox[sandbox]),
+                (
+                    strict(received_view(r, {"host.arch", "service.name"} if "host.arch" in r.resource else set()))
+                    for r in by_sandbox[sandbox]
+                ),
                 key=lambda d: json.dumps(d, sort_keys=True),
             )
             assert got == sorted(want * 3, key=lambda d: json.dumps(d, sort_keys=True)), (rx, fmt)
@@ -174,12 +187,17 @@ async def test_fixture_streams_over_hvsock_and_unix_reach_http_and_grpc_receiver
 async def test_guest_cannot_claim_another_sandbox_identity(short_tmp: Path) -> None:
     root = kata_node(short_tmp / "h")
     span = sample_span(1)
-    span.resource = [("kata.sandbox.id", "victim"), ("k8s.pod.name", "victim-pod"), ("service.name", "agent-x"),
-                     ("host.arch", "arm64")]
+    span.resource = [
+        ("kata.sandbox.id", "victim"),
+        ("k8s.pod.name", "victim-pod"),
+        ("service.name", "agent-x"),
+        ("host.arch", "arm64"),
+    ]
     http = await OtlpHttpReceiver().start()
     try:
-        async with running(listen=[f"hvsock:///run/vc/vm/{SID}/clh.sock"], exports=[parse_export(http.export_uri)],
-                           host_root=str(root)):
+        async with running(
+            listen=[f"hvsock:///run/vc/vm/{SID}/clh.sock"], exports=[parse_export(http.export_uri)], host_root=str(root)
+        ):
             await send_unix(root / f"run/vc/vm/{SID}/clh.sock_10240", frame(to_json(span)))
             (got,) = await http.wait_for_spans(1)
     finally:
@@ -196,13 +214,20 @@ async def test_malformed_frames_are_skipped_counted_and_logged_while_good_ones_f
     http = await OtlpHttpReceiver().start()
     good = [to_bincode(sample_span(i)) for i in range(4)]
     try:
-        async with running(listen=[f"unix://{sock}?sandbox=sbX"], exports=[parse_export(http.export_uri)],
-                           host_root=str(short_tmp), max_frame_bytes=4096) as fwd:
+        async with running(
+            listen=[f"unix://{sock}?sandbox=sbX"],
+            exports=[parse_export(http.export_uri)],
+            host_root=str(short_tmp),
+            max_frame_bytes=4096,
+        ) as fwd:
             # good, garbage, good, empty, good, bit-flipped good, good, then EOF inside a frame
             flipped = bytearray(good[0])
             flipped[35] = 0xFF  # span_kind tag (after the 27-byte span context and the parent id)
-            await send_unix(sock, frames([good[0], b"\x01\x02garbage", good[1], b"", good[2], bytes(flipped),
-                                          good[3]]) + frame(good[0])[:20])
+            await send_unix(
+                sock,
+                frames([good[0], b"\x01\x02garbage", good[1], b"", good[2], bytes(flipped), good[3]])
+                + frame(good[0])[:20],
+            )
             # A header announcing more than --max-frame-bytes closes only that connection...
             oversized = await send_unix(sock, frame(good[0]) + (2**40).to_bytes(8, "big") + b"x" * 100, close=False)
             await until(lambda: fwd.stats.oversized_frames == 1)
@@ -229,10 +254,15 @@ async def test_malformed_frames_are_skipped_counted_and_logged_while_good_ones_f
 async def test_backend_down_then_up_delivers_what_was_queued(short_tmp: Path) -> None:
     port = free_port()
     sock = short_tmp / "t.sock"
-    async with running(listen=[f"unix://{sock}"], exports=[parse_export(f"otlp+http://127.0.0.1:{port}/v1/traces?timeout=1")],
-                       host_root=str(short_tmp)) as fwd:
+    async with running(
+        listen=[f"unix://{sock}"],
+        exports=[parse_export(f"otlp+http://127.0.0.1:{port}/v1/traces?timeout=1")],
+        host_root=str(short_tmp),
+    ) as fwd:
         await send_unix(sock, frames(to_json(sample_span(i)) for i in range(50)))
-        await until(lambda: fwd.stats.per_exporter and next(iter(fwd.stats.per_exporter.values()))[0].failed_exports >= 1)
+        await until(
+            lambda: fwd.stats.per_exporter and next(iter(fwd.stats.per_exporter.values()))[0].failed_exports >= 1
+        )
         http = await OtlpHttpReceiver().start(port)
         try:
             got = await http.wait_for_spans(50, timeout=30)
@@ -249,8 +279,12 @@ async def test_backend_down_then_up_delivers_what_was_queued(short_tmp: Path) ->
 async def test_full_queue_drops_the_oldest_spans_and_counts_them(short_tmp: Path) -> None:
     port = free_port()
     sock = short_tmp / "t.sock"
-    async with running(listen=[f"unix://{sock}"], exports=[parse_export(f"otlp+grpc://127.0.0.1:{port}?timeout=1")],
-                       host_root=str(short_tmp), queue_size=10) as fwd:
+    async with running(
+        listen=[f"unix://{sock}"],
+        exports=[parse_export(f"otlp+grpc://127.0.0.1:{port}?timeout=1")],
+        host_root=str(short_tmp),
+        queue_size=10,
+    ) as fwd:
         await send_unix(sock, frames(to_bincode(sample_span(i)) for i in range(30)))
         await until(lambda: fwd.stats.spans == 30)
         # Once an export has failed, its batch is back in the queue: 10 kept, the 20 oldest dropped.
@@ -283,8 +317,9 @@ async def test_discover_attaches_a_listener_to_each_new_sandbox_and_detaches_whe
         vmms.append(s)
 
     try:
-        async with running(listen=["discover"], exports=[parse_export(http.export_uri)], host_root=str(root),
-                           discover_interval=0.05) as fwd:
+        async with running(
+            listen=["discover"], exports=[parse_export(http.export_uri)], host_root=str(root), discover_interval=0.05
+        ) as fwd:
             for sid, path in vmm_sockets.items():
                 start_vmm(path)
                 trace_sock = Path(f"{path}_10240")
@@ -323,8 +358,9 @@ async def test_a_live_trace_socket_of_another_forwarder_is_left_alone(short_tmp:
     other.listen()
     try:
         with pytest.raises(ForwarderError, match="another process is already listening there"):
-            async with running(listen=[f"hvsock:///run/vc/vm/{SID}/clh.sock"], host_root=str(root),
-                               exports=[parse_export("stdout")]):
+            async with running(
+                listen=[f"hvsock:///run/vc/vm/{SID}/clh.sock"], host_root=str(root), exports=[parse_export("stdout")]
+            ):
                 pass
         assert first_sock.is_socket()
     finally:
@@ -349,14 +385,19 @@ async def test_vsock_listener_binds_and_closes() -> None:
 
 async def test_a_listener_that_cannot_open_is_reported_and_the_others_carry_on(short_tmp: Path) -> None:
     sock = short_tmp / "ok.sock"
-    async with running(listen=[f"unix://{short_tmp}/missing-dir/x.sock", f"unix://{sock}"],
-                       exports=[parse_export("stdout")], host_root=str(short_tmp)) as fwd:
+    async with running(
+        listen=[f"unix://{short_tmp}/missing-dir/x.sock", f"unix://{sock}"],
+        exports=[parse_export("stdout")],
+        host_root=str(short_tmp),
+    ) as fwd:
         assert len(fwd.listeners) == 1
-        assert fwd.listener_errors == [f"{short_tmp}/missing-dir/x.sock: directory {short_tmp}/missing-dir does not exist"]
+        assert fwd.listener_errors == [
+            f"{short_tmp}/missing-dir/x.sock: directory {short_tmp}/missing-dir does not exist"
+        ]
 
 
 def test_file_sink_rotates_and_keeps_at_most_backups_plus_one_files(short_tmp: Path) -> None:
-    from forwarder.exporters import Origin
+    from kata_debug.forwarder.exporters import Origin
 
     origin = Origin.make("sb", "test", (("service.name", "kata-agent"),), ())
     sink = FileSink(short_tmp / "spool/spans.jsonl", max_bytes=4000, backups=2)
@@ -377,8 +418,13 @@ def test_listen_and_export_uris_are_parsed_or_rejected_with_the_reason() -> None
     hv = parse_listen("hvsock:///run/vc/firecracker/abc/root/kata.hvsock?port=1025")
     assert (hv.path, hv.port, hv.sandbox_id) == ("/run/vc/firecracker/abc/root/kata.hvsock", 1025, "abc")
     assert parse_listen("tcp://127.0.0.1:4000?sandbox=s").sandbox_id == "s"
-    for bad, why in [("vsock://x:1", "not a number"), ("hvsock://run/x", "three slashes"), ("tcp://127.0.0.1", "no port"),
-                     ("udp://1", "unknown listener"), ("unix:///a?port=3", "unknown parameter")]:
+    for bad, why in [
+        ("vsock://x:1", "not a number"),
+        ("hvsock://run/x", "three slashes"),
+        ("tcp://127.0.0.1", "no port"),
+        ("udp://1", "unknown listener"),
+        ("unix:///a?port=3", "unknown parameter"),
+    ]:
         with pytest.raises(ValueError, match=why):
             parse_listen(bad)
     assert parse_export("otlp+grpc://c:4317").endpoint == "c:4317"
@@ -386,9 +432,13 @@ def test_listen_and_export_uris_are_parsed_or_rejected_with_the_reason() -> None
     assert parse_export("otlp+https://c/x?compression=none").endpoint == "https://c:4318/x"
     f = parse_export("file:///var/spool/s.jsonl?max_bytes=100&backups=1")
     assert (f.path, f.max_bytes, f.backups) == ("/var/spool/s.jsonl", 100, 1)
-    for bad, why in [("http://c", "unknown exporter"), ("file://rel/x", "absolute path"),
-                     ("otlp+grpc://c:1/v1", "no path"), ("otlp+http://c?compression=br", "compression"),
-                     ("file:///x?max_bytes=0", "positive")]:
+    for bad, why in [
+        ("http://c", "unknown exporter"),
+        ("file://rel/x", "absolute path"),
+        ("otlp+grpc://c:1/v1", "no path"),
+        ("otlp+http://c?compression=br", "compression"),
+        ("file:///x?max_bytes=0", "positive"),
+    ]:
         with pytest.raises(ValueError, match=why):
             parse_export(bad)
     assert target_from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}).kind == "otlp-grpc"
@@ -398,7 +448,7 @@ def test_listen_and_export_uris_are_parsed_or_rejected_with_the_reason() -> None
 
 
 async def test_link_trace_state_flags_and_repeated_event_keys_reach_the_backend(short_tmp: Path) -> None:
-    from forwarder.wire import Event, Link
+    from kata_debug.forwarder.wire import Event, Link
 
     span = sample_span(5)
     span.trace_state = (("kata", "1"), ("vendor", "x"))
@@ -407,8 +457,9 @@ async def test_link_trace_state_flags_and_repeated_event_keys_reach_the_backend(
     span.dropped_events_count, span.dropped_links_count = 3, 4
     rx = await OtlpGrpcReceiver().start()
     try:
-        async with running(listen=[f"unix://{short_tmp}/a.sock"], exports=[parse_export(rx.export_uri)],
-                           host_root=str(short_tmp)):
+        async with running(
+            listen=[f"unix://{short_tmp}/a.sock"], exports=[parse_export(rx.export_uri)], host_root=str(short_tmp)
+        ):
             await send_unix(short_tmp / "a.sock", frame(to_bincode(span)))
             (got,) = await rx.wait_for_spans(1)
     finally:
@@ -423,7 +474,7 @@ async def test_link_trace_state_flags_and_repeated_event_keys_reach_the_backend(
 
 async def test_readable_span_path_for_sdk_releases_without_the_client_hook(short_tmp: Path) -> None:
     """The fallback builds SDK ReadableSpans; the backend sees the same span (SDK limits aside)."""
-    from forwarder.exporters import OtlpSink, Origin
+    from kata_debug.forwarder.exporters import Origin, OtlpSink
 
     http = await OtlpHttpReceiver().start()
     try:
@@ -450,8 +501,12 @@ async def test_a_batch_larger_than_the_backend_accepts_goes_as_several_requests(
     sock = short_tmp / "t.sock"
     http = await OtlpHttpReceiver(max_body=16 * 1024).start()
     try:
-        async with running(listen=[f"unix://{sock}"], host_root=str(short_tmp), batch_delay=0.5,
-                           exports=[parse_export(f"{http.export_uri}?max_request_bytes=16384")]) as fwd:
+        async with running(
+            listen=[f"unix://{sock}"],
+            host_root=str(short_tmp),
+            batch_delay=0.5,
+            exports=[parse_export(f"{http.export_uri}?max_request_bytes=16384")],
+        ) as fwd:
             await send_unix(sock, frames(to_json(sample_span(i)) for i in range(400)))
             got = await http.wait_for_spans(400, timeout=30)
             stats, _ = next(iter(fwd.stats.per_exporter.values()))
@@ -523,8 +578,15 @@ async def test_big_frames_with_the_backend_down_are_held_within_queue_bytes(shor
     size = len(payloads[0])
     assert {len(p) for p in payloads} == {size} and 3 * size <= 3 << 20 < 4 * size
     # One failed export, then a retry far beyond the test: the queue is observed at rest.
-    async with running(listen=[f"unix://{sock}?sandbox=sbB"], host_root=str(short_tmp), sinks=[_DownSink()],
-                       queue_bytes=3 << 20, retry_initial=600, retry_max=600, shutdown_timeout=0.5) as fwd:
+    async with running(
+        listen=[f"unix://{sock}?sandbox=sbB"],
+        host_root=str(short_tmp),
+        sinks=[_DownSink()],
+        queue_bytes=3 << 20,
+        retry_initial=600,
+        retry_max=600,
+        shutdown_timeout=0.5,
+    ) as fwd:
         await send_unix(sock, frames(payloads))
         await until(lambda: fwd.stats.spans == 20)
         await until(lambda: next(iter(fwd.stats.per_exporter.values()))[0].failed_exports >= 1)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from kata_debug.hostroot import HostRoot
+from kata_debug.node.hostroot import HostRoot
 
 
 def test_absolute_symlink_is_re_rooted(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from tests.conftest import REPO
 
 _SCRIPT = textwrap.dedent("""
     import asyncio, os
-    from kata_debug.interrupts import exit_process, run_leaving_stuck_threads
+    from kata_debug.collect.interrupts import exit_process, run_leaving_stuck_threads
 
     async def main() -> str:
         r, _w = os.pipe()  # nobody ever writes: a read blocks like one on a hung mount

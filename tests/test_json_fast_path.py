@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-import forwarder.wire_json as wire_json
-from forwarder.wire import DecodeError, FrameReader, Link, Span
-from forwarder.wire_json import decode_json, decode_json_reference
+from kata_debug.forwarder import wire_json
+from kata_debug.forwarder.wire import DecodeError, FrameReader, Link, Span
+from kata_debug.forwarder.wire_json import decode_json, decode_json_reference
 from tests.agent_wire import sample_span, to_json, to_json_obj
 from tests.test_trace_wire import spans
 
@@ -72,8 +74,9 @@ _SEEDS = [to_json(sample_span(i)) for i in range(3)]
 @_SETTINGS
 @given(
     st.sampled_from(_SEEDS),
-    st.lists(st.tuples(st.integers(0, 2000), st.sampled_from(b'0123456789-.eE,:{}[]"\\ux nul')), min_size=1,
-             max_size=4),
+    st.lists(
+        st.tuples(st.integers(0, 2000), st.sampled_from(b'0123456789-.eE,:{}[]"\\ux nul')), min_size=1, max_size=4
+    ),
 )
 def test_mutated_payloads_give_the_same_span_or_the_same_error(seed: bytes, edits: list[tuple[int, int]]) -> None:
     data = bytearray(seed)
@@ -143,17 +146,18 @@ def test_big_trace_ids_in_the_span_and_its_links_are_exact() -> None:
     "payload",
     [
         # a second "trace_id" key in span_context: JSON keeps the last one
-        b'{"span_context":{"trace_id":5,"trace_id":7' + to_json(sample_span(0))[
-            to_json(sample_span(0)).index(b",", 28):],
+        b'{"span_context":{"trace_id":5,"trace_id":7'
+        + to_json(sample_span(0))[to_json(sample_span(0)).index(b",", 28) :],
         # the same, spelled with an escape
-        b'{"span_context":{"trace_id":5,"trace\\u005fid":7' + to_json(sample_span(0))[
-            to_json(sample_span(0)).index(b",", 28):],
+        b'{"span_context":{"trace_id":5,"trace\\u005fid":7'
+        + to_json(sample_span(0))[to_json(sample_span(0)).index(b",", 28) :],
         # leading zeros are not JSON
-        b'{"span_context":{"trace_id":05' + to_json(sample_span(0))[to_json(sample_span(0)).index(b",", 28):],
-        b'{"span_context":{"trace_id":-5' + to_json(sample_span(0))[to_json(sample_span(0)).index(b",", 28):],
-        b'{"span_context":{"trace_id":1e3' + to_json(sample_span(0))[to_json(sample_span(0)).index(b",", 28):],
-        b'{"span_context":{"trace_id":' + str(2**128).encode() + to_json(sample_span(0))[
-            to_json(sample_span(0)).index(b",", 28):],
+        b'{"span_context":{"trace_id":05' + to_json(sample_span(0))[to_json(sample_span(0)).index(b",", 28) :],
+        b'{"span_context":{"trace_id":-5' + to_json(sample_span(0))[to_json(sample_span(0)).index(b",", 28) :],
+        b'{"span_context":{"trace_id":1e3' + to_json(sample_span(0))[to_json(sample_span(0)).index(b",", 28) :],
+        b'{"span_context":{"trace_id":'
+        + str(2**128).encode()
+        + to_json(sample_span(0))[to_json(sample_span(0)).index(b",", 28) :],
         # a key spelled with an escape
         to_json(sample_span(0)).replace(b'"span_id"', b'"span\\u005fid"'),
         # the stdlib accepts these, orjson does not
@@ -163,8 +167,20 @@ def test_big_trace_ids_in_the_span_and_its_links_are_exact() -> None:
         to_json(sample_span(0)) + b" ",
         to_json(sample_span(0))[:-1],
     ],
-    ids=["duplicate-trace-id", "escaped-duplicate-trace-id", "leading-zero", "negative", "exponent", "u128-overflow", "escaped-key", "NaN",
-         "lone-surrogate", "bom", "trailing-space", "truncated"],
+    ids=[
+        "duplicate-trace-id",
+        "escaped-duplicate-trace-id",
+        "leading-zero",
+        "negative",
+        "exponent",
+        "u128-overflow",
+        "escaped-key",
+        "NaN",
+        "lone-surrogate",
+        "bom",
+        "trailing-space",
+        "truncated",
+    ],
 )
 def test_payloads_only_the_reference_takes_agree(payload: bytes) -> None:
     assert_same(payload)

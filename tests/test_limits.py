@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kata_debug.limits import Options, analyse
-from kata_debug.limits_input import load
-from kata_debug.sizing_config import load_config_file
+from kata_debug.sizing.config import load_config_file
+from kata_debug.sizing.inputs import load
+from kata_debug.sizing.limits import Options, analyse
 from tests.limits_helpers import (
     AFTER,
     BEFORE,
@@ -68,7 +68,9 @@ def test_memory_limit_pod_keeps_only_its_intentional_request_ignored_info() -> N
 
 
 def test_before_requests_only_deployment_warns_for_cpu_and_memory() -> None:
-    report = analyse_file(BEFORE / "tests__integration__kubernetes__runtimeclass_workloads__redis-master-deployment.yaml")
+    report = analyse_file(
+        BEFORE / "tests__integration__kubernetes__runtimeclass_workloads__redis-master-deployment.yaml"
+    )
     entry = only(report)
     assert rules(entry) == [("request-without-limit", "master", "cpu"), ("request-without-limit", "master", "memory")]
     assert (entry.vm.vcpus, entry.vm.memory_mib) == (1, 2048)  # the requests bought nothing
@@ -76,7 +78,9 @@ def test_before_requests_only_deployment_warns_for_cpu_and_memory() -> None:
 
 
 def test_after_deployment_vm_matches_the_reference_numbers() -> None:
-    entry = only(analyse_file(AFTER / "tests__integration__kubernetes__runtimeclass_workloads__k8s-pod-sc-deployment.yaml"))
+    entry = only(
+        analyse_file(AFTER / "tests__integration__kubernetes__runtimeclass_workloads__k8s-pod-sc-deployment.yaml")
+    )
     assert (entry.vm.boot_vcpus, entry.vm.boot_memory_mib, entry.vm.vcpus, entry.vm.memory_mib) == (1, 2048, 2, 2848)
 
 
@@ -90,8 +94,10 @@ def test_repository_copy_of_the_fixtures_matches_shared() -> None:
 
 # ---- workload kinds -----------------------------------------------------------------------
 
-TEMPLATE = {"metadata": {"labels": {"app": "x"}},
-            "spec": {"runtimeClassName": "kata", "containers": [container(limits={"cpu": "1", "memory": "1Gi"})]}}
+TEMPLATE = {
+    "metadata": {"labels": {"app": "x"}},
+    "spec": {"runtimeClassName": "kata", "containers": [container(limits={"cpu": "1", "memory": "1Gi"})]},
+}
 
 
 @pytest.mark.parametrize(
@@ -120,8 +126,10 @@ def test_list_items_are_analysed() -> None:
 
 
 def test_multi_document_sources_name_the_document() -> None:
-    report = analyse_text("kind: Service\nmetadata: {name: s}\n---\n" + "---\n".join(
-        __import__("yaml").safe_dump(p) for p in (pod(name="a"), pod(name="b"))))
+    report = analyse_text(
+        "kind: Service\nmetadata: {name: s}\n---\n"
+        + "---\n".join(__import__("yaml").safe_dump(p) for p in (pod(name="a"), pod(name="b")))
+    )
     assert [e.doc.source for e in report.entries] == ["-#1", "-#2"]
     assert report.ignored == 1
 
@@ -169,7 +177,9 @@ def test_limitrange_in_another_namespace_does_not_apply() -> None:
 
 
 def test_limitrange_default_request_without_default_warns() -> None:
-    entry = only(analyse_objs(limit_range(defaultRequest={"cpu": "500m", "memory": "256Mi"}, default={"memory": "1Gi"})))
+    entry = only(
+        analyse_objs(limit_range(defaultRequest={"cpu": "500m", "memory": "256Mi"}, default={"memory": "1Gi"}))
+    )
     assert rules(entry) == [("limitrange-default-request", None, "cpu"), ("request-ignored", None, "memory")]
     assert entry.findings[0].severity == "warning" and entry.findings[0].fix is not None
 
@@ -181,8 +191,10 @@ def test_pod_under_a_default_request_only_limitrange_gets_no_vm_share() -> None:
 
 
 def test_runtime_class_overhead_is_not_vm_size() -> None:
-    report = analyse_objs(runtime_class("kata-qemu", "kata-qemu", {"cpu": "250m", "memory": "160Mi"}),
-                          pod(container(limits={"memory": "1Gi"}), runtime_class="kata-qemu"))
+    report = analyse_objs(
+        runtime_class("kata-qemu", "kata-qemu", {"cpu": "250m", "memory": "160Mi"}),
+        pod(container(limits={"memory": "1Gi"}), runtime_class="kata-qemu"),
+    )
     rc, p = only(report, "RuntimeClass"), only(report, "Pod")
     assert rules(rc) == [("overhead-not-vm-size", None, None)]
     assert rules(p) == [("overhead-not-vm-size", None, None)]
@@ -199,8 +211,10 @@ def test_hypervisor_annotation_not_enabled_warns_and_enabled_one_sizes() -> None
 
 def test_config_file_enables_annotations_and_static_mode(tmp_path: Path) -> None:
     cfg = tmp_path / "configuration.toml"
-    cfg.write_text('[hypervisor.qemu]\ndefault_vcpus = 1\ndefault_memory = 2048\n'
-                   'enable_annotations = ["default_vcpus"]\n[runtime]\nstatic_sandbox_resource_mgmt = true\n')
+    cfg.write_text(
+        "[hypervisor.qemu]\ndefault_vcpus = 1\ndefault_memory = 2048\n"
+        'enable_annotations = ["default_vcpus"]\n[runtime]\nstatic_sandbox_resource_mgmt = true\n'
+    )
     p = pod(container(limits={"cpu": "1"}), annotations={ANN + "default_vcpus": "4"})
     entry = only(analyse_objs(p, opts=Options(config=load_config_file(cfg))))
     assert entry.findings == []

@@ -16,8 +16,14 @@ from tests.limits_helpers import AFTER, BEFORE, FIX_FILES, container, pod
 
 
 def run_stdin(text: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "kata_debug", "limits", *args], input=text.encode(),
-                          capture_output=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "kata_debug", "limits", *args],
+        input=text.encode(),
+        capture_output=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess[bytes]) -> str:
@@ -39,7 +45,9 @@ def test_json_is_exactly_one_object_and_warnings_exit_1() -> None:
 
 
 def test_clean_manifests_exit_0_with_a_readable_table() -> None:
-    proc = kata_debug("limits", str(AFTER / "tests__integration__kubernetes__runtimeclass_workloads__k8s-policy-deployment.yaml"))
+    proc = kata_debug(
+        "limits", str(AFTER / "tests__integration__kubernetes__runtimeclass_workloads__k8s-policy-deployment.yaml")
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
     assert "Deployment/policy-redis-deployment" in out
@@ -54,8 +62,14 @@ def test_explain_shows_the_reasoning() -> None:
 
 
 def test_stdin_and_runtime_option() -> None:
-    proc = run_stdin(yaml.safe_dump(pod(container(limits={"cpu": "500m", "memory": "800Mi"}))),
-                     "--format", "json", "--runtime", "rs", "-")
+    proc = run_stdin(
+        yaml.safe_dump(pod(container(limits={"cpu": "500m", "memory": "800Mi"}))),
+        "--format",
+        "json",
+        "--runtime",
+        "rs",
+        "-",
+    )
     assert proc.returncode == 0
     vm = json.loads(proc.stdout)["workloads"][0]["vm"]
     assert (vm["runtime"], vm["mode"], vm["vcpus"], vm["memory_mib"]) == ("rs", "static", 1, 832)
@@ -145,10 +159,12 @@ def test_fix_dry_run_only_prints_the_diff(tmp_path: Path) -> None:
 
 def test_fix_json_reports_the_diff_and_what_was_skipped(tmp_path: Path) -> None:
     f = tmp_path / "p.yaml"
-    f.write_text("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  runtimeClassName: kata\n"
-                 "  containers:\n  - name: a\n    resources:\n      requests: {cpu: 100m}\n"
-                 "  - name: b\n    resources:\n      requests:\n        memory: 64Mi  # keep\n"
-                 "      limits:\n        cpu: 1\n")
+    f.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  runtimeClassName: kata\n"
+        "  containers:\n  - name: a\n    resources:\n      requests: {cpu: 100m}\n"
+        "  - name: b\n    resources:\n      requests:\n        memory: 64Mi  # keep\n"
+        "      limits:\n        cpu: 1\n"
+    )
     proc = kata_debug("limits", "--fix", "--format", "json", str(f))
     out = json.loads(proc.stdout)
     fix = out["fix"]["files"][0]
@@ -156,22 +172,32 @@ def test_fix_json_reports_the_diff_and_what_was_skipped(tmp_path: Path) -> None:
     assert fix["skipped"][0]["container"] == "a" and "flow style" in fix["skipped"][0]["reason"]
     assert "+        memory: 64Mi  # keep" in fix["diff"]
     assert proc.returncode == 1  # container a still requests without a limit
-    assert yaml.safe_load(f.read_text())["spec"]["containers"][1]["resources"] == {"limits": {"cpu": 1, "memory": "64Mi"}}
+    assert yaml.safe_load(f.read_text())["spec"]["containers"][1]["resources"] == {
+        "limits": {"cpu": 1, "memory": "64Mi"}
+    }
 
 
 def test_fix_limitrange_default_request_becomes_default(tmp_path: Path) -> None:
     f = tmp_path / "lr.yaml"
-    f.write_text("# team defaults\napiVersion: v1\nkind: LimitRange\nmetadata:\n  name: lr\nspec:\n  limits:\n"
-                 "  - defaultRequest:  # was requests only\n      cpu: 500m\n    type: Container\n")
+    f.write_text(
+        "# team defaults\napiVersion: v1\nkind: LimitRange\nmetadata:\n  name: lr\nspec:\n  limits:\n"
+        "  - defaultRequest:  # was requests only\n      cpu: 500m\n    type: Container\n"
+    )
     proc = kata_debug("limits", "--fix", str(f))
     assert proc.returncode == 0, proc.stderr.decode()
-    assert f.read_text() == ("# team defaults\napiVersion: v1\nkind: LimitRange\nmetadata:\n  name: lr\nspec:\n"
-                             "  limits:\n  - default:  # was requests only\n      cpu: 500m\n    type: Container\n")
+    assert f.read_text() == (
+        "# team defaults\napiVersion: v1\nkind: LimitRange\nmetadata:\n  name: lr\nspec:\n"
+        "  limits:\n  - default:  # was requests only\n      cpu: 500m\n    type: Container\n"
+    )
 
 
 def test_only_missing_inputs_is_one_error_line_and_no_report(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "kata_debug", "limits", str(tmp_path / "missing.yaml")],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "kata_debug", "limits", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert res.stdout == ""
     assert res.stderr.strip() == f"kata-debug: error: {tmp_path / 'missing.yaml'}: no such file or directory"
@@ -179,7 +205,8 @@ def test_only_missing_inputs_is_one_error_line_and_no_report(tmp_path: Path) -> 
 
 def test_a_directory_without_manifests_is_an_input_error_not_a_clean_report(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("nothing to see\n")
-    res = subprocess.run([sys.executable, "-m", "kata_debug", "limits", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "kata_debug", "limits", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.strip().startswith(f"kata-debug: error: {tmp_path}: no manifests in this directory")

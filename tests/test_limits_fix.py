@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from kata_debug.limits import analyse
-from kata_debug.limits_fix import FileFix, fix_text
-from kata_debug.limits_input import parse_text
+from kata_debug.sizing.fix import FileFix, fix_text
+from kata_debug.sizing.inputs import parse_text
+from kata_debug.sizing.limits import analyse
 from tests.conftest import kata_debug
 
 
@@ -41,10 +41,14 @@ def test_rename_keeps_everything_else_byte_for_byte() -> None:
 
 
 def test_moving_into_an_existing_limits_block_uses_its_indentation() -> None:
-    text = POD + "      limits:\n          memory: 1Gi\n      requests:\n        cpu: 500m  # burst\n        memory: 512Mi\n"
+    text = (
+        POD
+        + "      limits:\n          memory: 1Gi\n      requests:\n        cpu: 500m  # burst\n        memory: 512Mi\n"
+    )
     f = fix(text)
-    assert f.fixed == POD + ("      limits:\n          memory: 1Gi\n          cpu: 500m  # burst\n"
-                             "      requests:\n        memory: 512Mi\n")
+    assert f.fixed == POD + (
+        "      limits:\n          memory: 1Gi\n          cpu: 500m  # burst\n      requests:\n        memory: 512Mi\n"
+    )
 
 
 def test_windows_line_endings_survive() -> None:
@@ -72,9 +76,15 @@ def test_unsafe_shapes_are_skipped_with_a_reason() -> None:
 
 
 def test_json_manifests_are_reported_not_rewritten(tmp_path: Path) -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-           "spec": {"runtimeClassName": "kata", "containers": [
-               {"name": "c", "image": "i", "resources": {"requests": {"cpu": "1"}}}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {
+            "runtimeClassName": "kata",
+            "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "1"}}}],
+        },
+    }
     path = tmp_path / "p.json"
     path.write_text(json.dumps(pod, indent=2))
     res = kata_debug("limits", "--fix", str(path))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kata_debug.logsince import first_offset_since, line_time
+from kata_debug.logs.since import first_offset_since, line_time
 
-T0 = datetime(2026, 11, 27, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 27, 0, 0, tzinfo=UTC)
 
 
 def log(minutes: list[int], continuation_every: int = 0) -> tuple[bytes, list[int]]:
@@ -30,9 +31,10 @@ def log(minutes: list[int], continuation_every: int = 0) -> tuple[bytes, list[in
 
 def test_the_timestamp_forms_runtimes_write() -> None:
     assert line_time(b'time="2026-11-28T01:02:03.123456789Z" level=info') == datetime(
-        2026, 11, 28, 1, 2, 3, 123456, tzinfo=timezone.utc)
-    assert line_time(b"2026-11-28T01:02:03+01:00 stderr F x") == datetime(2026, 11, 28, 0, 2, 3, tzinfo=timezone.utc)
-    assert line_time(b'{"time":"2026-11-28T01:02:03Z","msg":"x"}') == datetime(2026, 11, 28, 1, 2, 3, tzinfo=timezone.utc)
+        2026, 11, 28, 1, 2, 3, 123456, tzinfo=UTC
+    )
+    assert line_time(b"2026-11-28T01:02:03+01:00 stderr F x") == datetime(2026, 11, 28, 0, 2, 3, tzinfo=UTC)
+    assert line_time(b'{"time":"2026-11-28T01:02:03Z","msg":"x"}') == datetime(2026, 11, 28, 1, 2, 3, tzinfo=UTC)
     assert line_time(b"    goroutine 1 [running]:") is None
 
 
@@ -41,8 +43,9 @@ def test_the_timestamp_forms_runtimes_write() -> None:
 def test_the_first_entry_within_since_is_found(minutes: list[int], since_min: int, cont: int) -> None:
     data, starts = log(minutes, cont)
     since = T0 + timedelta(minutes=since_min)
-    expected = next((s for s, m in zip(starts, minutes) if T0 + timedelta(minutes=m, seconds=0.123456) >= since),
-                    len(data))
+    expected = next(
+        (s for s, m in zip(starts, minutes) if T0 + timedelta(minutes=m, seconds=0.123456) >= since), len(data)
+    )
     if minutes and expected == starts[0]:
         expected = 0
     assert first_offset_since(io.BytesIO(data), len(data), since) == expected

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from kata_debug.node_agent import AgentConfig, spool_target
+from kata_debug.agent.service import AgentConfig, spool_target
 from tests.bundles import read_bundle
 from tests.hostroots import kata_node
 from tests.otlp_receiver import OtlpHttpReceiver, free_port
@@ -84,13 +84,25 @@ class Agent:
             await self.proc.wait()
 
 
-async def start_agent(root: Path, state: Path, *args: str, env: dict[str, str] | None = None,
-                      cwd: Path = REPO) -> Agent:
+async def start_agent(
+    root: Path, state: Path, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> Agent:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kata_debug", "node-agent", "--host-root", str(root), "--state-file", str(state),
-        "--stats-interval", "0", *args,
-        cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO), "NODE_NAME": "kata-node-7", **(env or {})},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "kata_debug",
+        "node-agent",
+        "--host-root",
+        str(root),
+        "--state-file",
+        str(state),
+        "--stats-interval",
+        "0",
+        *args,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), "NODE_NAME": "kata-node-7", **(env or {})},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     return Agent(proc, cwd / state)  # a relative --state-file is relative to the agent's cwd
 
@@ -117,7 +129,7 @@ async def guest_sends(trace_socket: Path, stream: bytes) -> None:
     await until(trace_socket.exists)
     _, writer = await asyncio.open_unix_connection(str(trace_socket))
     for i in range(0, len(stream), 4096):  # arrives in pieces, frames split anywhere
-        writer.write(stream[i:i + 4096])
+        writer.write(stream[i : i + 4096])
         await writer.drain()
     writer.close()
     await writer.wait_closed()
@@ -139,8 +151,9 @@ async def test_agent_follows_sandboxes_exports_tagged_spans_spools_them_and_stop
     root = kata_node(short_tmp / "h")
     http = await OtlpHttpReceiver().start()
     vmms: list[socket.socket] = []
-    agent = await start_agent(root, short_tmp / "state.json", "--export", http.export_uri,
-                              "--vsock-port", str(vsock_port()))
+    agent = await start_agent(
+        root, short_tmp / "state.json", "--export", http.export_uri, "--vsock-port", str(vsock_port())
+    )
     try:
         state = await agent.ready()
         assert state["vsock"] == "listening"
@@ -184,9 +197,20 @@ async def test_agent_follows_sandboxes_exports_tagged_spans_spools_them_and_stop
     assert len(spans) == JSON_SPANS + BINCODE_SPANS
     assert {res["kata.sandbox.id"] for res, _ in spans} == {SID, "fc1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-c", "agent-traces",
-        "--output", str(short_tmp / "b.tar.gz"), cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "kata_debug",
+        "collect",
+        "--host-root",
+        str(root),
+        "-c",
+        "agent-traces",
+        "--output",
+        str(short_tmp / "b.tar.gz"),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
@@ -201,7 +225,10 @@ async def test_without_vsock_the_agent_says_so_once_and_hybrid_vsock_still_flows
     taken.bind((socket.VMADDR_CID_ANY, port))
     taken.listen()
     http = await OtlpHttpReceiver().start()
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{http.port}", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{http.port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
     agent = await start_agent(root, short_tmp / "state.json", "--vsock-port", str(port), env=env)
     vmm = None
     try:
@@ -226,8 +253,16 @@ async def test_spool_stays_under_its_cap_however_many_spans_arrive(short_tmp: Pa
     root = kata_node(short_tmp / "h")
     spool = short_tmp / "spool"
     cap = 1 << 20  # 4 files of 256 KiB; one stream of fixture spans is ~100 KiB of OTLP/JSON
-    agent = await start_agent(root, short_tmp / "state.json", "--spool-dir", str(spool), "--spool-size", "1M",
-                              "--vsock-port", str(vsock_port()))
+    agent = await start_agent(
+        root,
+        short_tmp / "state.json",
+        "--spool-dir",
+        str(spool),
+        "--spool-size",
+        "1M",
+        "--vsock-port",
+        str(vsock_port()),
+    )
     vmm = None
     live = spool / "spans.jsonl"
 
@@ -244,7 +279,7 @@ async def test_spool_stays_under_its_cap_however_many_spans_arrive(short_tmp: Pa
         for _ in range(14):
             before = mark()
             await guest_sends(root / f"run/vc/vm/{SID}/clh.sock_10240", JSON_STREAM)
-            await until(lambda: mark() not in (before, None))  # written (the agent batches for 0.2 s)
+            await until(lambda before=before: mark() not in (before, None))  # written (the agent batches for 0.2 s)
         assert await agent.stop() == 0
     finally:
         await agent.kill()
@@ -265,9 +300,17 @@ async def test_bad_input_is_one_line_and_exit_2(short_tmp: Path) -> None:
         (["--spool-size", "lots"], "--spool-size 'lots': not a size"),
     ]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kata_debug", "node-agent", "--host-root", str(short_tmp), *args,
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "kata_debug",
+            "node-agent",
+            "--host-root",
+            str(short_tmp),
+            *args,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         _, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 2, err.decode()
@@ -276,11 +319,14 @@ async def test_bad_input_is_one_line_and_exit_2(short_tmp: Path) -> None:
 
 
 @pytest.mark.parametrize("spool_name", ["spool", "spool?max_bytes=1", "spool#1", "spool dir %41"])
-async def test_relative_paths_and_uri_characters_in_paths_spool_where_they_say(short_tmp: Path, spool_name: str) -> None:
+async def test_relative_paths_and_uri_characters_in_paths_spool_where_they_say(
+    short_tmp: Path, spool_name: str
+) -> None:
     """`--host-root h --spool-dir <name>` from the directory the agent was started in, byte for byte."""
     kata_node(short_tmp / "h")
-    agent = await start_agent(Path("h"), Path("state.json"), "--spool-dir", spool_name, "--vsock-port", str(vsock_port()),
-                              cwd=short_tmp)
+    agent = await start_agent(
+        Path("h"), Path("state.json"), "--spool-dir", spool_name, "--vsock-port", str(vsock_port()), cwd=short_tmp
+    )
     vmm = None
     try:
         state = await agent.ready()
@@ -298,7 +344,9 @@ async def test_relative_paths_and_uri_characters_in_paths_spool_where_they_say(s
     assert sorted(p.name for p in short_tmp.iterdir()) == sorted(["h", "state.json", spool_name])
 
 
-def test_the_spool_target_is_the_absolute_path_itself_not_a_parsed_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_spool_target_is_the_absolute_path_itself_not_a_parsed_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = AgentConfig(host_root=Path("hr"), spool_bytes=4 << 20).absolute()
     target = spool_target(cfg)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from kata_debug.node_agent_health import check
+from kata_debug.agent.health import check
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_missing_or_garbage_state_fails(tmp_path: Path) -> None:
 
 def test_probe_command_exit_codes(tmp_path: Path) -> None:
     state = write_state(tmp_path / "s.json", updated_at=time.time(), ready=False)
-    argv = [sys.executable, "-m", "kata_debug.node_agent_health", str(state), "--max-age", "60"]
+    argv = [sys.executable, "-m", "kata_debug.agent.health", str(state), "--max-age", "60"]
     assert subprocess.run(argv, cwd=REPO, capture_output=True).returncode == 0
     ready = subprocess.run([*argv, "--ready"], cwd=REPO, capture_output=True)
     assert ready.returncode == 1 and b"not ready" in ready.stderr

@@ -7,12 +7,13 @@ request through the protobuf message API and is the reference. The bytes must be
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from forwarder.exporters import Origin
-from forwarder.otlp_proto import encode_request, encode_request_bytes, encode_requests, span_bytes
-from forwarder.wire import Event, Link, Span
+from kata_debug.forwarder.exporters import Origin
+from kata_debug.forwarder.otlp_proto import encode_request, encode_request_bytes, encode_requests, span_bytes
+from kata_debug.forwarder.wire import Event, Link, Span
 from tests.agent_wire import sample_span
 from tests.test_trace_wire import fixture_payloads, spans
 
@@ -37,8 +38,8 @@ def test_any_batch_encodes_byte_for_byte_like_the_message_api(batch: list[tuple[
 
 
 def test_fixture_spans_encode_byte_for_byte_like_the_message_api() -> None:
-    from forwarder.wire import decode_bincode
-    from forwarder.wire_json import decode_json
+    from kata_debug.forwarder.wire import decode_bincode
+    from kata_debug.forwarder.wire_json import decode_json
 
     for fmt, decode in (("bincode", decode_bincode), ("json", decode_json)):
         batch = [(decode(p), ORIGINS[i % 2]) for i, p in enumerate(fixture_payloads(fmt))]
@@ -58,8 +59,18 @@ def test_long_fields_get_multi_byte_lengths() -> None:
 
 def test_negative_and_extreme_values() -> None:
     span = sample_span(2)
-    span.attributes = [("neg", -1), ("min", -(2**63)), ("max", 2**63 - 1), ("zero", 0), ("f", -0.0),
-                       ("nan", float("nan")), ("inf", float("inf")), ("t", True), ("e", ""), ("bools", (False,))]
+    span.attributes = [
+        ("neg", -1),
+        ("min", -(2**63)),
+        ("max", 2**63 - 1),
+        ("zero", 0),
+        ("f", -0.0),
+        ("nan", float("nan")),
+        ("inf", float("inf")),
+        ("t", True),
+        ("e", ""),
+        ("bools", (False,)),
+    ]
     span.trace_id, span.span_id, span.parent_span_id, span.trace_flags = 0, 0, 2**64 - 1, 255
     span.start_time_unix_nano, span.end_time_unix_nano = 0, 2**64 - 1
     assert_same_request([(span, ORIGINS[1])])
@@ -68,8 +79,13 @@ def test_negative_and_extreme_values() -> None:
 def test_an_empty_array_attribute_stays_an_empty_array() -> None:
     span = sample_span(3)
     span.attributes = [("empty", ())]
-    (kv,) = ExportTraceServiceRequest.FromString(encode_request_bytes([(span, ORIGINS[0])])).resource_spans[
-        0].scope_spans[0].spans[0].attributes
+    (kv,) = (
+        ExportTraceServiceRequest.FromString(encode_request_bytes([(span, ORIGINS[0])]))
+        .resource_spans[0]
+        .scope_spans[0]
+        .spans[0]
+        .attributes
+    )
     assert kv.key == "empty" and kv.value.HasField("array_value") and len(kv.value.array_value.values) == 0
     assert_same_request([(span, ORIGINS[0])])
 
@@ -90,8 +106,11 @@ def test_span_bytes_is_one_span_message() -> None:
 
     span = sample_span(6)
     pb = PbSpan.FromString(span_bytes(span))
-    assert (pb.name, pb.span_id, pb.start_time_unix_nano) == (span.name, span.span_id.to_bytes(8, "big"),
-                                                              span.start_time_unix_nano)
+    assert (pb.name, pb.span_id, pb.start_time_unix_nano) == (
+        span.name,
+        span.span_id.to_bytes(8, "big"),
+        span.start_time_unix_nano,
+    )
 
 
 @_SETTINGS
@@ -103,7 +122,7 @@ def test_a_batch_is_cut_into_consecutive_requests_that_fit_the_size_cap(
     start = 0
     for req in requests:
         assert req.spans >= 1
-        assert req.data == encode_request_bytes(batch[start:start + req.spans])
+        assert req.data == encode_request_bytes(batch[start : start + req.spans])
         assert len(req.data) <= max_bytes or req.spans == 1, "only a span that alone exceeds the cap goes over it"
         start += req.spans
     assert start == len(batch)

@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import io
 import threading
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from forwarder.exporters import Origin, QueuedSpan, StdoutSink
-from forwarder.pipeline import ExportPipeline
+from kata_debug.forwarder.exporters import Origin, QueuedSpan, StdoutSink
+from kata_debug.forwarder.pipeline import ExportPipeline
 from tests.agent_wire import sample_span
 
 ORIGIN = Origin.make("sb", "test", (("service.name", "kata-agent"),), ())
@@ -57,7 +59,9 @@ async def test_put_many_keeps_the_same_spans_sizes_and_counts_as_put_one_by_one(
             assert list(many._q) == list(one._q)
             assert list(many._sizes) == list(one._sizes)
             assert (many.queued_bytes, many.stats.queued, many.stats.dropped) == (
-                one.queued_bytes, one.stats.queued, one.stats.dropped,
+                one.queued_bytes,
+                one.stats.queued,
+                one.stats.dropped,
             )
             # No lost wake-up (nothing here clears it, as the export loop would).
             assert many._wake.is_set() or not many._q
@@ -125,7 +129,7 @@ async def until(predicate: Any, timeout: float = 10.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(p: ExportPipeline, sink: "ScriptedSink") -> AsyncIterator[None]:
+async def running(p: ExportPipeline, sink: ScriptedSink) -> AsyncIterator[None]:
     """`p.run()` as a task; afterwards close, release any export still waiting, and finish."""
     task = asyncio.create_task(p.run())
     try:
@@ -140,8 +144,9 @@ async def running(p: ExportPipeline, sink: "ScriptedSink") -> AsyncIterator[None
 
 async def test_partial_delivery_requeues_the_rest_with_exact_bytes_and_the_caps_drop_the_oldest() -> None:
     sink = ScriptedSink(script=[1])  # first export: one span through, then the backend fails
-    p = ExportPipeline(sink, queue_size=100, queue_bytes=1000, batch_size=4, batch_delay=0.0,
-                       retry_initial=0.01, retry_max=0.01)
+    p = ExportPipeline(
+        sink, queue_size=100, queue_bytes=1000, batch_size=4, batch_delay=0.0, retry_initial=0.01, retry_max=0.01
+    )
     sizes = {0: 100, 1: 200, 2: 300, 3: 400, 4: 250, 5: 250}
     async with running(p, sink):
         p.put_many(ITEMS[:4], [sizes[i] for i in range(4)])
@@ -167,12 +172,13 @@ async def test_partial_delivery_requeues_the_rest_with_exact_bytes_and_the_caps_
 
 async def test_a_failed_batch_goes_back_whole_and_a_retry_sees_the_same_bytes() -> None:
     sink = ScriptedSink(script=[0, 0])  # backend down twice, then up
-    p = ExportPipeline(sink, queue_size=100, queue_bytes=10_000, batch_size=3, batch_delay=0.0,
-                       retry_initial=0.01, retry_max=0.01)
+    p = ExportPipeline(
+        sink, queue_size=100, queue_bytes=10_000, batch_size=3, batch_delay=0.0, retry_initial=0.01, retry_max=0.01
+    )
     async with running(p, sink):
         p.put_many(ITEMS[:5], SIZES[:5])
         for call in range(3):
-            await until(lambda: len(sink.batches) == call + 1)
+            await until(lambda call=call: len(sink.batches) == call + 1)
             assert len(p) == 5 and p.held_bytes == sum(SIZES[:5])
             assert_accounting_exact(p)
             sink.release()

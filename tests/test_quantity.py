@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kata_debug import quantity as q
+from kata_debug.sizing import quantity as q
 
 
 @pytest.mark.parametrize(
@@ -54,8 +54,24 @@ def test_valid_quantities(text: str, value: Fraction) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "1GB", "1K", "1 Gi", " 1", "1Gi ", "abc", "1.5.0", "1e", "1Mi3", "1Ee3", "1i", "1,5", "0x10",
-     "1e999999", "${MEMORY}"],
+    [
+        "",
+        "1GB",
+        "1K",
+        "1 Gi",
+        " 1",
+        "1Gi ",
+        "abc",
+        "1.5.0",
+        "1e",
+        "1Mi3",
+        "1Ee3",
+        "1i",
+        "1,5",
+        "0x10",
+        "1e999999",
+        "${MEMORY}",
+    ],
 )
 def test_invalid_quantities_raise_quantity_error(text: str) -> None:
     with pytest.raises(q.QuantityError):

@@ -1,6 +1,6 @@
 """Secrets stay out of bundles: each rule, its count, and what it must leave alone."""
 
-from kata_debug.redact import Redactor, looks_secret
+from kata_debug.redact.redactor import Redactor, looks_secret
 
 
 def test_text_rules_mask_values_and_count_per_rule() -> None:
@@ -38,10 +38,14 @@ def test_disabled_redactor_changes_nothing() -> None:
 
 def test_oci_env_values_masked_names_kept() -> None:
     r = Redactor()
-    spec = {"process": {"env": ["PATH=/usr/bin", "DB_PASSWORD=s3cret", "EMPTY="]},
-            "annotations": {"io.kubernetes.cri.sandbox-name": "web-0", "example.com/api-token": "t0k",
-                            "kubectl.kubernetes.io/last-applied-configuration":
-                                '{"spec":{"containers":[{"env":[{"name":"K","value":"v4lue"}]}]}}'}}
+    spec = {
+        "process": {"env": ["PATH=/usr/bin", "DB_PASSWORD=s3cret", "EMPTY="]},
+        "annotations": {
+            "io.kubernetes.cri.sandbox-name": "web-0",
+            "example.com/api-token": "t0k",
+            "kubectl.kubernetes.io/last-applied-configuration": '{"spec":{"containers":[{"env":[{"name":"K","value":"v4lue"}]}]}}',
+        },
+    }
     out = r.json_value(spec, oci=True)
     assert out["process"]["env"] == ["PATH=***", "DB_PASSWORD=***", "EMPTY="]
     assert out["annotations"]["io.kubernetes.cri.sandbox-name"] == "web-0"
@@ -52,8 +56,14 @@ def test_oci_env_values_masked_names_kept() -> None:
 
 def test_kubeconfig_credentials_are_masked() -> None:
     r = Redactor()
-    kubeconfig = {"users": [{"name": "admin", "user": {"token": "abc", "client-key-data": "LS0t",
-                                                        "client-certificate-data": "Q0VSVA=="}}]}
+    kubeconfig = {
+        "users": [
+            {
+                "name": "admin",
+                "user": {"token": "abc", "client-key-data": "LS0t", "client-certificate-data": "Q0VSVA=="},
+            }
+        ]
+    }
     out = r.json_value(kubeconfig)
     user = out["users"][0]["user"]
     assert user["token"] == "***" and user["client-key-data"] == "***"
@@ -62,7 +72,11 @@ def test_kubeconfig_credentials_are_masked() -> None:
 
 def test_stream_redactor_drops_a_private_key_split_across_chunks() -> None:
     s = Redactor().stream()
-    out = s.feed(b"ok\n-----BEGIN PRIVATE KEY-----\nAAAA\n") + s.feed(b"BBBB\n") + s.feed(b"-----END PRIVATE KEY-----\nafter\n")
+    out = (
+        s.feed(b"ok\n-----BEGIN PRIVATE KEY-----\nAAAA\n")
+        + s.feed(b"BBBB\n")
+        + s.feed(b"-----END PRIVATE KEY-----\nafter\n")
+    )
     assert b"AAAA" not in out and b"BBBB" not in out
     assert out.startswith(b"ok\n") and out.endswith(b"after\n")
 
@@ -76,22 +90,38 @@ def test_secret_looking_keys() -> None:
 
 def test_secret_named_span_attributes_are_masked_in_text_and_json() -> None:
     r = Redactor()
-    line = (b'{"attributes":[{"key":"db.password","value":{"stringValue":"hunter2"}},'
-            b'{"key":"token_count","value":{"intValue":"5"}},{"key":"exec_id","value":{"stringValue":"rpc.rs"}}]}')
+    line = (
+        b'{"attributes":[{"key":"db.password","value":{"stringValue":"hunter2"}},'
+        b'{"key":"token_count","value":{"intValue":"5"}},{"key":"exec_id","value":{"stringValue":"rpc.rs"}}]}'
+    )
     out = r.bytes(line)
     assert b"hunter2" not in out and b'"intValue":"5"' in out and b"rpc.rs" in out
-    parsed = r.json_value({"attributes": [{"key": "http.request.header.authorization", "value": {"stringValue": "Basic x"}}]})
+    parsed = r.json_value(
+        {"attributes": [{"key": "http.request.header.authorization", "value": {"stringValue": "Basic x"}}]}
+    )
     assert parsed["attributes"][0]["value"] == {"stringValue": "***"}
     assert r.counts["otlp-attribute"] == 2
 
 
 def test_kubernetes_objects_lose_env_values_and_secrets_in_json_annotations() -> None:
     r = Redactor()
-    pod = {"metadata": {"annotations": {
-               "kubectl.kubernetes.io/last-applied-configuration":
-                   '{"spec":{"containers":[{"env":[{"name":"DB_PASSWORD","value":"hunter2"}]}]}}'}},
-           "spec": {"containers": [{"env": [{"name": "A", "value": "b"},
-                                            {"name": "C", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}}
+    pod = {
+        "metadata": {
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": '{"spec":{"containers":[{"env":[{"name":"DB_PASSWORD","value":"hunter2"}]}]}}'
+            }
+        },
+        "spec": {
+            "containers": [
+                {
+                    "env": [
+                        {"name": "A", "value": "b"},
+                        {"name": "C", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                    ]
+                }
+            ]
+        },
+    }
     for oci in (False, True):
         out = r.json_value(pod, oci=oci)
         assert "hunter2" not in out["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]

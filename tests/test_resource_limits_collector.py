@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from collectors.resource_limits import Observed, compare, parse_mem, parse_smp
-from kata_debug.collect import CollectOptions, run_collection
-from kata_debug.oci import Resources
-from kata_debug.sizing import ContainerInput, SandboxInput, SizingConfig, size_vm
+from kata_debug.collect.runner import CollectOptions, run_collection
+from kata_debug.collectors.resource_limits import Observed, compare, parse_mem, parse_smp
+from kata_debug.node.oci import Resources
+from kata_debug.sizing.model import ContainerInput, SandboxInput, SizingConfig, size_vm
 from tests.bundles import read_bundle
 from tests.hostroots import add_task, oci_spec
 
@@ -45,12 +45,26 @@ version = 2
 
 
 def sandbox_pod(root: Path, sid: str, pod: str, handler: str, quota: int, memory: int) -> None:
-    sizing = {"io.kubernetes.cri.sandbox-cpu-quota": str(quota), "io.kubernetes.cri.sandbox-cpu-period": "100000",
-              "io.kubernetes.cri.sandbox-memory": str(memory), "io.kubernetes.cri.runtime-handler": handler}
+    sizing = {
+        "io.kubernetes.cri.sandbox-cpu-quota": str(quota),
+        "io.kubernetes.cri.sandbox-cpu-period": "100000",
+        "io.kubernetes.cri.sandbox-memory": str(memory),
+        "io.kubernetes.cri.runtime-handler": handler,
+    }
     add_task(root, "k8s.io", sid, oci_spec(ctype="sandbox", sandbox_id=sid, pod=pod, extra_annotations=sizing))
-    add_task(root, "k8s.io", f"{sid}-app", oci_spec(
-        ctype="container", sandbox_id=sid, pod=pod, quota=quota, memory=memory,
-        extra_annotations={"io.kubernetes.cri.container-name": "app"}))
+    add_task(
+        root,
+        "k8s.io",
+        f"{sid}-app",
+        oci_spec(
+            ctype="container",
+            sandbox_id=sid,
+            pod=pod,
+            quota=quota,
+            memory=memory,
+            extra_annotations={"io.kubernetes.cri.container-name": "app"},
+        ),
+    )
 
 
 def write(root: Path, rel: str, content: str | bytes) -> None:
@@ -60,12 +74,18 @@ def write(root: Path, rel: str, content: str | bytes) -> None:
 
 
 def persist(vcpus: float, memory: int, plugged_vcpus: int = 0, plugged_mem: int = 0) -> str:
-    return json.dumps({
-        "Config": {"HypervisorConfig": {"NumVCPUsF": vcpus, "MemorySize": memory, "DefaultMaxVCPUs": 4}},
-        "HypervisorState": {"Pid": 4242, "Type": "qemu", "HotpluggedVCPUs": [{"ID": f"cpu-{i}"} for i in range(plugged_vcpus)],
-                            "HotpluggedMemory": plugged_mem},
-        "GuestMemoryBlockSizeMB": 128,
-    })
+    return json.dumps(
+        {
+            "Config": {"HypervisorConfig": {"NumVCPUsF": vcpus, "MemorySize": memory, "DefaultMaxVCPUs": 4}},
+            "HypervisorState": {
+                "Pid": 4242,
+                "Type": "qemu",
+                "HotpluggedVCPUs": [{"ID": f"cpu-{i}"} for i in range(plugged_vcpus)],
+                "HotpluggedMemory": plugged_mem,
+            },
+            "GuestMemoryBlockSizeMB": 128,
+        }
+    )
 
 
 def node(root: Path) -> Path:
@@ -77,9 +97,22 @@ def node(root: Path) -> Path:
     write(root, "etc/hostname", "kata-node-1\n")
     # web-0: Go/qemu, dynamic: boots 1 vCPU / 2048 MiB, hot-plugs 0.5 vCPU / 800 MiB.
     sandbox_pod(root, "sbweb", "web-0", "kata-qemu", 50000, 800 * MIB)
-    write(root, "proc/4242/cmdline", b"\0".join([
-        b"/opt/kata/bin/qemu-system-x86_64", b"-name", b"sandbox-sbweb", b"-smp", b"1,cores=1,threads=1,sockets=4,maxcpus=4",
-        b"-m", b"2048M,slots=10,maxmem=12799M", b""]))
+    write(
+        root,
+        "proc/4242/cmdline",
+        b"\0".join(
+            [
+                b"/opt/kata/bin/qemu-system-x86_64",
+                b"-name",
+                b"sandbox-sbweb",
+                b"-smp",
+                b"1,cores=1,threads=1,sockets=4,maxcpus=4",
+                b"-m",
+                b"2048M,slots=10,maxmem=12799M",
+                b"",
+            ]
+        ),
+    )
     write(root, "proc/99/cmdline", b"/usr/bin/containerd\0")
     # 896 MiB were hot-plugged for 800: whole 128 MiB guest memory blocks.
     write(root, "run/vc/sbs/sbweb/persist.json", persist(1, 2048, plugged_vcpus=1, plugged_mem=896))
@@ -92,8 +125,9 @@ def node(root: Path) -> Path:
 
 async def test_node_sandboxes_computed_and_observed(tmp_path: Path) -> None:
     root = node(tmp_path / "host")
-    result = await run_collection(CollectOptions(host_root=root, output=str(tmp_path / "b.tgz"),
-                                                 collectors=["resource-limits"]))
+    result = await run_collection(
+        CollectOptions(host_root=root, output=str(tmp_path / "b.tgz"), collectors=["resource-limits"])
+    )
     assert result.exit_code == 0, result.collectors
     bundle = read_bundle(tmp_path / "b.tgz")
     doc = bundle.json("resource-limits/sizing.json")
@@ -106,7 +140,13 @@ async def test_node_sandboxes_computed_and_observed(tmp_path: Path) -> None:
     assert web["pod"] == {"namespace": "default", "name": "web-0", "uid": "6f1c2c1e-0000-4000-8000-000000000001"}
     assert web["containers"][0]["cpu_quota"] == 50000 and web["containers"][0]["memory_limit"] == 800 * MIB
     c = web["computed"]
-    assert (c["mode"], c["boot_vcpus"], c["boot_memory_mib"], c["vcpus"], c["memory_mib"]) == ("dynamic", 1, 2048, 2, 2848)
+    assert (c["mode"], c["boot_vcpus"], c["boot_memory_mib"], c["vcpus"], c["memory_mib"]) == (
+        "dynamic",
+        1,
+        2048,
+        2,
+        2848,
+    )
     assert c["max_vcpus"] == 4  # default_maxvcpus 0 = the node's 4 CPUs
     o = web["observed"]
     assert o["sources"] == ["/proc/4242/cmdline", "/run/vc/sbs/sbweb/persist.json"]
@@ -118,8 +158,15 @@ async def test_node_sandboxes_computed_and_observed(tmp_path: Path) -> None:
     db = by_id["sbdb"]
     assert db["runtime_handler"] == "kata-fc"
     assert db["config"].startswith("/opt/kata/share/defaults/kata-containers/configuration-fc.toml")
-    assert (db["computed"]["mode"], db["computed"]["boot_vcpus"], db["computed"]["boot_memory_mib"]) == ("static", 3, 3072)
-    assert {(f["rule"], f["resource"]) for f in db["findings"]} == {("vm-size-mismatch", "cpu"), ("vm-size-mismatch", "memory")}
+    assert (db["computed"]["mode"], db["computed"]["boot_vcpus"], db["computed"]["boot_memory_mib"]) == (
+        "static",
+        3,
+        3072,
+    )
+    assert {(f["rule"], f["resource"]) for f in db["findings"]} == {
+        ("vm-size-mismatch", "cpu"),
+        ("vm-size-mismatch", "memory"),
+    }
     assert all(f["severity"] == "warning" for f in db["findings"])
 
     text = bundle.members["resource-limits/sizing.txt"].decode()
@@ -130,8 +177,9 @@ async def test_node_sandboxes_computed_and_observed(tmp_path: Path) -> None:
 async def test_node_without_kata_config_or_sandboxes(tmp_path: Path) -> None:
     root = tmp_path / "host"
     write(root, "etc/hostname", "bare\n")
-    result = await run_collection(CollectOptions(host_root=root, output=str(tmp_path / "b.tgz"),
-                                                 collectors=["resource-limits"]))
+    result = await run_collection(
+        CollectOptions(host_root=root, output=str(tmp_path / "b.tgz"), collectors=["resource-limits"])
+    )
     assert result.exit_code == 0
     doc = read_bundle(tmp_path / "b.tgz").json("resource-limits/sizing.json")
     assert doc["count"] == 0 and doc["missing"] == ["no Kata sandboxes on this node"]
@@ -141,13 +189,17 @@ async def test_node_without_kata_config_or_sandboxes(tmp_path: Path) -> None:
 async def test_unparseable_state_is_an_item_failure_not_a_crash(tmp_path: Path) -> None:
     root = node(tmp_path / "host")
     write(root, "run/vc/sbs/sbweb/persist.json", "{not json")
-    result = await run_collection(CollectOptions(host_root=root, output=str(tmp_path / "b.tgz"),
-                                                 collectors=["resource-limits"]))
+    result = await run_collection(
+        CollectOptions(host_root=root, output=str(tmp_path / "b.tgz"), collectors=["resource-limits"])
+    )
     rl = next(c for c in result.collectors if c.name == "resource-limits")
     assert rl.status == "partial"
     assert rl.items_failed[0]["item"] == "/run/vc/sbs/sbweb/persist.json"
-    web = next(s for s in read_bundle(tmp_path / "b.tgz").json("resource-limits/sizing.json")["sandboxes"]
-               if s["sandbox_id"] == "sbweb")
+    web = next(
+        s
+        for s in read_bundle(tmp_path / "b.tgz").json("resource-limits/sizing.json")["sandboxes"]
+        if s["sandbox_id"] == "sbweb"
+    )
     assert web["observed"]["sources"] == ["/proc/4242/cmdline"]  # the command line still counts
 
 
@@ -162,8 +214,9 @@ def test_qemu_argument_parsing() -> None:
 
 
 def _vm(**kw: Any):  # noqa: ANN202
-    return size_vm(SandboxInput([], sandbox_annotations={"io.kubernetes.cri.sandbox-memory": str(800 * MIB)}),
-                   SizingConfig(**kw))
+    return size_vm(
+        SandboxInput([], sandbox_annotations={"io.kubernetes.cri.sandbox-memory": str(800 * MIB)}), SizingConfig(**kw)
+    )
 
 
 def test_comparison_allows_memory_block_rounding_only_in_dynamic_mode() -> None:

@@ -16,30 +16,34 @@ import signal
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import collectors.shim_logs as shim_logs
-from kata_debug import logscan_client
-from kata_debug.bundle import Spool
-from kata_debug.collect import CollectOptions, run_collection
-from kata_debug.deflate_ahead import Deflated, DeflateAhead
-from kata_debug.logfmt import parse_line, sandbox_of
-from kata_debug.logscan import MAX_SANDBOXES, PerSandbox, sandbox_groups
-from kata_debug.logscan_client import ScannerGone, ScannerProcess
-from kata_debug.redact import Redactor
+from kata_debug.bundle.deflate_ahead import DeflateAhead, Deflated
+from kata_debug.bundle.writer import Spool
+from kata_debug.collect.runner import CollectOptions, run_collection
+from kata_debug.collectors import shim_logs
+from kata_debug.logs import scan_client as logscan_client
+from kata_debug.logs.logfmt import parse_line, sandbox_of
+from kata_debug.logs.scan import MAX_SANDBOXES, PerSandbox, sandbox_groups
+from kata_debug.logs.scan_client import ScannerGone, ScannerProcess
+from kata_debug.redact.redactor import Redactor
 from tests.bundles import Bundle, read_bundle
 from tests.conftest import REPO
 from tests.hostroots import kata_node
 
-PEM = ("-----BEGIN RSA PRIVATE KEY-----\n" + "".join(f"MIIEpAIBAAKCAQEA{i:04d}secretkeymaterial\n" for i in range(40))
-       + "-----END RSA PRIVATE KEY-----\n")
+PEM = (
+    "-----BEGIN RSA PRIVATE KEY-----\n"
+    + "".join(f"MIIEpAIBAAKCAQEA{i:04d}secretkeymaterial\n" for i in range(40))
+    + "-----END RSA PRIVATE KEY-----\n"
+)
 
 
 # -- the per-sandbox split -----------------------------------------------------------------
@@ -95,10 +99,13 @@ LINE_SHAPES = [
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(LINE_SHAPES), st.sampled_from([b"\n", b"\n", b"\r\n", b"\r"])),
-                max_size=12),
-       st.booleans())
-def test_sandbox_lines_are_grouped_exactly_as_read_line_by_line(lines: list[tuple[bytes, bytes]], open_end: bool) -> None:
+@given(
+    st.lists(st.tuples(st.sampled_from(LINE_SHAPES), st.sampled_from([b"\n", b"\n", b"\r\n", b"\r"])), max_size=12),
+    st.booleans(),
+)
+def test_sandbox_lines_are_grouped_exactly_as_read_line_by_line(
+    lines: list[tuple[bytes, bytes]], open_end: bool
+) -> None:
     chunk = b"".join(text + end for text, end in lines)
     if open_end and lines:
         chunk = chunk.rstrip(b"\r\n")  # the last chunk of a file without a final newline
@@ -127,6 +134,7 @@ def test_per_sandbox_limit_counts_what_a_single_writer_would_when_continued_else
 
 # -- small public pieces ------------------------------------------------------------------
 
+
 def test_an_adopted_file_is_a_spool_with_the_same_newest_lines_cap(tmp_path: Path) -> None:
     path = tmp_path / "out"
     path.write_bytes(b"".join(f"line {i}\n".encode() for i in range(1000)))
@@ -150,6 +158,7 @@ def test_counts_from_another_redactor_add_up_in_the_manifest_counts() -> None:
 
 
 # -- whole collections: in process vs scanner process ---------------------------------------
+
 
 def _shim_line(rng: random.Random, sids: list[str], n: int) -> str:
     sid = rng.choice(sids)
@@ -189,8 +198,9 @@ def _write_logs(root: Path, sids: list[str], sizes: list[int], seed: int = 7) ->
     return paths
 
 
-async def _collect(root: Path, out: Path, scanner: bool, monkeypatch: pytest.MonkeyPatch,
-                   **kw: Any) -> tuple[Bundle, list[str]]:
+async def _collect(
+    root: Path, out: Path, scanner: bool, monkeypatch: pytest.MonkeyPatch, **kw: Any
+) -> tuple[Bundle, list[str]]:
     """Collect shim-logs in process or with the scanner; says what went through the scanner and
     which members were deflated ahead ("scanner", then "file:<i>" / "sandbox:<id>")."""
     started: list[str] = []
@@ -224,12 +234,18 @@ def _comparable(bundle: Bundle) -> dict[str, Any]:
     shim = bundle.collector("shim-logs")
     shim.pop("duration_s")
     files = [f for f in bundle.manifest["files"] if f["path"] != "shim-logs/summary.json"]
-    return {"members": members, "summary": summary, "collector": shim,
-            "redactions": bundle.manifest["redactions"], "files": files}
+    return {
+        "members": members,
+        "summary": summary,
+        "collector": shim,
+        "redactions": bundle.manifest["redactions"],
+        "files": files,
+    }
 
 
 async def test_large_logs_scanned_out_of_process_give_the_same_bundle_as_in_process(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = kata_node(tmp_path / "host")
     sids = [f"{i:08x}{'ab' * 28}" for i in range(40)]
     _write_logs(root, sids, [3 << 20, (3 << 20) + 12345, 1 << 20])
@@ -244,11 +260,15 @@ async def test_large_logs_scanned_out_of_process_give_the_same_bundle_as_in_proc
     assert counts["pem-private-key"] >= 2 and counts["bearer-token"] > 100 and counts["url-credentials"] > 100
     assert there.json("shim-logs/summary.json")["sandboxes"] == sorted(sids)
     # the unterminated last line of a file ends its group with a newline of its own
-    assert f"without newline sandbox={sids[0]} token=***\ntime=".encode() in there.members[f"shim-logs/sandboxes/{sids[0]}.log"]
+    assert (
+        f"without newline sandbox={sids[0]} token=***\ntime=".encode()
+        in there.members[f"shim-logs/sandboxes/{sids[0]}.log"]
+    )
 
 
 async def test_capped_logs_out_of_process_keep_the_same_newest_lines_and_truncation(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = kata_node(tmp_path / "host")
     sids = ["sb-0"]
     paths = _write_logs(root, sids, [2 << 20, 2 << 20])
@@ -260,14 +280,15 @@ async def test_capped_logs_out_of_process_keep_the_same_newest_lines_and_truncat
     name = f"shim-logs/files{shim_logs.LOG_FILES[0]}"
     source = paths[0].read_bytes()
     skipped = truncated[name]
-    assert source[skipped - 1:skipped] == b"\n" and len(source) - skipped <= 700_000 < len(source) - skipped + 300
+    assert source[skipped - 1 : skipped] == b"\n" and len(source) - skipped <= 700_000 < len(source) - skipped + 300
     assert Redactor().stream().feed(source[skipped:]) == there.members[name]
     assert all(len(there.members[f"shim-logs/sandboxes/{s}.log"]) <= 700_000 for s in sids)
     assert any(k.startswith("shim-logs/sandboxes/") for k in truncated)
 
 
 async def test_more_sandboxes_than_the_limit_are_counted_the_same_out_of_process(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = kata_node(tmp_path / "host")
     sids = [f"sb-{i:04d}" for i in range(MAX_SANDBOXES + 90)]
     _write_logs(root, sids, [600_000, 600_000])
@@ -281,8 +302,9 @@ async def test_more_sandboxes_than_the_limit_are_counted_the_same_out_of_process
 
 # -- the scanner process itself -------------------------------------------------------------
 
+
 def _scanner_pid() -> int:
-    (child,) = [c for c in psutil.Process().children() if "kata_debug.logscan_worker" in " ".join(c.cmdline())]
+    (child,) = [c for c in psutil.Process().children() if "kata_debug.logs.scan_worker" in " ".join(c.cmdline())]
     return child.pid
 
 
@@ -303,6 +325,7 @@ async def test_a_log_that_cannot_be_read_fails_alone_with_the_reason_in_process_
         assert list(scanner.sandbox_files) == ["sb-a"]
     finally:
         await scanner.close()
+
 
 async def test_a_scanner_that_dies_is_reported_not_waited_for(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
@@ -327,7 +350,9 @@ async def test_ctrl_c_in_the_terminal_leaves_the_decision_to_the_collector(tmp_p
     try:
         pid = _scanner_pid()
         for _ in range(200):  # until it has started up and ignores SIGINT (bit 2 of SigIgn)
-            sig_ign = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigIgn:"))
+            sig_ign = next(
+                ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigIgn:")
+            )
             if int(sig_ign.split()[1], 16) & (1 << (signal.SIGINT - 1)):
                 break
             await asyncio.sleep(0.05)
@@ -351,12 +376,22 @@ def test_a_scanner_whose_collector_died_removes_its_files(tmp_path: Path) -> Non
     log.write_bytes(b"level=info sandbox=sb-a msg=x\n" * 100_000)
     workdir = tmp_path / "scan"
     workdir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-S", "-P", "-m", "kata_debug.logscan_worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-S", "-P", "-m", "kata_debug.logs.scan_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.stdin and proc.stdout
     proc.stdout.close()  # the reading end is gone, as when the collector is SIGKILLed
-    job = {"redact": True, "dir": str(workdir), "present": [], "progress_every": 1 << 20,
-           "files": [{"real": str(log), "cap": 1 << 30}]}
+    job = {
+        "redact": True,
+        "dir": str(workdir),
+        "present": [],
+        "progress_every": 1 << 20,
+        "files": [{"real": str(log), "cap": 1 << 30}],
+    }
     proc.stdin.write(json.dumps(job).encode() + b"\n")
     proc.stdin.close()
     assert proc.wait(timeout=60) == 1
@@ -366,19 +401,25 @@ def test_a_scanner_whose_collector_died_removes_its_files(tmp_path: Path) -> Non
 
 def test_the_scanner_runs_without_site_packages() -> None:
     """It starts with -S: everything it imports must be this package or the standard library."""
-    code = "import sys, kata_debug.logscan_worker; print(sorted(m.split('.')[0] for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.decode()
+    code = "import sys, kata_debug.logs.scan_worker; print(sorted(m.split('.')[0] for m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    ).stdout.decode()
     stdlib = set(sys.stdlib_module_names) | {"kata_debug", "__main__"}
     assert set(eval(out)) <= stdlib, set(eval(out)) - stdlib
     assert logscan_client._IMPORT_ROOT == str(REPO)
 
 
 async def test_a_sandbox_in_the_journal_and_in_a_scanned_file_reads_journal_first(
-        journald: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journald: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sid = uuid.uuid4().hex
-    subprocess.run(["systemd-cat", "-t", "kata"], input=f"msg=from-journal sandbox={sid} password=jpw\n".encode(),
-                   check=True, timeout=10)
+    subprocess.run(
+        ["systemd-cat", "-t", "kata"],
+        input=f"msg=from-journal sandbox={sid} password=jpw\n".encode(),
+        check=True,
+        timeout=10,
+    )
     subprocess.run(["journalctl", "--sync"], capture_output=True, timeout=30)
     root = kata_node(tmp_path / "host")
     journal_src = next(d for d in (Path("/run/log/journal"), Path("/var/log/journal")) if any(d.glob("*/*.journal")))
@@ -400,7 +441,8 @@ async def test_a_sandbox_in_the_journal_and_in_a_scanned_file_reads_journal_firs
 
 
 async def test_a_zstd_bundle_gets_the_same_logs_from_the_scanner_without_deflating_ahead(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = kata_node(tmp_path / "host")
     _write_logs(root, [f"sb-{i}" for i in range(5)], [1 << 20, 1 << 20])
     here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch)
@@ -415,7 +457,7 @@ def _dated_log(tmp_path: Path) -> tuple[Path, Path, Callable[[int, str], str]]:
     root = kata_node(tmp_path / "host")
     log = root / shim_logs.LOG_FILES[0].lstrip("/")
     log.parent.mkdir(parents=True)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def entry(hours: int, what: str) -> str:
         stamp = (now - timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -426,10 +468,13 @@ def _dated_log(tmp_path: Path) -> tuple[Path, Path, Callable[[int, str], str]]:
 
 @pytest.mark.parametrize("scanner", [False, True], ids=["in process", "scanner process"])
 async def test_log_files_are_bounded_by_since_and_that_is_not_truncation(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool
+) -> None:
     root, log, entry = _dated_log(tmp_path)
-    lines = [entry(hours, what) for hours, what in
-             ((72, "three days ago"), (30, "yesterday morning"), (1, "an hour ago"), (0, "just now"))]
+    lines = [
+        entry(hours, what)
+        for hours, what in ((72, "three days ago"), (30, "yesterday morning"), (1, "an hour ago"), (0, "just now"))
+    ]
     log.write_text("".join(lines) + "  panic: continuation of just now\n")
     bundle, _ = await _collect(root, tmp_path / "b.tgz", scanner, monkeypatch, since=timedelta(hours=24))
     name = f"shim-logs/files{shim_logs.LOG_FILES[0]}"
@@ -440,7 +485,8 @@ async def test_log_files_are_bounded_by_since_and_that_is_not_truncation(
 
 @pytest.mark.parametrize("scanner", [False, True], ids=["in process", "scanner process"])
 async def test_rotated_log_files_within_since_come_too_oldest_first(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool
+) -> None:
     root, log, entry = _dated_log(tmp_path)
     Path(f"{log}.3").write_text(entry(80, "long gone"))
     Path(f"{log}.2").write_text(entry(30, "before the window") + entry(5, "rotated twice"))
@@ -453,5 +499,8 @@ async def test_rotated_log_files_within_since_come_too_oldest_first(
     assert files == [f"{base}.2", f"{base}.1", base], "all older than --since: left out; .gz: not read"
     assert bundle.members[f"{base}.2"] == entry(5, "rotated twice").encode()
     sources = [s["source"] for s in bundle.json("shim-logs/summary.json")["sources"] if s["source"].startswith("file:")]
-    assert sources == [f"file:{shim_logs.LOG_FILES[0]}.2", f"file:{shim_logs.LOG_FILES[0]}.1",
-                       f"file:{shim_logs.LOG_FILES[0]}"]
+    assert sources == [
+        f"file:{shim_logs.LOG_FILES[0]}.2",
+        f"file:{shim_logs.LOG_FILES[0]}.1",
+        f"file:{shim_logs.LOG_FILES[0]}",
+    ]

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from kata_debug.oci import Resources
-from kata_debug.sizing import (
+from kata_debug.node.oci import Resources
+from kata_debug.sizing.model import (
     GO,
     RS,
     ContainerInput,
@@ -17,28 +17,38 @@ from kata_debug.sizing import (
     rs_memory_mib,
     size_vm,
 )
-from kata_debug.workloads import read_workload, sandbox_input
+from kata_debug.sizing.workloads import read_workload, sandbox_input
 
 MIB = 2**20
 GO_DYNAMIC = SizingConfig()
 GO_STATIC = SizingConfig(static_sandbox_resource_mgmt=True)
-RS_STATIC = SizingConfig(runtime=RS, static_sandbox_resource_mgmt=True, overhead_vcpus=0.2, overhead_memory=32,
-                         source="runtime-rs qemu defaults")
+RS_STATIC = SizingConfig(
+    runtime=RS,
+    static_sandbox_resource_mgmt=True,
+    overhead_vcpus=0.2,
+    overhead_memory=32,
+    source="runtime-rs qemu defaults",
+)
 
 
-def pod(*containers: dict[str, Any], init: list[dict[str, Any]] | None = None,
-        annotations: dict[str, str] | None = None) -> SandboxInput:
+def pod(
+    *containers: dict[str, Any], init: list[dict[str, Any]] | None = None, annotations: dict[str, str] | None = None
+) -> SandboxInput:
     """The shim's input for a pod with these containers (through the kubelet translation)."""
-    obj = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "p", "annotations": annotations or {}},
-           "spec": {"runtimeClassName": "kata", "containers": list(containers), "initContainers": init or []}}
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "annotations": annotations or {}},
+        "spec": {"runtimeClassName": "kata", "containers": list(containers), "initContainers": init or []},
+    }
     w = read_workload(obj)
     assert w is not None
     return sandbox_input(w)
 
 
-def ctr(name: str = "c", *, limits: dict[str, Any] | None = None, requests: dict[str, Any] | None = None,
-        **extra: Any) -> dict[str, Any]:
+def ctr(
+    name: str = "c", *, limits: dict[str, Any] | None = None, requests: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     res: dict[str, Any] = {}
     if limits:
         res["limits"] = limits
@@ -64,8 +74,10 @@ def test_requests_alone_leave_the_defaults(cfg: SizingConfig) -> None:
 
 @pytest.mark.parametrize("cfg", [GO_DYNAMIC, GO_STATIC], ids=["dynamic", "static"])
 def test_two_containers_add_up(cfg: SizingConfig) -> None:
-    vm = size_vm(pod(ctr("a", limits={"cpu": "1500m", "memory": "1Gi"}),
-                     ctr("b", limits={"cpu": "700m", "memory": "512Mi"})), cfg)
+    vm = size_vm(
+        pod(ctr("a", limits={"cpu": "1500m", "memory": "1Gi"}), ctr("b", limits={"cpu": "700m", "memory": "512Mi"})),
+        cfg,
+    )
     assert (vm.vcpus, vm.memory_mib) == (4, 3584)
 
 
@@ -122,11 +134,14 @@ def test_go_cpuset_only_containers_add_their_cpu_count() -> None:
 
 
 def test_go_static_uses_shares_when_the_quota_is_explicitly_unconstrained() -> None:
-    inp = SandboxInput([], sandbox_annotations={
-        "io.kubernetes.cri.sandbox-cpu-quota": "-1",
-        "io.kubernetes.cri.sandbox-cpu-period": "100000",
-        "io.kubernetes.cri.sandbox-cpu-shares": "4096",
-    })
+    inp = SandboxInput(
+        [],
+        sandbox_annotations={
+            "io.kubernetes.cri.sandbox-cpu-quota": "-1",
+            "io.kubernetes.cri.sandbox-cpu-period": "100000",
+            "io.kubernetes.cri.sandbox-cpu-shares": "4096",
+        },
+    )
     assert size_vm(inp, GO_STATIC).vcpus == 1 + 4
 
 
@@ -138,8 +153,9 @@ def test_go_static_without_sandbox_annotations_gets_only_defaults() -> None:
 
 
 def test_memory_of_a_big_init_container_is_never_unplugged() -> None:
-    inp = pod(ctr("app", limits={"cpu": "1", "memory": "256Mi"}),
-              init=[ctr("migrate", limits={"cpu": "3", "memory": "2Gi"})])
+    inp = pod(
+        ctr("app", limits={"cpu": "1", "memory": "256Mi"}), init=[ctr("migrate", limits={"cpu": "3", "memory": "2Gi"})]
+    )
     vm = size_vm(inp, GO_DYNAMIC)
     assert vm.vcpus == 2  # vCPUs follow the running containers
     assert vm.peak_vcpus == 4
@@ -147,8 +163,10 @@ def test_memory_of_a_big_init_container_is_never_unplugged() -> None:
 
 
 def test_sidecars_count_with_the_app_containers() -> None:
-    inp = pod(ctr("app", limits={"cpu": "1", "memory": "256Mi"}),
-              init=[ctr("proxy", limits={"cpu": "500m", "memory": "128Mi"}, restartPolicy="Always")])
+    inp = pod(
+        ctr("app", limits={"cpu": "1", "memory": "256Mi"}),
+        init=[ctr("proxy", limits={"cpu": "500m", "memory": "128Mi"}, restartPolicy="Always")],
+    )
     vm = size_vm(inp, GO_DYNAMIC)
     assert (vm.vcpus, vm.memory_mib) == (3, 2048 + 384)
     static = size_vm(inp, GO_STATIC)
@@ -164,9 +182,11 @@ def test_hugepage_limits_add_memory() -> None:
 
 
 def rs_sandbox(vcpus: float, mem_mib: int) -> SandboxInput:
-    ann = {"io.kubernetes.cri.sandbox-cpu-period": "100000",
-           "io.kubernetes.cri.sandbox-cpu-quota": str(int(vcpus * 100000)),
-           "io.kubernetes.cri.sandbox-memory": str(mem_mib * MIB)}
+    ann = {
+        "io.kubernetes.cri.sandbox-cpu-period": "100000",
+        "io.kubernetes.cri.sandbox-cpu-quota": str(int(vcpus * 100000)),
+        "io.kubernetes.cri.sandbox-memory": str(mem_mib * MIB),
+    }
     return SandboxInput([], sandbox_annotations=ann)
 
 
@@ -180,10 +200,24 @@ def rs_sandbox(vcpus: float, mem_mib: int) -> SandboxInput:
         (2.0, 0.5, 512, 128, 0.0, 0, 2, 512),  # no limits: configured defaults
     ],
 )
-def test_runtime_rs_static(default_vcpus: float, overhead_vcpus: float, default_memory: int, overhead_memory: int,
-                           vcpus: float, mem: int, want_vcpus: int, want_mem: int) -> None:
-    cfg = SizingConfig(runtime=RS, static_sandbox_resource_mgmt=True, default_vcpus=default_vcpus,
-                       default_memory=default_memory, overhead_vcpus=overhead_vcpus, overhead_memory=overhead_memory)
+def test_runtime_rs_static(
+    default_vcpus: float,
+    overhead_vcpus: float,
+    default_memory: int,
+    overhead_memory: int,
+    vcpus: float,
+    mem: int,
+    want_vcpus: int,
+    want_mem: int,
+) -> None:
+    cfg = SizingConfig(
+        runtime=RS,
+        static_sandbox_resource_mgmt=True,
+        default_vcpus=default_vcpus,
+        default_memory=default_memory,
+        overhead_vcpus=overhead_vcpus,
+        overhead_memory=overhead_memory,
+    )
     vm = size_vm(rs_sandbox(vcpus, mem), cfg)
     assert (vm.boot_vcpus, vm.boot_memory_mib) == (want_vcpus, want_mem)
     assert (vm.vcpus, vm.memory_mib) == (want_vcpus, want_mem)
@@ -242,8 +276,13 @@ def test_runtime_rs_ignores_an_annotation_that_is_not_enabled() -> None:
 
 def test_enabled_sizing_annotations_replace_the_defaults() -> None:
     cfg = SizingConfig(enable_annotations=("default_vcpus", "default_memory"))
-    vm = size_vm(pod(ctr(limits={"cpu": "1", "memory": "1Gi"}),
-                     annotations={ANN + "default_vcpus": "2", ANN + "default_memory": "4096"}), cfg)
+    vm = size_vm(
+        pod(
+            ctr(limits={"cpu": "1", "memory": "1Gi"}),
+            annotations={ANN + "default_vcpus": "2", ANN + "default_memory": "4096"},
+        ),
+        cfg,
+    )
     assert (vm.boot_vcpus, vm.boot_memory_mib, vm.vcpus, vm.memory_mib) == (2, 4096, 3, 5120)
 
 

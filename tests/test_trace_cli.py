@@ -18,7 +18,6 @@ from tests.conftest import REPO, kata_debug
 from tests.otlp_receiver import OtlpHttpReceiver, free_port
 from tests.test_forwarder import send_unix, short_tmp  # noqa: F401  (fixture)
 from tests.test_trace_wire import FIXTURES, expected_spans, strict
-from forwarder.otlp_json import key_values
 
 
 def decoded_spans(lines: list[str]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -49,8 +48,9 @@ def fixture_shape(resource: dict[str, Any], span: dict[str, Any]) -> dict[str, A
 @pytest.mark.parametrize("fmt", ["bincode", "json"])
 def test_trace_decode_writes_otlp_json_lines_matching_the_fixture(fmt: str, tmp_path: Path) -> None:
     out = tmp_path / "spans.jsonl"
-    res = kata_debug("trace", "decode", str(FIXTURES / fmt / f"stream.{fmt}.bin"), "--output", str(out),
-                     "--batch-size", "50")
+    res = kata_debug(
+        "trace", "decode", str(FIXTURES / fmt / f"stream.{fmt}.bin"), "--output", str(out), "--batch-size", "50"
+    )
     assert res.returncode == 0, res.stderr
     n = len(expected_spans(fmt))
     assert res.stderr.decode().strip() == f"kata-debug: decoded {n} spans from {n} frames (format {fmt}); 0 undecodable"
@@ -67,13 +67,23 @@ def test_trace_decode_writes_otlp_json_lines_matching_the_fixture(fmt: str, tmp_
 
 
 def test_trace_decode_to_stdout_with_explicit_format_and_sandbox(tmp_path: Path) -> None:
-    res = kata_debug("trace", "decode", str(FIXTURES / "json/stream.json.bin"), "--format", "json",
-                     "--sandbox-id", "sb1", "--service-name", "agent")
+    res = kata_debug(
+        "trace",
+        "decode",
+        str(FIXTURES / "json/stream.json.bin"),
+        "--format",
+        "json",
+        "--sandbox-id",
+        "sb1",
+        "--service-name",
+        "agent",
+    )
     assert res.returncode == 0
     got = decoded_spans(res.stdout.decode().splitlines())
     assert len(got) == 151
-    assert {(r["service.name"]["stringValue"], r["kata.sandbox.id"]["stringValue"]) for r, _ in got
-            if "host.arch" not in r} == {("agent", "sb1")}
+    assert {
+        (r["service.name"]["stringValue"], r["kata.sandbox.id"]["stringValue"]) for r, _ in got if "host.arch" not in r
+    } == {("agent", "sb1")}
     wrong = kata_debug("trace", "decode", str(FIXTURES / "json/stream.json.bin"), "--format", "bincode")
     assert wrong.returncode == 1 and b"151 undecodable" in wrong.stderr
 
@@ -96,11 +106,15 @@ def test_trace_decode_reports_bad_frames_and_keeps_the_good_ones(tmp_path: Path)
 
 def test_trace_decode_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
     res = kata_debug("trace", "decode", str(tmp_path / "nope.bin"))
-    assert res.returncode == 2 and res.stderr.decode() == f"kata-debug: error: INPUT {tmp_path}/nope.bin: no such file\n"
+    assert (
+        res.returncode == 2 and res.stderr.decode() == f"kata-debug: error: INPUT {tmp_path}/nope.bin: no such file\n"
+    )
     res = kata_debug("trace", "decode", str(FIXTURES / "json/stream.json.bin"), "-o", str(tmp_path / "x/y.jsonl"))
     assert res.returncode == 2 and b"directory" in res.stderr
     res = kata_debug("forward", "--export", "kafka://x")
-    assert res.returncode == 2 and res.stderr.decode().startswith("kata-debug: error: --export kafka://x: unknown exporter")
+    assert res.returncode == 2 and res.stderr.decode().startswith(
+        "kata-debug: error: --export kafka://x: unknown exporter"
+    )
     res = kata_debug("forward", "--listen", "hvsock://relative", "--export", "stdout")
     assert res.returncode == 2 and b"three slashes" in res.stderr
     # Without --export the OTEL_EXPORTER_OTLP_* variables decide, and are checked up front.
@@ -110,8 +124,14 @@ def test_trace_decode_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
 
 async def _start_forward(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kata_debug", "forward", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+        sys.executable,
+        "-m",
+        "kata_debug",
+        "forward",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
     )
 
@@ -146,8 +166,16 @@ async def test_sigterm_flushes_queued_spans_to_the_backend_and_exits_0(short_tmp
     http = await OtlpHttpReceiver().start()
     sock = short_tmp / "agent.sock"
     proc = await _start_forward(
-        "--listen", f"unix://{sock}?sandbox=sbT", "--host-root", str(short_tmp), "--stats-interval", "0",
-        env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{http.port}", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+        "--listen",
+        f"unix://{sock}?sandbox=sbT",
+        "--host-root",
+        str(short_tmp),
+        "--stats-interval",
+        "0",
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{http.port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        },
     )
     try:
         await _wait_for_socket(sock, proc)
@@ -175,8 +203,16 @@ async def test_sigint_with_backend_down_gives_up_after_the_shutdown_timeout_and_
     sock = short_tmp / "agent.sock"
     spool = short_tmp / "spool/spans.jsonl"
     proc = await _start_forward(
-        "--listen", f"unix://{sock}", "--export", f"otlp+grpc://127.0.0.1:{port}", "--export", f"file://{spool}",
-        "--shutdown-timeout", "1s", "--stats-interval", "0",
+        "--listen",
+        f"unix://{sock}",
+        "--export",
+        f"otlp+grpc://127.0.0.1:{port}",
+        "--export",
+        f"file://{spool}",
+        "--shutdown-timeout",
+        "1s",
+        "--stats-interval",
+        "0",
     )
     try:
         await _wait_for_socket(sock, proc)

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from forwarder.otlp_json import key_values, span_json
-from forwarder.wire import (
+from kata_debug.forwarder.otlp_json import key_values, span_json
+from kata_debug.forwarder.wire import (
     DecodeError,
     Event,
     FormatSniffer,
@@ -89,7 +90,9 @@ def test_auto_detection_settles_on_the_right_format_and_decodes_the_same(fmt: st
 
 def test_fixture_covers_every_field_kind() -> None:
     """The exactness test above is only as good as the fixture's coverage: check it."""
-    spans = [decode_bincode(p) for p in fixture_payloads("bincode")] + [decode_json(p) for p in fixture_payloads("json")]
+    spans = [decode_bincode(p) for p in fixture_payloads("bincode")] + [
+        decode_json(p) for p in fixture_payloads("json")
+    ]
     values = [v for s in spans for _, v in s.attributes + [a for e in s.events for a in e.attributes]]
     assert {type(v) for v in values} == {bool, int, float, str, tuple}
     assert {type(x) for v in values if isinstance(v, tuple) for x in v} == {bool, int, float, str}
@@ -291,8 +294,16 @@ _ns = st.integers(0, 2**64 - 1)
 
 _events = st.lists(st.builds(Event, _names, _ns, _vec, _u32), max_size=3)
 _links = st.lists(
-    st.builds(Link, st.integers(0, 2**128 - 1), st.integers(0, 2**64 - 1), st.integers(0, 255), st.booleans(),
-              _state, _vec, _u32),
+    st.builds(
+        Link,
+        st.integers(0, 2**128 - 1),
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 255),
+        st.booleans(),
+        _state,
+        _vec,
+        _u32,
+    ),
     max_size=2,
 )
 spans = st.builds(
@@ -351,7 +362,9 @@ _SEEDS = [to_bincode(sample_span(7)), to_json(sample_span(7))]
     st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), min_size=1, max_size=6),
     st.integers(0, 2000),
 )
-def test_mutated_and_truncated_spans_raise_only_decode_error(seed: bytes, flips: list[tuple[int, int]], cut: int) -> None:
+def test_mutated_and_truncated_spans_raise_only_decode_error(
+    seed: bytes, flips: list[tuple[int, int]], cut: int
+) -> None:
     data = bytearray(seed)
     for pos, byte in flips:
         data[pos % len(data)] = byte

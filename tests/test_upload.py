@@ -23,9 +23,14 @@ SIGNED = "X-Amz-Signature=s3cr3tsignature&X-Amz-Expires=600"
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """The real CLI in its own process, without blocking the loop the test server runs on."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kata_debug", *args, cwd=REPO,
+        sys.executable,
+        "-m",
+        "kata_debug",
+        *args,
+        cwd=REPO,
         env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
@@ -75,7 +80,10 @@ async def test_a_refusal_is_final_and_reported_in_one_line_without_the_signature
     tmp_path: Path, server: UploadServer
 ) -> None:
     path, _ = bundle_file(tmp_path, 1000)
-    server.status, server.error_body = 403, "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+    server.status, server.error_body = (
+        403,
+        "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+    )
     code, out, err = await cli("upload", str(path), server.url(query=SIGNED))
     assert code == 1 and server.attempts == 1
     lines = err.strip().splitlines()
@@ -95,8 +103,9 @@ async def test_a_bearer_token_comes_from_the_environment_not_the_command_line(
     tmp_path: Path, server: UploadServer
 ) -> None:
     path, _ = bundle_file(tmp_path, 1000)
-    code, out, err = await cli("upload", str(path), server.url(), "-H", "X-Case: 01234567",
-                               env={"KATA_DEBUG_UPLOAD_TOKEN": "tok-very-secret"})
+    code, out, err = await cli(
+        "upload", str(path), server.url(), "-H", "X-Case: 01234567", env={"KATA_DEBUG_UPLOAD_TOKEN": "tok-very-secret"}
+    )
     assert code == 0, err
     headers = server.received[0].headers
     assert headers["Authorization"] == "Bearer tok-very-secret" and headers["X-Case"] == "01234567"
@@ -141,8 +150,21 @@ async def test_a_missing_bundle_is_named(tmp_path: Path) -> None:
 async def test_collect_uploads_the_bundle_it_wrote_and_keeps_it(tmp_path: Path, server: UploadServer) -> None:
     root = kata_node(tmp_path / "host")
     out_file = tmp_path / "b.tar.gz"
-    code, out, err = await cli("collect", "--host-root", str(root), "-o", str(out_file), "-c", "oci-specs",
-                               "-c", "sandboxes", "--output-format", "json", "--upload", server.url(query=SIGNED))
+    code, out, err = await cli(
+        "collect",
+        "--host-root",
+        str(root),
+        "-o",
+        str(out_file),
+        "-c",
+        "oci-specs",
+        "-c",
+        "sandboxes",
+        "--output-format",
+        "json",
+        "--upload",
+        server.url(query=SIGNED),
+    )
     assert code == 0, err
     summary = json.loads(out)
     sha = hashlib.sha256(out_file.read_bytes()).hexdigest()
@@ -153,8 +175,9 @@ async def test_collect_uploads_the_bundle_it_wrote_and_keeps_it(tmp_path: Path, 
 async def test_collect_refuses_to_upload_an_unredacted_bundle(tmp_path: Path, server: UploadServer) -> None:
     root = kata_node(tmp_path / "host")
     out_file = tmp_path / "b.tar.gz"
-    code, _, err = await cli("collect", "--host-root", str(root), "-o", str(out_file), "--no-redact",
-                             "--upload", server.url())
+    code, _, err = await cli(
+        "collect", "--host-root", str(root), "-o", str(out_file), "--no-redact", "--upload", server.url()
+    )
     assert code == 2 and "--no-redact" in err and "secrets" in err
     assert not out_file.exists() and server.attempts == 0
 
@@ -163,8 +186,19 @@ async def test_a_failed_upload_keeps_the_bundle_and_says_where(tmp_path: Path, s
     root = kata_node(tmp_path / "host")
     out_file = tmp_path / "b.tar.gz"
     server.status = 500
-    code, out, err = await cli("collect", "--host-root", str(root), "-o", str(out_file), "-c", "oci-specs",
-                               "--upload", server.url(), "--upload-retries", "0")
+    code, out, err = await cli(
+        "collect",
+        "--host-root",
+        str(root),
+        "-o",
+        str(out_file),
+        "-c",
+        "oci-specs",
+        "--upload",
+        server.url(),
+        "--upload-retries",
+        "0",
+    )
     assert code == 1
     assert out_file.stat().st_size > 0 and "oci-specs" in out
     assert f"the bundle is kept at {out_file}" in err and "HTTP 500" in err
@@ -173,11 +207,14 @@ async def test_a_failed_upload_keeps_the_bundle_and_says_where(tmp_path: Path, s
 def test_the_cli_defaults_are_the_upload_modules_own_and_it_is_not_imported_at_start_up() -> None:
     import subprocess
 
-    from kata_debug import cli_upload, upload
+    from kata_debug import upload
+    from kata_debug.cli import upload as cli_upload
 
     assert (cli_upload.DEFAULT_RETRIES, cli_upload.TOKEN_ENV) == (upload.DEFAULT_RETRIES, upload.TOKEN_ENV)
-    probe = "import sys, kata_debug.cli; print('kata_debug.upload' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    probe = "import sys, kata_debug.cli.app; print('kata_debug.upload' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.strip() == "False"
 
 

@@ -60,7 +60,7 @@ class UploadServer:
             return web.Response(status=answer, text=self.error_body, headers=headers)
         return web.Response(status=answer, text="stored")
 
-    async def start(self, tls: tuple[Path, Path] | None = None) -> "UploadServer":
+    async def start(self, tls: tuple[Path, Path] | None = None) -> UploadServer:
         app = web.Application(client_max_size=1 << 40)
         app.router.add_route("PUT", "/{tail:.*}", self._handle)
         app.router.add_route("POST", "/{tail:.*}", self._handle)
@@ -86,8 +86,26 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 (openssl), usable as its own CA bundle."""
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return cert, key

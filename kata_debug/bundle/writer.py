@@ -1,0 +1,458 @@
+"""The support bundle: a tar stream written as evidence arrives, manifest last.
+
+This is the only module that knows tar and the bundle layout. Members are written one at a
+time, in full, by a single writer thread: the compressor and file copies never run on the
+event loop, members never interleave, and an interrupted collection can still queue the
+manifest behind whatever member is being written and end with a valid archive.
+Sizes must be known before a member's header, so content of unknown length is spooled to a
+temp file first (see `Spool`), never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Literal, TypeVar
+
+import zstandard
+
+from kata_debug.errors import OutputError
+
+Compression = Literal["gzip", "zstd", "none"]
+SCHEMA_VERSION = 1
+_COPY_BUF = 1 << 20
+_T = TypeVar("_T")
+
+# On shim and containerd logs zlib level 1 compresses about as well as level 3 (ratio 0.180
+# vs 0.179) and 2.5x faster than gzip's default 6; level 6 would make bundles ~15% smaller at
+# 2.5x the compression time. With the parallel compressor at level 1 a bundle is written
+# about as fast as `tar czf` of the same files (bench/bundle.py).
+GZIP_LEVEL = 1
+
+SUFFIXES: dict[str, str] = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    size: int
+    sha256: str
+
+
+class _HashingExactReader:
+    """Feeds tarfile exactly `size` bytes, hashing them.
+
+    A live log can shrink or grow between stat and read; the header already promised
+    `size` bytes, so a short source is padded with NULs and a long one is cut, keeping the
+    archive valid either way.
+    """
+
+    def __init__(self, src: IO[bytes], size: int) -> None:
+        self._src = src
+        self._left = size
+        self.sha = hashlib.sha256()
+        self.short_by = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        want = self._left if n < 0 else min(n, self._left)
+        data = self._src.read(want) if self.short_by == 0 else b""
+        if len(data) < want:
+            self.short_by += want - len(data)
+            data += b"\0" * (want - len(data))
+        self._left -= len(data)
+        self.sha.update(data)
+        return data
+
+
+def safe_component(part: str, fallback: str = "_") -> str:
+    """A name usable as one path component in a bundle (node, pod, namespace names)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", part).strip("-") or fallback
+
+
+def bundle_stem(label: str, started: datetime) -> str:
+    """`kata-debug-<label>-<UTC time>`: the top directory and default file name of a bundle."""
+    return f"kata-debug-{safe_component(label, 'node')}-{started.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+class _CountingWriter:
+    """Write-only stream with tell(): all tarfile's "w" mode needs, pipes and stdout included."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._pos = 0
+
+    def write(self, data: bytes) -> int:
+        self._raw.write(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def skip(self, n: int) -> None:
+        """Account for `n` bytes that reached the stream around this writer (spliced members)."""
+        self._pos += n
+
+
+class _GzipMembers:
+    """A gzip stream written as a series of gzip members, compressed on several cores.
+
+    RFC 1952 allows members to be concatenated and every reader (gzip, tar, Python's
+    gzip module) inflates them as one stream. That lets each 1 MiB block be deflated on
+    its own worker thread (zlib releases the GIL), pigz-style, while the collectors keep
+    the other core busy; blocks are written out in order and at most `2 * workers` are in
+    flight, so memory stays flat. `set_level(0)` stores already-compressed content (node
+    bundles inside a cluster bundle) at memcpy speed instead of deflating it again.
+    """
+
+    BLOCK = 1 << 20
+
+    def __init__(self, sink: BinaryIO, level: int, workers: int | None = None) -> None:
+        self._sink = sink
+        self.level = level
+        self._workers = max(1, min(4, workers or os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="gzip")
+        self._pending: deque[Future[bytes]] = deque()
+        self._buf: list[bytes] = []
+        self._buffered = 0
+
+    def write(self, data: bytes) -> int:
+        self._buf.append(data if isinstance(data, bytes) else bytes(data))
+        self._buffered += len(data)
+        if self._buffered >= self.BLOCK:
+            self._submit()
+        return len(data)
+
+    def _submit(self) -> None:
+        if not self._buffered:
+            return
+        block = b"".join(self._buf)
+        self._buf, self._buffered = [], 0
+        self._pending.append(self._pool.submit(gzip.compress, block, self.level, mtime=0))
+        while len(self._pending) > 2 * self._workers:
+            self._sink.write(self._pending.popleft().result())
+
+    def _drain(self) -> None:
+        self._submit()
+        while self._pending:
+            self._sink.write(self._pending.popleft().result())
+
+    def splice(self, members: Iterable[bytes]) -> int:
+        """Append gzip members deflated elsewhere, after what is buffered; returns their content size.
+
+        The content they inflate to must be exactly what would have been written here; each
+        member's trailer (ISIZE) says how much that is.
+        """
+        self._submit()
+        size = 0
+        for member in members:
+            size += int.from_bytes(member[-4:], "little")
+            done: Future[bytes] = Future()
+            done.set_result(member)
+            self._pending.append(done)
+            while len(self._pending) > 2 * self._workers:
+                self._sink.write(self._pending.popleft().result())
+        return size
+
+    def set_level(self, level: int) -> None:
+        if level != self.level:
+            self._submit()  # what is buffered belongs to the old level
+            self.level = level
+
+    def flush(self) -> None:
+        self._drain()
+        self._sink.flush()
+
+    def close(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+class BundleWriter:
+    """Synchronous tar writer; use through `AsyncBundle` from async code."""
+
+    def __init__(
+        self,
+        sink: BinaryIO,
+        top: str,
+        compression: Compression = "gzip",
+        level: int | None = None,
+    ) -> None:
+        self.top = top
+        self.records: list[FileRecord] = []
+        self._sink = sink
+        self._compressor: Any
+        if compression == "gzip":
+            self._compressor = _GzipMembers(sink, GZIP_LEVEL if level is None else level)
+        elif compression == "zstd":
+            cctx = zstandard.ZstdCompressor(level=3 if level is None else level)
+            self._compressor = cctx.stream_writer(sink, closefd=False)
+        elif compression == "none":
+            self._compressor = sink
+        else:
+            raise ValueError(f"unknown compression {compression!r}")
+        self._compression = compression
+        # Plain "w" mode on a write-only, tell()-able stream: tarfile writes headers and
+        # data straight through instead of re-buffering every byte as "w|" does.
+        self._out = _CountingWriter(self._compressor)
+        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
+        self._tar.copybufsize = _COPY_BUF
+        self._dirs: set[str] = set()
+        self._closed = False
+
+    def _info(self, path: str, size: int, mtime: float | None, mode: int = 0o644) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(f"{self.top}/{path}")
+        info.size = size
+        info.mtime = int(time.time() if mtime is None else mtime)
+        info.mode = mode
+        info.uname = info.gname = "root"
+        return info
+
+    def _ensure_dirs(self, path: str) -> None:
+        parts = path.split("/")[:-1]
+        for i in range(0, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d in self._dirs:
+                continue
+            self._dirs.add(d)
+            info = tarfile.TarInfo(f"{self.top}/{d}".rstrip("/"))
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            info.mtime = int(time.time())
+            self._tar.addfile(info)
+
+    def add_fileobj(
+        self, path: str, src: IO[bytes], size: int, mtime: float | None = None, *, precompressed: bool = False
+    ) -> FileRecord:
+        """Add `size` bytes of `src`; `precompressed` content (a .tar.gz) is stored, not deflated again."""
+        _check_member_path(path)
+        self._ensure_dirs(path)
+        reader = _HashingExactReader(src, size)
+        if precompressed and isinstance(self._compressor, _GzipMembers):
+            level = self._compressor.level
+            self._switch_level(0)
+            try:
+                self._tar.addfile(self._info(path, size, mtime), reader)
+            finally:
+                self._switch_level(level)
+        else:
+            self._tar.addfile(self._info(path, size, mtime), reader)
+        record = FileRecord(path=path, size=size, sha256=reader.sha.hexdigest())
+        self.records.append(record)
+        return record
+
+    def add_bytes(self, path: str, data: bytes, mtime: float | None = None) -> FileRecord:
+        return self.add_fileobj(path, io.BytesIO(data), len(data), mtime)
+
+    @property
+    def deflate_level(self) -> int | None:
+        """The zlib level content for `add_deflated` is deflated at; None: not a gzip bundle."""
+        return self._compressor.level if isinstance(self._compressor, _GzipMembers) else None
+
+    def add_deflated(
+        self, path: str, size: int, sha256: str, members: Iterable[bytes], mtime: float | None = None
+    ) -> FileRecord:
+        """Add `size` bytes someone deflated ahead of time, as gzip members at `deflate_level`.
+
+        Lets a producer compress content while it is still being produced (on other cores)
+        instead of in one go here; the members are spliced into the stream as they are.
+        """
+        if not isinstance(self._compressor, _GzipMembers):
+            raise ValueError("add_deflated needs a gzip bundle")
+        _check_member_path(path)
+        self._ensure_dirs(path)
+        info = self._info(path, size, mtime)
+        header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
+        self._out.write(header)
+        spliced = self._compressor.splice(members)
+        if spliced != size:  # the archive is already wrong: say so loudly
+            raise ValueError(f"{path}: deflated members hold {spliced} bytes, not {size}")
+        self._out.skip(size)
+        pad = -size % tarfile.BLOCKSIZE
+        if pad:
+            self._out.write(tarfile.NUL * pad)
+        # What tarfile.addfile itself records for a member it writes.
+        self._tar.offset += len(header) + size + pad
+        self._tar.members.append(info)
+        record = FileRecord(path=path, size=size, sha256=sha256)
+        self.records.append(record)
+        return record
+
+    def _switch_level(self, level: int) -> None:
+        # tarfile writes through unbuffered, so the switch lands exactly on a member boundary.
+        self._compressor.set_level(level)
+
+    def close(self, manifest: dict[str, Any]) -> None:
+        """Write `manifest.json` (with the file list) last and finish the stream."""
+        if self._closed:
+            return
+        manifest = {**manifest, "files": [asdict(r) for r in self.records]}
+        data = json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n"
+        self._ensure_dirs("manifest.json")
+        self._tar.addfile(self._info("manifest.json", len(data), None), io.BytesIO(data))
+        self._tar.close()
+        if self._compressor is not self._sink:
+            self._compressor.close() if self._compression == "gzip" else self._compressor.flush(zstandard.FLUSH_FRAME)
+        self._sink.flush()
+        self._closed = True
+
+
+def _check_member_path(path: str) -> None:
+    if path.startswith("/") or ".." in path.split("/") or not path:
+        raise ValueError(f"bad bundle member path {path!r}")
+
+
+class Spool:
+    """A temp file for content whose size is not known up front (command output, redacted text).
+
+    Keeps at most `max_bytes` of the *newest* content when asked: logs are read oldest
+    first, and the newest lines are the ones that explain a failure.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.file = tempfile.TemporaryFile(prefix="kata-debug-")
+        self.written = 0
+
+    @classmethod
+    def adopt(cls, file: IO[bytes], max_bytes: int | None = None) -> Spool:
+        """A spool over a file filled elsewhere (a scanner process's output); closing it closes `file`."""
+        spool = cls.__new__(cls)
+        spool.max_bytes = max_bytes
+        spool.file = file
+        spool.written = file.seek(0, os.SEEK_END)
+        return spool
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.written += len(data)
+
+    def tail(self) -> tuple[IO[bytes], int, int]:
+        """(reader, size, bytes dropped) keeping the newest whole lines within the cap."""
+        self.file.flush()
+        total = self.written
+        start = 0
+        if self.max_bytes is not None and total > self.max_bytes:
+            start = total - self.max_bytes
+            self.file.seek(start)
+            rest = self.file.read(min(self.max_bytes, 1 << 20))
+            nl = rest.find(b"\n")
+            start += nl + 1 if nl >= 0 else 0
+        self.file.seek(start)
+        return self.file, total - start, start
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class AsyncBundle:
+    """Serialises all bundle writes on one worker thread so the event loop never blocks."""
+
+    def __init__(self, writer: BundleWriter) -> None:
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle")
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def add_bytes(self, path: str, data: bytes, mtime: float | None = None) -> FileRecord:
+        return await self.run(self.writer.add_bytes, path, data, mtime)
+
+    async def add_spool(self, path: str, spool: Spool, *, precompressed: bool = False) -> tuple[FileRecord, int]:
+        """Add a spool's (tail-capped) content; returns the record and bytes dropped."""
+
+        def _do() -> tuple[FileRecord, int]:
+            try:
+                reader, size, dropped = spool.tail()
+                return self.writer.add_fileobj(path, reader, size, precompressed=precompressed), dropped
+            finally:
+                spool.close()
+
+        return await self.run(_do)
+
+    async def add_deflated(self, path: str, size: int, sha256: str, members: Iterable[bytes]) -> FileRecord:
+        """See `BundleWriter.add_deflated`; `members` is iterated on the writer thread."""
+        return await self.run(self.writer.add_deflated, path, size, sha256, members)
+
+    async def close(self, manifest: dict[str, Any]) -> None:
+        try:
+            await self.run(self.writer.close, manifest)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+class OutputTarget:
+    """Where the bundle goes: a file written as `FILE.partial` and renamed, or stdout."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.to_stdout = path == "-"
+        self._fh: BinaryIO | None = None
+        self.partial = Path(path + ".partial") if not self.to_stdout else None
+
+    @staticmethod
+    def check(path: str | None) -> None:
+        """Refuse, before any work, an output that cannot be written (None: the default name)."""
+        if path is None:
+            return
+        if path == "-":
+            import sys
+
+            if sys.stdout.isatty():
+                raise OutputError("--output -: standard output is a terminal; redirect it to a file or a pipe")
+            return
+        target = Path(path)
+        if target.is_dir():
+            raise OutputError(f"--output {path}: is a directory (give a file name)")
+        parent = Path(path + ".partial").parent
+        if not parent.is_dir():
+            raise OutputError(f"--output {path}: directory {parent} does not exist")
+
+    def open(self) -> BinaryIO:
+        self.check(self.path)
+        if self.to_stdout:
+            import sys
+
+            self._fh = sys.stdout.buffer
+            return self._fh
+        assert self.partial is not None
+        try:
+            # 0600: a bundle is node evidence, redacted or not; its owner decides who reads it.
+            fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            self._fh = os.fdopen(fd, "wb")
+        except OSError as exc:
+            raise OutputError(f"--output {self.path}: cannot write: {exc.strerror}") from None
+        return self._fh
+
+    def commit(self) -> None:
+        """Make the finished bundle visible under its real name."""
+        if self._fh is None:
+            return
+        if self.to_stdout:
+            self._fh.flush()
+            return
+        self._fh.close()
+        assert self.partial is not None
+        os.replace(self.partial, self.path)
+
+    def abandon(self) -> None:
+        if self._fh is not None and not self.to_stdout:
+            self._fh.close()

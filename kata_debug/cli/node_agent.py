@@ -1,0 +1,84 @@
+"""`kata-debug node-agent`: the DaemonSet's long-running trace forwarder (see node_agent.py).
+
+Parsing, logging and exit codes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import typer
+
+from kata_debug.errors import KataDebugError
+
+
+def node_agent(
+    host_root: Path = typer.Option(
+        Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."
+    ),
+    spool_dir: Path | None = typer.Option(
+        None,
+        "--spool-dir",
+        help="Span spool directory (default <host-root>/var/lib/kata-debug/traces, where `collect` reads it).",
+    ),
+    spool_size: str = typer.Option("128M", "--spool-size", help="Disk cap of the spool, rotations included."),
+    export: list[str] | None = typer.Option(
+        None,
+        "--export",
+        "-e",
+        help="Where spans go besides the spool (repeatable; same URIs as `forward`). "
+        "Default: OTLP from the OTEL_EXPORTER_OTLP_* variables when an endpoint is set.",
+    ),
+    vsock_port: int = typer.Option(10240, "--vsock-port", help="vsock port the agents connect to (kata-agent: 10240)."),
+    state_file: Path | None = typer.Option(
+        None,
+        "--state-file",
+        help="Rewrite this JSON file every 10 s for exec probes (python3 -m kata_debug.agent.health).",
+    ),
+    node_name: str | None = typer.Option(None, "--node-name", help="k8s.node.name (default: $NODE_NAME)."),
+    stats_interval: str = typer.Option(
+        "60s", "--stats-interval", help="How often to log the counters (0 = only at exit)."
+    ),
+    shutdown_timeout: str = typer.Option(
+        "10s", "--shutdown-timeout", help="On SIGTERM, time allowed to flush queued spans."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """Forward every Kata sandbox's agent spans on this node to OpenTelemetry, and spool them for bundles.
+
+    Attaches to sandboxes as they appear (hybrid vsock) and listens on vsock; runs until
+    SIGTERM/SIGINT, then flushes and exits 0. Opens no network port.
+    """
+    from kata_debug.agent.service import AgentConfig, main
+    from kata_debug.cli.app import parse_size
+    from kata_debug.cli.options import parse_duration
+    from kata_debug.cli.trace import configure_logging
+    from kata_debug.errors import UsageError
+
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise UsageError(f"--log-level {log_level}: use debug, info, warning or error")
+    cfg = AgentConfig(
+        host_root=host_root,
+        spool_dir=spool_dir,
+        spool_bytes=parse_size(spool_size, "--spool-size"),
+        exports=list(export or []),
+        vsock_port=vsock_port,
+        state_file=state_file,
+        node_name=node_name or os.environ.get("NODE_NAME") or None,
+        stats_interval=parse_duration(stats_interval, "--stats-interval").total_seconds(),
+        shutdown_timeout=parse_duration(shutdown_timeout, "--shutdown-timeout").total_seconds(),
+    )
+    configure_logging(log_level)
+    from kata_debug.forwarder.server import ForwarderError, tune_gc
+
+    try:
+        tune_gc()
+        asyncio.run(main(cfg))
+    except ForwarderError as exc:
+        raise KataDebugError(str(exc)) from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("node-agent")(node_agent)

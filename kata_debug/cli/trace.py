@@ -1,0 +1,309 @@
+"""`kata-debug trace decode` and `kata-debug forward`: agent traces to OpenTelemetry.
+
+Parsing, logging setup, signals and exit codes only; the work is in `forwarder/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import IO
+
+import typer
+
+from kata_debug.errors import KataDebugError, UsageError
+
+trace_app = typer.Typer(
+    name="trace",
+    help="Work with kata-agent trace streams (decode captured frames).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+class TraceFormat(str, Enum):
+    auto = "auto"
+    bincode = "bincode"
+    json = "json"
+
+
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def _size(text: str, option: str) -> int:
+    """A size option in bytes (`64M`, `1G`, `4096`), or a one-line usage error."""
+    from kata_debug.cli.app import parse_size
+
+    return parse_size(text, option)
+
+
+def _seconds(text: str, option: str) -> float:
+    from kata_debug.cli.options import parse_duration
+
+    return parse_duration(text, option).total_seconds()
+
+
+# --------------------------------------------------------------------------- trace decode
+
+
+@trace_app.command("decode")
+def decode(
+    input: str = typer.Argument(
+        ..., metavar="INPUT", help="Captured frame stream (8-byte length + payload ...); '-' = stdin."
+    ),
+    format: TraceFormat = typer.Option(
+        TraceFormat.auto,
+        "--format",
+        help="Payload format: auto (per stream), bincode (agent <= 3.28), json (agent >= 3.29).",
+    ),
+    output: str = typer.Option("-", "--output", "-o", help="OTLP/JSON lines file; '-' = stdout."),
+    service_name: str = typer.Option("kata-agent", "--service-name", help="service.name resource attribute."),
+    sandbox_id: str | None = typer.Option(None, "--sandbox-id", help="Add kata.sandbox.id to the resource."),
+    batch_size: int = typer.Option(
+        512, "--batch-size", min=1, help="Spans per output line (one ExportTraceServiceRequest each)."
+    ),
+    max_frame_bytes: str = typer.Option("1M", "--max-frame-bytes", help="Refuse frames announcing more than this."),
+) -> None:
+    """Convert a captured agent trace stream to OTLP/JSON lines (what the Collector's otlpjsonfile receiver reads).
+
+    Undecodable frames are reported on stderr and skipped; the exit status is 1 if any were.
+    """
+    from kata_debug.forwarder.exporters import Origin
+    from kata_debug.forwarder.otlp_json import group_by_resource, request_line
+    from kata_debug.forwarder.wire import DecodeError, FormatSniffer, FrameReader, FrameTooLarge
+
+    limit = _size(max_frame_bytes, "--max-frame-bytes")
+    src: IO[bytes]
+    if input == "-":
+        src = sys.stdin.buffer
+    else:
+        try:
+            src = open(input, "rb")
+        except FileNotFoundError:
+            raise UsageError(f"INPUT {input}: no such file") from None
+        except IsADirectoryError:
+            raise UsageError(f"INPUT {input}: is a directory") from None
+        except OSError as exc:
+            raise UsageError(f"INPUT {input}: cannot read: {exc.strerror}") from None
+    dst: IO[str]
+    if output == "-":
+        dst = sys.stdout
+    else:
+        parent = Path(output).parent
+        if not parent.is_dir():
+            raise UsageError(f"--output {output}: directory {parent} does not exist")
+        try:
+            dst = open(output, "w", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--output {output}: cannot write: {exc.strerror}") from None
+
+    identity = (("kata.sandbox.id", sandbox_id),) if sandbox_id else ()
+    origin = Origin.make(sandbox_id, input, (("service.name", service_name),), identity)
+    reader = FrameReader(limit)
+    sniffer = FormatSniffer(format.value)
+    spans = frames = bad = 0
+    offset = 0  # stream offset of the next frame header
+    batch: list = []
+    problem: str | None = None
+
+    def flush() -> None:
+        if batch:
+            dst.write(request_line(group_by_resource((s, origin.resource_for(s)) for s in batch)))
+            batch.clear()
+
+    try:
+        while chunk := src.read(1 << 20):
+            too_large: FrameTooLarge | None = None
+            try:
+                payloads = reader.feed(chunk)
+            except FrameTooLarge as exc:
+                too_large, payloads = exc, exc.frames
+            for payload in payloads:
+                frames += 1
+                try:
+                    span = sniffer.decode(payload)
+                except DecodeError as exc:
+                    bad += 1
+                    print(f"kata-debug: warning: frame {frames} at offset {offset}: {exc}", file=sys.stderr)
+                else:
+                    spans += 1
+                    batch.append(span)
+                    if len(batch) >= batch_size:
+                        flush()
+                offset += 8 + len(payload)
+            if too_large is not None:
+                problem = f"frame {frames + 1} at offset {offset}: {too_large}; stopping (cannot resynchronise)"
+                break
+        else:
+            if reader.pending:
+                problem = f"stream ends inside frame {frames + 1} at offset {offset} ({reader.pending} bytes)"
+        flush()
+        dst.flush()
+    except BrokenPipeError:
+        raise SystemExit(0) from None
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+        if dst is not sys.stdout:
+            dst.close()
+    if problem:
+        print(f"kata-debug: warning: {problem}", file=sys.stderr)
+    print(
+        f"kata-debug: decoded {spans} spans from {frames} frames (format {sniffer.settled or format.value}); "
+        f"{bad} undecodable",
+        file=sys.stderr,
+    )
+    if bad or problem:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def forward(
+    listen: list[str] | None = typer.Option(
+        None,
+        "--listen",
+        "-l",
+        help="Where agents connect (repeatable): vsock://any:10240 (default), vsock://CID:PORT, "
+        "hvsock:///run/vc/vm/<sid>/clh.sock[?port=N], unix:///path[?sandbox=ID], tcp://127.0.0.1:PORT, discover.",
+    ),
+    export: list[str] | None = typer.Option(
+        None,
+        "--export",
+        "-e",
+        help="Where spans go (repeatable): otlp+grpc://HOST:PORT (otlp+grpcs:// for TLS), otlp+http://HOST:PORT/v1/traces, "
+        "otlp+https://... (OTLP URIs take ?compression=gzip|deflate|none&timeout=SECONDS&max_request_bytes=N), "
+        "file:///path.jsonl[?max_bytes=N&backups=N], stdout. Default: OTLP from the OTEL_EXPORTER_OTLP_* variables.",
+    ),
+    format: TraceFormat = typer.Option(
+        TraceFormat.auto, "--format", help="Payload format: auto (per connection), bincode, json."
+    ),
+    service_name: str = typer.Option("kata-agent", "--service-name", help="service.name resource attribute."),
+    host_root: Path = typer.Option(
+        Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."
+    ),
+    node_name: str | None = typer.Option(None, "--node-name", help="k8s.node.name (default: $NODE_NAME, if set)."),
+    queue_size: int = typer.Option(
+        10_000,
+        "--queue-size",
+        min=1,
+        help="Spans kept per exporter while its backend is slow or down; the oldest are dropped beyond.",
+    ),
+    queue_bytes: str = typer.Option(
+        "64M",
+        "--queue-bytes",
+        help="Frame bytes kept per exporter while its backend is slow or down (at least --max-frame-bytes); "
+        "the oldest spans are dropped beyond. Bounds memory whatever frame sizes guests send.",
+    ),
+    batch_size: int = typer.Option(
+        2048,
+        "--batch-size",
+        min=1,
+        help="Most spans per export (an OTLP batch above its max_request_bytes goes as several requests).",
+    ),
+    max_frame_bytes: str = typer.Option(
+        "1M", "--max-frame-bytes", help="Close a connection whose frame announces more than this."
+    ),
+    shutdown_timeout: str = typer.Option(
+        "10s", "--shutdown-timeout", help="On SIGTERM/SIGINT, time allowed to flush queued spans."
+    ),
+    stats_interval: str = typer.Option(
+        "60s", "--stats-interval", help="How often to log the counters (0 = only at exit)."
+    ),
+    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level"),
+) -> None:
+    """Forward kata-agent spans (bincode or JSON, any agent version) to OpenTelemetry backends.
+
+    Runs until SIGTERM/SIGINT, then stops accepting, flushes queued spans within
+    --shutdown-timeout and exits 0. Logs (with counters) go to stderr.
+    """
+    from kata_debug.forwarder.exporters import parse_export, target_from_env
+    from kata_debug.forwarder.listeners import parse_listen
+    from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderError, tune_gc
+
+    listen_uris = listen or ["vsock://any:10240"]
+    for uri in listen_uris:
+        try:
+            parse_listen(uri)
+        except ValueError as exc:
+            raise UsageError(f"--listen {exc}") from None
+    targets = []
+    for uri in export or []:
+        try:
+            targets.append(parse_export(uri))
+        except ValueError as exc:
+            raise UsageError(f"--export {exc}") from None
+    if not targets:
+        try:
+            targets.append(target_from_env())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if not host_root.is_dir():
+        raise UsageError(f"--host-root {host_root}: not a directory")
+    frame_limit = _size(max_frame_bytes, "--max-frame-bytes")
+    queue_limit = _size(queue_bytes, "--queue-bytes")
+    if queue_limit < frame_limit:
+        raise UsageError(
+            f"--queue-bytes {queue_bytes}: below --max-frame-bytes ({frame_limit} bytes); "
+            "a span from a frame that large could never be queued"
+        )
+    config = ForwarderConfig(
+        listen=listen_uris,
+        exports=targets,
+        format=format.value,
+        service_name=service_name,
+        host_root=str(host_root),
+        node_name=node_name or os.environ.get("NODE_NAME") or None,
+        queue_size=queue_size,
+        queue_bytes=queue_limit,
+        batch_size=batch_size,
+        max_frame_bytes=frame_limit,
+        shutdown_timeout=_seconds(shutdown_timeout, "--shutdown-timeout"),
+        stats_interval=_seconds(stats_interval, "--stats-interval"),
+    )
+    configure_logging(log_level.value)
+    try:
+        forwarder = Forwarder(config)
+    except ForwarderError as exc:
+        raise KataDebugError(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    tune_gc()
+
+    async def _main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, forwarder.stop)
+        try:
+            await forwarder.run()
+        except ForwarderError as exc:
+            raise KataDebugError(str(exc)) from None
+
+    asyncio.run(_main())
+
+
+def configure_logging(level: str) -> None:
+    """Timestamped lines on stderr; the SDK's own retry chatter only when debugging."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    if level != "debug":
+        logging.getLogger("opentelemetry").setLevel(logging.ERROR)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(trace_app, name="trace")
+    app.command("forward")(forward)

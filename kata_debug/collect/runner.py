@@ -1,0 +1,222 @@
+"""Run collectors concurrently into one bundle, and always finish with a manifest.
+
+Each collector gets its own timeout; a failure, a timeout, SIGINT/SIGTERM or the global
+deadline turns into a manifest entry, never into a lost bundle: whatever was already written
+stays, and the manifest is queued behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from kata_debug import __version__
+from kata_debug import collectors as registry
+from kata_debug.bundle.writer import (
+    SCHEMA_VERSION,
+    SUFFIXES,
+    AsyncBundle,
+    BundleWriter,
+    Compression,
+    OutputTarget,
+    bundle_stem,
+)
+from kata_debug.collect.interrupts import run_interruptible
+from kata_debug.collectors.base import DEFAULT_LOG_CAP, CollectContext, CollectorOutput, CollectorSkipped
+from kata_debug.errors import OutputError, UsageError
+from kata_debug.node.hostroot import HostRoot
+from kata_debug.redact.redactor import Redactor
+
+Status = Literal["ok", "partial", "failed", "timeout", "skipped"]
+FAILING: frozenset[str] = frozenset({"partial", "failed", "timeout"})
+
+
+@dataclass
+class CollectOptions:
+    host_root: Path = Path("/")
+    output: str | None = None
+    node: str | None = None
+    since: timedelta = timedelta(hours=24)
+    collectors: list[str] | None = None
+    timeout: float = 60.0
+    deadline: float | None = None
+    redact: bool = True
+    compression: Compression = "gzip"
+    all_runtimes: bool = False
+    max_log_bytes: int = DEFAULT_LOG_CAP
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CollectorResult:
+    name: str
+    status: Status
+    duration_s: float
+    error: str | None
+    files: list[str]
+    items_failed: list[dict[str, str]] = field(default_factory=list)
+    truncated: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CollectResult:
+    output: str
+    node: str
+    collectors: list[CollectorResult]
+    redactions: dict[str, int]
+    interrupted: str | None
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if any(c.status in FAILING for c in self.collectors) else 0
+
+
+class Progress(Protocol):
+    def started(self, name: str) -> None: ...
+    def finished(self, result: CollectorResult) -> None: ...
+
+
+class _NoProgress:
+    def started(self, name: str) -> None:
+        pass
+
+    def finished(self, result: CollectorResult) -> None:
+        pass
+
+
+def detect_node_name(host: HostRoot) -> str:
+    """NODE_NAME (set by the DaemonSet from spec.nodeName), else the node's hostname."""
+    if os.environ.get("NODE_NAME"):
+        return os.environ["NODE_NAME"]
+    try:
+        name = host.read_text("/etc/hostname", 256).strip()
+        if name:
+            return name
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+def validate(opts: CollectOptions) -> None:
+    if not opts.host_root.is_dir():
+        raise UsageError(f"--host-root {opts.host_root}: not a directory")
+    unknown = [c for c in opts.collectors or [] if c not in registry.REGISTRY]
+    if unknown:
+        raise UsageError(f"--collector {unknown[0]}: unknown collector (choose from {', '.join(registry.REGISTRY)})")
+    if not (math.isfinite(opts.timeout) and opts.timeout > 0):
+        raise UsageError(f"--timeout {opts.timeout}: must be a positive number of seconds")
+    if opts.deadline is not None and not (math.isfinite(opts.deadline) and opts.deadline > 0):
+        raise UsageError(f"--deadline {opts.deadline}: must be a positive number of seconds")
+    OutputTarget.check(opts.output)
+
+
+def default_output(node: str, started: datetime, compression: Compression) -> str:
+    return f"./{bundle_stem(node, started)}{SUFFIXES[compression]}"
+
+
+async def run_collection(opts: CollectOptions, progress: Progress | None = None) -> CollectResult:
+    """Collect into `opts.output`; raises UsageError/OutputError before anything is written."""
+    await asyncio.to_thread(validate, opts)  # stats the host root and the output: off the loop
+    progress = progress or _NoProgress()
+    host = HostRoot.at(opts.host_root)
+    node = opts.node or await asyncio.to_thread(detect_node_name, host)
+    started = datetime.now(UTC)
+    top = bundle_stem(node, started)
+    output = opts.output or default_output(node, started, opts.compression)
+    target = OutputTarget(output)
+    sink = await asyncio.to_thread(target.open)
+    redactor = Redactor(enabled=opts.redact)
+    bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
+    ctx = CollectContext(
+        host=host,
+        node=node,
+        since=opts.since,
+        now=started,
+        redactor=redactor,
+        max_log_bytes=opts.max_log_bytes,
+        all_runtimes=opts.all_runtimes,
+        options=dict(opts.options),
+    )
+    selected = list(dict.fromkeys(opts.collectors or registry.REGISTRY))  # `-c host -c host` runs it once
+    results: dict[str, CollectorResult] = {}
+    outputs: dict[str, CollectorOutput] = {}
+    starts: dict[str, float] = {}
+
+    async def _one(name: str) -> None:
+        out = outputs[name] = CollectorOutput(name, bundle, ctx)
+        starts[name] = time.monotonic()
+        progress.started(name)
+        status: Status = "ok"
+        error: str | None = None
+        try:
+            collector = registry.load(name)()
+            await asyncio.wait_for(collector.collect(ctx, out), opts.timeout)
+            if out.failures:
+                status = "partial"
+                error = f"{len(out.failures)} item(s) failed; first: {out.failures[0].item}: {out.failures[0].reason}"
+        except CollectorSkipped as exc:
+            status, error = "skipped", str(exc)
+        except TimeoutError:
+            status, error = "timeout", f"did not finish within --timeout {opts.timeout:g}s"
+        except Exception as exc:  # one collector never sinks the bundle
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+        results[name] = _result(name, status, error, out, starts[name])
+        progress.finished(results[name])
+
+    tasks = [asyncio.create_task(_one(n), name=f"collector:{n}") for n in selected]
+    interrupted = await run_interruptible(tasks, opts.deadline)
+    for name in selected:
+        if name not in results:  # cancelled by signal or deadline
+            out = outputs.get(name) or CollectorOutput(name, bundle, ctx)
+            results[name] = _result(
+                name, "timeout", interrupted or "interrupted", out, starts.get(name, time.monotonic())
+            )
+    ordered = [results[n] for n in selected] + [
+        CollectorResult(n, "skipped", 0.0, "not selected (--collector)", [])
+        for n in registry.REGISTRY
+        if n not in selected
+    ]
+    finished = datetime.now(UTC)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "tool_version": __version__,
+        "node": node,
+        "host_root": str(opts.host_root),
+        "started_at": started.isoformat(),
+        "finished_at": finished.isoformat(),
+        "since": (started - opts.since).isoformat(),
+        "redacted": opts.redact,
+        "interrupted": interrupted,
+        "collectors": [asdict(r) for r in ordered],
+        "redactions": redactor.counts,
+    }
+    try:
+        await bundle.close(manifest)
+    except OSError as exc:
+        target.abandon()
+        kept = f"; what was written is in {target.partial}" if target.partial is not None else ""
+        raise OutputError(f"--output {output}: cannot write the bundle: {exc.strerror or exc}{kept}") from None
+    except BaseException:
+        target.abandon()
+        raise
+    target.commit()
+    return CollectResult(output, node, ordered, redactor.counts, interrupted)
+
+
+def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorResult:
+    return CollectorResult(
+        name=name,
+        status=status,
+        duration_s=round(time.monotonic() - start, 3),
+        error=error,
+        files=list(out.files),
+        items_failed=[{"item": f.item, "reason": f.reason} for f in out.failures],
+        truncated=dict(out.truncated),
+    )
