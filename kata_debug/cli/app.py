@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import asdict
 from enum import Enum
@@ -54,25 +53,6 @@ def _root(
     ),
 ) -> None:
     """Support bundles, VM sizing analysis and agent trace forwarding for Kata Containers."""
-
-
-def parse_size(text: str, option: str) -> int:
-    """`50M`, `1G`, `512K`, `1048576` -> bytes (binary units: logs are measured in MiB)."""
-    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    s = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = s[-1] if s and s[-1] in "kmg" else ""
-    try:
-        value = float(s[: len(s) - len(unit)])
-    except ValueError:
-        raise UsageError(f"{option} {text!r}: not a size (use e.g. 50M, 1G)") from None
-    if not math.isfinite(value):
-        raise UsageError(f"{option} {text!r}: not a size (use e.g. 50M, 1G)")
-    if value <= 0:
-        raise UsageError(f"{option} {text!r}: must be positive")
-    size = int(value * units[unit])
-    if size < 1:
-        raise UsageError(f"{option} {text!r}: must be at least 1 byte")
-    return size
 
 
 @app.command()
@@ -198,7 +178,7 @@ def collect(
     for flag, value in cluster_only.items():
         if value:
             raise UsageError(f"{flag}: only valid with --cluster")
-    from kata_debug.cli.options import parse_duration
+    from kata_debug.cli.options import parse_duration, parse_size
     from kata_debug.cli.progress import CollectorProgress
     from kata_debug.collect.interrupts import exit_process, run_leaving_stuck_threads
     from kata_debug.collect.runner import CollectOptions, run_collection

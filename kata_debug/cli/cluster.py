@@ -197,7 +197,7 @@ def collect_cluster(
         node_args += ["--collector", c]
     if all_runtimes:
         node_args.append("--all-runtimes")
-    from kata_debug.cli.app import parse_size
+    from kata_debug.cli.options import parse_size
 
     parse_size(max_log_size, "--max-log-size")  # fail here, not on every node
     if no_redact:

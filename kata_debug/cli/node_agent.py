@@ -52,8 +52,7 @@ def node_agent(
     SIGTERM/SIGINT, then flushes and exits 0. Opens no network port.
     """
     from kata_debug.agent.service import AgentConfig, main
-    from kata_debug.cli.app import parse_size
-    from kata_debug.cli.options import parse_duration
+    from kata_debug.cli.options import parse_duration, parse_size
     from kata_debug.cli.trace import configure_logging
     from kata_debug.errors import UsageError
 

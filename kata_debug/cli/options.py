@@ -1,7 +1,11 @@
-"""Parse `--since` style durations (`90s`, `30m`, `24h`, `7d`, `1h30m`)."""
+"""Option types every command shares: durations (`--since`, timeouts) and sizes (`--max-log-size`).
+
+Each parser turns bad text into one `UsageError` line naming the option, never a traceback.
+"""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -24,3 +28,22 @@ def parse_duration(text: str, option: str = "--since") -> timedelta:
     if pos != len(s) or not s:
         raise UsageError(f"{option} {text!r}: not a duration (use e.g. 30m, 24h, 7d, 1h30m)")
     return timedelta(seconds=total)
+
+
+def parse_size(text: str, option: str) -> int:
+    """`50M`, `1G`, `512K`, `1048576` -> bytes (binary units: logs are measured in MiB)."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = s[-1] if s and s[-1] in "kmg" else ""
+    try:
+        value = float(s[: len(s) - len(unit)])
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: not a size (use e.g. 50M, 1G)") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{option} {text!r}: not a size (use e.g. 50M, 1G)")
+    if value <= 0:
+        raise UsageError(f"{option} {text!r}: must be positive")
+    size = int(value * units[unit])
+    if size < 1:
+        raise UsageError(f"{option} {text!r}: must be at least 1 byte")
+    return size

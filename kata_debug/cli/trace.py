@@ -41,7 +41,7 @@ class LogLevel(str, Enum):
 
 def _size(text: str, option: str) -> int:
     """A size option in bytes (`64M`, `1G`, `4096`), or a one-line usage error."""
-    from kata_debug.cli.app import parse_size
+    from kata_debug.cli.options import parse_size
 
     return parse_size(text, option)
 
