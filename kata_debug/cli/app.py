@@ -57,6 +57,7 @@ def _root(
 
 @app.command()
 def collect(
+    ctx: typer.Context,
     host_root: Path = typer.Option(
         Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."
     ),
@@ -131,6 +132,7 @@ def collect(
     from kata_debug.cli.upload import parse_collect_upload, upload_after_collect
 
     upload_target = parse_collect_upload(
+        ctx,
         upload,
         upload_method,
         upload_header,
@@ -167,18 +169,19 @@ def collect(
                 upload=upload_target,
             )
         )
+    from kata_debug.cli.options import given, parse_duration, parse_size
+
     cluster_only = {
-        "--kubeconfig": kubeconfig,
-        "--context": context,
-        "--node": node,
-        "--selector": selector,
-        "--parallel": None if parallel == 8 else parallel,
-        "--node-timeout": None if node_timeout == 600.0 else node_timeout,
+        "--kubeconfig": "kubeconfig",
+        "--context": "context",
+        "--node": "node",
+        "--selector": "selector",
+        "--parallel": "parallel",
+        "--node-timeout": "node_timeout",
     }
-    for flag, value in cluster_only.items():
-        if value:
+    for flag, name in cluster_only.items():
+        if given(ctx, name):
             raise UsageError(f"{flag}: only valid with --cluster")
-    from kata_debug.cli.options import parse_duration, parse_size
     from kata_debug.cli.progress import CollectorProgress
     from kata_debug.collect.interrupts import exit_process, run_leaving_stuck_threads
     from kata_debug.collect.runner import CollectOptions, run_collection

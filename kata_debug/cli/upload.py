@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
+from kata_debug.cli.options import given
 from kata_debug.errors import UsageError
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 # module is imported when an upload is asked for; tests/test_upload.py checks these match.
 DEFAULT_RETRIES = 5
 TOKEN_ENV = "KATA_DEBUG_UPLOAD_TOKEN"
+#: The parameter names of `collect`'s options that only mean something with `--upload`.
+COLLECT_UPLOAD_OPTIONS = ("upload_method", "upload_header", "upload_retries", "upload_timeout", "upload_cacert")
 
 
 def upload_with_progress(path: Path, target: UploadTarget, show: bool) -> UploadResult:
@@ -116,6 +119,7 @@ def _parse(
 
 
 def parse_collect_upload(
+    ctx: typer.Context,
     url: str | None,
     method: str,
     header: list[str] | None,
@@ -125,9 +129,13 @@ def parse_collect_upload(
     output: str | None,
     redact: bool,
 ) -> UploadTarget | None:
-    """The `collect --upload*` options, checked before collection starts."""
+    """The `collect --upload*` options, checked before collection starts.
+
+    `ctx` is the `collect` command's: an `--upload-*` option given without `--upload` is
+    refused even when it is given its default value (`--upload-retries 5`).
+    """
     if url is None:
-        if header or cacert is not None or method.upper() != "PUT" or retries != DEFAULT_RETRIES or timeout != 60.0:
+        if any(given(ctx, name) for name in COLLECT_UPLOAD_OPTIONS):
             raise UsageError(
                 "--upload-method/--upload-header/--upload-retries/--upload-timeout/--upload-cacert: "
                 "only valid with --upload"
