@@ -106,8 +106,6 @@ class Container:
     path: Path_  # document path of the container mapping
     requests: dict[str, Value]
     limits: dict[str, Value]
-    has_requests_key: bool = False
-    has_limits_key: bool = False
 
 
 @dataclass
@@ -187,8 +185,6 @@ def read_workload(obj: dict[str, Any], prefix: Path_ = ()) -> Workload | None:
                     path=cpath,
                     requests=read_list(res.get("requests"), f"{cfield}.resources.requests", problems),
                     limits=read_list(res.get("limits"), f"{cfield}.resources.limits", problems),
-                    has_requests_key="requests" in res,
-                    has_limits_key="limits" in res,
                 )
             )
     if not containers and not problems:
