@@ -195,7 +195,7 @@ def collect(
         timeout=timeout,
         deadline=deadline,
         redact=not no_redact,
-        compression=compression.value,  # type: ignore[arg-type]
+        compression=compression.value,
         all_runtimes=all_runtimes,
         max_log_bytes=parse_size(max_log_size, "--max-log-size"),
         options={"trace_spool_dir": trace_spool_dir},

@@ -247,8 +247,8 @@ def _print_table(console: Console, report: Report, explain: bool) -> None:
             console.print(f"[dim]note    {escape(_who(e))}: {escape(u)}[/]", soft_wrap=True)
         if explain and e.vm is not None:
             console.print(f"[bold]{escape(_who(e))}[/] ({escape(e.doc.source)}):", soft_wrap=True)
-            for s in e.vm.steps:
-                console.print(f"  - {escape(s)}", soft_wrap=True)
+            for step in e.vm.steps:
+                console.print(f"  - {escape(step)}", soft_wrap=True)
     s = report.summary()
     if hidden:
         console.print(f"[dim]{len(hidden)} non-Kata workload(s) not shown (see --format json)[/]")

@@ -453,7 +453,7 @@ def _overhead_findings(w: Workload, rc: RuntimeClass | None, vm: VmSize, out: li
 
 
 def _meta(obj: dict[str, Any]) -> tuple[str | None, str | None]:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    meta = got if isinstance(got := obj.get("metadata"), dict) else {}
     name, ns = meta.get("name"), meta.get("namespace")
     return (str(name) if name is not None else None, str(ns) if ns else None)
 
