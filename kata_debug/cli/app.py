@@ -1,4 +1,8 @@
-"""Command line: parsing, progress and exit codes only; the work lives in the modules."""
+"""The `kata-debug` application: `collect`, `collectors`, the other commands' registration, `main`.
+
+`collect` parses its options and hands over to `kata_debug.collect` (one node) or
+`cli.cluster` (`--cluster`); `main` turns every error into one line and an exit code.
+"""
 
 from __future__ import annotations
 

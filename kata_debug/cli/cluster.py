@@ -1,6 +1,6 @@
 """The terminal side of `collect --cluster`: progress per node, summary, exit code.
 
-`cli.py` parses the options and hands them here, so the `collect` command stays one command
+`cli/app.py` parses the options and hands them here, so the `collect` command stays one command
 for both modes while cluster mode keeps its own progress and summary shapes.
 """
 

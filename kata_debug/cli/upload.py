@@ -1,4 +1,10 @@
-"""`kata-debug upload`, and the upload step `collect --upload` runs after writing its bundle."""
+"""`kata-debug upload`, and the upload step `collect --upload` runs after writing its bundle.
+
+Options and output only: `kata_debug.upload` checks the target and sends the file. Here
+are the transfer bar on a terminal, the one-line and JSON summaries, and the `collect`
+side: `--upload-*` options refused without `--upload`, and a failed upload reported with
+the path of the bundle, which stays on disk.
+"""
 
 from __future__ import annotations
 
