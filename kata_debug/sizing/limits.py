@@ -469,7 +469,13 @@ def _value_problem(
         unresolved.append(f"{where} {v.text} (template placeholder; not counted)")
     else:
         out.append(
-            finding("unevaluable", container, resource, f"{where}: {v.problem}; not counted in the VM size", where)
+            finding(
+                "unevaluable",
+                container,
+                resource,
+                f"{where}: {v.problem}; the API server refuses it (not counted in the VM size)",
+                where,
+            )
         )
     return True
 

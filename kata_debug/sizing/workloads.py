@@ -221,7 +221,7 @@ class LimitRangeItem:
     min: dict[str, Value]
     field: str
     path: Path_
-    max_ratio: dict[str, Value] = field(default_factory=dict)  # maxLimitRequestRatio
+    max_ratio: dict[str, Value]  # maxLimitRequestRatio
 
 
 @dataclass
