@@ -126,7 +126,7 @@ class CollectorOutput:
                 spool = Spool(max_bytes)
                 try:
                     if oci:
-                        data = src.read(max_bytes)
+                        data = src.read(-1 if max_bytes is None else max_bytes)  # None was refused above
                         spool.write(redactor.oci_text(data) if redact else data)
                         return spool
                     if max_bytes is not None:
