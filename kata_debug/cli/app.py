@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from kata_debug import __version__
@@ -340,19 +341,25 @@ def _print_summary(
 
     any_cut = any(c.truncated for c in result.collectors)
     table = Table(title=f"kata-debug bundle for node {escape(result.node)}", title_justify="left")
-    table.add_column("collector", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("time", justify="right", no_wrap=True)
-    table.add_column("files", justify="right", no_wrap=True)
+    table.add_column("collector")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("files", justify="right")
     if any_cut:
-        table.add_column("cut by --max-log-size", justify="right", no_wrap=True)
+        table.add_column("cut by --max-log-size", justify="right")
     for c in result.collectors:
         row = [c.name, f"[{STATUS_STYLE[c.status]}]{c.status}[/]", f"{c.duration_s:.1f}s", str(len(c.files))]
         if any_cut:
             cut = sum(c.truncated.values())
             row.append(f"{human_size(cut)} ({len(c.truncated)} log(s))" if cut else "")
         table.add_row(*row)
-    console.print(table)
+    # Never squeezed below its natural width (rich would ellipsize "skipped" as "skipp…"):
+    # on a narrow terminal the terminal wraps the lines instead.
+    natural = Measurement.get(console, console.options.update_width(1 << 12), table).maximum
+    if natural > console.width:
+        Console(file=console.file, width=natural, force_terminal=console.is_terminal).print(table)
+    else:
+        console.print(table)
     for c in result.collectors:
         if c.error:
             console.print(f"[bold]{c.name}[/]: {escape(c.error)}", soft_wrap=True, highlight=False)
@@ -428,7 +435,13 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main() -> None:
+def kubectl_plugin() -> None:
+    """`kubectl kata-debug ...`: kubectl finds the `kubectl-kata_debug` script on PATH and runs it
+    with the arguments after the plugin name; help and errors then name the command as typed."""
+    main(prog_name="kubectl kata-debug")
+
+
+def main(prog_name: str = "kata-debug") -> None:
     """Entry point: every user-facing error is one line, never a traceback.
 
     Click's own usage errors (unknown option, bad choice) are turned into one line too,
@@ -439,7 +452,7 @@ def main() -> None:
     command = typer.main.get_command(app)
     real_metavars(command)
     try:
-        code = command.main(args=sys.argv[1:], prog_name="kata-debug", standalone_mode=False)
+        code = command.main(args=sys.argv[1:], prog_name=prog_name, standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
         print("kata-debug: interrupted", file=sys.stderr)
         sys.exit(130)
