@@ -116,10 +116,10 @@ CREDENTIAL_RULES: list[LineRule] = [
     # Command lines in text (ps output, hooks, `sh -c` strings, span attributes).
     _rule(
         "argv-secret",
-        rb"(?i)(?<!\S)--?[\w-]*(?:token|password|passwd|secret|pass|api-key|apikey|credentials?|auth|client-key-data)"
-        rb"(?:[ \t]+|=)(?P<v>(?!-)\"[^\"]*\"|(?!-)'[^']*'|(?!-)[^\s\"']+)",
+        rb"(?i)(?<![^\s\"'\[,=])--?[\w-]*(?:token|password|passwd|secret|pass|api-key|apikey|credentials?|auth|client-key-data)"
+        rb"(?:[ \t]+|=|\\?\"[ \t]*,[ \t]*\\?\")(?P<v>(?!-)\"[^\"]*\"|(?!-)'[^']*'|(?!-)[^\s\"'\\]+)",
         "v",
-        rb"(?i:-(?:[\w-]*)(?:token|password|passwd|secret|pass|api-key|apikey|credentials?|auth|client-key-data)[ \t=])",
+        rb"(?i:-(?:[\w-]*)(?:token|password|passwd|secret|pass|api-key|apikey|credentials?|auth|client-key-data)(?:[ \t=]|\\?\"[ \t]*,))",
     ),
     _rule(
         "argv-secret",

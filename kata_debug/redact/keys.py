@@ -32,6 +32,7 @@ _INLINE = re.compile(
     rb"(?P<begin>" + _BEGIN.pattern + rb")(?P<body>(?:\\\\?[rn]|[ \t])(?:[A-Za-z0-9+/=:,.\t -]|\\\\?[rn])*?)"
     rb"(?P<end>" + _END.pattern + rb"|(?=[^A-Za-z0-9+/=:,.\t \\-])|$)"
 )
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/=]{20,}")
 MARKERS = (b"PRIVATE KEY", b"PuTTY-User-Key-File", b"Private-MAC:")
 
 
@@ -45,7 +46,7 @@ def _inline(line: bytes) -> tuple[bytes, int]:
     def repl(m: re.Match[bytes]) -> bytes:
         nonlocal n
         body = m.group("body")
-        if sum(1 for c in body if c not in b" \t\\rn") < 16:
+        if not _BASE64_RUN.search(body):
             return m.group(0)
         n += 1
         sep = b"\\n" if b"\\n" in body else b" "
@@ -61,6 +62,7 @@ class KeyBlocks:
     in_block: bool = False
     at_head: bool = True
     count: int = 0
+    _marked: bool = False  # the `***` standing for this block's body has been written
 
     def feed(self, data: bytes) -> bytes:
         if not self.in_block and not self.at_head and not any(m in data for m in MARKERS):
@@ -93,6 +95,10 @@ class KeyBlocks:
                     out.append(mac.group(1) + MASK_B + b"\n")
                     continue
                 if _body_line(line) or not line.strip():
+                    if not self._marked:
+                        out.append(MASK_B + b"\n")
+                        self.count += 1
+                        self._marked = True
                     continue
                 self.in_block = False  # no END: the block stops at the first non-body line
             if not any(m in line for m in MARKERS):
@@ -112,7 +118,5 @@ class KeyBlocks:
             if following and not following[0].strip():
                 following = following[1:]
             if not following or _body_line(following[0]):
-                self.in_block = True
-                self.count += 1
-                out.append(MASK_B + b"\n")
+                self.in_block, self._marked = True, False
         return b"".join(out)

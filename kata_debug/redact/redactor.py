@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kata_debug.redact.counts import MASK, MASK_B, RuleCounts, looks_secret
-from kata_debug.redact.keys import KeyBlocks
 from kata_debug.redact.structured import JsonRedactor
-from kata_debug.redact.text import redact_text
+from kata_debug.redact.text import TextState, redact_text
 
 __all__ = ["MASK", "Redactor", "StreamRedactor", "looks_secret"]
 
@@ -100,9 +99,9 @@ class StreamRedactor:
 
     def __init__(self, redactor: Redactor) -> None:
         self._r = redactor
-        self._blocks = KeyBlocks()
+        self._state = TextState()
 
     def feed(self, chunk: _Bytes) -> _Bytes:
         if not self._r.enabled:
             return chunk
-        return redact_text(chunk, self._r._counts, self._blocks)
+        return redact_text(chunk, self._r._counts, self._state)

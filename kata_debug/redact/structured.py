@@ -40,8 +40,21 @@ class JsonRedactor:
         if isinstance(value, list):
             return [self.walk(v) for v in value]
         if isinstance(value, str):
-            return self._text(value)
+            return self._string(value)
         return value
+
+    def _string(self, value: str) -> str:
+        """A string; one holding JSON (last-applied-configuration, CRI-O's nested annotations)
+        is parsed and walked with the same schema rules, and re-encoded only if it changed."""
+        stripped = value.strip()
+        if stripped[:1] in ("{", "[") and stripped[-1:] in ("}", "]"):
+            try:
+                parsed = json.loads(stripped)
+            except ValueError:
+                return self._text(value)
+            walked = self.walk(parsed)
+            return value if walked == parsed else json.dumps(walked, separators=(",", ":"))
+        return self._text(value)
 
     def _mask_all(self, value: Any) -> Any:
         if isinstance(value, dict):
@@ -144,13 +157,7 @@ class JsonRedactor:
         if looks_secret(key) and value:
             self._counts.add("secret-annotation")
             return MASK
-        if value.lstrip().startswith(("{", "[")):
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                return self._text(value)
-            return json.dumps(self.walk(parsed), separators=(",", ":"))
-        return self._text(value)
+        return self._string(value)
 
 
 def _is_secret_scalar(v: Any) -> bool:

@@ -8,6 +8,7 @@ lookarounds RE2 lacks. Clean text costs one RE2 scan and no copy.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import re2  # google-re2: see pyproject for why
 
@@ -27,6 +28,7 @@ _TRIGGER = re2.compile(b"|".join([_HEADER_TRIGGER, *(t for r in LINE_RULES for t
 
 # TOML multi-line strings: `password = '''...'''` / `"""..."""` may span lines.
 _MULTILINE = re.compile(rb"(" + SECRET_NAME + rb")([ \t]*=[ \t]*)('''|\"\"\")(.*?)(\3)", re.S)
+_OPEN_MULTILINE = re.compile(rb"(" + SECRET_NAME + rb")([ \t]*=[ \t]*)('''|\"\"\")((?:(?!\3).)*)\Z", re.S)
 
 
 def _multiline(data: bytes, counts: RuleCounts) -> bytes:
@@ -67,14 +69,39 @@ def redact_line(line: bytes, counts: RuleCounts) -> bytes:
     return line
 
 
-def redact_text(data: bytes, counts: RuleCounts, blocks: keys.KeyBlocks | None = None) -> bytes:
-    """Redact text; `blocks` carries private-key state across the chunks of one stream."""
-    blocks = blocks if blocks is not None else keys.KeyBlocks()
+@dataclass
+class TextState:
+    """What one stream carries from chunk to chunk: key-block state, and the closing quote of
+    a TOML multi-line secret (`password = '''`) that the previous chunk left open."""
+
+    blocks: keys.KeyBlocks = field(default_factory=keys.KeyBlocks)
+    open_quote: bytes = b""
+
+
+def _open_multiline(data: bytes, state: TextState, counts: RuleCounts) -> bytes:
+    if state.open_quote:
+        end = data.find(state.open_quote)
+        if end < 0:
+            return b""
+        data, state.open_quote = data[end:], b""
+    if b"'''" in data or b'"""' in data:
+        data = _multiline(data, counts)
+        m = _OPEN_MULTILINE.search(data)
+        if m and m.group(4) != MASK_B:
+            state.open_quote = m.group(3)
+            counts.add("secret-value")
+            data = data[: m.start(4)] + MASK_B + b"\n"
+    return data
+
+
+def redact_text(data: bytes, counts: RuleCounts, state: TextState | None = None) -> bytes:
+    """Redact text; `state` carries what spans chunks when `data` is one chunk of a stream."""
+    state = state if state is not None else TextState()
+    blocks = state.blocks
     before = blocks.count
     data = blocks.feed(data)
     counts.add(keys.RULE, blocks.count - before)
-    if b"'''" in data or b'"""' in data:
-        data = _multiline(data, counts)
+    data = _open_multiline(data, state, counts)
     m = _TRIGGER.search(data)
     if m is None:
         return data

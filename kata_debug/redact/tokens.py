@@ -106,7 +106,7 @@ _QUOTED_VALUE = (
 )
 _ASSIGN = re.compile(
     rb"(?P<name>" + SECRET_NAME + rb")(?P<sep>\\?[\"']?[ \t]*[:=][ \t]*)(?!\*\*\*)"
-    rb"(?P<val>" + _QUOTED_VALUE + rb"|(?:[^\s\"',;&}\]\\)]|,(?!\s))+)"
+    rb"(?P<val>" + _QUOTED_VALUE + rb"|(?:[^\s\"',;&}\]\\)]|,(?!\s|[A-Za-z_][\w.-]*=))+)"
 )
 # Header names whose values credentials.py masks whole (scheme kept): not assignments.
 _HEADER_NAMES = frozenset(

@@ -1,0 +1,59 @@
+"""Every planted secret form, in every place a collector reads, stays out of the bundle;
+every harmless look-alike comes through. Each place goes through the code path that
+handles it in a collection: text files and logs through the stream redactor (whole and
+line by line, as chunks), parsed specs/spans through `json_value` (CollectorOutput.add_json),
+unparsed specs through `oci_text`, cluster objects through `cluster.objects.redact_object`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kata_debug.cluster.objects import redact_object
+from kata_debug.redact.redactor import Redactor
+from tests.redaction_corpus import CASES, LOOKALIKES, Case
+
+
+def run_place(case: Case) -> list[str]:
+    """The bundle text(s) the content becomes, one per way the place can be read."""
+    c: Any = case.content
+    if case.place in ("log", "config", "span-text"):
+        data = c.encode()
+        whole = Redactor().stream().feed(data)
+        stream = Redactor().stream()
+        by_line = b"".join(stream.feed(line) for line in data.splitlines(keepends=True))
+        outs = [whole.decode(), Redactor().bytes(data).decode()]
+        return [*outs, by_line.decode()] if case.by_line else outs
+    if case.place == "oci-raw":
+        return [Redactor().oci_text(c.encode()).decode()]
+    if case.place in ("oci", "persist", "span"):
+        return [json.dumps(Redactor().json_value(c, oci=case.place == "oci"), indent=2)]
+    if case.place == "k8s":
+        return [json.dumps(redact_object(Redactor(), c), indent=2)]
+    raise AssertionError(case.place)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_planted_secret_does_not_reach_the_bundle(case: Case) -> None:
+    for out in run_place(case):
+        leaked = [s for s in case.secrets if s in out]
+        assert not leaked, f"leaked {leaked} in:\n{out}"
+        destroyed = [k for k in case.keep if k not in out]
+        assert not destroyed, f"destroyed {destroyed} in:\n{out}"
+
+
+@pytest.mark.parametrize("case", LOOKALIKES, ids=[c.id for c in LOOKALIKES])
+def test_harmless_lookalike_survives(case: Case) -> None:
+    for out in run_place(case):
+        if case.place in ("log", "config"):
+            assert out == case.content
+        destroyed = [k for k in case.keep if k not in out]
+        assert not destroyed, f"destroyed {destroyed} in:\n{out}"
+
+
+def test_the_corpus_is_broad() -> None:
+    """The issue's reviewer planted 156 forms; this corpus plants more, in every place."""
+    assert len(CASES) >= 156
+    assert {c.place for c in CASES} >= {"log", "config", "oci", "oci-raw", "persist", "k8s", "span", "span-text"}
