@@ -64,9 +64,18 @@ class KeyBlocks:
     count: int = 0
     _marked: bool = False  # the `***` standing for this block's body has been written
 
-    def feed(self, data: bytes) -> bytes:
-        if not self.in_block and not self.at_head and not any(m in data for m in MARKERS):
-            return data
+    def feed(self, data: bytes, markers: bool | None = None) -> bytes:
+        """Mask the key blocks in one chunk. `markers`: whether the caller already knows the
+        chunk holds a marker (None: look for one here)."""
+        if self.at_head:
+            nl = data.find(b"\n")
+            if not _body_line(data if nl < 0 else data[: nl + 1]):
+                self.at_head = False
+        if not self.in_block and not self.at_head:
+            if markers is None:
+                markers = any(m in data for m in MARKERS)
+            if not markers:
+                return data
         lines = data.splitlines(keepends=True)
         out: list[bytes] = []
         i = 0

@@ -24,7 +24,10 @@ LINE_RULES: list[LineRule] = [*TOKEN_RULES, *CREDENTIAL_RULES, ASSIGNMENT_RULE]
 _HEADER_TRIGGER = (
     rb"\"key\"|(?i:authorization|cookie|x-amz-security-token|x-api-key|x-auth-token|private-token|x-vault-token)"
 )
-_TRIGGER = re2.compile(b"|".join([_HEADER_TRIGGER, *(t for r in LINE_RULES for t in r.triggers)]))
+_SPECIAL = b"|".join([*keys.MARKERS, b"'''", b'"""'])
+_TRIGGER = re2.compile(
+    b"(" + _SPECIAL + b")|" + b"|".join([_HEADER_TRIGGER, *(t for r in LINE_RULES for t in r.triggers)])
+)
 
 # TOML multi-line strings: `password = '''...'''` / `"""..."""` may span lines.
 _MULTILINE = re.compile(rb"(" + SECRET_NAME + rb")([ \t]*=[ \t]*)('''|\"\"\")(.*?)(\3)", re.S)
@@ -94,26 +97,46 @@ def _open_multiline(data: bytes, state: TextState, counts: RuleCounts) -> bytes:
     return data
 
 
-def redact_text(data: bytes, counts: RuleCounts, state: TextState | None = None) -> bytes:
-    """Redact text; `state` carries what spans chunks when `data` is one chunk of a stream."""
-    state = state if state is not None else TextState()
-    blocks = state.blocks
-    before = blocks.count
-    data = blocks.feed(data)
-    counts.add(keys.RULE, blocks.count - before)
-    data = _open_multiline(data, state, counts)
-    m = _TRIGGER.search(data)
-    if m is None:
-        return data
+def _line_rules(data: bytes, hits: list[tuple[int, int]], counts: RuleCounts) -> bytes:
     parts: list[bytes] = []
     pos = 0
-    while m is not None:
-        start = data.rfind(b"\n", 0, m.start()) + 1
-        end = data.find(b"\n", m.end())
+    for hit_start, hit_end in hits:
+        if hit_start < pos:
+            continue  # this line is done
+        start = data.rfind(b"\n", 0, hit_start) + 1
+        end = data.find(b"\n", hit_end)
         end = len(data) if end < 0 else end
         parts.append(data[pos:start])
         parts.append(redact_line(data[start:end], counts))
         pos = end
-        m = _TRIGGER.search(data, end) if end < len(data) else None
+    if not parts:
+        return data
     parts.append(data[pos:])
     return b"".join(parts)
+
+
+def redact_text(data: bytes, counts: RuleCounts, state: TextState | None = None) -> bytes:
+    """Redact text; `state` carries what spans chunks when `data` is one chunk of a stream.
+
+    One RE2 pass finds both the lines the line rules must see and the rare markers of
+    multi-line secrets (key blocks, TOML triple quotes); only when those occur, or a stream
+    is inside one, does the text get a second look.
+    """
+    state = state if state is not None else TextState()
+    hits: list[tuple[int, int]] = []
+    special = False
+    for m in _TRIGGER.finditer(data):
+        if m.lastindex:  # group 1: a multi-line marker
+            special = True
+        hits.append(m.span())
+    blocks = state.blocks
+    if special or blocks.in_block or blocks.at_head or state.open_quote:
+        before = blocks.count
+        changed = blocks.feed(data, markers=special and any(mk in data for mk in keys.MARKERS))
+        counts.add(keys.RULE, blocks.count - before)
+        if state.open_quote or (special and (b"'''" in changed or b'"""' in changed)):
+            changed = _open_multiline(changed, state, counts)
+        if changed is not data:
+            data = changed
+            hits = [m.span() for m in _TRIGGER.finditer(data)]
+    return _line_rules(data, hits, counts)
