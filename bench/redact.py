@@ -92,7 +92,7 @@ def load_redactor(rev: str) -> type:
     mod = importlib.util.module_from_spec(spec)
     sys.modules["oldredact.redactor"] = mod
     spec.loader.exec_module(mod)
-    return mod.Redactor  # type: ignore[no-any-return]
+    return mod.Redactor
 
 
 def measure(make: Callable[[], object], parts: list[bytes], repeat: int) -> tuple[float, bytes]:

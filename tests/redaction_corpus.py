@@ -677,6 +677,31 @@ _L(
     )
 )
 
+# -- upload error replies (quoted to the operator by kata_debug.upload) ---------------------
+for cid, reply, parts in [
+    (
+        "s3-signature-mismatch",
+        f"<Error><Code>SignatureDoesNotMatch</Code><AWSAccessKeyId>{AKID}</AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256 20261201T000000Z 20261201/us-east-1/s3/aws4_request 3b7f</StringToSign><SignatureProvided>0a1b2c3d4e5f6071</SignatureProvided></Error>",
+        (AKID, "0a1b2c3d4e5f6071", "3b7f"),
+    ),
+    (
+        "azure-auth-failed",
+        "<Error><Code>AuthenticationFailed</Code><Message>Signature did not match. sig=Zm9vU2lnVmFs&se=2026</Message></Error>",
+        ("Zm9vU2lnVmFs",),
+    ),
+    (
+        "json-echo-token",
+        '{"error":"invalid token","token":"EchoTok9876","url":"https://up.example/b?token=QueryTok123"}',
+        ("EchoTok9876", "QueryTok123"),
+    ),
+    (
+        "gcs-echo",
+        "<Error><Code>SignatureDoesNotMatch</Code><StringToSign>GOOG4-RSA-SHA256 x</StringToSign><CanonicalRequest>PUT /b/o X-Goog-Credential=svc%40p.iam X-Goog-Signature=abc</CanonicalRequest>",
+        ("svc%40p.iam", "GOOG4-RSA-SHA256 x"),
+    ),
+]:
+    _L(Case(f"upload-{cid}", "upload", reply, parts))
+
 # -- harmless look-alikes: must come through unchanged ---------------------------------------
 LOOKALIKES: list[Case] = [
     Case(

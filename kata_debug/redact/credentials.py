@@ -133,6 +133,15 @@ CREDENTIAL_RULES: list[LineRule] = [
         "v",
         rb"(?i:login|mysql|mariadb|sshpass|redis-cli)",
     ),
+    # XML error replies (S3 SignatureDoesNotMatch echoes what was signed) and XML configs;
+    # a reply cut at a size limit may end inside the element.
+    _rule(
+        "xml-secret",
+        rb"(?i)<(?:(?:AWS)?AccessKeyId|SignatureProvided|StringToSign(?:Bytes)?|CanonicalRequest(?:Bytes)?"
+        rb"|[A-Za-z]*(?:Signature|Token|Secret|Password|Passwd|SecretKey|PrivateKey|AccountKey))>(?P<v>[^<]+)",
+        "v",
+        rb"(?i:accesskeyid>|signatureprovided>|stringtosign|canonicalrequest|signature>|token>|secret>|password>|passwd>|key>)",
+    ),
     _rule(
         "sql-password",
         rb"(?i)\b(?:identified\s+by(?:\s+password)?|password)\s+(?P<v>'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.)*\")",
