@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def bundle_file(tmp_path: Path, size: int = 3 * 1024 * 1024 + 17) -> tuple[Path,
 
 
 @pytest.fixture
-async def server() -> UploadServer:
+async def server() -> AsyncIterator[UploadServer]:
     srv = await UploadServer().start()
     yield srv
     await srv.stop()
