@@ -69,3 +69,34 @@ def test_the_corpus_is_broad() -> None:
         "span-text",
         "upload",
     }
+
+
+@pytest.mark.parametrize("kind", ["RSA PRIVATE KEY", "OPENSSH PRIVATE KEY", "PGP PRIVATE KEY BLOCK"])
+def test_a_key_written_to_the_journal_line_by_line_is_masked_in_both_journal_outputs(kind: str) -> None:
+    """shim-logs turns each journal entry into a prefixed text line and a JSON row; a key
+    logged one line per entry is still one block in both."""
+    import io
+
+    from kata_debug.bundle.writer import Spool
+    from kata_debug.collectors.shim_logs import _split_journal
+    from kata_debug.logs.scan import PerSandbox, SourceStats
+    from tests.redaction_corpus import PEM_BODY, pem
+
+    messages = ["loading tls material", *pem(kind).splitlines(), "sandbox=4f2c started ok"]
+    raw = io.BytesIO(
+        b"".join(
+            json.dumps(
+                {"MESSAGE": m, "__REALTIME_TIMESTAMP": str(1764583200000000 + i), "_PID": "12", "_HOSTNAME": "n1"}
+            ).encode()
+            + b"\n"
+            for i, m in enumerate(messages)
+        )
+    )
+    text, parsed = Spool(), Spool()
+    _split_journal(raw, "kata", text, parsed, PerSandbox(lambda sid: Spool()), Redactor(), SourceStats("journal"))
+    for spool in (text, parsed):
+        reader, size, _ = spool.tail()
+        out = reader.read(size).decode()
+        assert not [b for b in PEM_BODY if b in out], out
+        assert "loading tls material" in out and "started ok" in out
+        spool.close()

@@ -21,11 +21,31 @@ _BEGIN = re.compile(rb"-----BEGIN " + _KIND + rb"-----|---- BEGIN SSH2 ENCRYPTED
 _END = re.compile(rb"-----END " + _KIND + rb"-----|---- END SSH2 ENCRYPTED PRIVATE KEY ----")
 _PUTTY = re.compile(rb"[ \t]*PuTTY-User-Key-File-\d+:[ \t]*\S+[ \t]*\r?\n?")
 _PUTTY_MAC = re.compile(rb"([ \t]*Private-MAC:[ \t]*)\S+")
-# Key body lines: base64 (optionally indented, as in YAML block scalars) or armor headers.
-_BODY = re.compile(
-    rb"[ \t]*(?:[A-Za-z0-9+/=]{1,200}|(?:Proc-Type|DEK-Info|Version|Comment|Hash|Charset|Encryption|Public-Lines"
-    rb"|Private-Lines|Key-Derivation|Argon2-[A-Za-z]+|Subject):[^\n]*)[ \t]*\r?\n?"
+# Key body lines: base64 (optionally indented, as in YAML block scalars) or armor headers;
+# a key written to the journal line by line has each line wrapped as shim-logs writes it:
+# `<time> <host> <ident>[<pid>]: <line>` (journal.log) or a JSON row (journal.jsonl).
+_BODY_CORE = (
+    rb"(?:[A-Za-z0-9+/=]{1,200}|(?:Proc-Type|DEK-Info|Version|Comment|Hash|Charset|Encryption|Public-Lines"
+    rb"|Private-Lines|Key-Derivation|Argon2-[A-Za-z]+|Subject):[^\n\"]*)"
 )
+_JOURNAL_TEXT = rb"(?:\S+ \S+ [^\s\[]+\[\d*\]: )"
+_JOURNAL_ROW = (
+    rb'\{"ts": "[^"]*", "identifier": "[^"]*", "pid": [^,]*, "priority": [^,]*, "message": "',
+    rb'", "fields": \{[^\n]*\}\}',
+)
+_BODY = re.compile(
+    rb"(?:"
+    + _JOURNAL_TEXT
+    + rb"?[ \t]*"
+    + _BODY_CORE
+    + rb"[ \t]*|"
+    + _JOURNAL_ROW[0]
+    + _BODY_CORE
+    + _JOURNAL_ROW[1]
+    + rb")\r?\n?"
+)
+# What may follow a BEGIN marker on its line when the block goes on below it.
+_AFTER_BEGIN = re.compile(rb"\s*|" + _JOURNAL_ROW[1] + rb"\s*")
 # One-line forms: "-----BEGIN ...-----\nMIIE...\n-----END ...-----" inside a JSON string, or a
 # key flattened onto one line with spaces.
 _INLINE = re.compile(
@@ -118,7 +138,11 @@ class KeyBlocks:
             out.append(line)
             begins = list(_BEGIN.finditer(line))
             begin = begins[-1] if begins else None
-            opens = begin is not None and not line[begin.end() :].strip() and not _END.search(line, begin.end())
+            opens = (
+                begin is not None
+                and _AFTER_BEGIN.fullmatch(line, begin.end()) is not None
+                and not _END.search(line, begin.end())
+            )
             if not opens and _PUTTY.fullmatch(line):
                 opens = True
             if not opens:
