@@ -100,3 +100,30 @@ def test_a_key_written_to_the_journal_line_by_line_is_masked_in_both_journal_out
         assert not [b for b in PEM_BODY if b in out], out
         assert "loading tls material" in out and "started ok" in out
         spool.close()
+
+
+@pytest.mark.parametrize("cut", range(1, 4))
+def test_a_key_split_by_rotation_or_cut_by_the_size_cap_is_masked_in_every_file(tmp_path: Any, cut: int) -> None:
+    """The rotated `.1` ends inside a key and the live file starts inside it; with a cap the
+    copy starts inside it too. Each file is copied through its own stream, as shim-logs does."""
+    from kata_debug.bundle.writer import Spool
+    from kata_debug.logs.scan import PerSandbox, SourceStats, copy_log
+    from tests.redaction_corpus import PEM_BODY, log, pem
+
+    block = pem().splitlines(keepends=True)
+    before = "".join(log(f"line {i}") for i in range(50))
+    (tmp_path / "kata.log.1").write_text(before + "".join(block[: cut + 1]))
+    (tmp_path / "kata.log").write_text("".join(block[cut + 1 :]) + log("after rotation"))
+    outs = []
+    body_in_rotated = len("".join(block[1 : cut + 1]))  # the cap starts the copy at the first body line
+    for name, cap in (("kata.log.1", 1 << 20), ("kata.log", 1 << 20), ("kata.log.1", body_in_rotated)):
+        spool = Spool()
+        copy_log(
+            str(tmp_path / name), cap, spool, PerSandbox(lambda sid: Spool()), Redactor().stream(), SourceStats(name)
+        )
+        reader, size, _ = spool.tail()
+        outs.append(reader.read(size).decode())
+        spool.close()
+    everything = "".join(outs)
+    assert not [b for b in PEM_BODY if b in everything], everything
+    assert "line 49" in outs[0] and "after rotation" in outs[1] and outs[2] == "***\n"

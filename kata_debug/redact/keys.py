@@ -52,8 +52,15 @@ _INLINE = re.compile(
     rb"(?P<begin>" + _BEGIN.pattern + rb")(?P<body>(?:\\\\?[rn]|[ \t])(?:[A-Za-z0-9+/=:,.\t -]|\\\\?[rn])*?)"
     rb"(?P<end>" + _END.pattern + rb"|(?=[^A-Za-z0-9+/=:,.\t \\-])|$)"
 )
+_KEY_LINE = re.compile(rb"[A-Za-z0-9+/]{40,}")
 _BASE64_RUN = re.compile(rb"[A-Za-z0-9+/=]{20,}")
 MARKERS = (b"PRIVATE KEY", b"PuTTY-User-Key-File", b"Private-MAC:")
+
+
+def _key_line(line: bytes) -> bool:
+    """A line of key-length base64 in mixed case (a hex digest or a word is not)."""
+    m = _KEY_LINE.search(line)
+    return m is not None and m.group().lower() != m.group() and m.group().upper() != m.group()
 
 
 def _body_line(line: bytes) -> bool:
@@ -103,8 +110,9 @@ class KeyBlocks:
             j = 0
             while j < len(lines) and _body_line(lines[j]) and not _END.search(lines[j]):
                 j += 1
-            if j and j < len(lines) and _END.search(lines[j]):
-                # starts inside a block cut off before its BEGIN (a cap or a rotation)
+            if j and (_END.search(lines[j]) if j < len(lines) else any(_key_line(ln) for ln in lines[:j])):
+                # starts inside a block cut off before its BEGIN (a cap or a rotation): body
+                # lines up to its END, or a chunk of nothing but key-length base64 lines
                 out.append(MASK_B + b"\n")
                 self.count += 1
                 i = j
