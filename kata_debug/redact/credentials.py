@@ -21,9 +21,13 @@ _HEADER = re.compile(
 )
 
 
+_DIGEST_PARAMS = re.compile(rb'(?:[ \t]*,?[ \t]*[\w-]+=(?:\\?"[^"\\]*\\?"|[^\s,"\\]+))+')
+
+
 def _header_end(line: bytes, pos: int, quote: bytes | None) -> int:
-    """Where a header value that starts at `pos` ends: its closing quote, `]` of a Go map
-    print, or the end of the line."""
+    """Where a header value that starts at `pos` ends: its closing quote; unquoted, the first
+    quote (the value sits inside a logfmt or JSON string), `]` of a Go map print, or the end
+    of the line; Digest parameters, quoted as they are, all belong to the value."""
     if quote == b'\\"':
         end = line.find(b'\\"', pos)
         return len(line) if end < 0 else end
@@ -36,8 +40,13 @@ def _header_end(line: bytes, pos: int, quote: bytes | None) -> int:
             if line[end - 1 : end] != b"\\":
                 return end
             i = end + 1
-    end = line.find(b"]", pos)
-    return len(line) if end < 0 else end
+    if line[pos : pos + 7].lower() == b"digest ":
+        m = _DIGEST_PARAMS.match(line, pos + 7)
+        if m:
+            return m.end()
+    ends = [i for i in (line.find(c, pos) for c in (b'"', b"]")) if i >= 0]
+    end = min(ends, default=len(line))
+    return end - 1 if end > pos and line[end - 1 : end] == b"\\" else end
 
 
 def redact_headers(line: bytes) -> tuple[bytes, int]:
