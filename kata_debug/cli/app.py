@@ -189,7 +189,7 @@ def collect(
     if deprecated_alias(ctx, "--format", "output_format", "--output-format", output_format_old):
         assert output_format_old is not None
         output_format = output_format_old
-    chosen_compression = bundle_compression(output, compression.value if compression else None)  # type: ignore[arg-type]
+    chosen_compression = bundle_compression(output, compression.value if compression else None)
     since_span = parse_since(since)
 
     upload_target = parse_collect_upload(
