@@ -1,43 +1,49 @@
-"""OTLP protobuf requests built straight from decoded spans, for the SDK exporters to send.
+"""OTLP protobuf requests built from decoded spans with the protobuf message API.
 
-The SDK's own encoder (`encode_spans`) takes `ReadableSpan`s, and on one core it is the
-forwarder's bottleneck: it builds every message from keyword arguments and then deep-copies
-them into their parents, and it hashes each span's `Resource` by serialising it to JSON.
-Both encoders here carry what that encoder leaves out: link trace state, W3C trace flags and
-repeated event/link attribute keys exactly as the agent sent them.
+This is the only protobuf encoder. The SDK's own (`encode_spans`) takes `ReadableSpan`s and
+is the forwarder's bottleneck on one core (keyword-argument messages deep-copied into their
+parents, each span's `Resource` hashed through JSON); building the messages in place
+(`.add()` and field assignment) from our own span model costs about a third of it and
+carries what that encoder leaves out: link trace state, W3C trace flags and repeated
+event/link attribute keys exactly as the agent sent them. A hand-written byte encoder used
+to sit beside this one; measured on the bench's 2048-span agent batches it was no faster
+once the gRPC exporter's re-parse of its bytes was counted, and it had to be kept
+byte-identical to this one by hand (it was not, for array values in resources).
 
-* `encode_request` builds an `ExportTraceServiceRequest` message in place (`.add()` and field
-  assignment): the reference the direct encoding is tested against.
-* `encode_request_bytes` writes the same request's protobuf encoding directly (what both
-  exporters send, cut to size by `encode_requests`). A span is a fixed, small set of fields
-  (tags, lengths, values; `struct` for the fixed-width ones; a common string attribute is
-  five precomputed or borrowed pieces and no concatenation). It is slightly faster than the
-  message API (which is already C underneath: the cost of both is the Python work per
-  field), and it cannot fail on a string: a lone surrogate, which a JSON
-  `\ud800` escape can produce, is replaced instead of raising and failing the whole batch
-  over and over. The output is byte for byte what `encode_request(...).SerializeToString()`
-  gives (fields in number order, proto3 defaults left out); `tests/test_otlp_proto.py`
-  checks that.
-* `encode_requests` is the same encoding cut into requests a receiver accepts (size-capped),
-  what the OTLP sink sends.
+Two things the message API does not do for us:
+
+* Strings must be valid UTF-8, and a JSON `\\ud800` escape decodes to a lone surrogate,
+  which protobuf refuses. Such a span is re-encoded with the surrogates replaced (`?`), so
+  one bad span cannot fail its whole batch over and over.
+* Spans are grouped under their resource by `spans.resource_key`, not Python equality
+  (`True == 1`, `(1,) == (True,)` would put a span under another span's resource).
 """
 
 from __future__ import annotations
 
-import struct
-import sys
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from kata_debug.forwarder.exporters import DEFAULT_MAX_REQUEST_BYTES, QueuedSpan, ResourceAttrs
 from kata_debug.forwarder.otlp_json import FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE, trace_state_text
-from kata_debug.forwarder.wire import AttrValue, Span
+from kata_debug.forwarder.spans import (
+    Attributes,
+    AttrValue,
+    Event,
+    QueuedSpan,
+    ResourceAttrs,
+    Span,
+    resource_key,
+)
+
+__all__ = ["EncodedRequest", "encode_request", "encode_requests"]
 
 
 def _set_value(av: Any, v: AttrValue) -> None:
+    """One AnyValue. bool is tested before int: in Python a bool is an int."""
     t = type(v)
     if t is str:
         av.string_value = v
@@ -60,8 +66,7 @@ def _set_attrs(repeated: Any, attrs: Sequence[tuple[str, AttrValue]]) -> None:
     for k, v in attrs:
         kv = add()
         kv.key = k
-        # Inline the common case (a string) to save a call per attribute.
-        if type(v) is str:
+        if type(v) is str:  # the common case, inline: a call less per attribute
             kv.value.string_value = v
         else:
             _set_value(kv.value, v)
@@ -117,241 +122,98 @@ def _set_span(p: Any, s: Span) -> None:
         p.status.message = s.status_message
 
 
+# --------------------------------------------------------------------------- lone surrogates
+
+
+def _clean(s: str) -> str:
+    return s.encode("utf-8", "replace").decode()
+
+
+def _clean_value(v: AttrValue) -> AttrValue:
+    if type(v) is str:
+        return _clean(v)
+    if type(v) is tuple:
+        return tuple(_clean(x) if type(x) is str else x for x in v)  # type: ignore[return-value]
+    return v
+
+
+def _clean_attrs(attrs: Attributes) -> Attributes:
+    return [(_clean(k), _clean_value(v)) for k, v in attrs]
+
+
+def _clean_state(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((_clean(k), _clean(v)) for k, v in pairs)
+
+
+def _clean_span(s: Span) -> Span:
+    """The span with every string made valid UTF-8 (the slow path: only for a span that failed)."""
+    return dataclasses.replace(
+        s,
+        trace_state=_clean_state(s.trace_state),
+        name=_clean(s.name),
+        attributes=_clean_attrs(s.attributes),
+        events=[
+            Event(_clean(e.name), e.time_unix_nano, _clean_attrs(e.attributes), e.dropped_attributes_count)
+            for e in s.events
+        ],
+        links=[
+            dataclasses.replace(ln, trace_state=_clean_state(ln.trace_state), attributes=_clean_attrs(ln.attributes))
+            for ln in s.links
+        ],
+        status_message=_clean(s.status_message),
+        resource=None if s.resource is None else _clean_attrs(s.resource),
+    )
+
+
+def _add_span(spans: Any, s: Span) -> Any:
+    p = spans.add()
+    try:
+        _set_span(p, s)
+    except UnicodeEncodeError:
+        p.Clear()
+        _set_span(p, _clean_span(s))
+    return p
+
+
+def _add_resource(req: ExportTraceServiceRequest, res: ResourceAttrs) -> Any:
+    """A new ResourceSpans for `res`; returns its (only) scope's span list."""
+    rs = req.resource_spans.add()
+    try:
+        _set_attrs(rs.resource.attributes, res)
+    except UnicodeEncodeError:
+        del rs.resource.attributes[:]
+        _set_attrs(rs.resource.attributes, _clean_attrs(list(res)))
+    return rs.scope_spans.add().spans
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _build(batch: Sequence[QueuedSpan]) -> tuple[ExportTraceServiceRequest, list[tuple[object, Any]]]:
+    """The request, and per span of the batch (in order) its resource's group key and message."""
+    req = ExportTraceServiceRequest()
+    groups: dict[object, Any] = {}
+    #: id(resource) -> (resource, group key, span list): most spans share their origin's
+    #: resource tuple, so the typed key is computed once per tuple, not once per span. The
+    #: resource is kept referenced so its id cannot be reused while this runs.
+    seen: dict[int, tuple[ResourceAttrs, object, Any]] = {}
+    placed: list[tuple[object, Any]] = []
+    for span, origin in batch:
+        res = origin.resource_for(span) if span.resource else origin.resource
+        hit = seen.get(id(res))
+        if hit is None or hit[0] is not res:
+            key = resource_key(res)
+            spans = groups.get(key)
+            if spans is None:
+                spans = groups[key] = _add_resource(req, res)
+            hit = seen[id(res)] = (res, key, spans)
+        placed.append((hit[1], _add_span(hit[2], span)))
+    return req, placed
+
+
 def encode_request(batch: Sequence[QueuedSpan]) -> ExportTraceServiceRequest:
     """One `ExportTraceServiceRequest`, spans grouped under their resources in arrival order."""
-    req = ExportTraceServiceRequest()
-    scopes: dict[ResourceAttrs, Any] = {}
-    for span, origin in batch:
-        res = origin.resource_for(span)
-        spans = scopes.get(res)
-        if spans is None:
-            rs = req.resource_spans.add()
-            _set_attrs(rs.resource.attributes, res)
-            spans = scopes[res] = rs.scope_spans.add().spans
-        _set_span(spans.add(), span)
-    return req
-
-
-# --------------------------------------------------------------------------- wire format, directly
-
-#: Varints below 2^14 (every length and count in practice), precomputed.
-_VARINT: tuple[bytes, ...] = tuple(bytes((n,)) for n in range(128)) + tuple(
-    bytes((n & 0x7F | 0x80, n >> 7)) for n in range(128, 1 << 14)
-)
-_SMALL = 1 << 14
-_U64_MASK = (1 << 64) - 1
-_FIXED64_PAIR = struct.Struct("<BQBQ")  # start_time (7) and end_time (8) with their tags
-_FIXED64 = struct.Struct("<BQ")
-_DOUBLE = struct.Struct("<Bd")  # AnyValue.double_value (4)
-_FLAGS = struct.Struct("<BBI")  # Span.flags (16): a two-byte tag, fixed32
-_LINK_FLAGS = struct.Struct("<BI")  # Span.Link.flags (6), fixed32
-# trace_id (1) and span_id (2), and parent_span_id (4) too: ids are big-endian bytes
-_IDS = struct.Struct(">2sQQ2sQ")
-_IDS_PARENT = struct.Struct(">2sQQ2sQ2sQ")
-_M64 = (1 << 64) - 1
-
-
-def _varint(n: int) -> bytes:
-    if n < _SMALL:
-        return _VARINT[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _utf8(s: str) -> bytes:
-    """UTF-8, with unpaired surrogates (a JSON `\ud800` escape can make one) replaced:
-    protobuf strings must be valid UTF-8, and a span must not make its whole batch fail."""
-    try:
-        return s.encode()
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "replace")
-
-
-#: KeyValue.key fields by key (attribute names repeat endlessly); cleared when it grows large.
-_KEY_FIELDS: dict[str, bytes] = {}
-
-
-def _key_field(k: str) -> bytes:
-    kf = _KEY_FIELDS.get(k)
-    if kf is None:
-        if len(_KEY_FIELDS) >= 4096:
-            _KEY_FIELDS.clear()
-        kb = _utf8(k)
-        kf = _KEY_FIELDS[k] = b"\x0a" + _varint(len(kb)) + kb if kb else b""
-    return kf
-
-
-def _any_value(v: AttrValue) -> bytes:
-    """An AnyValue body. bool is tested before int: in Python a bool is an int."""
-    t = type(v)
-    if t is str:
-        vb = _utf8(v)  # type: ignore[arg-type]
-        return b"\x0a" + _varint(len(vb)) + vb
-    if t is bool:
-        return b"\x10\x01" if v else b"\x10\x00"
-    if t is int:
-        return b"\x18" + _varint(v & _U64_MASK)  # type: ignore[operator]
-    if t is float:
-        return _DOUBLE.pack(0x21, v)
-    body = b"".join([b"\x0a" + _varint(len(x)) + x for x in map(_any_value, v)])  # type: ignore[arg-type]
-    return b"\x2a" + _varint(len(body)) + body
-
-
-#: For a string value of n < 126 bytes: KeyValue.value's tag and length, AnyValue.string_value's
-#: tag and length (`12 <n+2> 0a <n>`), so a common attribute needs no concatenation at all.
-_STR_VALUE_HEAD: tuple[bytes, ...] = tuple(bytes((0x12, n + 2, 0x0A, n)) for n in range(126))
-
-
-def _attributes(out: list[bytes], tag: bytes, attrs: Sequence[tuple[str, AttrValue]]) -> None:
-    """Append one KeyValue field (`tag`) per attribute, as pieces for one final `join`."""
-    for k, v in attrs:
-        kf = _KEY_FIELDS.get(k)
-        if kf is None:
-            kf = _key_field(k)
-        if type(v) is str:
-            try:
-                vb = v.encode()
-            except UnicodeEncodeError:
-                vb = v.encode("utf-8", "replace")
-            n = len(vb)
-            if n < 126:
-                size = len(kf) + 4 + n
-                out += (tag, _VARINT[size] if size < _SMALL else _varint(size), kf, _STR_VALUE_HEAD[n], vb)
-                continue
-            av = b"\x0a" + _varint(n) + vb
-        elif type(v) is int and 0 <= v < _SMALL:  # a small int: AnyValue.int_value, 2 or 3 bytes
-            av = b"\x18" + _VARINT[v]
-        else:
-            av = _any_value(v)
-        kv = kf + b"\x12" + _VARINT[len(av)] + av if len(av) < _SMALL else kf + b"\x12" + _varint(len(av)) + av
-        n = len(kv)
-        out += (tag, _VARINT[n] if n < _SMALL else _varint(n), kv)
-
-
-def _event(e: Any) -> bytes:
-    out: list[bytes] = []
-    if e.time_unix_nano:
-        out.append(_FIXED64.pack(0x09, e.time_unix_nano))
-    if e.name:
-        nb = _utf8(e.name)
-        out += (b"\x12", _varint(len(nb)), nb)
-    if e.attributes:
-        _attributes(out, b"\x1a", e.attributes)
-    if e.dropped_attributes_count:
-        out += (b"\x20", _varint(e.dropped_attributes_count))
-    return b"".join(out)
-
-
-def _link(ln: Any) -> bytes:
-    out = [b"\x0a\x10", ln.trace_id.to_bytes(16, "big"), b"\x12\x08", ln.span_id.to_bytes(8, "big")]
-    if ln.trace_state:
-        ts = _utf8(trace_state_text(ln.trace_state))
-        out += (b"\x1a", _varint(len(ts)), ts)
-    if ln.attributes:
-        _attributes(out, b"\x22", ln.attributes)
-    if ln.dropped_attributes_count:
-        out += (b"\x28", _varint(ln.dropped_attributes_count))
-    out.append(_LINK_FLAGS.pack(0x35, ln.trace_flags | FLAG_HAS_IS_REMOTE | (FLAG_IS_REMOTE if ln.is_remote else 0)))
-    return b"".join(out)
-
-
-def span_bytes(s: Span) -> bytes:
-    """The protobuf encoding of one OTLP `Span` (what `_set_span` builds, serialised)."""
-    tid = s.trace_id
-    if s.trace_state:  # field 3 sits between span_id (2) and parent_span_id (4)
-        ts = _utf8(trace_state_text(s.trace_state))
-        out = [_IDS.pack(b"\x0a\x10", tid >> 64, tid & _M64, b"\x12\x08", s.span_id), b"\x1a", _varint(len(ts)), ts]
-        if s.parent_span_id:
-            out.append(b"\x22\x08" + s.parent_span_id.to_bytes(8, "big"))
-    elif s.parent_span_id:
-        out = [
-            _IDS_PARENT.pack(b"\x0a\x10", tid >> 64, tid & _M64, b"\x12\x08", s.span_id, b"\x22\x08", s.parent_span_id)
-        ]
-    else:
-        out = [_IDS.pack(b"\x0a\x10", tid >> 64, tid & _M64, b"\x12\x08", s.span_id)]
-    if s.name:
-        try:
-            nb = s.name.encode()
-        except UnicodeEncodeError:
-            nb = _utf8(s.name)
-        n = len(nb)
-        out += (b"\x2a", _VARINT[n] if n < _SMALL else _varint(n), nb)
-    if s.kind:
-        out += (b"\x30", _VARINT[s.kind])
-    start, end = s.start_time_unix_nano, s.end_time_unix_nano
-    if start and end:
-        out.append(_FIXED64_PAIR.pack(0x39, start, 0x41, end))
-    else:
-        if start:
-            out.append(_FIXED64.pack(0x39, start))
-        if end:
-            out.append(_FIXED64.pack(0x41, end))
-    if s.attributes:
-        _attributes(out, b"\x4a", s.attributes)
-    if s.dropped_attributes_count:
-        out += (b"\x50", _varint(s.dropped_attributes_count))
-    for e in s.events:
-        eb = _event(e)
-        n = len(eb)
-        out += (b"\x5a", _VARINT[n] if n < _SMALL else _varint(n), eb)
-    if s.dropped_events_count:
-        out += (b"\x60", _varint(s.dropped_events_count))
-    for ln in s.links:
-        lb = _link(ln)
-        out += (b"\x6a", _varint(len(lb)), lb)
-    if s.dropped_links_count:
-        out += (b"\x70", _varint(s.dropped_links_count))
-    if s.status_code or s.status_message:
-        status = b""
-        if s.status_message:
-            mb = _utf8(s.status_message)
-            status = b"\x12" + _varint(len(mb)) + mb
-        if s.status_code:
-            status += b"\x18" + _VARINT[s.status_code]
-        out += (b"\x7a", _varint(len(status)), status)
-    if s.trace_flags:
-        out.append(_FLAGS.pack(0x85, 0x01, s.trace_flags))
-    return b"".join(out)
-
-
-#: Resource fields (ResourceSpans.resource) by attribute set: one per sandbox, reused.
-_RESOURCE_FIELDS: dict[ResourceAttrs, bytes] = {}
-
-
-def _resource_field(res: ResourceAttrs) -> bytes:
-    rf = _RESOURCE_FIELDS.get(res)
-    if rf is None:
-        if len(_RESOURCE_FIELDS) >= 4096:
-            _RESOURCE_FIELDS.clear()
-        parts: list[bytes] = []
-        _attributes(parts, b"\x0a", res)
-        body = b"".join(parts)
-        rf = _RESOURCE_FIELDS[res] = b"\x0a" + _varint(len(body)) + body if body else b""
-    return rf
-
-
-def _join_groups(groups: dict[ResourceAttrs, list[bytes]]) -> bytes:
-    out: list[bytes] = []
-    for res, spans in groups.items():
-        scope = b"".join(spans)
-        scope_len = _varint(len(scope))
-        resource = _resource_field(res)
-        # ResourceSpans { resource = 1; scope_spans = 2 }
-        out += (b"\x0a", _varint(len(resource) + 1 + len(scope_len) + len(scope)), resource, b"\x12", scope_len, scope)
-    return b"".join(out)
-
-
-def encode_request_bytes(batch: Sequence[QueuedSpan]) -> bytes:
-    """`encode_request(batch).SerializeToString()`, written directly: `encode_requests` uncapped."""
-    return b"".join([r.data for r in encode_requests(batch, sys.maxsize)])
-
-
-#: Upper bound of what a ResourceSpans adds besides its resource: two tags and two lengths.
-_GROUP_OVERHEAD = 12
+    return _build(batch)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,40 +221,59 @@ class EncodedRequest:
     """One `ExportTraceServiceRequest` carrying the batch's next `spans` spans, in order."""
 
     spans: int
-    data: bytes
+    message: ExportTraceServiceRequest
+    size: int
 
     def __len__(self) -> int:  # the SDK exporters count what they export with len()
         return self.spans
 
+    @property
+    def data(self) -> bytes:
+        """The serialised request (what OTLP/HTTP sends; gRPC sends `message` itself)."""
+        return self.message.SerializeToString()
 
-def encode_requests(batch: Sequence[QueuedSpan], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> list[EncodedRequest]:
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def encode_requests(batch: Sequence[QueuedSpan], max_bytes: int) -> list[EncodedRequest]:
     """The batch as requests of at most `max_bytes` each (a single larger span goes alone).
 
     A receiver rejects a request above its size limit every time, so one oversized batch
     would be retried forever and hold up everything queued behind it. Requests cover
-    consecutive runs of the batch, so a sink can say how far delivery got.
+    consecutive runs of the batch, so a sink can say how far delivery got. The common case,
+    a batch under the cap, is encoded once; only a batch above it is measured span by span
+    and re-encoded in runs.
     """
+    if not batch:
+        return []
+    req, placed = _build(batch)
+    size = req.ByteSize()
+    if size <= max_bytes:
+        return [EncodedRequest(len(batch), req, size)]
+    resource_sizes: dict[object, int] = {}
+    for key, rs in zip(dict.fromkeys(k for k, _ in placed), req.resource_spans):
+        # ResourceSpans tag + length, its resource field, ScopeSpans tag + length: an upper bound.
+        body = rs.resource.ByteSize()
+        resource_sizes[key] = 1 + 10 + (1 + _varint_len(body) + body if body else 0) + 1 + 10
     requests: list[EncodedRequest] = []
-    groups: dict[ResourceAttrs, list[bytes]] = {}
-    size = count = 0
-    for span, origin in batch:
-        res = origin.resource_for(span) if span.resource else origin.resource
-        body = span_bytes(span)
-        n = len(body)
-        head = _VARINT[n] if n < _SMALL else _varint(n)
-        grows = 1 + len(head) + n
-        if res not in groups:
-            grows += len(_resource_field(res)) + _GROUP_OVERHEAD
-        if count and size + grows > max_bytes:
-            requests.append(EncodedRequest(count, _join_groups(groups)))
-            groups, size, count = {}, 0, 0
-            grows = 1 + len(head) + n + len(_resource_field(res)) + _GROUP_OVERHEAD
-        spans = groups.get(res)
-        if spans is None:
-            spans = groups[res] = []
-        spans += (b"\x12", head, body)  # ScopeSpans.spans
-        size += grows
-        count += 1
-    if count:
-        requests.append(EncodedRequest(count, _join_groups(groups)))
+    start = 0
+    run = 0
+    in_run: set[object] = set()
+    for i, (key, p) in enumerate(placed):
+        n = p.ByteSize()
+        grows = 1 + _varint_len(n) + n + (0 if key in in_run else resource_sizes[key])
+        if i > start and run + grows > max_bytes:
+            requests.append(_exact(batch[start:i]))
+            start, run, in_run = i, 0, set()
+            grows = 1 + _varint_len(n) + n + resource_sizes[key]
+        run += grows
+        in_run.add(key)
+    requests.append(_exact(batch[start:]))
     return requests
+
+
+def _exact(run: Sequence[QueuedSpan]) -> EncodedRequest:
+    req = encode_request(run)
+    return EncodedRequest(len(run), req, req.ByteSize())

@@ -33,7 +33,8 @@ from kata_debug.forwarder.discovery import (
     SandboxWatcher,
     default_host_name,
 )
-from kata_debug.forwarder.exporters import ExportTarget, Origin, QueuedSpan, SpanSink, make_sink
+from kata_debug.forwarder.formats import FormatSniffer
+from kata_debug.forwarder.frames import DEFAULT_MAX_FRAME_BYTES, FrameReader, FrameTooLarge
 from kata_debug.forwarder.listeners import (
     TRACE_PORT,
     Listener,
@@ -47,7 +48,10 @@ from kata_debug.forwarder.listeners import (
     parse_listen,
 )
 from kata_debug.forwarder.pipeline import DEFAULT_QUEUE_BYTES, ExportPipeline
-from kata_debug.forwarder.wire import DEFAULT_MAX_FRAME_BYTES, DecodeError, FormatSniffer, FrameReader, FrameTooLarge
+from kata_debug.forwarder.sink import SpanSink
+from kata_debug.forwarder.sinks import make_sink
+from kata_debug.forwarder.spans import DecodeError, Origin, QueuedSpan
+from kata_debug.forwarder.targets import ExportTarget
 from kata_debug.node.hostroot import HostRoot
 
 log = logging.getLogger("kata_debug.forwarder")

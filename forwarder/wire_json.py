@@ -26,11 +26,19 @@ try:
 except ImportError:  # a declared dependency; without it the reference decoder does all the work
     _orjson_loads = None
 
-from kata_debug.forwarder.wire import (
-    _I64_MAX,
-    _I64_MIN,
-    _NS,
-    _U64_MAX,
+from kata_debug.forwarder.spans import (
+    I64_MAX as _I64_MAX,
+)
+from kata_debug.forwarder.spans import (
+    I64_MIN as _I64_MIN,
+)
+from kata_debug.forwarder.spans import (
+    NS_PER_S as _NS,
+)
+from kata_debug.forwarder.spans import (
+    U64_MAX as _U64_MAX,
+)
+from kata_debug.forwarder.spans import (
     Attributes,
     AttrValue,
     DecodeError,

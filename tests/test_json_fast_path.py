@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kata_debug.forwarder import wire_json
-from kata_debug.forwarder.wire import DecodeError, FrameReader, Link, Span
+from kata_debug.forwarder.frames import FrameReader
+from kata_debug.forwarder.spans import DecodeError, Link, Span
 from kata_debug.forwarder.wire_json import decode_json, decode_json_reference
 from tests.agent_wire import sample_span, to_json, to_json_obj
 from tests.test_trace_wire import spans

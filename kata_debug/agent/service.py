@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from kata_debug.errors import UsageError
-from kata_debug.forwarder.exporters import ExportTarget, parse_export, target_from_env
 from kata_debug.forwarder.listeners import TRACE_PORT
 from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderStats
+from kata_debug.forwarder.targets import ExportTarget, parse_export, target_from_env
 
 log = logging.getLogger("kata_debug.agent")
 
