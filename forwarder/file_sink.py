@@ -41,12 +41,13 @@ class FileSink:
         self._size = 0
         self._lock = threading.Lock()
 
-    def _open(self) -> None:
+    def _open(self) -> BinaryIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "ab")
-        self._size = os.fstat(self._fh.fileno()).st_size
+        fh = self._fh = open(self.path, "ab")
+        self._size = os.fstat(fh.fileno()).st_size
+        return fh
 
-    def _rotate(self) -> None:
+    def _rotate(self) -> BinaryIO:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -59,16 +60,15 @@ class FileSink:
                     os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
             if self.path.exists():
                 os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._open()
+        return self._open()
 
     def write_line(self, data: bytes) -> None:
         with self._lock:
-            if self._fh is None:
-                self._open()
+            fh = self._fh if self._fh is not None else self._open()
             if self._size and self._size + len(data) > self.max_bytes:
-                self._rotate()
-            self._fh.write(data)
-            self._fh.flush()
+                fh = self._rotate()
+            fh.write(data)
+            fh.flush()
             self._size += len(data)
 
     def export(self, batch: Sequence[QueuedSpan]) -> int:

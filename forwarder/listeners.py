@@ -64,7 +64,7 @@ def _port(uri: str, text: str | None, default: int = TRACE_PORT) -> int:
     if text in (None, ""):
         return default
     try:
-        port = int(text)  # type: ignore[arg-type]
+        port = int(text)
     except ValueError:
         raise ValueError(f"{uri}: port {text!r} is not a number") from None
     if not 0 <= port <= 0xFFFFFFFF:
@@ -134,7 +134,7 @@ class ListenerError(Exception):
 class Listener:
     """An open server socket; `close()` stops accepting and removes a socket file we made."""
 
-    def __init__(self, description: str, server: asyncio.AbstractServer, unlink: Path | None = None) -> None:
+    def __init__(self, description: str, server: asyncio.Server, unlink: Path | None = None) -> None:
         self.description = description
         self._server = server
         self._unlink = unlink

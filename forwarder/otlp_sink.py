@@ -33,17 +33,17 @@ from kata_debug.forwarder.targets import ExportTarget
 log = logging.getLogger("kata_debug.forwarder")
 
 
-class WireGrpcSpanExporter(GrpcExporter):  # type: ignore[misc]
+class WireGrpcSpanExporter(GrpcExporter):
     """The SDK gRPC exporter, sending an `EncodedRequest`'s message as it is."""
 
     def _translate_data(self, data: EncodedRequest) -> ExportTraceServiceRequest:  # type: ignore[override]
         return data.message
 
     def export_request(self, request: EncodedRequest) -> bool:
-        return self._export(request) is SpanExportResult.SUCCESS  # type: ignore[no-any-return]
+        return self._export(request) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
 
 
-class WireHttpSpanExporter(HttpExporter):  # type: ignore[misc]
+class WireHttpSpanExporter(HttpExporter):
     """The SDK HTTP/protobuf exporter, sending an `EncodedRequest`'s bytes."""
 
     def export_request(self, request: EncodedRequest) -> bool:

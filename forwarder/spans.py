@@ -136,7 +136,7 @@ _DOUBLE_BITS = struct.Struct("<d").pack
 def _value_key(v: AttrValue) -> object:
     t = type(v)
     if t is float:
-        return (float, _DOUBLE_BITS(v))  # type: ignore[arg-type]
+        return (float, _DOUBLE_BITS(v))
     if t is tuple:
         return (tuple, tuple(map(_value_key, v)))  # type: ignore[arg-type]
     return (t, v)

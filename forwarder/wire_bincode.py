@@ -68,7 +68,7 @@ def _b_str(buf: bytes, o: int, n: int) -> tuple[str, int]:
     return buf[o:e].decode(), e
 
 
-def _b_array(buf: bytes, o: int, n: int) -> tuple[tuple[AttrValue, ...], int]:
+def _b_array(buf: bytes, o: int, n: int) -> tuple[AttrValue, int]:
     if o + 12 > n:
         raise _Short
     tag, count = _VALUE_TAG_LEN.unpack_from(buf, o)
