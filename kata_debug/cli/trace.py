@@ -139,6 +139,7 @@ def decode(
 
 
 def forward(
+    ctx: typer.Context,
     listen: list[str] | None = typer.Option(
         None,
         "--listen",
@@ -232,7 +233,7 @@ def forward(
         format=format.value,
         service_name=service_name,
         host_root=str(host_root),
-        node_name=node_name or os.environ.get("NODE_NAME") or None,
+        node_name=node_name_option(ctx, node_name),
         queue_size=queue_size,
         queue_bytes=queue_limit,
         batch_size=batch_size,
@@ -260,6 +261,15 @@ def forward(
             raise KataDebugError(str(exc)) from None
 
     asyncio.run(_main())
+
+
+def node_name_option(ctx: typer.Context, node_name: str | None) -> str | None:
+    """`--node-name` as given (even empty: no node name), else `$NODE_NAME` (the DaemonSet sets it)."""
+    # Typer's ParameterSource enum lives in its private vendored click: compared by name.
+    source = ctx.get_parameter_source("node_name")
+    if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+        return os.environ.get("NODE_NAME") or None
+    return node_name or None
 
 
 def configure_logging(level: str) -> None:
