@@ -149,10 +149,14 @@ class Listener:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
         if self._unlink is not None:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                st = os.lstat(self._unlink)
-                if stat.S_ISSOCK(st.st_mode):
-                    os.unlink(self._unlink)
+            await asyncio.to_thread(_remove_socket_file, self._unlink)
+
+
+def _remove_socket_file(path: Path) -> None:
+    """Remove our socket file, and nothing else that may have taken its place."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
 
 
 def _prepare_socket_path(path: Path) -> None:
@@ -181,15 +185,33 @@ def _prepare_socket_path(path: Path) -> None:
     raise ListenerError(f"{path}: another process is already listening there")
 
 
+def _bound_unix_socket(path: Path) -> socket.socket:
+    """A listening Unix socket at `path` (stale socket removed first). Blocking: the path may
+    be on a slow host mount, so this runs in a worker thread; asyncio's own
+    `start_unix_server(path=...)` would stat and bind on the event loop."""
+    _prepare_socket_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(100)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"{path}: cannot listen: {exc.strerror or exc}") from None
+    return sock
+
+
 async def open_unix(path: Path, description: str, handler: Handler, peer: Peer) -> Listener:
-    await asyncio.to_thread(_prepare_socket_path, path)
+    sock = await asyncio.to_thread(_bound_unix_socket, path)
 
     async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await handler(reader, writer, peer)
 
     try:
-        server = await asyncio.start_unix_server(_accept, path=str(path))
+        server = await asyncio.start_unix_server(_accept, sock=sock)
     except OSError as exc:
+        sock.close()
+        await asyncio.to_thread(_remove_socket_file, path)
         raise ListenerError(f"{path}: cannot listen: {exc.strerror or exc}") from None
     return Listener(description, server, unlink=path)
 

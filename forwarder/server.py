@@ -248,7 +248,8 @@ class Forwarder:
             return await open_vsock(spec.cid, spec.port, spec.uri, self._serve, self.cids)
         if spec.kind == "hvsock":
             assert spec.path is not None and spec.port is not None
-            path = Path(hvsock_listen_path(self.host.resolve(spec.path), spec.port))
+            node_path = await asyncio.to_thread(self.host.resolve, spec.path)  # walks the host's symlinks
+            path = Path(hvsock_listen_path(node_path, spec.port))
             return await open_unix(path, spec.uri, self._serve, Peer(spec.uri, spec.sandbox_id))
         if spec.kind == "unix":
             assert spec.path is not None
@@ -272,7 +273,7 @@ class Forwarder:
                 await listener.close()
 
     async def _attach(self, sb: SandboxSocket) -> None:
-        path = Path(hvsock_listen_path(self.host.resolve(sb.node_path), TRACE_PORT))
+        path = Path(hvsock_listen_path(await asyncio.to_thread(self.host.resolve, sb.node_path), TRACE_PORT))
         desc = f"hvsock://{sb.node_path}"
         try:
             listener = await open_unix(path, desc, self._serve, Peer(desc, sb.sandbox_id))

@@ -238,7 +238,7 @@ class NodeAgent:
 
 async def main(cfg: AgentConfig) -> ForwarderStats:
     """Run the agent with SIGTERM/SIGINT wired to a clean stop."""
-    agent = NodeAgent(cfg)
+    agent = await asyncio.to_thread(NodeAgent, cfg)  # checks and creates paths on the host
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)
