@@ -34,10 +34,11 @@ log = logging.getLogger("kata_debug.forwarder")
 
 
 class WireGrpcSpanExporter(GrpcExporter):
-    """The SDK gRPC exporter, sending an `EncodedRequest`'s message as it is."""
+    """The SDK gRPC exporter, sending an `EncodedRequest`."""
 
     def _translate_data(self, data: EncodedRequest) -> ExportTraceServiceRequest:  # type: ignore[override]
-        return data.message
+        # The stub wants a message: the encoded request parsed back (in C, cheap).
+        return ExportTraceServiceRequest.FromString(data.data)
 
     def export_request(self, request: EncodedRequest) -> bool:
         return self._export(request) is SpanExportResult.SUCCESS  # type: ignore[arg-type]

@@ -142,11 +142,18 @@ def _value_key(v: AttrValue) -> object:
     return (t, v)
 
 
-def resource_key(resource: ResourceAttrs) -> tuple[tuple[str, object], ...]:
+_TYPED = object()  # marks a typed key: never equal to a plain resource tuple
+
+
+def resource_key(resource: ResourceAttrs) -> object:
     """A key under which two resources are equal only if they encode the same.
 
     Python equality is too loose to group spans by resource: `True == 1 == 1.0`,
-    `0.0 == -0.0`, `(1,) == (True,)`, and a NaN is equal to nothing, yet OTLP encodes each
-    differently. Grouping on the plain tuple put spans under another span's resource.
+    `0.0 == -0.0`, `(1,) == (True,)`, yet OTLP encodes each differently. Grouping on the
+    plain tuple put spans under another span's resource. A resource of strings only (the
+    usual case) is its own key: for strings, equality is exact.
     """
-    return tuple([(k, _value_key(v)) for k, v in resource])
+    for _, v in resource:
+        if type(v) is not str:
+            return (_TYPED, *[(k, _value_key(v)) for k, v in resource])
+    return resource

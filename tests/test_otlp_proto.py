@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from kata_debug.forwarder.otlp_json import FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE, trace_state_text
-from kata_debug.forwarder.otlp_proto import encode_request, encode_requests
+from kata_debug.forwarder.otlp_proto import encode_requests, span_bytes
 from kata_debug.forwarder.spans import AttrValue, Event, Link, Origin, Span
 from kata_debug.forwarder.wire_bincode import decode_bincode
 from kata_debug.forwarder.wire_json import decode_json
@@ -36,6 +36,12 @@ ORIGINS = [
     Origin.make("c3", "test", (), (("v", 1.0), ("arr", (1.0, 2.0)), ("z", 0.0))),
     Origin.make("c4", "test", (), (("v", 1.0), ("arr", (1.0, 2.0)), ("z", -0.0))),
 ]
+
+
+def request(batch: list[tuple[Span, Origin]]) -> ExportTraceServiceRequest:
+    """The batch as one request (no size cap), parsed back by the protobuf runtime."""
+    (req,) = encode_requests(batch, 1 << 62)
+    return ExportTraceServiceRequest.FromString(req.data)
 
 
 def typed(v: Any) -> Any:
@@ -146,8 +152,7 @@ def expected(batch: list[tuple[Span, Origin]]) -> list[tuple[Any, Any]]:
 
 
 def assert_carries(batch: list[tuple[Span, Origin]]) -> None:
-    req = ExportTraceServiceRequest.FromString(encode_request(batch).SerializeToString())
-    assert sent(req) == expected(batch)
+    assert sent(request(batch)) == expected(batch)
 
 
 @_SETTINGS
@@ -164,7 +169,7 @@ def test_fixture_spans_reach_the_receiver_as_decoded() -> None:
 def test_resources_python_calls_equal_are_kept_apart() -> None:
     """True == 1 == 1.0 and (1, 2) == (True, False)... in Python; not on the wire."""
     batch = [(sample_span(i), ORIGINS[3 + i % 4]) for i in range(8)]
-    req = encode_request(batch)
+    req = request(batch)
     assert [len(rs.scope_spans[0].spans) for rs in req.resource_spans] == [2, 2, 2, 2]
     assert [rs.resource.attributes[0].value.WhichOneof("value") for rs in req.resource_spans] == [
         "bool_value",
@@ -202,7 +207,7 @@ def test_long_fields_and_extreme_values() -> None:
 def test_an_empty_array_attribute_stays_an_empty_array() -> None:
     span = sample_span(3)
     span.attributes = [("empty", ())]
-    (kv,) = encode_request([(span, ORIGINS[0])]).resource_spans[0].scope_spans[0].spans[0].attributes
+    (kv,) = request([(span, ORIGINS[0])]).resource_spans[0].scope_spans[0].spans[0].attributes
     assert kv.key == "empty" and kv.value.HasField("array_value") and len(kv.value.array_value.values) == 0
 
 
@@ -232,8 +237,7 @@ def test_a_batch_is_cut_into_consecutive_requests_that_fit_the_size_cap(
     start = 0
     for req in requests:
         assert req.spans >= 1
-        assert req.data == encode_request(batch[start : start + req.spans]).SerializeToString()
-        assert len(req.data) == req.size
+        assert req.data == encode_requests(batch[start : start + req.spans], 1 << 62)[0].data
         assert len(req.data) <= max_bytes or req.spans == 1, "only a span that alone exceeds the cap goes over it"
         start += req.spans
     assert start == len(batch)
@@ -246,11 +250,31 @@ def test_a_cut_batch_uses_the_room_it_has() -> None:
     start = 0
     for req in requests[:-1]:
         start += req.spans
-        assert len(encode_request(batch[start - req.spans : start + 1]).SerializeToString()) > 4096 * 0.9
+        assert len(encode_requests(batch[start - req.spans : start + 1], 1 << 62)[0].data) > 4096 * 0.9
     assert sum(r.spans for r in requests) == 300
 
 
 def test_a_batch_under_the_cap_is_one_request() -> None:
     batch = [(sample_span(i), ORIGINS[i % 2]) for i in range(100)]
     (req,) = encode_requests(batch, 3 * 1024 * 1024)
-    assert req.spans == 100 and req.data == encode_request(batch).SerializeToString()
+    assert req.spans == 100 and ExportTraceServiceRequest.FromString(req.data) == request(batch)
+
+
+def test_span_bytes_is_one_span_message() -> None:
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+
+    span = sample_span(6)
+    pb = PbSpan.FromString(span_bytes(span))
+    assert (pb.name, pb.span_id, pb.start_time_unix_nano) == (
+        span.name,
+        span.span_id.to_bytes(8, "big"),
+        span.start_time_unix_nano,
+    )
+
+
+def test_a_resource_seen_in_an_earlier_batch_is_not_confused_with_an_equal_one_of_another_type() -> None:
+    """The encoder caches resource encodings across batches: True and 1 must not share one."""
+    first = request([(sample_span(1), ORIGINS[3])])
+    second = request([(sample_span(2), ORIGINS[4])])
+    assert first.resource_spans[0].resource.attributes[0].value.WhichOneof("value") == "bool_value"
+    assert second.resource_spans[0].resource.attributes[0].value.WhichOneof("value") == "int_value"
