@@ -352,3 +352,67 @@ async def test_kubectl_runs_kata_debug_as_a_plugin(tmp_path: Path) -> None:
     assert proc.returncode == 0, err.decode()
     names = [w["name"] for w in json.loads(out)["workloads"]]
     assert "web" in names
+
+
+# ---- trace decode / forward -----------------------------------------------------------------
+
+
+def test_trace_decode_format_is_the_deprecated_name_of_wire_format() -> None:
+    from tests.test_trace_cli import FIXTURES
+
+    capture = str(FIXTURES / "json/stream.json.bin")
+    new = kata_debug("trace", "decode", capture, "--wire-format", "json")
+    old = kata_debug("trace", "decode", capture, "--format", "json")
+    assert new.returncode == old.returncode == 0
+    assert old.stdout == new.stdout
+    assert old.stderr.decode().splitlines()[0] == "kata-debug: note: --format is deprecated; use --wire-format"
+    both = kata_debug("trace", "decode", capture, "--format", "json", "--wire-format", "json")
+    assert both.returncode == 2
+    assert one_line_error(both) == "kata-debug: error: --format: the old name of --wire-format; give only --wire-format"
+
+
+def test_forward_refuses_a_file_export_into_a_missing_directory(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/no/such/dir/spans.jsonl"
+    proc = kata_debug("forward", "--listen", "tcp://127.0.0.1:0", "--export", uri)
+    assert proc.returncode == 2
+    assert one_line_error(proc) == f"kata-debug: error: --export {uri}: directory {tmp_path}/no/such/dir does not exist"
+
+
+def _forward_briefly(*args: str, env: dict[str, str]) -> str:
+    """Start `forward`, stop it with SIGTERM once it listens, return its log."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kata_debug", "forward", *args],
+        stderr=subprocess.PIPE,
+        env={**os.environ, **env},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"listening on" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, (seen + rest).decode()
+    return (seen + rest).decode()
+
+
+def test_forward_without_an_export_or_endpoint_says_where_spans_go() -> None:
+    env = {v: "" for v in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")}
+    log = _forward_briefly("--listen", "tcp://127.0.0.1:0", env=env)
+    assert (
+        "no OTLP endpoint configured (--export or OTEL_EXPORTER_OTLP_ENDPOINT): "
+        "sending to the OTLP default, http://localhost:4318"
+    ) in log
+
+
+def test_forward_dash_l_is_the_deprecated_name_of_listen(tmp_path: Path) -> None:
+    log = _forward_briefly("-l", "tcp://127.0.0.1:0", "--export", "stdout", env={})
+    assert "kata-debug: note: -l is deprecated; use --listen" in log
+    assert "listening on tcp://127.0.0.1:" in log
