@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from kata_debug.bundle.deflate_ahead import DeflateAhead
 from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
-from kata_debug.logs.journal import forward_blocks, journalctl_argv, read_reverse
+from kata_debug.logs.journal import forward_blocks, journalctl_argv, lead_in_forward, read_reverse
 from kata_debug.logs.scan import SandboxIndex, SourceStats, copy_log, write_indexed
 from kata_debug.logs.scan_client import Progress, ScannerGone, ScannerProcess
 from kata_debug.logs.since import first_offset_since
@@ -95,7 +95,7 @@ class ShimLogsCollector(Collector):
                 "how_to_read": "per sandbox, per member: `grep -n -F <sandbox id> <member>` lists its lines",
                 "sandboxes": index.to_json(),
                 "lines_not_indexed": index.overflow,
-                "lines_with_invalid_ids": index.rejected,
+                "lines_with_invalid_sandbox_ids": index.rejected,
             },
             redact=False,
         )
@@ -132,6 +132,7 @@ class ShimLogsCollector(Collector):
         member = f"{out.collector}/{JOURNAL_MEMBER}"
 
         def forward() -> None:
+            stream.feed(lead_in_forward(read))  # state only: a key block the cap cut starts in here
             for block in forward_blocks(fh, read.size):
                 write_indexed(stream.feed(block), spool, index, member, stats)
 

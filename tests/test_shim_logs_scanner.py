@@ -514,3 +514,99 @@ async def test_rotated_log_files_within_since_come_too_oldest_first(
         f"file:{shim_logs.LOG_FILES[0]}.1",
         f"file:{shim_logs.LOG_FILES[0]}",
     ]
+
+
+# -- issue 9 regressions ---------------------------------------------------------------------
+
+
+async def test_a_path_for_a_sandbox_id_in_one_line_is_counted_and_the_rest_collected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = kata_node(tmp_path / "host")
+    log = root / shim_logs.LOG_FILES[0].lstrip("/")
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        'level=info sandbox=sb-good msg="fine"\n'
+        '{"msg":"evil","sandbox":"../../../etc/cron.d/x"}\n'
+        'level=info sandbox=sb-good msg="still fine"\n'
+    )
+    bundle, _ = await _collect(root, tmp_path / "b.tgz", False, monkeypatch)
+    assert bundle.collector("shim-logs")["status"] == "ok"
+    index = bundle.json("shim-logs/sandboxes.json")
+    assert list(index["sandboxes"]) == ["sb-good"] and index["lines_with_invalid_sandbox_ids"] == 1
+    assert b"../../../etc/cron.d/x" in bundle.members[f"shim-logs/files{shim_logs.LOG_FILES[0]}"], "the line is kept"
+
+
+@pytest.mark.parametrize("scanner", [False, True], ids=["in process", "scanner process"])
+async def test_a_log_file_that_is_there_but_cannot_be_read_makes_the_collector_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool
+) -> None:
+    root = kata_node(tmp_path / "host")
+    good = root / shim_logs.LOG_FILES[0].lstrip("/")
+    good.parent.mkdir(parents=True)
+    good.write_text("level=info sandbox=sb-a msg=x\n")
+    bad = root / shim_logs.LOG_FILES[4].lstrip("/")  # /var/log/crio.log
+    os.mkfifo(bad)  # tests run as root: a mode of 000 would not stop a read
+    bundle, _ = await _collect(root, tmp_path / "b.tgz", scanner, monkeypatch)
+    entry = bundle.collector("shim-logs")
+    assert entry["status"] == "partial"
+    assert entry["items_failed"] == [{"item": shim_logs.LOG_FILES[4], "reason": "not a regular file"}]
+    assert f"shim-logs/files{shim_logs.LOG_FILES[0]}" in bundle.members
+
+
+async def test_the_scanner_directory_is_removed_however_the_collection_is_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    for delay in (0.0, 0.001, 0.005, 0.02, 0.05, 0.1):
+        task = asyncio.ensure_future(ScannerProcess.start())
+        await asyncio.sleep(delay)
+        task.cancel()
+        try:
+            scanner = await task
+        except asyncio.CancelledError:
+            scanner = None
+        if scanner is not None:
+            close = asyncio.ensure_future(scanner.close())
+            await asyncio.sleep(0)
+            close.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await close
+    assert list(scratch.glob("kata-debug-scan-*")) == []
+
+
+def _journal_lines(lines: list[str], ident: str) -> None:
+    subprocess.run(["systemd-cat", "-t", ident], input="".join(lines).encode(), check=True, timeout=30)
+    subprocess.run(["journalctl", "--sync"], capture_output=True, timeout=30)
+
+
+async def test_a_key_block_cut_by_the_cap_when_read_newest_first_is_masked_whole(
+    journald: None, tmp_path: Path
+) -> None:
+    """journalctl --reverse stops at the cap inside a PEM block: its orphan body must not leak."""
+    from kata_debug.logs.journal import forward_blocks, journalctl_argv, lead_in_forward, read_reverse
+
+    ident = f"kata-test-{uuid.uuid4().hex[:8]}"
+    body = [f"MIIEpAIBAAKCAQEA{i:04d}secretkeymaterial{ident}\n" for i in range(40)]
+    _journal_lines(["-----BEGIN RSA PRIVATE KEY-----\n", *body, "-----END RSA PRIVATE KEY-----\n", "after\n"], ident)
+    since = datetime.now(UTC) - timedelta(minutes=10)
+    argv = journalctl_argv("/", since, [ident], kernel=False)
+    whole = await read_reverse(argv, 1 << 30, 60)
+    assert whole.file is not None and not whole.capped
+    text = b"".join(forward_blocks(whole.file, whole.size))
+    assert text.count(b"\n") == 43 and text.index(b"BEGIN") < text.index(b"END") < text.index(b"after")
+    # cap in the middle of the key: the newest half of the body, END and "after" are kept
+    cap = len(text) - text.index(f"{20:04d}secretkeymaterial".encode()) + 80
+    cut = await read_reverse(argv, cap, 60)
+    assert cut.file is not None and cut.capped and cut.cut > 0
+    kept = b"".join(forward_blocks(cut.file, cut.size))
+    assert b"BEGIN" not in kept and kept.endswith(b"after\n") and b"secretkeymaterial" in kept
+    assert b"BEGIN" in lead_in_forward(cut) and b"after" not in lead_in_forward(cut)
+    stream = Redactor().stream()
+    stream.feed(lead_in_forward(cut))  # what the collector does before the kept entries
+    redacted = stream.feed(kept)
+    assert b"secretkeymaterial" not in redacted and redacted.endswith(b"after\n")

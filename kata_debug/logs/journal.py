@@ -23,6 +23,9 @@ from datetime import datetime
 from typing import IO
 
 _READ = 1 << 20
+#: Older entries read past the cap, never stored: the redactor reads them first, so a
+#: private-key block the cap cuts in two is masked whole (its BEGIN is in here).
+LEAD_IN = 64 << 10
 
 
 @dataclass
@@ -36,6 +39,8 @@ class JournalRead:
     #: Bytes of older entries journalctl had already sent when the cap stopped it (a lower
     #: bound of what was left out: the rest was never read).
     cut: int = 0
+    #: Up to LEAD_IN bytes of the entries just older than the kept ones, newest first.
+    lead_in: bytes = b""
     error: str | None = None
     missing: bool = False  # journalctl is not installed
 
@@ -83,9 +88,10 @@ async def read_reverse(argv: Sequence[str], cap: int, timeout: float) -> Journal
     size = 0
     capped = False
     cut_bytes = 0
+    lead_in = b""
 
     async def pump() -> bytes:
-        nonlocal size, capped, cut_bytes
+        nonlocal size, capped, cut_bytes, lead_in
         pending = b""
         assert proc.stdout is not None and proc.stderr is not None
         while chunk := await proc.stdout.read(_READ):
@@ -95,7 +101,11 @@ async def read_reverse(argv: Sequence[str], cap: int, timeout: float) -> Journal
                 await asyncio.to_thread(tmp.write, pending[:cut])
                 size += cut
                 capped = True
-                cut_bytes = len(pending) - cut
+                rest = pending[cut:]
+                while len(rest) < LEAD_IN and (more := await proc.stdout.read(_READ)):
+                    rest += more
+                lead_in = rest[: _entry_cut(rest, LEAD_IN)] if len(rest) > LEAD_IN else rest
+                cut_bytes = len(rest)
                 proc.kill()  # what is older is not wanted: stop journalctl reading it
                 return b""
             cut = _entry_cut(pending, len(pending))
@@ -122,7 +132,7 @@ async def read_reverse(argv: Sequence[str], cap: int, timeout: float) -> Journal
         tmp.close()
         return JournalRead(None, error=f"journalctl exit {code}: {err.decode(errors='replace').strip()[:300]}")
     await asyncio.to_thread(tmp.flush)
-    return JournalRead(tmp, size=size, capped=capped, cut=cut_bytes)
+    return JournalRead(tmp, size=size, capped=capped, cut=cut_bytes, lead_in=lead_in)
 
 
 def _entries_reversed(block: bytes) -> list[bytes]:
@@ -148,6 +158,14 @@ def _next_entry(block: bytes, start: int) -> int:
     while end >= 0 and block[end + 1 : end + 2] == b" ":
         end = block.find(b"\n", end + 1)
     return len(block) if end < 0 else end + 1
+
+
+def lead_in_forward(read: JournalRead) -> bytes:
+    """The lead-in entries in time order (feed them to the stream redactor first, then drop the output)."""
+    if not read.lead_in:
+        return b""
+    data = read.lead_in if read.lead_in.endswith(b"\n") else read.lead_in + b"\n"
+    return b"".join(_entries_reversed(data))
 
 
 def forward_blocks(fh: IO[bytes], size: int, block: int = _READ) -> Iterator[bytes]:

@@ -105,7 +105,14 @@ class ScannerProcess:
         """None when no separate interpreter can run here (a frozen binary, exec failing)."""
         if getattr(sys, "frozen", False) or not sys.executable:
             return None
-        workdir, stderr = await asyncio.to_thread(_make_workdir)
+        making = asyncio.ensure_future(asyncio.to_thread(_make_workdir))
+        try:
+            workdir, stderr = await asyncio.shield(making)
+        except asyncio.CancelledError:  # the thread goes on: wait for the directory, then remove it
+            await asyncio.wait([making])
+            if not making.cancelled() and making.exception() is None:
+                await _remove(*making.result())
+            raise
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": _IMPORT_ROOT + (os.pathsep + path if path else "")}
         try:
