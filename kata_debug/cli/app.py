@@ -73,7 +73,7 @@ def collect(
         "--output",
         "-o",
         metavar="FILE",
-        help="Bundle file (default ./kata-debug-<node>-<UTC time>.tar.gz); '-' = stdout.",
+        help="Bundle file (default ./kata-debug-<node>-<UTC time>.tar.zst); '-' = stdout.",
     ),
     since: str = typer.Option(
         "24h",
@@ -97,7 +97,10 @@ def collect(
     ),
     no_redact: bool = typer.Option(False, "--no-redact", help="Keep secrets in the bundle (prints a warning)."),
     compression: CompressionChoice | None = typer.Option(
-        None, "--compression", help="Default: from the --output name (.tar.zst -> zstd), else gzip."
+        None,
+        "--compression",
+        help="Default: from the --output name (.tar.zst zstd, .tar.gz gzip, .tar none), else zstd "
+        "(gzip for --cluster).",
     ),
     output_format: OutputFormat = typer.Option(OutputFormat.text, "--format", help="Summary format."),
     output_format_old: OutputFormat | None = typer.Option(None, "--output-format", hidden=True),
@@ -183,13 +186,14 @@ def collect(
     ),
 ) -> None:
     """Gather this node's Kata evidence into one support bundle (or, with --cluster, every Kata node's)."""
-    from kata_debug.cli.options import bundle_compression, deprecated_alias, parse_since
+    from kata_debug.cli.options import CompressionName, bundle_compression, deprecated_alias, parse_since
     from kata_debug.cli.upload import parse_collect_upload, upload_after_collect
 
     if deprecated_alias(ctx, "--format", "output_format", "--output-format", output_format_old):
         assert output_format_old is not None
         output_format = output_format_old
-    chosen_compression = bundle_compression(output, compression.value if compression else None)
+    given_compression: CompressionName | None = compression.value if compression else None  # type: ignore[assignment]
+    bundle_compression(output, given_compression, default="zstd")  # refuse a contradiction before any work
     since_span = parse_since(since)
 
     upload_target = parse_collect_upload(
@@ -219,7 +223,7 @@ def collect(
                 collectors=collector or [],
                 timeout=timeout,
                 no_redact=no_redact,
-                compression=chosen_compression,
+                compression=bundle_compression(output, given_compression, default="gzip"),
                 json_output=output_format is OutputFormat.json,
                 all_runtimes=all_runtimes,
                 max_log_size=max_log_size,
@@ -257,7 +261,7 @@ def collect(
         timeout=timeout,
         deadline=deadline,
         redact=not no_redact,
-        compression=chosen_compression,
+        compression=bundle_compression(output, given_compression, default="zstd"),
         all_runtimes=all_runtimes,
         max_log_bytes=parse_size(max_log_size, "--max-log-size"),
         options=CollectorOptions(trace_spool_dir=trace_spool_dir),

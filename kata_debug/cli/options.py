@@ -110,13 +110,17 @@ _COMPRESSION_SUFFIXES: tuple[tuple[str, CompressionName], ...] = (
     (".tzst", "zstd"),
     (".tar.gz", "gzip"),
     (".tgz", "gzip"),
+    (".zst", "zstd"),
+    (".gz", "gzip"),
     (".tar", "none"),
 )
 
 
-def bundle_compression(output: str | None, compression: CompressionName | None) -> CompressionName:
+def bundle_compression(
+    output: str | None, compression: CompressionName | None, default: CompressionName = "zstd"
+) -> CompressionName:
     """The compression a bundle is written with: `--compression` if given, else what the
-    output's name says (`.tar.zst` -> zstd), else gzip. A `--compression` that contradicts
+    output's name says (`.tar.zst` -> zstd), else `default`. A `--compression` that contradicts
     the name is refused: a `.tar.zst` file holding gzip fools every tool that opens it.
     """
     implied = None
@@ -124,7 +128,7 @@ def bundle_compression(output: str | None, compression: CompressionName | None) 
         low = output.lower()
         implied = next((c for suffix, c in _COMPRESSION_SUFFIXES if low.endswith(suffix)), None)
     if compression is None:
-        return implied or "gzip"
+        return implied or default
     if implied is not None and implied != compression:
         raise UsageError(f"--compression {compression}: conflicts with --output {output} (a {implied} name)")
     return compression
