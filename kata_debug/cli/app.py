@@ -192,7 +192,7 @@ def collect(
     if deprecated_alias(ctx, "--format", "output_format", "--output-format", output_format_old):
         assert output_format_old is not None
         output_format = output_format_old
-    given_compression: CompressionName | None = compression.value if compression else None  # type: ignore[assignment]
+    given_compression: CompressionName | None = compression.value if compression else None
     bundle_compression(output, given_compression, default="zstd")  # refuse a contradiction before any work
     since_span = parse_since(since)
 
