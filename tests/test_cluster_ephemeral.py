@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kata_debug.cluster.collector_pod import DEFAULT_IMAGE
 from kata_debug.cluster.run import run_cluster_collection
 from kata_debug.errors import UsageError
 from tests.bundles import read_bundle
@@ -78,7 +79,7 @@ async def test_every_node_is_collected_through_a_pod_made_for_it_and_deleted_aft
         assert order[-1] == f"DELETE /api/v1/namespaces/{AGENT_NS}/pods/{n['pod']}?gracePeriodSeconds=0"
     assert bundle.manifest["collector_pods"] == {
         "namespace": AGENT_NS,
-        "image": "ghcr.io/kata-debug/kata-debug:0.1.0",
+        "image": DEFAULT_IMAGE,
         "run_id": run_id,
         "leftovers_deleted": [],
         "leftovers_error": None,

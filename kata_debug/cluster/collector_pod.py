@@ -24,7 +24,7 @@ from typing import Any
 from kata_debug import __version__
 
 #: What deploy/daemonset.yaml's agent runs (a test checks the two agree).
-DEFAULT_IMAGE = f"ghcr.io/kata-debug/kata-debug:{__version__}"
+DEFAULT_IMAGE = f"localhost/kata-debug:{__version__}"
 CONTAINER = "collector"
 HOST = "/host"
 
