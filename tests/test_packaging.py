@@ -1,4 +1,4 @@
-"""What `pip install .` puts into site-packages: one import name, every subpackage, the commands.
+"""What `pip install .` puts into site-packages: one import name and every subpackage.
 
 `collectors/` and `forwarder/` are top-level folders of the repository but must install as
 `kata_debug.collectors` and `kata_debug.forwarder`: PyPI has unrelated `collectors` and
@@ -44,7 +44,6 @@ def test_the_wheel_has_one_top_level_import_name(tmp_path: Path) -> None:
             "wheel",
             "-q",
             "--no-deps",
-            "--no-build-isolation",
             "-w",
             str(tmp_path),
             str(REPO),
