@@ -283,6 +283,9 @@ def _register_commands() -> None:
     from kata_debug.cli import upload as cli_upload
 
     cli_upload.register(app)
+    from kata_debug.cli import diagnose as cli_diagnose
+
+    cli_diagnose.register(app)
 
 
 _register_commands()
