@@ -56,7 +56,7 @@ def check_assets(host: HostRoot, configs: list[str]) -> list[dict[str, Any]]:
                         {
                             "config": config,
                             "section": f"hypervisor.{name}",
-                            "key": key,
+                            "setting": key,
                             "path": value,
                             "exists": host.exists(value),
                         }
