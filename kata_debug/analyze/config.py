@@ -50,7 +50,7 @@ class KataConfigAnalyzer(Analyzer):
                     Evidence(
                         view.shown(f"kata-config/files{a.get('config')}"),
                         None,
-                        f"[{a.get('section')}] {a.get('key')} = {a.get('path')}: does not exist on the node",
+                        f"[{a.get('section')}] {a.get('setting')} = {a.get('path')}: does not exist on the node",
                     )
                 )
         for path, name, _ in view.hypervisor_sections():
