@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, CollectorSkipped
+from kata_debug.node.paths import TRACE_SPOOL_DIR
 
-DEFAULT_SPOOL_DIR = "/var/lib/kata-debug/traces"
 # The live file and its rotations (`spans.jsonl`, `spans.jsonl.1`, ...).
 _SPOOL_FILE = re.compile(r"^[^/]+\.jsonl(?:\.\d+)?$")
 
@@ -29,7 +29,7 @@ def _rotation(name: str) -> tuple[str, int]:
 
 
 def _list_spool(real_dir: Path) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for child in real_dir.iterdir():
         if not _SPOOL_FILE.match(child.name):
             continue
@@ -54,10 +54,10 @@ def _list_spool(real_dir: Path) -> list[dict[str, Any]]:
 class AgentTracesCollector(Collector):
     name = "agent-traces"
     summary = "kata-agent spans spooled by the trace forwarder on this node (OTLP/JSON lines)"
-    reads = (f"{DEFAULT_SPOOL_DIR}/*.jsonl[.N] (collect --trace-spool-dir)",)
+    reads = (f"{TRACE_SPOOL_DIR}/*.jsonl[.N] (collect --trace-spool-dir)",)
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
-        spool_dir = str(ctx.options.get("trace_spool_dir") or DEFAULT_SPOOL_DIR)
+        spool_dir = ctx.options.trace_spool_dir
         real = await asyncio.to_thread(ctx.host.resolve, spool_dir)
         if not await asyncio.to_thread(real.is_dir):
             raise CollectorSkipped(

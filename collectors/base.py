@@ -18,12 +18,22 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+from kata_debug.bundle.manifest import ItemFailure
 from kata_debug.bundle.writer import AsyncBundle, Spool
 from kata_debug.node.hostroot import HostRoot
+from kata_debug.node.paths import TRACE_SPOOL_DIR
 from kata_debug.redact.redactor import Redactor
 
 _CHUNK = 1 << 20
 DEFAULT_LOG_CAP = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CollectorOptions:
+    """Settings only some collectors read, typed so a misspelt one fails the type check, not a run."""
+
+    #: Node path of the node agent's span spool (`collect --trace-spool-dir`), for `agent-traces`.
+    trace_spool_dir: str = TRACE_SPOOL_DIR
 
 
 @dataclass
@@ -38,18 +48,11 @@ class CollectContext:
     max_log_bytes: int = DEFAULT_LOG_CAP
     all_runtimes: bool = False
     command_timeout: float = 20.0
-    # Collector-specific settings (e.g. the agent-traces spool dir), by option name.
-    options: dict[str, Any] = field(default_factory=dict)
+    options: CollectorOptions = field(default_factory=CollectorOptions)
 
     @property
     def since_time(self) -> datetime:
         return self.now - self.since
-
-
-@dataclass
-class ItemFailure:
-    item: str
-    reason: str
 
 
 class CollectorSkipped(Exception):
@@ -123,7 +126,7 @@ class CollectorOutput:
                 spool = Spool(max_bytes)
                 try:
                     if oci:
-                        data = src.read(max_bytes)
+                        data = src.read(-1 if max_bytes is None else max_bytes)  # None was refused above
                         spool.write(redactor.oci_text(data) if redact else data)
                         return spool
                     if max_bytes is not None:

@@ -185,7 +185,7 @@ class ShimLogsCollector(Collector):
         argv = ["journalctl", "-o", "json", "--no-pager", "--since", f"@{int(ctx.since_time.timestamp())}", "-t", ident]
         if str(ctx.host.root) != "/":
             argv[1:1] = ["--root", str(ctx.host.root)]
-        raw = await asyncio.to_thread(tempfile.TemporaryFile, prefix="kata-debug-journal-")
+        raw = await asyncio.to_thread(tempfile.TemporaryFile, "w+b", prefix="kata-debug-journal-")
         try:
             try:
                 proc = await asyncio.create_subprocess_exec(

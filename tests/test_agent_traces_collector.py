@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from kata_debug.collect.runner import CollectOptions, run_collection
+from kata_debug.collectors.base import CollectorOptions
 from kata_debug.forwarder.exporters import FileSink, Origin
 from tests.agent_wire import sample_span
 from tests.bundles import read_bundle
@@ -64,7 +65,7 @@ async def test_spool_dir_option_and_missing_spool(tmp_path: Path) -> None:
             host_root=root,
             output=str(tmp_path / "a.tar.gz"),
             collectors=["agent-traces"],
-            options={"trace_spool_dir": "/srv/traces"},
+            options=CollectorOptions(trace_spool_dir="/srv/traces"),
         )
     )
     bundle = read_bundle(tmp_path / "a.tar.gz")

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from kata_debug.cluster.fanout import ClusterOptions, run_cluster_collection
+from kata_debug.cluster.options import ClusterOptions
+from kata_debug.cluster.run import run_cluster_collection
 from kata_debug.errors import KataDebugError, UsageError
 from tests.bundles import Bundle, read_bundle
 from tests.fake_kube_exec import ClusterFake, ExecBehaviour
@@ -244,7 +245,7 @@ async def test_cluster_reads_that_are_forbidden_are_recorded_not_fatal(fake: Clu
     fake.forbidden.add("/api/v1/namespaces/kube-system/pods/kata-deploy-kata-a/log")
     r = await run_cluster_collection(options(fake, tmp_path))
     assert r.exit_code == 3 and [n.status for n in r.nodes] == ["ok"]
-    items = {f["item"]: f["reason"] for f in r.items_failed}
+    items = {f.item: f.reason for f in r.items_failed}
     assert items["events in namespace shop"].startswith("HTTP 403")
     assert any(i.startswith("log kube-system/kata-deploy-kata-a") for i in items)
     bundle = read_bundle(tmp_path / "cluster.tar.gz")
@@ -313,7 +314,7 @@ async def test_with_only_the_role_kata_debug_collect_every_agent_node_is_collect
     r = await run_cluster_collection(options(fake, tmp_path))
     assert {n.name: n.status for n in r.nodes} == {"kata-a": "ok", "kata-b": "ok"}, "every node with an agent pod"
     assert r.exit_code == 3, "the cluster objects could not be read: partial"
-    items = {f["item"]: f["reason"] for f in r.items_failed}
+    items = {f.item: f.reason for f in r.items_failed}
     assert items["nodes"].startswith("HTTP 403") and items["pods"].startswith("HTTP 403")
     bundle = read_bundle(tmp_path / "cluster.tar.gz")
     selection = bundle.manifest["node_selection"]
@@ -332,9 +333,9 @@ async def test_without_the_node_list_node_names_are_kept_and_a_selector_is_ignor
     assert [(n.name, n.status) for n in r.nodes] == [("kata-b", "ok")], "--node is respected"
     r = await run_cluster_collection(options(fake, tmp_path, selector="pool=gpu"))
     assert sorted(n.name for n in r.nodes) == ["kata-a", "kata-b"], "labels are unknown: every agent node"
-    (note,) = [f for f in r.items_failed if f["item"] == "node selection -l pool=gpu"]
-    assert note["reason"].endswith("; -l pool=gpu ignored (node labels unknown)")
-    assert read_bundle(tmp_path / "cluster.tar.gz").manifest["node_selection"]["note"] == note["reason"]
+    (note,) = [f for f in r.items_failed if f.item == "node selection -l pool=gpu"]
+    assert note.reason.endswith("; -l pool=gpu ignored (node labels unknown)")
+    assert read_bundle(tmp_path / "cluster.tar.gz").manifest["node_selection"]["note"] == note.reason
 
 
 async def test_when_only_the_agent_pods_are_hidden_each_node_says_so(fake: ClusterFake, tmp_path: Path) -> None:
@@ -467,7 +468,7 @@ async def test_without_runtimeclass_access_kata_pods_are_found_by_kata_deploy_na
     build(fake, tmp_path, ["kata-a"])
     fake.forbidden.add("/apis/node.k8s.io/v1/runtimeclasses")
     r = await run_cluster_collection(options(fake, tmp_path))
-    assert [f["item"] for f in r.items_failed] == ["runtimeclasses"]
+    assert [f.item for f in r.items_failed] == ["runtimeclasses"]
     bundle = read_bundle(tmp_path / "cluster.tar.gz")
     assert [p["name"] for p in bundle.json("cluster/pods.json")] == ["web-7d9f8-x2x4q"]
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kata_debug.cluster.fanout import ClusterOptions, _pick_agent_pods, node_command, node_deadline
+from kata_debug.cluster.node_exec import node_command, node_deadline
 from kata_debug.cluster.objects import is_kata_handler, node_summary, redact_object, resource_path
+from kata_debug.cluster.options import ClusterOptions
+from kata_debug.cluster.planning import pick_agent_pods
 from kata_debug.errors import UsageError
 from kata_debug.kube.client import KubeSession, check_kubeconfig_files
 from kata_debug.kube.exec_stream import parse_status
@@ -89,7 +91,7 @@ def test_agent_pod_choice_prefers_running_ready_and_not_terminating() -> None:
         _agent("unready", "n3", ready=False),
         _agent("ready", "n3"),
     ]
-    chosen = {node: pod["metadata"]["name"] for node, pod in _pick_agent_pods(pods).items()}
+    chosen = {node: pod["metadata"]["name"] for node, pod in pick_agent_pods(pods).items()}
     assert chosen == {"n1": "new", "n2": "pending", "n3": "ready"}
 
 

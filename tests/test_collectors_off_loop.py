@@ -1,10 +1,12 @@
-"""Collectors never touch the filesystem on the event-loop thread.
+"""Collectors and the cluster run never touch the filesystem on the event-loop thread.
 
 A host root can be a slow or hung mount (NFS, a FUSE-backed `/host`, a wedged
 `/run/vc`); a single `stat` on the loop would freeze every other collector, the progress
 display and the deadline with it. So all filesystem calls made from collector code must
 run in worker threads. The guard below wraps the calls pathlib and the collectors use and
-records any made on the loop thread from a frame in `collectors/` or the host-root walker.
+records any made on the loop thread from a frame in `collectors/`, the host-root walker,
+or (for `collect --cluster`, which streams many nodes to disk at once) the cluster, bundle
+and Kubernetes client code.
 """
 
 from __future__ import annotations
@@ -20,12 +22,22 @@ from typing import Any
 
 import pytest
 
+from kata_debug.cluster.options import ClusterOptions
+from kata_debug.cluster.run import run_cluster_collection
 from kata_debug.collect.runner import CollectOptions, run_collection
 from kata_debug.collectors import REGISTRY
+from tests.fake_kube_exec import ClusterFake
 from tests.hostroots import kata_node
+from tests.kata_cluster import build
 
-_WATCHED = ("stat", "lstat", "listdir", "scandir", "readlink", "open")
-_OURS = ("/collectors/", "/kata_debug/hostroot.py")
+_WATCHED = ("stat", "lstat", "listdir", "scandir", "readlink", "open", "replace", "rename", "unlink")
+_OURS = (
+    "/collectors/",
+    "/kata_debug/node/hostroot.py",
+    "/kata_debug/cluster/",
+    "/kata_debug/bundle/",
+    "/kata_debug/kube/",
+)
 
 
 @pytest.fixture
@@ -65,4 +77,23 @@ async def test_every_collector_does_its_filesystem_work_in_worker_threads(
     )
     ran = {r.name for r in result.collectors if r.status in ("ok", "partial", "skipped")}
     assert {"host", "sandboxes", "kata-config", "oci-specs", "agent-traces"} <= ran, result.collectors
+    assert loop_fs_calls == [], "\n".join(sorted(set(loop_fs_calls)))
+
+
+async def test_a_cluster_run_does_its_filesystem_work_in_worker_threads(
+    tmp_path: Path, loop_fs_calls: list[str]
+) -> None:
+    async with ClusterFake() as fake:
+        build(fake, tmp_path, ["kata-a", "kata-b"])
+        kubeconfig = fake.kubeconfig(tmp_path / "kubeconfig")
+        loop_fs_calls.clear()  # the fake and its fixtures are not under test
+        result = await run_cluster_collection(
+            ClusterOptions(
+                kubeconfig=str(kubeconfig),
+                output=str(tmp_path / "cluster.tar.gz"),
+                node_args=["--collector", "oci-specs"],
+            )
+        )
+    assert [(n.name, n.status) for n in result.nodes] == [("kata-a", "ok"), ("kata-b", "ok")]
+    assert (tmp_path / "cluster.tar.gz").is_file() and result.items_failed == []
     assert loop_fs_calls == [], "\n".join(sorted(set(loop_fs_calls)))

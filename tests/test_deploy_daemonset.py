@@ -181,10 +181,10 @@ def _static_prefix(read: str) -> str | None:
 
 def _node_paths_read() -> set[str]:
     """Every node path a collector reads: its declared `reads`, plus what a collector derives."""
-    from kata_debug.collectors import REGISTRY, load
+    from kata_debug.collectors import REGISTRY
     from kata_debug.collectors.kata_config import _TOOLS
 
-    paths = {p for name in REGISTRY for r in load(name).reads if (p := _static_prefix(r))}
+    paths = {p for name in REGISTRY for r in REGISTRY.load(name).reads if (p := _static_prefix(r))}
     paths |= {path for _, _, candidates in _TOOLS for path in candidates}  # kata-runtime kata-env, kata-ctl env
     paths |= {
         "/usr/bin/containerd",
@@ -285,14 +285,13 @@ def test_probes_read_the_state_file_the_agent_writes(agent: dict[str, Any]) -> N
 
 
 def test_agent_spool_is_where_collect_reads_it(agent: dict[str, Any], pod_spec: dict[str, Any]) -> None:
-    from kata_debug.agent.service import SPOOL_NODE_PATH
-    from kata_debug.collectors.agent_traces import DEFAULT_SPOOL_DIR
+    from kata_debug.agent.service import AgentConfig
+    from kata_debug.collectors.base import CollectorOptions
 
-    assert SPOOL_NODE_PATH == DEFAULT_SPOOL_DIR
+    spool = CollectorOptions().trace_spool_dir  # where `collect` reads by default
+    assert AgentConfig(host_root=Path("/host")).spool == Path("/host" + spool), "the agent's default spool"
     mounts = _host_mounts(agent, pod_spec)
-    assert mounts[SPOOL_NODE_PATH][0] == "/host" + SPOOL_NODE_PATH, (
-        "node-agent --host-root /host spools here by default"
-    )
+    assert mounts[spool][0] == "/host" + spool, "node-agent --host-root /host spools here by default"
 
 
 def test_every_object_is_valid_for_the_kubernetes_api_schema(docs: list[dict[str, Any]]) -> None:

@@ -194,7 +194,7 @@ async def test_unparseable_state_is_an_item_failure_not_a_crash(tmp_path: Path) 
     )
     rl = next(c for c in result.collectors if c.name == "resource-limits")
     assert rl.status == "partial"
-    assert rl.items_failed[0]["item"] == "/run/vc/sbs/sbweb/persist.json"
+    assert rl.items_failed[0].item == "/run/vc/sbs/sbweb/persist.json"
     web = next(
         s
         for s in read_bundle(tmp_path / "b.tgz").json("resource-limits/sizing.json")["sandboxes"]

@@ -31,10 +31,10 @@ from kata_debug.errors import UsageError
 from kata_debug.forwarder.exporters import ExportTarget, parse_export, target_from_env
 from kata_debug.forwarder.listeners import TRACE_PORT
 from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderStats
+from kata_debug.node.paths import TRACE_SPOOL_DIR
 
 log = logging.getLogger("kata_debug.agent")
 
-SPOOL_NODE_PATH = "/var/lib/kata-debug/traces"  # where `collect` looks (--trace-spool-dir)
 SPOOL_FILE = "spans.jsonl"
 SPOOL_FILES = 4  # the live file and 3 rotations share the cap
 STATE_INTERVAL = 10.0
@@ -57,7 +57,7 @@ class AgentConfig:
 
     @property
     def spool(self) -> Path:
-        return _absolute(self.spool_dir or self.host_root / SPOOL_NODE_PATH.lstrip("/"))
+        return _absolute(self.spool_dir or self.host_root / TRACE_SPOOL_DIR.lstrip("/"))
 
     def absolute(self) -> AgentConfig:
         """The same settings with every path absolute.

@@ -30,10 +30,10 @@ from typing import IO, Any, BinaryIO, Literal, TypeVar
 
 import zstandard
 
+from kata_debug.bundle.manifest import Manifest, to_json
 from kata_debug.errors import OutputError
 
 Compression = Literal["gzip", "zstd", "none"]
-SCHEMA_VERSION = 1
 _COPY_BUF = 1 << 20
 _T = TypeVar("_T")
 
@@ -329,7 +329,7 @@ class Spool:
 
     def __init__(self, max_bytes: int | None = None) -> None:
         self.max_bytes = max_bytes
-        self.file = tempfile.TemporaryFile(prefix="kata-debug-")
+        self.file: IO[bytes] = tempfile.TemporaryFile(prefix="kata-debug-")
         self.written = 0
 
     @classmethod
@@ -341,7 +341,7 @@ class Spool:
         spool.written = file.seek(0, os.SEEK_END)
         return spool
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self.file.write(data)
         self.written += len(data)
 
@@ -392,9 +392,10 @@ class AsyncBundle:
         """See `BundleWriter.add_deflated`; `members` is iterated on the writer thread."""
         return await self.run(self.writer.add_deflated, path, size, sha256, members)
 
-    async def close(self, manifest: dict[str, Any]) -> None:
+    async def close(self, manifest: Manifest) -> None:
+        """Write the manifest (with the file list) last and finish the stream."""
         try:
-            await self.run(self.writer.close, manifest)
+            await self.run(self.writer.close, to_json(manifest))
         finally:
             self._pool.shutdown(wait=True)
 

@@ -1,10 +1,13 @@
-"""Command line: parsing, progress and exit codes only; the work lives in the modules."""
+"""The `kata-debug` application: `collect`, `collectors`, the other commands' registration, `main`.
+
+`collect` parses its options and hands over to `kata_debug.collect` (one node) or
+`cli.cluster` (`--cluster`); `main` turns every error into one line and an exit code.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +18,7 @@ from rich.table import Table
 
 from kata_debug import __version__
 from kata_debug.errors import KataDebugError, UsageError
+from kata_debug.node.paths import TRACE_SPOOL_DIR
 
 if TYPE_CHECKING:
     from kata_debug.collect.runner import CollectResult
@@ -57,6 +61,7 @@ def _root(
 
 @app.command()
 def collect(
+    ctx: typer.Context,
     host_root: Path = typer.Option(
         Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."
     ),
@@ -78,7 +83,7 @@ def collect(
     max_log_size: str = typer.Option("50M", "--max-log-size", help="Cap per log source; the newest lines are kept."),
     node_name: str | None = typer.Option(None, "--node-name", help="Node name (default: $NODE_NAME or hostname)."),
     trace_spool_dir: str = typer.Option(
-        "/var/lib/kata-debug/traces", "--trace-spool-dir", help="Node path of the forwarder's span spool."
+        TRACE_SPOOL_DIR, "--trace-spool-dir", help="Node path of the forwarder's span spool."
     ),
     cluster: bool = typer.Option(
         False,
@@ -131,6 +136,7 @@ def collect(
     from kata_debug.cli.upload import parse_collect_upload, upload_after_collect
 
     upload_target = parse_collect_upload(
+        ctx,
         upload,
         upload_method,
         upload_header,
@@ -167,21 +173,23 @@ def collect(
                 upload=upload_target,
             )
         )
+    from kata_debug.cli.options import given, parse_duration, parse_size
+
     cluster_only = {
-        "--kubeconfig": kubeconfig,
-        "--context": context,
-        "--node": node,
-        "--selector": selector,
-        "--parallel": None if parallel == 8 else parallel,
-        "--node-timeout": None if node_timeout == 600.0 else node_timeout,
+        "--kubeconfig": "kubeconfig",
+        "--context": "context",
+        "--node": "node",
+        "--selector": "selector",
+        "--parallel": "parallel",
+        "--node-timeout": "node_timeout",
     }
-    for flag, value in cluster_only.items():
-        if value:
+    for flag, name in cluster_only.items():
+        if given(ctx, name):
             raise UsageError(f"{flag}: only valid with --cluster")
-    from kata_debug.cli.options import parse_duration, parse_size
     from kata_debug.cli.progress import CollectorProgress
     from kata_debug.collect.interrupts import exit_process, run_leaving_stuck_threads
     from kata_debug.collect.runner import CollectOptions, run_collection
+    from kata_debug.collectors.base import CollectorOptions
 
     opts = CollectOptions(
         host_root=host_root,
@@ -192,10 +200,10 @@ def collect(
         timeout=timeout,
         deadline=deadline,
         redact=not no_redact,
-        compression=compression.value,  # type: ignore[arg-type]
+        compression=compression.value,
         all_runtimes=all_runtimes,
         max_log_bytes=parse_size(max_log_size, "--max-log-size"),
-        options={"trace_spool_dir": trace_spool_dir},
+        options=CollectorOptions(trace_spool_dir=trace_spool_dir),
     )
     if deadline is not None and deadline <= 0:
         raise UsageError(f"--deadline {deadline}: must be a positive number of seconds")
@@ -217,7 +225,7 @@ def collect(
                     "node": result.node,
                     "exit_code": exit_code,
                     "interrupted": result.interrupted,
-                    "collectors": [asdict(c) for c in result.collectors],
+                    "collectors": [c.to_json() for c in result.collectors],
                     "redactions": result.redactions,
                     **({"upload": sent.summary} if sent.summary is not None else {}),
                 },
@@ -260,10 +268,14 @@ def _print_summary(result: CollectResult, console: Console) -> None:
 @app.command("collectors")
 def list_collectors() -> None:
     """List the collectors and what each one reads."""
-    from kata_debug import collectors as registry
+    from kata_debug.collectors import REGISTRY
 
-    for name in registry.REGISTRY:
-        cls = registry.load(name)
+    for name in REGISTRY:
+        try:
+            cls = REGISTRY.load(name)
+        except Exception as exc:  # a broken collector module: list it, keep listing the rest
+            typer.echo(f"{name}: cannot be loaded ({type(exc).__name__}: {exc})")
+            continue
         typer.echo(f"{name}: {cls.summary}")
         for r in cls.reads:
             typer.echo(f"    reads {r}")

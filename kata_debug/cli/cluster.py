@@ -1,6 +1,6 @@
 """The terminal side of `collect --cluster`: progress per node, summary, exit code.
 
-`cli.py` parses the options and hands them here, so the `collect` command stays one command
+`cli/app.py` parses the options and hands them here, so the `collect` command stays one command
 for both modes while cluster mode keeps its own progress and summary shapes.
 """
 
@@ -18,9 +18,12 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kata_debug.bundle.manifest import NodeEntry
 from kata_debug.cli.options import parse_duration
 from kata_debug.cli.progress import STATUS_STYLE
-from kata_debug.cluster.fanout import ClusterOptions, ClusterResult, NodeResult, result_json, run_cluster_collection
+from kata_debug.cluster.options import ClusterOptions
+from kata_debug.cluster.result import ClusterResult, result_json
+from kata_debug.cluster.run import run_cluster_collection
 from kata_debug.errors import UsageError
 from kata_debug.upload import UploadTarget
 
@@ -83,7 +86,7 @@ class NodeProgress:
         if self.live and name in self._tasks:
             self._progress.update(self._tasks[name], size=human_bytes(total))
 
-    def node_finished(self, result: NodeResult) -> None:
+    def node_finished(self, result: NodeEntry) -> None:
         self._done += 1
         line = f"{result.name}: {result.status} {human_bytes(result.bytes)} in {result.duration_s:.1f}s" + (
             f" ({result.error})" if result.error else ""
@@ -120,7 +123,7 @@ def print_summary(result: ClusterResult, console: Console) -> None:
             "[yellow]no Kata nodes found[/] (nodes labelled katacontainers.io/kata-runtime or running Kata pods)"
         )
     for f in result.items_failed:
-        console.print(f"[yellow]cluster: could not read {f['item']}[/]: {f['reason']}", highlight=False)
+        console.print(f"[yellow]cluster: could not read {f.item}[/]: {f.reason}", highlight=False)
     if result.interrupted:
         console.print(f"[yellow]{result.interrupted}[/]: unfinished nodes are marked failed")
     if result.output != "-":
@@ -180,11 +183,11 @@ def collect_cluster(
         raise UsageError("--deadline: not valid with --cluster (use --node-timeout)")
     if not (math.isfinite(timeout) and timeout > 0):
         raise UsageError(f"--timeout {timeout}: must be a positive number of seconds")
-    from kata_debug import collectors as registry
+    from kata_debug.collectors import REGISTRY
 
-    unknown = [c for c in collectors if c not in registry.REGISTRY]
+    unknown = [c for c in collectors if c not in REGISTRY]
     if unknown:
-        raise UsageError(f"--collector {unknown[0]}: unknown collector (choose from {', '.join(registry.REGISTRY)})")
+        raise UsageError(f"--collector {unknown[0]}: unknown collector (choose from {', '.join(REGISTRY)})")
     node_args: list[str] = [
         "--timeout",
         f"{timeout:g}",

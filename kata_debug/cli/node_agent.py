@@ -1,4 +1,4 @@
-"""`kata-debug node-agent`: the DaemonSet's long-running trace forwarder (see node_agent.py).
+"""`kata-debug node-agent`: the DaemonSet's long-running trace forwarder (see `kata_debug.agent`).
 
 Parsing, logging and exit codes only.
 """

@@ -1,6 +1,9 @@
-"""Option types every command shares: durations (`--since`, timeouts) and sizes (`--max-log-size`).
+"""What every command shares about options: durations, sizes, and whether an option was given.
 
-Each parser turns bad text into one `UsageError` line naming the option, never a traceback.
+`parse_duration` (`--since`, timeouts) and `parse_size` (`--max-log-size`) turn bad text
+into one `UsageError` line naming the option, never a traceback. `given` asks click where
+a value came from: an option typed with its default value (`--parallel 8`) was still given,
+which comparing the value with the default cannot tell.
 """
 
 from __future__ import annotations
@@ -9,13 +12,29 @@ import math
 import re
 from datetime import timedelta
 
+import typer
+
 from kata_debug.errors import UsageError
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option with parameter name `name` was set by the user (command line or its
+    environment variable), as opposed to left at its default.
+
+    The source is compared by name: newer typer releases carry their own copy of click, whose
+    `ParameterSource` is not click's.
+    """
+    source = ctx.get_parameter_source(name)
+    if source is None:
+        raise ValueError(f"{ctx.command_path}: no parameter named {name!r}")  # a typo in the caller
+    return source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def parse_duration(text: str, option: str = "--since") -> timedelta:
+    """`90`, `30m`, `24h`, `7d`, `1h30m` -> a timedelta (a bare number is seconds)."""
     s = text.strip().lower()
     if re.fullmatch(r"\d+(?:\.\d+)?", s):
         return timedelta(seconds=float(s))

@@ -6,9 +6,9 @@ import sys
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from kata_debug.collect.runner import CollectorResult
+from kata_debug.bundle.manifest import CollectorEntry
 
 #: Colour of each collector / node status, wherever one is shown.
 STATUS_STYLE = {"ok": "green", "partial": "yellow", "failed": "red", "timeout": "red", "skipped": "dim"}
@@ -27,7 +27,7 @@ class CollectorProgress:
             console=self.console,
             transient=False,
         )
-        self._tasks: dict[str, int] = {}
+        self._tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> CollectorProgress:
         if self.enabled:
@@ -44,7 +44,7 @@ class CollectorProgress:
         if self.enabled:
             self._tasks[name] = self._progress.add_task(f"{name}: collecting", total=1)
 
-    def finished(self, result: CollectorResult) -> None:
+    def finished(self, result: CollectorEntry) -> None:
         if not self.enabled or result.name not in self._tasks:
             return
         style = STATUS_STYLE.get(result.status, "white")

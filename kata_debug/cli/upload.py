@@ -1,4 +1,10 @@
-"""`kata-debug upload`, and the upload step `collect --upload` runs after writing its bundle."""
+"""`kata-debug upload`, and the upload step `collect --upload` runs after writing its bundle.
+
+Options and output only: `kata_debug.upload` checks the target and sends the file. Here
+are the transfer bar on a terminal, the one-line and JSON summaries, and the `collect`
+side: `--upload-*` options refused without `--upload`, and a failed upload reported with
+the path of the bundle, which stays on disk.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
+from kata_debug.cli.options import given
 from kata_debug.errors import UsageError
 
 if TYPE_CHECKING:
@@ -21,6 +28,8 @@ if TYPE_CHECKING:
 # module is imported when an upload is asked for; tests/test_upload.py checks these match.
 DEFAULT_RETRIES = 5
 TOKEN_ENV = "KATA_DEBUG_UPLOAD_TOKEN"
+#: The parameter names of `collect`'s options that only mean something with `--upload`.
+COLLECT_UPLOAD_OPTIONS = ("upload_method", "upload_header", "upload_retries", "upload_timeout", "upload_cacert")
 
 
 def upload_with_progress(path: Path, target: UploadTarget, show: bool) -> UploadResult:
@@ -116,6 +125,7 @@ def _parse(
 
 
 def parse_collect_upload(
+    ctx: typer.Context,
     url: str | None,
     method: str,
     header: list[str] | None,
@@ -125,9 +135,13 @@ def parse_collect_upload(
     output: str | None,
     redact: bool,
 ) -> UploadTarget | None:
-    """The `collect --upload*` options, checked before collection starts."""
+    """The `collect --upload*` options, checked before collection starts.
+
+    `ctx` is the `collect` command's: an `--upload-*` option given without `--upload` is
+    refused even when it is given its default value (`--upload-retries 5`).
+    """
     if url is None:
-        if header or cacert is not None or method.upper() != "PUT" or retries != DEFAULT_RETRIES or timeout != 60.0:
+        if any(given(ctx, name) for name in COLLECT_UPLOAD_OPTIONS):
             raise UsageError(
                 "--upload-method/--upload-header/--upload-retries/--upload-timeout/--upload-cacert: "
                 "only valid with --upload"

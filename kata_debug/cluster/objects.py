@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from kata_debug.bundle.manifest import ItemFailure
 from kata_debug.bundle.writer import AsyncBundle, Spool, safe_component
 from kata_debug.kube.client import KubeError, KubeSession
 from kata_debug.redact.redactor import Redactor
@@ -25,13 +26,6 @@ from kata_debug.redact.redactor import Redactor
 KATA_RUNTIME_LABEL = "katacontainers.io/kata-runtime"
 KATA_DEPLOY_NAMES = ("kata-deploy",)
 LOG_LIMIT_BYTES = 10 << 20
-
-
-@dataclass
-class ItemFailure:
-    item: str
-    reason: str
-    status: int | None = None  # the HTTP status when a read was refused (403 decides fallbacks)
 
 
 @dataclass
@@ -228,7 +222,7 @@ class ClusterObjects:
                 self.failures.append(failure_from(f"events in namespace {ns}", exc))
                 continue
             for e in events:
-                by_uid.setdefault((e.get("involvedObject") or {}).get("uid"), []).append(e)
+                by_uid.setdefault(str((e.get("involvedObject") or {}).get("uid") or ""), []).append(e)
         return by_uid
 
     async def _owner(self, ns: str, ref: dict[str, Any]) -> dict[str, Any] | None:
@@ -271,7 +265,7 @@ class ClusterObjects:
         for pod in self.inv.kata_pods:
             ns, name = namespace_of(pod), name_of(pod)
             owners = await self._owner_chain(ns, pod)
-            uid = (pod.get("metadata") or {}).get("uid")
+            uid = str((pod.get("metadata") or {}).get("uid") or "")
             pod_events = sorted(
                 events.get(uid, []),
                 key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or ""),
@@ -357,7 +351,7 @@ class ClusterObjects:
         ]
         if previous:
             query.append(("previous", "true"))
-        spool = Spool(LOG_LIMIT_BYTES)
+        spool = await asyncio.to_thread(Spool, LOG_LIMIT_BYTES)  # creates a temp file
         stream = self.redactor.stream()
         pending = b""
         try:

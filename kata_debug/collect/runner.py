@@ -12,15 +12,14 @@ import math
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
 from kata_debug import __version__
-from kata_debug import collectors as registry
+from kata_debug.bundle.manifest import FAILING, CollectorEntry, Manifest, NodeScope, Status
 from kata_debug.bundle.writer import (
-    SCHEMA_VERSION,
     SUFFIXES,
     AsyncBundle,
     BundleWriter,
@@ -29,13 +28,17 @@ from kata_debug.bundle.writer import (
     bundle_stem,
 )
 from kata_debug.collect.interrupts import run_interruptible
-from kata_debug.collectors.base import DEFAULT_LOG_CAP, CollectContext, CollectorOutput, CollectorSkipped
+from kata_debug.collectors import REGISTRY
+from kata_debug.collectors.base import (
+    DEFAULT_LOG_CAP,
+    CollectContext,
+    CollectorOptions,
+    CollectorOutput,
+    CollectorSkipped,
+)
 from kata_debug.errors import OutputError, UsageError
 from kata_debug.node.hostroot import HostRoot
 from kata_debug.redact.redactor import Redactor
-
-Status = Literal["ok", "partial", "failed", "timeout", "skipped"]
-FAILING: frozenset[str] = frozenset({"partial", "failed", "timeout"})
 
 
 @dataclass
@@ -51,25 +54,14 @@ class CollectOptions:
     compression: Compression = "gzip"
     all_runtimes: bool = False
     max_log_bytes: int = DEFAULT_LOG_CAP
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class CollectorResult:
-    name: str
-    status: Status
-    duration_s: float
-    error: str | None
-    files: list[str]
-    items_failed: list[dict[str, str]] = field(default_factory=list)
-    truncated: dict[str, int] = field(default_factory=dict)
+    options: CollectorOptions = field(default_factory=CollectorOptions)
 
 
 @dataclass
 class CollectResult:
     output: str
     node: str
-    collectors: list[CollectorResult]
+    collectors: list[CollectorEntry]
     redactions: dict[str, int]
     interrupted: str | None
 
@@ -80,14 +72,14 @@ class CollectResult:
 
 class Progress(Protocol):
     def started(self, name: str) -> None: ...
-    def finished(self, result: CollectorResult) -> None: ...
+    def finished(self, result: CollectorEntry) -> None: ...
 
 
 class _NoProgress:
     def started(self, name: str) -> None:
         pass
 
-    def finished(self, result: CollectorResult) -> None:
+    def finished(self, result: CollectorEntry) -> None:
         pass
 
 
@@ -107,9 +99,9 @@ def detect_node_name(host: HostRoot) -> str:
 def validate(opts: CollectOptions) -> None:
     if not opts.host_root.is_dir():
         raise UsageError(f"--host-root {opts.host_root}: not a directory")
-    unknown = [c for c in opts.collectors or [] if c not in registry.REGISTRY]
+    unknown = [c for c in opts.collectors or [] if c not in REGISTRY]
     if unknown:
-        raise UsageError(f"--collector {unknown[0]}: unknown collector (choose from {', '.join(registry.REGISTRY)})")
+        raise UsageError(f"--collector {unknown[0]}: unknown collector (choose from {', '.join(REGISTRY)})")
     if not (math.isfinite(opts.timeout) and opts.timeout > 0):
         raise UsageError(f"--timeout {opts.timeout}: must be a positive number of seconds")
     if opts.deadline is not None and not (math.isfinite(opts.deadline) and opts.deadline > 0):
@@ -126,7 +118,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     await asyncio.to_thread(validate, opts)  # stats the host root and the output: off the loop
     progress = progress or _NoProgress()
     host = HostRoot.at(opts.host_root)
-    node = opts.node or await asyncio.to_thread(detect_node_name, host)
+    node = opts.node if opts.node else await asyncio.to_thread(detect_node_name, host)
     started = datetime.now(UTC)
     top = bundle_stem(node, started)
     output = opts.output or default_output(node, started, opts.compression)
@@ -142,10 +134,10 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         redactor=redactor,
         max_log_bytes=opts.max_log_bytes,
         all_runtimes=opts.all_runtimes,
-        options=dict(opts.options),
+        options=opts.options,
     )
-    selected = list(dict.fromkeys(opts.collectors or registry.REGISTRY))  # `-c host -c host` runs it once
-    results: dict[str, CollectorResult] = {}
+    selected = list(dict.fromkeys(opts.collectors or REGISTRY))  # `-c host -c host` runs it once
+    results: dict[str, CollectorEntry] = {}
     outputs: dict[str, CollectorOutput] = {}
     starts: dict[str, float] = {}
 
@@ -156,7 +148,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         status: Status = "ok"
         error: str | None = None
         try:
-            collector = registry.load(name)()
+            collector = REGISTRY.load(name)()
             await asyncio.wait_for(collector.collect(ctx, out), opts.timeout)
             if out.failures:
                 status = "partial"
@@ -179,44 +171,40 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
                 name, "timeout", interrupted or "interrupted", out, starts.get(name, time.monotonic())
             )
     ordered = [results[n] for n in selected] + [
-        CollectorResult(n, "skipped", 0.0, "not selected (--collector)", [])
-        for n in registry.REGISTRY
-        if n not in selected
+        CollectorEntry(n, "skipped", 0.0, "not selected (--collector)", []) for n in REGISTRY if n not in selected
     ]
     finished = datetime.now(UTC)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "tool_version": __version__,
-        "node": node,
-        "host_root": str(opts.host_root),
-        "started_at": started.isoformat(),
-        "finished_at": finished.isoformat(),
-        "since": (started - opts.since).isoformat(),
-        "redacted": opts.redact,
-        "interrupted": interrupted,
-        "collectors": [asdict(r) for r in ordered],
-        "redactions": redactor.counts,
-    }
+    manifest = Manifest(
+        tool_version=__version__,
+        scope=NodeScope(node=node, host_root=str(opts.host_root)),
+        started_at=started,
+        finished_at=finished,
+        since=started - opts.since,
+        redacted=opts.redact,
+        interrupted=interrupted,
+        collectors=ordered,
+        redactions=redactor.counts,
+    )
     try:
         await bundle.close(manifest)
     except OSError as exc:
-        target.abandon()
+        await asyncio.to_thread(target.abandon)
         kept = f"; what was written is in {target.partial}" if target.partial is not None else ""
         raise OutputError(f"--output {output}: cannot write the bundle: {exc.strerror or exc}{kept}") from None
     except BaseException:
-        target.abandon()
+        await asyncio.to_thread(target.abandon)
         raise
-    target.commit()
+    await asyncio.to_thread(target.commit)  # closes and renames the file
     return CollectResult(output, node, ordered, redactor.counts, interrupted)
 
 
-def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorResult:
-    return CollectorResult(
+def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorEntry:
+    return CollectorEntry(
         name=name,
         status=status,
         duration_s=round(time.monotonic() - start, 3),
         error=error,
         files=list(out.files),
-        items_failed=[{"item": f.item, "reason": f.reason} for f in out.failures],
+        items_failed=list(out.failures),
         truncated=dict(out.truncated),
     )

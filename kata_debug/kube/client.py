@@ -148,7 +148,7 @@ class KubeSession:
         from_env = os.environ.get("KUBECONFIG")
         path = kubeconfig or from_env or str(Path.home() / ".kube" / "config")
         explicit = kubeconfig is not None
-        files = [kubeconfig] if explicit else [p for p in path.split(os.pathsep) if p]
+        files = [kubeconfig] if kubeconfig is not None else [p for p in path.split(os.pathsep) if p]
         option = f"--kubeconfig {kubeconfig}" if explicit else f"kubeconfig {path}"
         # Each file is checked before the client's loader sees it: the loader turns a YAML
         # syntax error into a three-line traceback and an empty file into a TypeError.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from kubernetes.aio.client import CoreV1Api
@@ -75,9 +75,12 @@ def parse_status(data: bytes) -> tuple[int | None, str | None]:
         causes = (status.get("details") or {}).get("causes") or []
         for cause in causes:
             if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
+                code = cause.get("message")
+                if not isinstance(code, str | int):
+                    break
                 try:
-                    return int(cause.get("message")), message
-                except (TypeError, ValueError):
+                    return int(code), message
+                except ValueError:
                     break
     return None, message or f"exec failed: {json.dumps(status)[:300]}"
 
@@ -126,7 +129,8 @@ async def exec_stream(
             tty=False,
             _headers={"sec-websocket-protocol": EXEC_SUBPROTOCOLS},
         )
-        ws = await connecting.__aenter__()
+        # The client's stubs type this as a plain response; it is the websocket it upgraded to.
+        ws = cast(aiohttp.ClientWebSocketResponse, await connecting.__aenter__())
     except aiohttp.WSServerHandshakeError as exc:
         raise ExecRefused(exc.status, _refusal(exc.status, namespace, pod)) from None
     except (OSError, aiohttp.ClientError) as exc:

@@ -34,15 +34,17 @@ def parse_logfmt(line: str) -> dict[str, str]:
 def parse_line(line: str) -> dict[str, Any]:
     """Fields of one shim/agent log line (JSON object or logfmt), with agent console JSON nested."""
     text = line.strip()
-    fields: dict[str, Any]
+    fields: dict[str, Any] = {}
     if text.startswith("{"):
         try:
             parsed = json.loads(text)
-            fields = parsed if isinstance(parsed, dict) else {}
         except ValueError:
-            fields = parse_logfmt(text)
+            fields.update(parse_logfmt(text))
+        else:
+            if isinstance(parsed, dict):
+                fields = parsed
     else:
-        fields = parse_logfmt(text)
+        fields.update(parse_logfmt(text))
     console = fields.get("vmconsole")
     if isinstance(console, str) and console.lstrip().startswith("{"):
         try:

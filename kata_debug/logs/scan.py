@@ -90,10 +90,10 @@ def sandbox_groups(chunk: bytes) -> tuple[int, dict[bytes, bytes]]:
     if b"kata-runtime" in chunk or b'"sandbox"' in chunk:
         for line in chunk.splitlines(keepends=True):
             if b"sandbox=" not in line and (b"kata-runtime" in line or b'"sandbox"' in line):
-                sid = sandbox_of(parse_line(line.decode("utf-8", "replace")))
-                if sid:
-                    extra.setdefault(sid.encode(), []).append(line)
-                    groups.setdefault(sid.encode(), [])
+                named = sandbox_of(parse_line(line.decode("utf-8", "replace")))
+                if named:
+                    extra.setdefault(named.encode(), []).append(line)
+                    groups.setdefault(named.encode(), [])
     unterminated = lines[-1] or None  # `is` below: the very object split() returned
     out: dict[bytes, bytes] = {}
     for sid, group in groups.items():

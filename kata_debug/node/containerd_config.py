@@ -54,7 +54,7 @@ def runtime_handlers(host: HostRoot) -> list[RuntimeHandler]:
         for name, rt in _runtimes(data).items():
             if not isinstance(rt, dict):
                 continue
-            opts = rt.get("options") if isinstance(rt.get("options"), dict) else {}
+            opts = got if isinstance(got := rt.get("options"), dict) else {}
             found.append(
                 RuntimeHandler(
                     name=name,

@@ -71,7 +71,7 @@ def parse_config(data: dict[str, Any], path: str, drop_ins: list[str] | None = N
     if isinstance(hyps, dict) and hyps:
         hyp_name = next(iter(hyps))
         hyp_section = hyps[hyp_name] if isinstance(hyps[hyp_name], dict) else {}
-    runtime = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
+    runtime = got if isinstance(got := data.get("runtime"), dict) else {}
 
     def num(v: Any) -> Any:
         return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None

@@ -129,7 +129,7 @@ def _describe(c: SizingConfig) -> str:
 
 def runtime_of_config(raw: dict[str, Any], hypervisor: str | None) -> str:
     """runtime-rs configurations name their runtime and hypervisor under [runtime]; Go's do not."""
-    runtime = raw.get("runtime") if isinstance(raw.get("runtime"), dict) else {}
+    runtime = got if isinstance(got := raw.get("runtime"), dict) else {}
     if "hypervisor_name" in runtime or "name" in runtime or hypervisor == "dragonball":
         return RS
     hyp = (raw.get("hypervisor") or {}).get(hypervisor or "", {}) if isinstance(raw.get("hypervisor"), dict) else {}
@@ -145,7 +145,7 @@ def from_kata_config(kc: KataConfig, runtime: str | None = None) -> SizingConfig
     adjustments then turn into 1 vCPU, and 2048 MiB (Go) or 128 MiB (runtime-rs).
     """
     rt = runtime or runtime_of_config(kc.raw, kc.hypervisor)
-    hyps = kc.raw.get("hypervisor") if isinstance(kc.raw.get("hypervisor"), dict) else {}
+    hyps = got if isinstance(got := kc.raw.get("hypervisor"), dict) else {}
     hyp = hyps.get(kc.hypervisor or "", {}) if isinstance(hyps, dict) else {}
     hyp = hyp if isinstance(hyp, dict) else {}
 

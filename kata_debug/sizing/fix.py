@@ -13,7 +13,6 @@ intended change before it is written; anything else is skipped with a reason.
 from __future__ import annotations
 
 import difflib
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,8 @@ class FixError(Exception):
 
 @dataclass
 class FileFix:
+    """One file's fix: its text before and after, and which findings were or were not applied."""
+
     path: str
     original: str
     fixed: str
@@ -52,6 +53,19 @@ class FileFix:
                 tofile=f"b/{self.path}",
             )
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--format json` form: what changed, what was skipped and why, and the diff."""
+        return {
+            "path": self.path,
+            "changed": self.changed,
+            "applied": [{"rule": x.rule, "container": x.container, "resource": x.resource} for x in self.applied],
+            "skipped": [
+                {"rule": x.rule, "container": x.container, "resource": x.resource, "reason": why}
+                for x, why in self.skipped
+            ],
+            "diff": self.diff(),
+        }
 
 
 def _rt_docs(text: str) -> list[Any]:
@@ -197,11 +211,3 @@ def _verify(before: str, after: str, doc_index: int, targets: list[FixTarget]) -
         raise FixError(f"the edit does not verify: {exc}") from None
     if got != want:
         raise FixError("the edit does not verify (the result differs from the intended change)")
-
-
-def render_diffs(fixes: list[FileFix]) -> str:
-    buf = io.StringIO()
-    for f in fixes:
-        if f.changed:
-            buf.write(f.diff())
-    return buf.getvalue()

@@ -36,7 +36,7 @@ def expand(paths: list[str]) -> tuple[list[str], list[InputError]]:
             continue
         path = Path(p)
         if path.is_dir():
-            found = []
+            found: list[str] = []
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found.extend(os.path.join(root, n) for n in names if n.endswith(SUFFIXES))

@@ -1,9 +1,9 @@
 """`kata-debug limits`: what VM each Kata workload gets, and which requests do nothing.
 
 Input is a stream of Kubernetes objects (from files or a live cluster, see
-`limits_input`/`limits_live`); RuntimeClasses and LimitRanges among them are used the way
+`inputs`/`live`); RuntimeClasses and LimitRanges among them are used the way
 the API server uses them. Each workload goes through the kubelet translation
-(`workloads`) and Kata's own arithmetic (`sizing`); the rules below turn the gap between
+(`workloads`) and Kata's own arithmetic (`model`); the rules below turn the gap between
 what the manifest asks for and what the VM gets into findings.
 """
 
@@ -453,7 +453,7 @@ def _overhead_findings(w: Workload, rc: RuntimeClass | None, vm: VmSize, out: li
 
 
 def _meta(obj: dict[str, Any]) -> tuple[str | None, str | None]:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    meta = got if isinstance(got := obj.get("metadata"), dict) else {}
     name, ns = meta.get("name"), meta.get("namespace")
     return (str(name) if name is not None else None, str(ns) if ns else None)
 

@@ -139,17 +139,3 @@ def milli_value(q: Fraction) -> int:
 def int_value(q: Fraction) -> int:
     """`Quantity.Value()`: the integer value, rounded up (`1.5` bytes -> 2)."""
     return -((-q.numerator) // q.denominator)
-
-
-def format_cpu(q: Fraction) -> str:
-    """Canonical-ish CPU text for messages: `1`, `500m`, `2.5`."""
-    milli = milli_value(q)
-    if milli % 1000 == 0:
-        return str(milli // 1000)
-    return f"{milli}m"
-
-
-def format_mib(n_bytes: int) -> str:
-    """Bytes as MiB for messages (`800 MiB`, `953.7 MiB`)."""
-    mib = n_bytes / (1 << 20)
-    return f"{mib:.0f} MiB" if mib == int(mib) else f"{mib:.1f} MiB"

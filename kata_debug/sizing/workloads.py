@@ -106,8 +106,6 @@ class Container:
     path: Path_  # document path of the container mapping
     requests: dict[str, Value]
     limits: dict[str, Value]
-    has_requests_key: bool = False
-    has_limits_key: bool = False
 
 
 @dataclass
@@ -146,8 +144,8 @@ def read_workload(obj: dict[str, Any], prefix: Path_ = ()) -> Workload | None:
     kind = obj.get("kind")
     if kind not in WORKLOAD_KINDS:
         return None
-    spec_path, meta_path = POD_PATHS[kind]  # type: ignore[index]
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    spec_path, meta_path = POD_PATHS[kind]
+    meta = got if isinstance(got := obj.get("metadata"), dict) else {}
     problems: list[str] = []
     spec = dig(obj, spec_path)
     spec_field = _field((*prefix, *spec_path))
@@ -187,13 +185,11 @@ def read_workload(obj: dict[str, Any], prefix: Path_ = ()) -> Workload | None:
                     path=cpath,
                     requests=read_list(res.get("requests"), f"{cfield}.resources.requests", problems),
                     limits=read_list(res.get("limits"), f"{cfield}.resources.limits", problems),
-                    has_requests_key="requests" in res,
-                    has_limits_key="limits" in res,
                 )
             )
     if not containers and not problems:
         problems.append(f"{spec_field}.containers is empty")
-    pod_res = spec.get("resources") if isinstance(spec.get("resources"), dict) else {}
+    pod_res = got if isinstance(got := spec.get("resources"), dict) else {}
     rc = spec.get("runtimeClassName")
     ns = meta.get("namespace")
     return Workload(
@@ -253,7 +249,7 @@ class LimitRange:
 
 
 def read_limit_range(obj: dict[str, Any], prefix: Path_ = ()) -> LimitRange:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    meta = got if isinstance(got := obj.get("metadata"), dict) else {}
     problems: list[str] = []
     items: list[LimitRangeItem] = []
     limits = dig(obj, ("spec", "limits"))
@@ -457,7 +453,7 @@ class RuntimeClass:
 
 
 def read_runtime_class(obj: dict[str, Any]) -> RuntimeClass:
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    meta = got if isinstance(got := obj.get("metadata"), dict) else {}
     problems: list[str] = []
     fixed = dig(obj, ("overhead", "podFixed"))
     overhead: dict[str, Value] = {}

@@ -1,0 +1,188 @@
+"""Bring one node's bundle home: exec `kata-debug collect` in its agent pod and spool the stream.
+
+A node's stream is spooled to a temp file as it arrives and added as ONE member,
+`nodes/<node>/bundle.tar.gz`, once the node reports its exit status. Memory stays flat (two
+1 MiB buffers per node in flight) however big node bundles get; the node bundle keeps its
+own manifest and checksums intact; the cluster gzip stream stores it instead of deflating
+already-compressed bytes again. Every node ends as a `NodeEntry` (`ok`, `partial` = node
+exit 3, `failed`, `timeout`), never as an exception; bytes of a node that failed
+mid-stream are kept as `bundle.tar.gz.partial` (gzip salvages a prefix). The node gets
+`--deadline` a little under the node timeout, so a slow node ends its own bundle cleanly
+(collectors marked timeout) before the cluster run would have to cut it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kata_debug.bundle.manifest import NodeEntry, NodeStatus
+from kata_debug.bundle.writer import SUFFIXES, AsyncBundle, Spool, safe_component
+from kata_debug.cluster.objects import KATA_RUNTIME_LABEL, name_of
+from kata_debug.cluster.options import ClusterOptions
+from kata_debug.cluster.progress import ClusterProgress
+from kata_debug.kube.client import KubeSession
+from kata_debug.kube.exec_stream import ExecProtocolError, ExecRefused, exec_stream
+from kata_debug.redact.redactor import Redactor
+
+#: `kata-debug collect`'s exit code for "bundle written, some collectors failed".
+PARTIAL_EXIT = 3
+
+
+def node_deadline(node_timeout: float) -> float:
+    """The node's own --deadline: early enough that it can finish its bundle before we cut it."""
+    return round(max(node_timeout * 0.8, node_timeout - 60.0), 1)
+
+
+def node_command(opts: ClusterOptions, node: str) -> list[str]:
+    """The exact command each agent pod runs; its stdout is the node bundle."""
+    argv = [
+        "kata-debug",
+        "collect",
+        "--host-root",
+        "/host",
+        "--output",
+        "-",
+        "--output-format",
+        "json",
+        "--node-name",
+        node,
+        "--since",
+        f"{int(opts.since.total_seconds())}s",
+        "--compression",
+        opts.compression,
+        "--deadline",
+        f"{node_deadline(opts.node_timeout):g}",
+    ]
+    if not opts.redact:
+        argv.append("--no-redact")
+    return argv + list(opts.node_args)
+
+
+class SpoolSink:
+    """Receives a node's stdout blocks and writes them to a spool file off the event loop.
+
+    Double-buffered: one block is written by a thread while the next one arrives, so the
+    network never waits on the disk, and memory stays at two blocks per node in flight.
+    """
+
+    def __init__(self, spool: Spool, on_progress: Callable[[int], None]) -> None:
+        self.spool = spool
+        self.bytes = 0
+        self._pending: asyncio.Future[None] | None = None
+        self._on_progress = on_progress
+
+    async def write(self, block: bytearray) -> None:
+        if self._pending is not None:
+            await asyncio.shield(self._pending)
+        self.bytes += len(block)
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self.spool.write, block)
+        self._on_progress(self.bytes)
+
+    async def finish(self) -> None:
+        """Wait for the writer thread (safe after cancellation: the block is never half-written)."""
+        if self._pending is not None:
+            await asyncio.wait([self._pending])
+            self._pending = None
+
+
+def stderr_tail(stderr: bytes) -> str:
+    """The node's last non-blank stderr line: its own one-line error, if it printed one."""
+    lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+class NodeCollector:
+    """Collects nodes of one run into one cluster bundle (shared session, redactor and progress)."""
+
+    def __init__(
+        self, opts: ClusterOptions, session: KubeSession, redactor: Redactor, progress: ClusterProgress
+    ) -> None:
+        self.opts = opts
+        self.session = session
+        self.redactor = redactor
+        self.progress = progress
+
+    def _unreachable(self, node: str, agents_error: str | None) -> NodeEntry:
+        if agents_error is not None:
+            reason = f"cannot list the kata-debug agent pods in namespace {self.opts.agent_namespace}: {agents_error}"
+        else:
+            reason = (
+                f"no kata-debug agent pod on this node (label {self.opts.agent_selector} in namespace "
+                f"{self.opts.agent_namespace}): is deploy/daemonset.yaml applied and the node labelled {KATA_RUNTIME_LABEL}?"
+            )
+        return NodeEntry(node, "failed", reason, 0.0, 0)
+
+    async def collect(
+        self, node: str, agent: dict[str, Any] | None, bundle: AsyncBundle, agents_error: str | None = None
+    ) -> NodeEntry:
+        """Run the node's collect in `agent` and add what it streamed to `bundle`."""
+        start = time.monotonic()
+        base = f"nodes/{safe_component(node, 'node')}"
+        if agent is None:
+            return self._unreachable(node, agents_error)
+        pod = name_of(agent)
+        phase = (agent.get("status") or {}).get("phase")
+        if phase != "Running":
+            return NodeEntry(node, "failed", f"agent pod {pod} is {phase or 'not running'}", 0.0, 0, pod=pod)
+        self.progress.node_started(node)
+        spool = await asyncio.to_thread(Spool)  # creates a temp file
+        sink = SpoolSink(spool, lambda n: self.progress.node_bytes(node, n))
+        status: NodeStatus = "failed"
+        error: str | None = None
+        exit_code: int | None = None
+        stderr = b""
+        try:
+            try:
+                async with asyncio.timeout(self.opts.node_timeout):
+                    outcome = await exec_stream(
+                        self.session.ws,
+                        self.opts.agent_namespace,
+                        pod,
+                        node_command(self.opts, node),
+                        sink.write,
+                        container=self.opts.agent_container,
+                    )
+                exit_code, stderr = outcome.exit_code, outcome.stderr
+                if exit_code == 0:
+                    status = "ok"
+                elif exit_code == PARTIAL_EXIT:
+                    status, error = "partial", "bundle written but some node collectors failed (see its manifest)"
+                elif exit_code is not None:
+                    tail = stderr_tail(stderr)
+                    error = f"kata-debug collect exited {exit_code}" + (f": {tail}" if tail else "")
+                else:
+                    error = outcome.message or "exec failed"
+            except TimeoutError:
+                status, error = "timeout", f"no exit status within --node-timeout {self.opts.node_timeout:g}s"
+            except ExecRefused as exc:
+                error = str(exc)
+            except ExecProtocolError as exc:
+                error = f"exec protocol error: {exc}"
+            finally:
+                await sink.finish()
+            member: str | None = None
+            if sink.bytes:
+                name = f"bundle{SUFFIXES[self.opts.compression]}"
+                member = f"{base}/{name}" if status in ("ok", "partial") else f"{base}/{name}.partial"
+                await bundle.add_spool(member, spool, precompressed=True)
+            else:
+                await asyncio.to_thread(spool.close)
+            if stderr.strip():
+                redacted = await asyncio.to_thread(self.redactor.bytes, stderr)
+                await bundle.add_bytes(f"{base}/collect.stderr", redacted)
+        except BaseException:
+            spool.close()
+            raise
+        return NodeEntry(
+            node,
+            status,
+            error,
+            round(time.monotonic() - start, 3),
+            sink.bytes,
+            pod=pod,
+            exit_code=exit_code,
+            member=member,
+        )
