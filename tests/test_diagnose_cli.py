@@ -165,3 +165,33 @@ async def test_without_bundle_it_collects_this_node_and_output_keeps_the_bundle(
 def test_collect_only_options_with_a_bundle_are_refused(tmp_path: Path) -> None:
     proc = kata_debug("diagnose", str(tmp_path), "--output", str(tmp_path / "x.tar.gz"))
     assert proc.returncode == 2 and b"--output: only valid without BUNDLE" in proc.stderr
+
+
+async def test_collect_writes_findings_before_the_manifest_and_keeps_its_exit_code(tmp_path: Path) -> None:
+    root = failing_node(tmp_path / "host")
+    out = tmp_path / "b.tar.gz"
+    proc = kata_debug("collect", "--host-root", str(root), "--since", "87600h", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr  # findings never change collect's exit code
+    text = proc.stdout.decode()
+    assert "error shim-not-found" in text and "fix: Put containerd-shim-kata-v2" in text
+    bundle = read_bundle(out)  # checks the manifest is last and lists every member
+    written = bundle.json("analysis/findings.json")
+    assert written["node"] == "kata-node-1" and written["findings"][0]["id"] == "shim-not-found"
+    read_back = diagnose(str(out)).to_json()
+    assert [f["id"] for f in written["findings"]] == [f["id"] for f in read_back["findings"]]
+    assert written["findings"][0]["evidence"] == read_back["findings"][0]["evidence"]
+
+
+async def test_collect_analyses_logs_the_scanner_process_deflated_ahead(tmp_path: Path) -> None:
+    """Logs past SCANNER_MIN_BYTES are redacted and deflated in another process and spliced
+    in as gzip members: the analysis sees their inflated text, line numbers intact."""
+    root = healthy_node(tmp_path / "host")
+    filler = 'time="2024-01-01T00:00:00Z" level=info msg="starting signal loop" namespace=k8s.io\n' * 260_000
+    (root / CONTAINERD_LOG).parent.mkdir(parents=True, exist_ok=True)
+    (root / CONTAINERD_LOG).write_text(filler + SHIM_MISSING + "\n")
+    out = tmp_path / "b.tar.gz"
+    result = await run_collection(CollectOptions(host_root=root, output=str(out), since=SINCE_EVERYTHING))
+    assert result.diagnosis is not None
+    top = result.diagnosis.findings[0]
+    assert top.id == "shim-not-found" and top.evidence[0].line == 260_001
+    assert read_bundle(out).json("analysis/findings.json")["findings"][0]["evidence"][0]["line"] == 260_001

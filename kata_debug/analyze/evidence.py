@@ -76,39 +76,14 @@ class LineScanner:
 
     def scan(self, path: str, stream: IO[bytes], hits: dict[str, SignatureHits]) -> int:
         """Match every line of one log member; returns the number of lines read."""
-        if self._prefilter is None:
-            return 0
-        lineno = 0
-        carry = b""
-        while True:
-            chunk = stream.read(_BLOCK)
-            if not chunk:
-                block, carry = carry, b""
-                if not block:
-                    break
-            else:
-                block = carry + chunk
-                cut = block.rfind(b"\n") + 1
-                if cut == 0 and len(block) < _MAX_LINE:
-                    carry = block
-                    continue
-                if cut == 0:
-                    cut = len(block)
-                block, carry = block[:cut], block[cut:]
-            pos = 0
-            for m in self._prefilter.finditer(block):
-                if m.start() < pos:
-                    continue  # another needle on a line already matched
-                start = block.rfind(b"\n", 0, m.start()) + 1
-                end = block.find(b"\n", m.start())
-                end = len(block) if end < 0 else end
-                lineno += block.count(b"\n", pos, start)
-                pos = end
-                self._match(path, lineno + 1, block[start : min(end, start + _MAX_LINE)], hits)
-            lineno += block.count(b"\n", pos)
-            if not chunk:
-                break
-        return lineno
+        feeder = self.feeder(path, hits)
+        while chunk := stream.read(_BLOCK):
+            feeder.feed(chunk)
+        return feeder.close()
+
+    def feeder(self, path: str, hits: dict[str, SignatureHits]) -> LineFeeder:
+        """Push-style scanning of one member, for content that goes past once (a bundle being written)."""
+        return LineFeeder(self, path, hits)
 
     def _match(self, path: str, lineno: int, raw: bytes, hits: dict[str, SignatureHits]) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
@@ -123,11 +98,60 @@ class LineScanner:
             hits.setdefault(sig.name, SignatureHits()).add(LineMatch(path, lineno, quote, groups, sandbox, pod))
 
 
+class LineFeeder:
+    """Lines of one member fed in arbitrary chunks; the prefilter runs over whole blocks."""
+
+    def __init__(self, scanner: LineScanner, path: str, hits: dict[str, SignatureHits]) -> None:
+        self._scanner = scanner
+        self._path = path
+        self._hits = hits
+        self._carry = b""
+        self.lines = 0
+
+    def feed(self, chunk: bytes) -> None:
+        block = self._carry + chunk if self._carry else chunk
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:
+            if len(block) < _MAX_LINE:
+                self._carry = block
+                return
+            cut = len(block)  # a line past the cap: matched on what we have, the rest is dropped
+        self._carry = block[cut:]
+        self._block(block[:cut] if cut < len(block) else block)
+
+    def close(self) -> int:
+        if self._carry:
+            self._block(self._carry)
+            self._carry = b""
+            self.lines += 1
+        return self.lines
+
+    def _block(self, block: bytes) -> None:
+        prefilter = self._scanner._prefilter
+        if prefilter is None:
+            self.lines += block.count(b"\n")
+            return
+        pos = 0
+        lineno = self.lines
+        for m in prefilter.finditer(block):
+            if m.start() < pos:
+                continue  # another needle on a line already matched
+            start = block.rfind(b"\n", 0, m.start()) + 1
+            end = block.find(b"\n", m.start())
+            end = len(block) if end < 0 else end
+            lineno += block.count(b"\n", pos, start)
+            pos = end
+            self._scanner._match(self._path, lineno + 1, block[start : min(end, start + _MAX_LINE)], self._hits)
+        self.lines = lineno + block.count(b"\n", pos)
+
+
 @dataclass
 class NodeEvidence:
     """What one streaming pass kept of one bundle (a node's, or a cluster bundle's own part)."""
 
     path_prefix: str = ""
+    #: The node, when known before the manifest (a bundle being written).
+    node: str | None = None
     members: list[str] = field(default_factory=list)
     structured: dict[str, bytes] = field(default_factory=dict)
     hits: dict[str, SignatureHits] = field(default_factory=dict)
@@ -237,8 +261,12 @@ class EvidenceView:
     # -- facts ------------------------------------------------------------------
     @property
     def node(self) -> str | None:
-        manifest = self.json("manifest.json") or {}
-        return manifest.get("node") if isinstance(manifest, dict) else None
+        manifest = self.json("manifest.json")
+        if not isinstance(manifest, dict):
+            return self._ev.node
+        scope = manifest.get("scope")
+        node = manifest.get("node") or (scope.get("node") if isinstance(scope, dict) else None)
+        return str(node) if node else self._ev.node
 
     @property
     def facts(self) -> dict[str, Any]:

@@ -227,6 +227,7 @@ def collect(
                     "interrupted": result.interrupted,
                     "collectors": [c.to_json() for c in result.collectors],
                     "redactions": result.redactions,
+                    "findings": [f.to_json() for f in result.diagnosis.findings] if result.diagnosis else None,
                     **({"upload": sent.summary} if sent.summary is not None else {}),
                 },
                 indent=2,
@@ -263,6 +264,32 @@ def _print_summary(result: CollectResult, console: Console) -> None:
     )
     if result.output != "-":
         console.print(f"bundle: [bold]{result.output}[/]")
+    _print_findings(result, console)
+
+
+#: Findings printed under the collector table; the rest are in analysis/findings.json.
+TOP_FINDINGS = 3
+
+
+def _print_findings(result: CollectResult, console: Console) -> None:
+    """The most likely root causes in what was just collected, each with its fix."""
+    diagnosis = result.diagnosis
+    if diagnosis is None:
+        console.print("findings: not analysed (the analyzers could not run); see `kata-debug diagnose`")
+        return
+    shown = [f for f in diagnosis.findings if f.severity != "info"][:TOP_FINDINGS]
+    if not shown:
+        console.print("findings: none (no known Kata failure in this evidence)")
+        return
+    console.print("findings (most likely root cause first; all in analysis/findings.json):")
+    for f in shown:
+        style = "red" if f.severity == "error" else "yellow"
+        about = f" [{f.pod or f.sandbox}]" if f.pod or f.sandbox else ""
+        console.print(f"  [{style}]{f.severity}[/] {f.id}{about}: {f.title}", markup=True, highlight=False)
+        console.print(f"    fix: {f.fix}", markup=False, highlight=False)
+    rest = len([f for f in diagnosis.findings if f.severity != "info"]) - len(shown)
+    if rest > 0:
+        console.print(f"  ... {rest} more: kata-debug diagnose {result.output}", markup=False, highlight=False)
 
 
 @app.command("collectors")
