@@ -38,7 +38,7 @@ VIRTIOFSD = (
     ),
     Signature.of(
         "virtiofsd.own",
-        ("virtiofsd",),
+        ("virtiofsd: ", "virtiofsd[", "[ERROR virtiofsd]", "failed to start virtiofsd"),
         r"virtiofsd(?:\[\d+\])?: (?:seccomp_init\(\): |.*Error entering sandbox|.*Fatal error|.*panicked at|segfault at)|\[ERROR virtiofsd\]|failed to start virtiofsd|traps: virtiofsd\[\d+\]",
     ),
 )
