@@ -69,6 +69,8 @@ def main() -> None:
                 str(bundle),
                 "--since",
                 "87600h",
+                "--timeout",
+                "1800",
                 "--max-log-size",
                 f"{args.size * 2}M",
             ]

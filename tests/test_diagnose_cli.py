@@ -195,3 +195,19 @@ async def test_collect_analyses_logs_the_scanner_process_deflated_ahead(tmp_path
     top = result.diagnosis.findings[0]
     assert top.id == "shim-not-found" and top.evidence[0].line == 260_001
     assert read_bundle(out).json("analysis/findings.json")["findings"][0]["evidence"][0]["line"] == 260_001
+
+
+async def test_a_truncated_bundle_is_an_input_error_naming_the_member(tmp_path: Path) -> None:
+    bundle = tmp_path / "b.tar"
+    await run_collection(
+        CollectOptions(
+            host_root=failing_node(tmp_path / "host"), output=str(bundle), compression="none", since=SINCE_EVERYTHING
+        )
+    )
+    cut = tmp_path / "cut.tar"
+    data = bundle.read_bytes()
+    marker = data.index(b"ctr: failed to start shim")  # inside the log member's data
+    cut.write_bytes(data[: marker + 10])
+    proc = kata_debug("diagnose", str(cut))
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "damaged bundle" in err and "containerd.log" in err and "Traceback" not in err

@@ -10,6 +10,7 @@ writer's thread, as the content goes past.
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Callable
 
 from kata_debug.analyze.analyzer import Analyzer
@@ -23,6 +24,7 @@ from kata_debug.analyze.evidence import (
     is_log_member,
 )
 from kata_debug.bundle.reader import MAX_STRUCTURED_BYTES
+from kata_debug.bundle.writer import AsyncBundle
 
 #: Where a bundle's own findings are written.
 FINDINGS_MEMBER = "analysis/findings.json"
@@ -66,3 +68,27 @@ class EvidenceTap:
 
     def diagnose(self, bundle: str) -> Diagnosis:
         return analyze_evidence(self.evidence, self.analyzers, bundle)
+
+
+def evidence_tap(node: str | None) -> EvidenceTap | None:
+    """The analyzers, ready to watch a bundle being written; None when they cannot load
+    (collecting never depends on analysing). Blocking: imports the analyzer modules."""
+    try:
+        return EvidenceTap(node)
+    except Exception:  # noqa: BLE001 - an analyzer module that does not import
+        return None
+
+
+async def write_findings(bundle: AsyncBundle, tap: EvidenceTap | None, output: str) -> Diagnosis | None:
+    """Run the analyzers on what was written and add `analysis/findings.json` (call it
+    before the manifest). A failure here costs the findings, never the bundle."""
+    bundle.writer.tap = None
+    if tap is None:
+        return None
+    try:
+        diagnosis = await bundle.run(tap.diagnose, output)
+    except Exception:  # noqa: BLE001 - the analyzers are not allowed to sink a collection
+        return None
+    data = json.dumps(diagnosis.to_json(), indent=2).encode() + b"\n"
+    await bundle.add_bytes(FINDINGS_MEMBER, data)
+    return diagnosis

@@ -13,10 +13,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import tarfile
 import tomllib
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
+
+import zstandard
 
 from kata_debug.analyze.base import (
     MAX_EVIDENCE_TEXT,
@@ -26,7 +30,7 @@ from kata_debug.analyze.base import (
     pod_on_line,
     sandbox_on_line,
 )
-from kata_debug.bundle.reader import BundleError, iter_members
+from kata_debug.bundle.reader import BundleError, Member, iter_members
 
 _BLOCK = 1 << 20
 #: A "line" longer than this is matched on its first part only (a log is not a blob store).
@@ -215,37 +219,44 @@ def _read(
     source: str | IO[bytes], scanner: LineScanner, keep: Sequence[str], prefix: str, label: str | None
 ) -> NodeEvidence:
     ev = NodeEvidence(path_prefix=prefix)
-    kept = 0
+    name = label or (source if isinstance(source, str) else "<stream>")
     saw_manifest = False
     for member in iter_members(source, label=label):
         ev.members.append(member.path)
-        shown = prefix + member.path
-        if member.path == "manifest.json":
-            saw_manifest = True
-        if member.is_nested_bundle and member.path.startswith("nodes/"):
-            try:
-                ev.nested.append(_read(member.fileobj, scanner, keep, f"{shown}!/", shown))
-            except BundleError as exc:
-                ev.skipped.append(f"{shown}: {exc}")
-            continue
-        if is_log_member(member.path):
-            ev.log_members.append(member.path)
-            ev.log_lines += scanner.scan(shown, member.fileobj, ev.hits)
-            continue
-        if any(fnmatch.fnmatchcase(member.path, pattern) for pattern in keep):
-            if kept + member.size > MAX_STRUCTURED_TOTAL:
-                ev.skipped.append(f"{shown}: not read, structured members past {MAX_STRUCTURED_TOTAL >> 20} MiB")
-                continue
-            try:
-                ev.structured[member.path] = member.read_bytes()
-            except BundleError as exc:
-                ev.skipped.append(str(exc))
-                continue
-            kept += member.size
+        saw_manifest = saw_manifest or member.path == "manifest.json"
+        try:
+            _take(ev, member, scanner, keep, prefix)
+        except (tarfile.TarError, OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+            # A member's data ends early (a truncated download, a collection killed mid-write).
+            raise BundleError(f"{name}: damaged bundle (reading {member.path}: {exc})") from None
     if not saw_manifest:
-        name = label or (source if isinstance(source, str) else "<stream>")
         raise BundleError(f"{name}: not a kata-debug bundle (no manifest.json)")
     return ev
+
+
+def _take(ev: NodeEvidence, member: Member, scanner: LineScanner, keep: Sequence[str], prefix: str) -> None:
+    """One member: a nested node bundle, a log to scan, structured data to keep, or nothing."""
+    shown = prefix + member.path
+    if member.is_nested_bundle and member.path.startswith("nodes/"):
+        try:
+            ev.nested.append(_read(member.fileobj, scanner, keep, f"{shown}!/", shown))
+        except BundleError as exc:
+            ev.skipped.append(f"{shown}: {exc}")
+        return
+    if is_log_member(member.path):
+        ev.log_members.append(member.path)
+        ev.log_lines += scanner.scan(shown, member.fileobj, ev.hits)
+        return
+    if not any(fnmatch.fnmatchcase(member.path, pattern) for pattern in keep):
+        return
+    kept = sum(len(v) for v in ev.structured.values())
+    if kept + member.size > MAX_STRUCTURED_TOTAL:
+        ev.skipped.append(f"{shown}: not read, structured members past {MAX_STRUCTURED_TOTAL >> 20} MiB")
+        return
+    try:
+        ev.structured[member.path] = member.read_bytes()
+    except BundleError as exc:
+        ev.skipped.append(str(exc))
 
 
 class EvidenceView:

@@ -264,32 +264,9 @@ def _print_summary(result: CollectResult, console: Console) -> None:
     )
     if result.output != "-":
         console.print(f"bundle: [bold]{result.output}[/]")
-    _print_findings(result, console)
+    from kata_debug.cli.diagnose import print_top_findings
 
-
-#: Findings printed under the collector table; the rest are in analysis/findings.json.
-TOP_FINDINGS = 3
-
-
-def _print_findings(result: CollectResult, console: Console) -> None:
-    """The most likely root causes in what was just collected, each with its fix."""
-    diagnosis = result.diagnosis
-    if diagnosis is None:
-        console.print("findings: not analysed (the analyzers could not run); see `kata-debug diagnose`")
-        return
-    shown = [f for f in diagnosis.findings if f.severity != "info"][:TOP_FINDINGS]
-    if not shown:
-        console.print("findings: none (no known Kata failure in this evidence)")
-        return
-    console.print("findings (most likely root cause first; all in analysis/findings.json):")
-    for f in shown:
-        style = "red" if f.severity == "error" else "yellow"
-        about = f" [{f.pod or f.sandbox}]" if f.pod or f.sandbox else ""
-        console.print(f"  [{style}]{f.severity}[/] {f.id}{about}: {f.title}", markup=True, highlight=False)
-        console.print(f"    fix: {f.fix}", markup=False, highlight=False)
-    rest = len([f for f in diagnosis.findings if f.severity != "info"]) - len(shown)
-    if rest > 0:
-        console.print(f"  ... {rest} more: kata-debug diagnose {result.output}", markup=False, highlight=False)
+    print_top_findings(result.diagnosis, result.output, console)
 
 
 @app.command("collectors")

@@ -15,11 +15,15 @@ import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import typer
+from rich.console import Console
 
 from kata_debug.errors import KataDebugError, UsageError
+
+if TYPE_CHECKING:
+    from kata_debug.analyze.diagnose import Diagnosis
 
 #: Exit code when diagnose's own collection wrote nothing to diagnose.
 EXIT_NOTHING_COLLECTED = 4
@@ -70,6 +74,37 @@ def format_text(diagnosis: object, out: TextIO, *, limit: int | None = None) -> 
         print(f"analyzer {a.id} failed: {a.error}", file=out)
     if limit is not None and len(diagnosis.findings) > limit:
         print(f"\n... {len(diagnosis.findings) - limit} more: kata-debug diagnose {diagnosis.bundle}", file=out)
+
+
+#: Findings `collect` prints under its table; the rest are in analysis/findings.json.
+TOP_FINDINGS = 3
+
+
+def print_top_findings(diagnosis: Diagnosis | None, output: str, console: Console) -> None:
+    """The most likely root causes in what was just collected, each with its fix."""
+    if diagnosis is None:
+        console.print("findings: not analysed (the analyzers could not run); see `kata-debug diagnose`")
+        return
+    relevant = [f for f in diagnosis.findings if f.severity != "info"]
+    if not relevant:
+        console.print("findings: none (no known Kata failure in this evidence)")
+        return
+    console.print("findings (most likely root cause first; all in analysis/findings.json):")
+    for f in relevant[:TOP_FINDINGS]:
+        style = "red" if f.severity == "error" else "yellow"
+        about = " ".join(
+            x for x in (f"node {f.node}" if diagnosis.cluster and f.node else "", f.pod or f.sandbox or "") if x
+        )
+        console.print(
+            f"  [{style}]{f.severity}[/] {f.id}" + (f" [{about}]" if about else "") + f": {f.title}",
+            highlight=False,
+            markup=True,
+        )
+        console.print(f"    fix: {f.fix}", markup=False, highlight=False)
+    if len(relevant) > TOP_FINDINGS:
+        console.print(
+            f"  ... {len(relevant) - TOP_FINDINGS} more: kata-debug diagnose {output}", markup=False, highlight=False
+        )
 
 
 async def diagnose_path(bundle: str) -> object:

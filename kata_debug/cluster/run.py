@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 
 from kata_debug import __version__
+from kata_debug.analyze.collecting import evidence_tap, write_findings
 from kata_debug.bundle.manifest import ClusterScope, CollectorEntry, ItemFailure, Manifest, NodeEntry, NodeSelection
 from kata_debug.bundle.writer import AsyncBundle, BundleWriter, OutputTarget, bundle_stem
 from kata_debug.cluster.node_exec import NodeCollector
@@ -58,6 +59,10 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
     target = OutputTarget(output)
     sink = await asyncio.to_thread(target.open)
     bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
+    # The cluster part is analysed as it is written (RuntimeClasses, pods, events); each
+    # node's bundle carries its own analysis/findings.json.
+    tap = await asyncio.to_thread(evidence_tap, None)
+    bundle.writer.tap = tap
     redactor = Redactor(enabled=opts.redact)
     objects = ClusterObjects(session, bundle, redactor, inv, opts.since)
     collector = NodeCollector(opts, session, redactor, progress)
@@ -115,6 +120,7 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         files=objects.files,
         items_failed=failures,
     )
+    diagnosis = await write_findings(bundle, tap, output)
     manifest = Manifest(
         tool_version=__version__,
         scope=ClusterScope(
@@ -145,4 +151,4 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         await asyncio.to_thread(target.abandon)
         raise
     await asyncio.to_thread(target.commit)
-    return ClusterResult(output, context, ordered, failures, redactor.counts, interrupted)
+    return ClusterResult(output, context, ordered, failures, redactor.counts, interrupted, diagnosis)

@@ -8,7 +8,6 @@ stays, and the manifest is queued behind it.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import socket
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kata_debug import __version__
-from kata_debug.analyze.collecting import FINDINGS_MEMBER, EvidenceTap
+from kata_debug.analyze.collecting import evidence_tap, write_findings
 from kata_debug.analyze.diagnose import Diagnosis
 from kata_debug.bundle.manifest import FAILING, CollectorEntry, Manifest, NodeScope, Status
 from kata_debug.bundle.writer import (
@@ -131,7 +130,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     sink = await asyncio.to_thread(target.open)
     redactor = Redactor(enabled=opts.redact)
     bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
-    tap = await asyncio.to_thread(_evidence_tap, node)
+    tap = await asyncio.to_thread(evidence_tap, node)
     bundle.writer.tap = tap
     ctx = CollectContext(
         host=host,
@@ -180,7 +179,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     ordered = [results[n] for n in selected] + [
         CollectorEntry(n, "skipped", 0.0, "not selected (--collector)", []) for n in REGISTRY if n not in selected
     ]
-    diagnosis = await _write_findings(bundle, tap, output)
+    diagnosis = await write_findings(bundle, tap, output)
     finished = datetime.now(UTC)
     manifest = Manifest(
         tool_version=__version__,
@@ -204,32 +203,6 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         raise
     await asyncio.to_thread(target.commit)  # closes and renames the file
     return CollectResult(output, node, ordered, redactor.counts, interrupted, diagnosis)
-
-
-def _evidence_tap(node: str) -> EvidenceTap | None:
-    """The analyzers, watching what the collectors write (None when they cannot load:
-    collecting never depends on analysing)."""
-    try:
-        return EvidenceTap(node)
-    except Exception:  # noqa: BLE001 - an analyzer module that does not import
-        return None
-
-
-async def _write_findings(bundle: AsyncBundle, tap: EvidenceTap | None, output: str) -> Diagnosis | None:
-    """Run the analyzers on what was collected and write `analysis/findings.json` (before the manifest).
-
-    A failure here costs the findings, never the bundle; the exit code does not depend on them.
-    """
-    bundle.writer.tap = None
-    if tap is None:
-        return None
-    try:
-        diagnosis = await bundle.run(tap.diagnose, output)
-    except Exception:  # noqa: BLE001 - the analyzers are not allowed to sink a collection
-        return None
-    data = json.dumps(diagnosis.to_json(), indent=2).encode() + b"\n"
-    await bundle.add_bytes(FINDINGS_MEMBER, data)
-    return diagnosis
 
 
 def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorEntry:
