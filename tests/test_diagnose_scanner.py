@@ -59,3 +59,29 @@ def test_a_line_matches_in_its_escaped_form_too() -> None:
         r'error="failed to mount \"/run/kata-containers/shared/containers/c1/rootfs\" to \"/run/kata-containers/c1/rootfs\", with error: ENOENT: No such file"'
     )
     assert [s.name for s, _ in found] == ["rootfs.enoent"]
+
+
+def test_a_broken_analyzer_is_reported_and_the_others_still_run() -> None:
+    from kata_debug.analyze.analyzer import Analyzer
+    from kata_debug.analyze.base import Finding
+    from kata_debug.analyze.diagnose import analyze_evidence
+    from kata_debug.analyze.evidence import EvidenceView, NodeEvidence
+
+    class Broken(Analyzer):
+        name = "broken"
+        causes = ()
+
+        def analyze(self, view: EvidenceView) -> list[Finding]:
+            raise KeyError("facts")
+
+    analyzers = [Broken(), *load_analyzers()]
+    scanner = LineScanner(all_signatures(analyzers))
+    ev = NodeEvidence(node="n1")
+    ev.log_members.append("shim-logs/x.log")
+    ev.log_lines = scanner.scan(
+        "shim-logs/x.log", io.BytesIO(b"ctr: open /dev/vhost-vsock: no such device: unknown\n"), ev.hits
+    )
+    d = analyze_evidence(ev, analyzers, "b")
+    assert d.analyzers[0].to_json() == {"id": "broken", "status": "failed", "error": "KeyError: 'facts'"}
+    assert all(a.status == "ok" for a in d.analyzers[1:])
+    assert [f.id for f in d.findings] == ["vhost-vsock-unavailable"] and d.findings[0].node == "n1"
