@@ -176,7 +176,8 @@ async def test_collect_writes_findings_before_the_manifest_and_keeps_its_exit_co
     assert "error shim-not-found" in text and "fix: Put containerd-shim-kata-v2" in text
     bundle = read_bundle(out)  # checks the manifest is last and lists every member
     written = bundle.json("analysis/findings.json")
-    assert written["node"] == "kata-node-1" and written["findings"][0]["id"] == "shim-not-found"
+    assert written["bundle"] == "." and written["node"] == "kata-node-1"
+    assert written["findings"][0]["id"] == "shim-not-found"
     read_back = diagnose(str(out)).to_json()
     assert [f["id"] for f in written["findings"]] == [f["id"] for f in read_back["findings"]]
     assert written["findings"][0]["evidence"] == read_back["findings"][0]["evidence"]

@@ -86,9 +86,12 @@ async def write_findings(bundle: AsyncBundle, tap: EvidenceTap | None, output: s
     if tap is None:
         return None
     try:
-        diagnosis = await bundle.run(tap.diagnose, output)
+        # "bundle": "." inside the bundle: its evidence paths are relative to the bundle itself,
+        # wherever it is moved or uploaded (and the member does not depend on --output).
+        diagnosis = await bundle.run(tap.diagnose, ".")
     except Exception:  # noqa: BLE001 - the analyzers are not allowed to sink a collection
         return None
     data = json.dumps(diagnosis.to_json(), indent=2).encode() + b"\n"
     await bundle.add_bytes(FINDINGS_MEMBER, data)
+    diagnosis.bundle = output
     return diagnosis
