@@ -295,6 +295,9 @@ def _register_commands() -> None:
     from kata_debug.cli import upload as cli_upload
 
     cli_upload.register(app)
+    from kata_debug.cli import report as cli_report
+
+    cli_report.register(app)
 
 
 _register_commands()
