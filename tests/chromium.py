@@ -15,10 +15,11 @@ import itertools
 import json
 import shutil
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 
@@ -104,13 +105,29 @@ class Page:
         return out
 
     def requests(self) -> list[str]:
+        """URLs the page asked for (a request the browser then refused is listed too: see `blocked`)."""
         return [ev["params"]["request"]["url"] for ev in self.events if ev["method"] == "Network.requestWillBeSent"]
+
+    def blocked(self) -> dict[str, str]:
+        """URL -> why the browser refused to send it (`csp`, ...)."""
+        urls = {
+            ev["params"]["requestId"]: ev["params"]["request"]["url"]
+            for ev in self.events
+            if ev["method"] == "Network.requestWillBeSent"
+        }
+        return {
+            urls.get(ev["params"]["requestId"], "?"): ev["params"].get("blockedReason", "")
+            for ev in self.events
+            if ev["method"] == "Network.loadingFailed" and ev["params"].get("blockedReason")
+        }
 
 
 class Browser:
     """The browser process and its DevTools websocket."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, ws: aiohttp.ClientWebSocketResponse, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, ws: aiohttp.ClientWebSocketResponse, http: aiohttp.ClientSession
+    ) -> None:
         self.proc = proc
         self.ws = ws
         self.http = http
@@ -139,7 +156,9 @@ class Browser:
             if not fut.done():
                 fut.set_exception(AssertionError("the browser closed its DevTools connection"))
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
+    async def send(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
         msg_id = next(self._ids)
         msg: dict[str, Any] = {"id": msg_id, "method": method, "params": params or {}}
         if session:

@@ -34,14 +34,14 @@ code,pre,.tl{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .sev.error{background:var(--err);color:#fff}.sev.warning{background:#d08a00;color:#fff}
 .ok{color:#1a7f37}.bad{color:var(--err);font-weight:600}.partial,.timeout{color:var(--warn);font-weight:600}
 .node{margin-top:10px}
-.sandbox{background:#fff;border:1px solid var(--line);padding:6px 10px;margin:10px 0;content-visibility:auto;contain-intrinsic-size:auto 600px}
+.sandbox{scroll-margin-top:120px;background:#fff;border:1px solid var(--line);padding:6px 10px;margin:10px 0;content-visibility:auto;contain-intrinsic-size:auto 600px}
 .sandbox.hit-none{display:none}
 .meta{color:var(--mute);font-size:12px}
 .omit{font-size:12px;color:var(--warn)}
 .tl{list-style:none;margin:4px 0;padding:0;border-top:1px solid var(--line)}
-.e{display:grid;grid-template-columns:118px 74px 96px 1fr;gap:0 6px;border-bottom:1px solid #f0f1f4;padding:1px 2px}
+.e{display:grid;grid-template-columns:150px 92px 104px 1fr;gap:0 6px;border-bottom:1px solid #f0f1f4;padding:1px 2px}
 .e[hidden]{display:none}
-.e time{color:#334}.e .o{color:var(--mute);text-align:right}.e .s{color:#4a4f9a;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.e time{color:#334;white-space:nowrap}.e .o{color:var(--mute);text-align:right;white-space:nowrap;overflow:hidden}.e .s{color:#4a4f9a;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .e code{white-space:pre-wrap;word-break:break-all}
 .e .p{grid-column:4;color:#99a;font-size:11px}
 .e.L-error{background:var(--errbg)}.e.L-error code{color:var(--err)}

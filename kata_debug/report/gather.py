@@ -449,7 +449,8 @@ def _sandboxes(state: _NodePass) -> list[SandboxReport]:
         dropped = state.span_counts.get(sid, 0) - len(r.spans)
         if dropped > 0:
             r.omitted.append(Omission("agent-traces", state.span_paths[sid], dropped, None, None))
-    return sorted(found.values(), key=lambda r: (r.pod or "~", r.id))
+    # Sandboxes in trouble first: that is what the page is opened for.
+    return sorted(found.values(), key=lambda r: (not any(e.level == "error" for e in r.entries), r.pod or "~", r.id))
 
 
 def _trim(sb: SandboxReport, share: int) -> None:

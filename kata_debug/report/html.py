@@ -304,8 +304,19 @@ def _timeline(sb: SandboxReport) -> Iterator[str]:
 def _when(ts: datetime | None, start: datetime | None) -> str:
     if ts is None:
         return '<time>—</time><span class="o"></span>'
-    off = f"+{(ts - start).total_seconds():.3f}s" if start else ""
+    off = _offset((ts - start).total_seconds()) if start else ""
     return f'<time title="{rfc3339(ts)}">{ts.strftime("%m-%d %H:%M:%S.%f")[:-3]}</time><span class="o">{off}</span>'
+
+
+def _offset(seconds: float) -> str:
+    """Time since the sandbox's first entry: `+1.234s`, `+12m03.5s`, `+27h04m`."""
+    if seconds < 60:
+        return f"+{seconds:.3f}s"
+    if seconds < 3600:
+        minutes, rest = divmod(seconds, 60)
+        return f"+{int(minutes)}m{rest:04.1f}s"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"+{hours}h{rest // 60:02d}m"
 
 
 def _entry(e: Entry, start: datetime | None) -> str:

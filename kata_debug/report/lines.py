@@ -107,6 +107,7 @@ def entry_from_line(raw: bytes, path: str, line: int, default_source: str) -> En
     if len(text) > MAX_TEXT:
         text = text[: MAX_TEXT - 1] + "…"
     source = source_of(text, default_source)
+    ts, level = parse_ts(text), parse_level(text)
     kind: EntryKind
     console = _VMCONSOLE.search(text) if "vmconsole=" in text else None
     if console is not None:
@@ -119,7 +120,7 @@ def entry_from_line(raw: bytes, path: str, line: int, default_source: str) -> En
         kind = "event"
     else:
         kind = "log"
-    return Entry(kind, parse_ts(text), source, parse_level(text), text, path, line)
+    return Entry(kind, ts, source, level, text, path, line)
 
 
 @dataclass
