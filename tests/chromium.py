@@ -187,7 +187,8 @@ async def chromium(profile: Path) -> AsyncIterator[Browser]:
     """Start headless Chromium with a fresh profile under `profile`; stop it on exit."""
     binary = chromium_binary()
     assert binary, "chromium is not installed (scripts/test installs Debian's chromium)"
-    profile.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(profile, ignore_errors=True)  # fresh: no state, no stale DevToolsActivePort
+    profile.mkdir(parents=True)
     proc = await asyncio.create_subprocess_exec(
         binary,
         *FLAGS,

@@ -18,7 +18,8 @@ import pytest
 
 from kata_debug.collect.runner import CollectOptions, run_collection
 from kata_debug.collectors.base import CollectorOptions
-from kata_debug.forwarder.exporters import FileSink, Origin
+from kata_debug.forwarder.file_sink import FileSink
+from kata_debug.forwarder.spans import Origin
 from kata_debug.report import gather, write_report
 from tests.agent_wire import sample_span
 from tests.bundles import read_bundle

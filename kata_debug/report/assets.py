@@ -44,13 +44,13 @@ code,pre,.tl{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .e time{color:#334;white-space:nowrap}.e .o{color:var(--mute);text-align:right;white-space:nowrap;overflow:hidden}.e .s{color:#4a4f9a;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .e code{white-space:pre-wrap;word-break:break-all}
 .e .p{grid-column:4;color:#99a;font-size:11px}
-.e.L-error{background:var(--errbg)}.e.L-error code{color:var(--err)}
-.e.L-warning{background:var(--warnbg)}
+.e[data-level=error]{background:var(--errbg)}.e[data-level=error] code{color:var(--err)}
+.e[data-level=warning]{background:var(--warnbg)}
 .e[data-kind=console] code{color:#0b5f3b}
 .e[data-kind=event] .s{color:#8a4b00}
 .e[data-kind=span] code{color:#35309a}
 .bar{grid-column:4;height:7px;background:#7b74d6;border-radius:2px;min-width:2px;margin:1px 0}
-.e.L-error .bar{background:var(--err)}
+.e[data-level=error] .bar{background:var(--err)}
 .none{color:var(--mute);font-style:italic}
 """
 

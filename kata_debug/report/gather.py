@@ -76,18 +76,21 @@ class _NodePass:
     members: int = 0
 
 
-#: Timeline entries (log lines, spans, events) on the whole page; shared out among sandboxes.
-PAGE_ENTRIES = 24_000
-#: Entries a sandbox keeps however many sandboxes share the page.
-MIN_PER_SANDBOX = 60
+#: Bytes of timeline (log lines, spans, events) on the whole page; shared out among sandboxes.
+PAGE_BYTES = 7_000_000
+#: Bytes of timeline a sandbox keeps however many sandboxes share the page.
+MIN_PER_SANDBOX = 24_000
+#: What the markup around one entry's text costs on the page (time, offset, source, pointer).
+ENTRY_MARKUP = 230
 
 
-def gather(source: str | Path, *, label: str | None = None, page_entries: int = PAGE_ENTRIES) -> Report:
+def gather(source: str | Path, *, label: str | None = None, page_bytes: int = PAGE_BYTES) -> Report:
     """Read a bundle (file or directory) once; BundleError (exit 2) when it is not a bundle.
 
-    `page_entries` bounds the timeline entries of the whole page: each sandbox gets an
-    equal share (at least `MIN_PER_SANDBOX`) and what does not fit is summarised as an
-    `Omission` (how many, which member, which lines) instead of being dropped silently.
+    `page_bytes` bounds the timeline of the whole page: each sandbox gets an equal share
+    (at least `MIN_PER_SANDBOX`), turned into a number of entries by the size of its own
+    lines, and what does not fit is summarised as an `Omission` (how many, which member,
+    which lines) instead of being dropped silently.
     """
     name = label or str(source)
     top = _read(str(source), name, prefix="")
@@ -99,9 +102,11 @@ def gather(source: str | Path, *, label: str | None = None, page_entries: int = 
     cluster = bool(top.nested) or "nodes" in top.json["manifest.json"]
     _attach_pod_events(top, nodes)
     sandboxes = [sb for n in nodes for sb in n.sandboxes]
-    share = max(MIN_PER_SANDBOX, page_entries // max(1, len(sandboxes)))
+    share = max(MIN_PER_SANDBOX, page_bytes // max(1, len(sandboxes)))
     for sb in sandboxes:
-        _trim(sb, share)
+        sizes = [len(e.text) + len(e.path) for e in sb.entries[:500]]
+        cost = ENTRY_MARKUP + (sum(sizes) // len(sizes) if sizes else 60)
+        _trim(sb, max(20, share // cost))
     findings, findings_source = _findings(top)
     return Report(
         bundle=name,

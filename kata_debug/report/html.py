@@ -305,7 +305,7 @@ def _when(ts: datetime | None, start: datetime | None) -> str:
     if ts is None:
         return '<time>—</time><span class="o"></span>'
     off = _offset((ts - start).total_seconds()) if start else ""
-    return f'<time title="{rfc3339(ts)}">{ts.strftime("%m-%d %H:%M:%S.%f")[:-3]}</time><span class="o">{off}</span>'
+    return f'<time>{ts.strftime("%m-%d %H:%M:%S.%f")[:-3]}</time><span class="o">{off}</span>'
 
 
 def _offset(seconds: float) -> str:
@@ -323,7 +323,7 @@ def _entry(e: Entry, start: datetime | None) -> str:
     ts = rfc3339(e.ts) if e.ts else ""
     where = f"{e.path}:{e.line}" if e.line else e.path
     return (
-        f'<li class="e L-{e.level}" data-kind="{e.kind}" data-src="{_e(e.source)}" data-level="{e.level}" data-ts="{ts}">'
+        f'<li class="e" data-kind="{e.kind}" data-src="{_e(e.source)}" data-level="{e.level}" data-ts="{ts}">'
         f'{_when(e.ts, start)}<span class="s">{_e(e.source)}</span><code>{_e(e.text)}</code>'
         f'<span class="p">{_e(where)}</span></li>'
     )
@@ -335,7 +335,7 @@ def _span(s: Span, start: datetime | None, lo: datetime | None, width: float) ->
     w = (dur / width * 100) if width > 0 else 100.0
     level = "error" if s.error else "info"
     return (
-        f'<li class="e L-{level}" data-kind="span" data-src="agent" data-level="{level}" data-ts="{rfc3339(s.start)}" '
+        f'<li class="e" data-kind="span" data-src="agent" data-level="{level}" data-ts="{rfc3339(s.start)}" '
         f'data-end="{rfc3339(s.end)}" data-depth="{s.depth}">{_when(s.start, start)}<span class="s">agent</span>'
         f"<code>{_e(s.name)} ({dur * 1000:.3f} ms)</code>"
         f'<span class="bar" data-l="{left:.3f}" data-w="{w:.3f}"></span></li>'
