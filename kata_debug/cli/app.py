@@ -77,7 +77,9 @@ def collect(
         None, "--deadline", help="Seconds for the whole collection; unfinished collectors are marked timeout."
     ),
     no_redact: bool = typer.Option(False, "--no-redact", help="Keep secrets in the bundle (prints a warning)."),
-    compression: CompressionChoice = typer.Option(CompressionChoice.gzip, "--compression"),
+    compression: CompressionChoice | None = typer.Option(
+        None, "--compression", help="default: from --output's name (.tar.gz gzip, .tar none), else zstd"
+    ),
     output_format: OutputFormat = typer.Option(OutputFormat.text, "--output-format", help="Summary format."),
     all_runtimes: bool = typer.Option(False, "--all-runtimes", help="Include non-Kata containers' OCI specs."),
     max_log_size: str = typer.Option("50M", "--max-log-size", help="Cap per log source; the newest lines are kept."),
@@ -162,7 +164,7 @@ def collect(
                 collectors=collector or [],
                 timeout=timeout,
                 no_redact=no_redact,
-                compression=compression.value,
+                compression=compression.value if compression else "gzip",
                 json_output=output_format is OutputFormat.json,
                 all_runtimes=all_runtimes,
                 max_log_size=max_log_size,
@@ -200,7 +202,7 @@ def collect(
         timeout=timeout,
         deadline=deadline,
         redact=not no_redact,
-        compression=compression.value,
+        compression=compression.value if compression else None,
         all_runtimes=all_runtimes,
         max_log_bytes=parse_size(max_log_size, "--max-log-size"),
         options=CollectorOptions(trace_spool_dir=trace_spool_dir),

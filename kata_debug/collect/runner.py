@@ -26,6 +26,7 @@ from kata_debug.bundle.writer import (
     Compression,
     OutputTarget,
     bundle_stem,
+    compression_for,
 )
 from kata_debug.collect.interrupts import run_interruptible
 from kata_debug.collectors import REGISTRY
@@ -51,7 +52,8 @@ class CollectOptions:
     timeout: float = 60.0
     deadline: float | None = None
     redact: bool = True
-    compression: Compression = "gzip"
+    #: None: from the output's name (`.tar.gz` gzip, `.tar` none), else zstd.
+    compression: Compression | None = None
     all_runtimes: bool = False
     max_log_bytes: int = DEFAULT_LOG_CAP
     options: CollectorOptions = field(default_factory=CollectorOptions)
@@ -121,11 +123,12 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     node = opts.node if opts.node else await asyncio.to_thread(detect_node_name, host)
     started = datetime.now(UTC)
     top = bundle_stem(node, started)
-    output = opts.output or default_output(node, started, opts.compression)
+    compression = opts.compression or compression_for(opts.output)
+    output = opts.output or default_output(node, started, compression)
     target = OutputTarget(output)
     sink = await asyncio.to_thread(target.open)
     redactor = Redactor(enabled=opts.redact)
-    bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
+    bundle = AsyncBundle(BundleWriter(sink, top, compression))
     ctx = CollectContext(
         host=host,
         node=node,
