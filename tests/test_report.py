@@ -9,7 +9,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tarfile
+import uuid
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -433,3 +435,34 @@ async def test_in_chromium_csp_blocks_what_escaping_would_miss(tmp_path: Path) -
         await page.evaluate("new Promise(r => setTimeout(r, 300))")
         assert page.blocked() == {"http://127.0.0.1:9/x.png": "csp"}, "refused before it left the browser"
         assert any("Content Security Policy" in e for e in page.console_errors())
+
+
+def test_journal_lines_land_on_their_sandboxs_timeline_with_identifier_and_level(
+    journald: None, tmp_path: Path
+) -> None:
+    """The real journald: lines `systemd-cat -t kata` wrote, collected from the journal."""
+    sid = uuid.uuid4().hex
+    lines = [
+        f'time="2026-11-28T00:00:01Z" level=info msg="starting sandbox" sandbox={sid} source=virtcontainers',
+        f'time="2026-11-28T00:00:02Z" level=debug msg="reading guest console" sandbox={sid} source=virtcontainers vmconsole="[    0.1] Linux"',
+        f'time="2026-11-28T00:00:03Z" level=error msg="{sid[:6]} vm start failed" sandbox={sid} source=virtcontainers',
+    ]
+    subprocess.run(["systemd-cat", "-t", "kata"], input="\n".join(lines).encode() + b"\n", check=True, timeout=10)
+    bundle = tmp_path / "b.tar.zst"
+    for _ in range(20):  # journald indexes asynchronously
+        r = kata_debug("collect", "--output", str(bundle), "-c", "shim-logs", "--since", "10m")
+        assert r.returncode == 0, r.stderr
+        if f"{sid[:6]} vm start failed".encode() in b"".join(read_bundle(bundle).members.values()):
+            break
+    out = tmp_path / "r.html"
+    write_report(bundle, out)
+    page = _parse(out)
+    assert sid in page.sandboxes
+    mine = [e for e in page.entries if e["sandbox"] == sid]
+    assert [(e["data-kind"], e["data-src"], e["data-level"]) for e in mine] == [
+        ("log", "kata", "info"),
+        ("console", "kata", "debug"),
+        ("log", "kata", "error"),
+    ]
+    assert all(RFC3339.match(str(e["data-ts"])) for e in mine)
+    assert "shim-logs/journal/journal.log:" in out.read_text()
