@@ -143,24 +143,28 @@ def main() -> None:
     ap.add_argument("--sandboxes", type=int, default=200)
     ap.add_argument("--log-mib", type=int, default=1024)
     ap.add_argument("--keep", type=Path, help="Keep the host root, bundle and page in this directory.")
+    ap.add_argument("--reuse", action="store_true", help="With --keep: use the host root built by an earlier run.")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="kata-debug-bench-report-"))
     work.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work / "host", ignore_errors=True)
+    reuse = args.keep is not None and (work / "host/var/log/containerd.log").is_file() and args.reuse
     kd = [sys.executable, "-m", "kata_debug"]
     root, bundle, page = work / "host", work / "bundle.tar.zst", work / "report.html"
 
     t0 = time.monotonic()
-    lines = build_node(root, args.sandboxes, args.log_mib)
-    print(
-        f"node: {args.sandboxes} sandboxes, {args.log_mib} MiB / {lines} log lines, built in {time.monotonic() - t0:.1f}s"
-    )
+    if reuse:
+        print(f"node: reusing {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        lines = build_node(root, args.sandboxes, args.log_mib)
+        took = time.monotonic() - t0
+        print(f"node: {args.sandboxes} sandboxes, {args.log_mib} MiB / {lines} log lines, built in {took:.1f}s")
     wall, _, _, r = run_measured(
         [*kd, "collect", "--host-root", str(root), "-o", str(bundle), "--compression", "zstd", "--since", "7d",
-         "--max-log-size", f"{args.log_mib * 2}M", "--output-format", "json"]
+         "--max-log-size", f"{args.log_mib * 2}M", "--timeout", "3600", "--output-format", "json"]
     )  # fmt: skip
-    if r.returncode not in (0, 3):
-        raise SystemExit(f"collect failed: {r.stderr.decode()[-500:]}")
+    if r.returncode != 0:
+        raise SystemExit(f"collect did not complete (exit {r.returncode}): {(r.stdout + r.stderr).decode()[-800:]}")
     print(f"collect: {wall:.1f}s, bundle {bundle.stat().st_size / 2**20:.1f} MiB (zstd)")
 
     wall, cpu, peak, r = run_measured([*kd, "report", str(bundle), "-o", str(page), "--force"])
