@@ -90,7 +90,7 @@ def collect(
     cluster: bool = typer.Option(
         False,
         "--cluster",
-        help="Collect the whole cluster through the Kubernetes API (needs the DaemonSet).",
+        help="Collect the whole cluster through the Kubernetes API (agent pods, else collector pods).",
         rich_help_panel="Cluster mode",
     ),
     kubeconfig: str | None = typer.Option(
@@ -110,6 +110,30 @@ def collect(
     parallel: int = typer.Option(8, "--parallel", help="Nodes collected at once.", rich_help_panel="Cluster mode"),
     node_timeout: float = typer.Option(
         600.0, "--node-timeout", help="Seconds each node may take.", rich_help_panel="Cluster mode"
+    ),
+    ephemeral: bool = typer.Option(
+        False,
+        "--ephemeral",
+        help="Collect every node through a collector pod made for the run, even where an agent pod runs.",
+        rich_help_panel="Cluster mode",
+    ),
+    image: str | None = typer.Option(
+        None,
+        "--image",
+        help="Collector pods' image (default: the one deploy/daemonset.yaml runs).",
+        rich_help_panel="Cluster mode",
+    ),
+    agent_namespace: str = typer.Option(
+        "kata-debug",
+        "--agent-namespace",
+        help="Namespace of the agent pods and of collector pods.",
+        rich_help_panel="Cluster mode",
+    ),
+    pod_timeout: float = typer.Option(
+        120.0,
+        "--pod-timeout",
+        help="Seconds a collector pod may take to start running.",
+        rich_help_panel="Cluster mode",
     ),
     upload: str | None = typer.Option(
         None,
@@ -172,6 +196,10 @@ def collect(
                 host_root=host_root,
                 deadline=deadline,
                 node_name=node_name,
+                ephemeral=ephemeral,
+                image=image,
+                agent_namespace=agent_namespace,
+                pod_timeout=pod_timeout,
                 upload=upload_target,
             )
         )
@@ -184,6 +212,10 @@ def collect(
         "--selector": "selector",
         "--parallel": "parallel",
         "--node-timeout": "node_timeout",
+        "--ephemeral": "ephemeral",
+        "--image": "image",
+        "--agent-namespace": "agent_namespace",
+        "--pod-timeout": "pod_timeout",
     }
     for flag, name in cluster_only.items():
         if given(ctx, name):
