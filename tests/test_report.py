@@ -1,5 +1,9 @@
 """`kata-debug report`: a bundle as one HTML page, checked the way a maintainer reads it: in a
-real headless Chromium, offline, from a bundle `collect` wrote from a synthetic Kata node."""
+real headless Chromium, offline, from a bundle `collect` wrote from a synthetic Kata node.
+
+Screenshots are written under the test's tmp dir (pytest keeps the last runs' dirs) and
+copied to `$KATA_DEBUG_ARTIFACTS` when it is set, for a person to look at.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from kata_debug.forwarder.spans import Origin
 from kata_debug.report import gather, write_report
 from tests.agent_wire import sample_span
 from tests.bundles import read_bundle
-from tests.chromium import chromium, chromium_binary
+from tests.chromium import chromium
 from tests.conftest import kata_debug
 from tests.hostroots import add_task, kata_node, oci_spec
 
@@ -34,10 +38,6 @@ SB2 = "sb9876543210"
 #: A log line written by whoever controls a process's output: must stay text on the page.
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"><a href="https://example.com/x">x</a>'
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
-
-needs_chromium = pytest.mark.skipif(
-    chromium_binary() is None and not os.environ.get("CI"), reason="chromium not installed (scripts/test installs it)"
-)
 
 
 def _ts(second: float) -> str:
@@ -349,7 +349,6 @@ def test_a_cluster_bundle_gives_each_node_bundle_its_own_section(node_bundle: Pa
 ARTIFACTS = Path(os.environ.get("KATA_DEBUG_ARTIFACTS", "")) if os.environ.get("KATA_DEBUG_ARTIFACTS") else None
 
 
-@needs_chromium
 async def test_in_chromium_it_loads_offline_counts_match_and_filters_and_search_work(
     node_bundle: Path, tmp_path: Path
 ) -> None:
@@ -418,7 +417,6 @@ async def test_in_chromium_it_loads_offline_counts_match_and_filters_and_search_
             shutil.copy(png, ARTIFACTS / png.name)
 
 
-@needs_chromium
 async def test_in_chromium_csp_blocks_what_escaping_would_miss(tmp_path: Path) -> None:
     """Belt and braces: the page's policy alone stops an injected script and an outside fetch."""
     from kata_debug.report.html import CSP
