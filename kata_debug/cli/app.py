@@ -473,6 +473,9 @@ def _register_commands() -> None:
     from kata_debug.cli import diagnose as cli_diagnose
 
     cli_diagnose.register(app)
+    from kata_debug.cli import report as cli_report
+
+    cli_report.register(app)
 
 
 _register_commands()
