@@ -212,3 +212,34 @@ async def test_a_truncated_bundle_is_an_input_error_naming_the_member(tmp_path: 
     proc = kata_debug("diagnose", str(cut))
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "damaged bundle" in err and "containerd.log" in err and "Traceback" not in err
+
+
+def test_the_top_findings_under_collect_keep_bracketed_ids_and_wrap_under_their_finding() -> None:
+    """A sandbox id is node data: printed as `[sb-1]`, never swallowed as rich markup; every
+    wrapped line stays indented under its finding at any width, and URLs are never split."""
+    import io
+
+    from rich.console import Console
+
+    from kata_debug.analyze.base import Evidence, Finding
+    from kata_debug.analyze.diagnose import Diagnosis
+    from kata_debug.cli.diagnose import print_top_findings
+
+    url = "https://github.com/kata-containers/kata-containers/blob/main/docs/install/README.md"
+    finding = Finding(
+        id="kvm-unavailable",
+        severity="error",
+        title="/dev/kvm is missing or unusable: the hypervisor cannot create a VM",
+        explanation="...",
+        fix=f"Enable VT-x in the firmware and load kvm_intel. Refs: {url}",
+        evidence=[Evidence("shim-logs/journal/journal.log", 3, "Could not access KVM kernel module")],
+        sandbox="sb-1",
+    )
+    out = io.StringIO()
+    console = Console(file=out, width=40, force_terminal=False)
+    print_top_findings(Diagnosis("b.tar.zst", False, ["n1"], [finding], []), "b.tar.zst", console)
+    lines = out.getvalue().splitlines()
+    first = next(i for i, line in enumerate(lines) if "kvm-unavailable" in line)
+    assert lines[first].startswith("  error kvm-unavailable [sb-1]: ")
+    assert all(line.startswith("  ") for line in lines[first:])
+    assert f"    {url}" in lines and all(len(line) <= 40 for line in lines[first:] if url not in line)

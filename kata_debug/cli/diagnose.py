@@ -13,12 +13,14 @@ import json
 import os
 import sys
 import tempfile
+import textwrap
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from kata_debug.errors import KataDebugError, UsageError
 
@@ -80,6 +82,14 @@ def format_text(diagnosis: object, out: TextIO, *, limit: int | None = None) -> 
 TOP_FINDINGS = 3
 
 
+def _styled_head(head: str, severity: str, style: str) -> Text:
+    """The finding's first lines as plain text, its severity word coloured."""
+    text = Text(head)
+    at = head.index(severity)
+    text.stylize(style, at, at + len(severity))
+    return text
+
+
 def print_top_findings(diagnosis: Diagnosis | None, output: str, console: Console) -> None:
     """The most likely root causes in what was just collected, each with its fix."""
     if diagnosis is None:
@@ -95,12 +105,27 @@ def print_top_findings(diagnosis: Diagnosis | None, output: str, console: Consol
         about = " ".join(
             x for x in (f"node {f.node}" if diagnosis.cluster and f.node else "", f.pod or f.sandbox or "") if x
         )
-        console.print(
-            f"  [{style}]{f.severity}[/] {f.id}" + (f" [{about}]" if about else "") + f": {f.title}",
-            highlight=False,
-            markup=True,
+        # Wrapped here, indented under the finding, so no terminal cuts or flattens it; node
+        # data (ids, titles) is printed as plain text: "[sb-1]" must not vanish as markup.
+        width = max(console.width, 40)
+        head = textwrap.fill(
+            f"{f.severity} {f.id}" + (f" [{about}]" if about else "") + f": {f.title}",
+            width,
+            initial_indent="  ",
+            subsequent_indent="  ",
+            break_on_hyphens=False,
+            break_long_words=False,
         )
-        console.print(f"    fix: {f.fix}", markup=False, highlight=False)
+        console.print(_styled_head(head, f.severity, style), soft_wrap=True, highlight=False)
+        fix = textwrap.fill(
+            f"fix: {f.fix}",
+            width,
+            initial_indent="    ",
+            subsequent_indent="    ",
+            break_on_hyphens=False,
+            break_long_words=False,  # URLs stay whole: copied, not read
+        )
+        console.print(Text(fix), soft_wrap=True, highlight=False)
     if len(relevant) > TOP_FINDINGS:
         console.print(
             f"  ... {len(relevant) - TOP_FINDINGS} more: kata-debug diagnose {output}", markup=False, highlight=False
