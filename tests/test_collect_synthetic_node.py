@@ -263,7 +263,9 @@ def test_sigint_mid_collection_still_ends_in_a_valid_bundle(tmp_path: Path) -> N
         deadline = time.monotonic() + 30
         while not partial.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)  # collectors are running; `sandboxes` is stuck on the monitor
+        # `sandboxes` is stuck on the monitor (3 s per scraped path, two paths); oci-specs needs
+        # well under a second even on a loaded machine (0.5 s was not always enough there)
+        time.sleep(2.5)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
