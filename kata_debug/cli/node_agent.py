@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from kata_debug.cli.trace import _LIMITS
 from kata_debug.errors import KataDebugError
 
 
@@ -44,6 +45,9 @@ def node_agent(
     shutdown_timeout: str = typer.Option(
         "10s", "--shutdown-timeout", help="On SIGTERM, time allowed to flush queued spans."
     ),
+    max_connections: int = _LIMITS["max_connections"],
+    idle_timeout: str = _LIMITS["idle_timeout"],
+    buffer_budget: str = _LIMITS["buffer_budget"],
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
 ) -> None:
     """Forward every Kata sandbox's agent spans on this node to OpenTelemetry, and spool them for bundles.
@@ -53,8 +57,9 @@ def node_agent(
     """
     from kata_debug.agent.service import AgentConfig, main
     from kata_debug.cli.options import parse_duration, parse_size
-    from kata_debug.cli.trace import configure_logging, node_name_option
+    from kata_debug.cli.trace import configure_logging, listener_limits, node_name_option
     from kata_debug.errors import UsageError
+    from kata_debug.forwarder.frames import DEFAULT_MAX_FRAME_BYTES
 
     if log_level not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level {log_level}: use debug, info, warning or error")
@@ -68,6 +73,7 @@ def node_agent(
         node_name=node_name_option(ctx, node_name),
         stats_interval=parse_duration(stats_interval, "--stats-interval").total_seconds(),
         shutdown_timeout=parse_duration(shutdown_timeout, "--shutdown-timeout").total_seconds(),
+        limits=listener_limits(max_connections, idle_timeout, buffer_budget, DEFAULT_MAX_FRAME_BYTES),
     )
     configure_logging(log_level)
     from kata_debug.forwarder.server import ForwarderError, tune_gc
