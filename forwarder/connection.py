@@ -48,12 +48,12 @@ class ConnectionHub:
     budget: BufferBudget = field(init=False)
     connections: set[TraceConnection] = field(default_factory=set)
     accepting: bool = True
-    _scratch: memoryview = field(init=False)
+    scratch: memoryview = field(init=False)
 
     def __post_init__(self) -> None:
         self.budget = BufferBudget(self.limits.buffer_budget)
         # One receive buffer for every connection: a read is consumed before the next starts.
-        self._scratch = memoryview(bytearray(_READ_MAX + UNRESERVED_BYTES))
+        self.scratch = memoryview(bytearray(_READ_MAX))
 
     def close_idle(self, now: float) -> None:
         """Close every connection that has stopped in the middle of a frame for `idle_timeout`."""
@@ -142,13 +142,13 @@ class TraceConnection(asyncio.BufferedProtocol):
         # Beyond what its frame reserved, a connection reads at most UNRESERVED_BYTES: that is
         # all it can hold while it waits for the budget.
         room = UNRESERVED_BYTES + max(0, self.reserved - self.frames.pending)
-        return self.hub._scratch[: min(room, _READ_MAX)]
+        return self.hub.scratch[: min(room, _READ_MAX)]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.closed:
             return
         self.last_data = asyncio.get_running_loop().time()
-        self._feed(self.hub._scratch[:nbytes])
+        self._feed(self.hub.scratch[:nbytes])
 
     def eof_received(self) -> bool:
         return False  # close our side too

@@ -69,8 +69,6 @@ class BufferBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.reserved = 0
-        #: Times a connection had to wait for a reservation (a counter for the stats).
-        self.waits = 0
         self._waiting: dict[BudgetWaiter, int] = {}  # insertion order: first come, first served
 
     def acquire(self, holder: BudgetWaiter, nbytes: int) -> bool:
@@ -79,7 +77,6 @@ class BufferBudget:
             self.reserved += nbytes
             return True
         self._waiting[holder] = nbytes
-        self.waits += 1
         return False
 
     def release(self, nbytes: int) -> None:

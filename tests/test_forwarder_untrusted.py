@@ -12,13 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kata_debug.forwarder.file_sink import FileSink
-from kata_debug.forwarder.limits import ListenerLimits
+from kata_debug.forwarder.limits import BufferBudget, ListenerLimits
 from kata_debug.forwarder.pipeline import ExportPipeline
-from kata_debug.forwarder.spans import Origin, QueuedSpan
+from kata_debug.forwarder.spans import DecodeError, Origin, QueuedSpan
 from kata_debug.forwarder.targets import parse_export
+from kata_debug.forwarder.wire_bincode import decode_bincode
 from kata_debug.forwarder.wire_json import decode_json
-from tests.agent_wire import frames, sample_span, to_json, to_json_obj
+from tests.agent_wire import frames, sample_span, to_bincode, to_json, to_json_obj
 from tests.conftest import kata_debug
 from tests.hostroots import kata_node
 from tests.test_forwarder import SID, running, send_unix, short_tmp, until  # noqa: F401  (fixture)
@@ -60,6 +63,14 @@ def test_json_decoder_replaces_lone_surrogates_and_counts_the_strings() -> None:
     # A surrogate pair is a character, not damage.
     ok = decode_json(to_json(sample_span(2, name="smile \U0001f600")))
     assert ok.name == "smile \U0001f600" and ok.repaired == 0
+
+
+def test_bincode_strings_are_strict_utf8_so_a_surrogate_is_one_undecodable_frame() -> None:
+    # Rust strings are UTF-8; a hostile guest's UTF-8-encoded surrogate (ED A0 80) is not, and
+    # strict decoding can never hand a sink a string it cannot encode.
+    payload = to_bincode(sample_span(1, name="ABC")).replace(b"ABC", b"\xed\xa0\x80")
+    with pytest.raises(DecodeError, match="not UTF-8"):
+        decode_bincode(payload)
 
 
 async def test_a_lone_surrogate_span_over_hvsock_reaches_the_file_spool_with_everything_around_it(
@@ -235,3 +246,24 @@ async def test_beyond_the_buffer_budget_reads_pause_until_it_frees_and_nothing_i
         assert fwd._hub.budget.reserved == 0
         a.close()
         b.close()
+
+
+class _Holder:
+    def __init__(self, name: str, log: list[tuple[str, int]]) -> None:
+        self.name, self.log = name, log
+
+    def budget_granted(self, nbytes: int) -> None:
+        self.log.append((self.name, nbytes))
+
+
+def test_budget_reservations_are_granted_first_come_first_served_as_they_free() -> None:
+    granted: list[tuple[str, int]] = []
+    budget = BufferBudget(100)
+    a, b, c, d = (_Holder(n, granted) for n in "abcd")
+    assert budget.acquire(a, 80)
+    assert not budget.acquire(b, 50)  # does not fit
+    assert not budget.acquire(c, 10)  # would fit, but b came first
+    assert not budget.acquire(d, 30)
+    budget.forget(d)  # gone before its turn
+    budget.release(80)
+    assert granted == [("b", 50), ("c", 10)] and budget.reserved == 60 and budget.waiting == 0
