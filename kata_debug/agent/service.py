@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kata_debug.errors import UsageError
+from kata_debug.forwarder.limits import ListenerLimits
 from kata_debug.forwarder.listeners import TRACE_PORT
 from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderStats
 from kata_debug.forwarder.targets import ExportTarget, parse_export, target_from_env
@@ -54,6 +55,8 @@ class AgentConfig:
     stats_interval: float = 60.0
     shutdown_timeout: float = 10.0
     discover_interval: float = 0.5
+    #: What guests' trace connections may hold (`--max-connections`, `--idle-timeout`, `--buffer-budget`).
+    limits: ListenerLimits = field(default_factory=ListenerLimits)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
     @property
@@ -169,6 +172,7 @@ class NodeAgent:
                 stats_interval=cfg.stats_interval,
                 shutdown_timeout=cfg.shutdown_timeout,
                 discover_interval=cfg.discover_interval,
+                limits=cfg.limits,
             )
         )
         self._started = False

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from kata_debug.cli.trace import LogLevel
+from kata_debug.cli.trace import _LIMITS, LogLevel
 from kata_debug.errors import KataDebugError
 
 
@@ -50,6 +50,9 @@ def node_agent(
     shutdown_timeout: str = typer.Option(
         "10s", "--shutdown-timeout", help="On SIGTERM, time allowed to flush queued spans."
     ),
+    max_connections: int = _LIMITS["max_connections"],
+    idle_timeout: str = _LIMITS["idle_timeout"],
+    buffer_budget: str = _LIMITS["buffer_budget"],
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="Log verbosity."),
 ) -> None:
     """Forward every Kata sandbox's agent spans on this node to OpenTelemetry, and spool them for bundles.
@@ -59,8 +62,9 @@ def node_agent(
     """
     from kata_debug.agent.service import AgentConfig, main
     from kata_debug.cli.options import parse_duration, parse_size
-    from kata_debug.cli.trace import check_file_exports, configure_logging, node_name_option
+    from kata_debug.cli.trace import check_file_exports, configure_logging, listener_limits, node_name_option
     from kata_debug.errors import UsageError
+    from kata_debug.forwarder.frames import DEFAULT_MAX_FRAME_BYTES
     from kata_debug.forwarder.targets import parse_export
 
     if spool_dir is not None and ".." in spool_dir.parts:
@@ -80,6 +84,7 @@ def node_agent(
         node_name=node_name_option(ctx, node_name),
         stats_interval=parse_duration(stats_interval, "--stats-interval").total_seconds(),
         shutdown_timeout=parse_duration(shutdown_timeout, "--shutdown-timeout").total_seconds(),
+        limits=listener_limits(max_connections, idle_timeout, buffer_budget, DEFAULT_MAX_FRAME_BYTES),
     )
     configure_logging(log_level.value)
     from kata_debug.forwarder.server import ForwarderError, tune_gc

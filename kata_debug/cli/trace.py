@@ -12,13 +12,14 @@ import signal
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import typer
 
 from kata_debug.errors import KataDebugError, UsageError
 
 if TYPE_CHECKING:
+    from kata_debug.forwarder.limits import ListenerLimits
     from kata_debug.forwarder.targets import ExportTarget
 
 #: The variables that name an OTLP endpoint (the SDK's own default is used without them).
@@ -56,6 +57,43 @@ def _seconds(text: str, option: str) -> float:
     from kata_debug.cli.options import parse_duration
 
     return parse_duration(text, option).total_seconds()
+
+
+def listener_limits(
+    max_connections: int, idle_timeout: str, buffer_budget: str, max_frame_bytes: int
+) -> ListenerLimits:
+    """`--max-connections`, `--idle-timeout` and `--buffer-budget` as a `ListenerLimits`, or a usage error."""
+    from kata_debug.forwarder.limits import ListenerLimits
+
+    budget = _size(buffer_budget, "--buffer-budget")
+    if budget < max_frame_bytes + 8:
+        raise UsageError(
+            f"--buffer-budget {buffer_budget}: below --max-frame-bytes ({max_frame_bytes} bytes) plus its "
+            "8-byte header; a frame that large could never be read"
+        )
+    return ListenerLimits(max_connections, _seconds(idle_timeout, "--idle-timeout"), budget)
+
+
+def limit_options() -> dict[str, Any]:
+    """The three listener limit options, shared by `forward` and `node-agent`."""
+    return {
+        "max_connections": typer.Option(
+            256, "--max-connections", min=1, help="Trace connections open at once; more are closed at once."
+        ),
+        "idle_timeout": typer.Option(
+            "30s",
+            "--idle-timeout",
+            help="Close a connection that stops this long in the middle of a frame (0 = never).",
+        ),
+        "buffer_budget": typer.Option(
+            "64M",
+            "--buffer-budget",
+            help="Bytes of incomplete frames held across all connections; beyond it, reads pause (nothing is dropped).",
+        ),
+    }
+
+
+_LIMITS = limit_options()
 
 
 # --------------------------------------------------------------------------- trace decode
@@ -243,6 +281,9 @@ def forward(
     max_frame_bytes: str = typer.Option(
         "1M", "--max-frame-bytes", help="Close a connection whose frame announces more than this."
     ),
+    max_connections: int = _LIMITS["max_connections"],
+    idle_timeout: str = _LIMITS["idle_timeout"],
+    buffer_budget: str = _LIMITS["buffer_budget"],
     shutdown_timeout: str = typer.Option(
         "10s", "--shutdown-timeout", help="On SIGTERM/SIGINT, time allowed to flush queued spans."
     ),
@@ -310,6 +351,7 @@ def forward(
         queue_bytes=queue_limit,
         batch_size=batch_size,
         max_frame_bytes=frame_limit,
+        limits=listener_limits(max_connections, idle_timeout, buffer_budget, frame_limit),
         shutdown_timeout=_seconds(shutdown_timeout, "--shutdown-timeout"),
         stats_interval=_seconds(stats_interval, "--stats-interval"),
     )
