@@ -81,6 +81,16 @@ def collect(
     output_format: OutputFormat = typer.Option(OutputFormat.text, "--output-format", help="Summary format."),
     all_runtimes: bool = typer.Option(False, "--all-runtimes", help="Include non-Kata containers' OCI specs."),
     max_log_size: str = typer.Option("50M", "--max-log-size", help="Cap per log source; the newest lines are kept."),
+    max_parse_size: str = typer.Option(
+        "16M",
+        "--max-parse-size",
+        help="Spec/state files (config.json, persist.json) larger than this are kept raw, cut.",
+    ),
+    run_host_tools: bool = typer.Option(
+        False,
+        "--run-host-tools",
+        help="Execute the node's containerd/kata-runtime under --host-root (always done when it is /).",
+    ),
     node_name: str | None = typer.Option(None, "--node-name", help="Node name (default: $NODE_NAME or hostname)."),
     trace_spool_dir: str = typer.Option(
         TRACE_SPOOL_DIR, "--trace-spool-dir", help="Node path of the forwarder's span spool."
@@ -173,7 +183,7 @@ def collect(
                 upload=upload_target,
             )
         )
-    from kata_debug.cli.options import given, parse_duration, parse_size
+    from kata_debug.cli.options import given, parse_since, parse_size
 
     cluster_only = {
         "--kubeconfig": "kubeconfig",
@@ -195,7 +205,7 @@ def collect(
         host_root=host_root,
         output=output,
         node=node_name,
-        since=parse_duration(since),
+        since=parse_since(since),
         collectors=collector or None,
         timeout=timeout,
         deadline=deadline,
@@ -203,6 +213,8 @@ def collect(
         compression=compression.value,
         all_runtimes=all_runtimes,
         max_log_bytes=parse_size(max_log_size, "--max-log-size"),
+        max_parse_bytes=parse_size(max_parse_size, "--max-parse-size"),
+        run_host_tools=True if run_host_tools else None,
         options=CollectorOptions(trace_spool_dir=trace_spool_dir),
     )
     if deadline is not None and deadline <= 0:

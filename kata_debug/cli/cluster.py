@@ -19,7 +19,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kata_debug.bundle.manifest import NodeEntry
-from kata_debug.cli.options import parse_duration
+from kata_debug.cli.options import parse_since
 from kata_debug.cli.progress import STATUS_STYLE
 from kata_debug.cluster.options import ClusterOptions
 from kata_debug.cluster.result import ClusterResult, result_json
@@ -212,7 +212,7 @@ def collect_cluster(
         context=context,
         nodes=list(nodes),
         selector=selector,
-        since=parse_duration(since),
+        since=parse_since(since),
         parallel=parallel,
         node_timeout=node_timeout,
         output=output,

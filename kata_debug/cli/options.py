@@ -46,7 +46,19 @@ def parse_duration(text: str, option: str = "--since") -> timedelta:
         pos = m.end()
     if pos != len(s) or not s:
         raise UsageError(f"{option} {text!r}: not a duration (use e.g. 30m, 24h, 7d, 1h30m)")
-    return timedelta(seconds=total)
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:
+        raise UsageError(f"{option} {text!r}: too long a duration") from None
+
+
+def parse_since(text: str) -> timedelta:
+    """`--since`: a duration that does not reach before 1900 (checked here, before any work)."""
+    from kata_debug.collect.runner import check_since
+
+    since = parse_duration(text, "--since")
+    check_since(since)
+    return since
 
 
 def parse_size(text: str, option: str) -> int:

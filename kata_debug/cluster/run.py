@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from kata_debug import __version__
 from kata_debug.bundle.manifest import ClusterScope, CollectorEntry, ItemFailure, Manifest, NodeEntry, NodeSelection
-from kata_debug.bundle.writer import AsyncBundle, BundleWriter, OutputTarget, bundle_stem
+from kata_debug.bundle.writer import SUFFIXES, AsyncBundle, BundleWriter, OutputTarget, bundle_stem
 from kata_debug.cluster.node_exec import NodeCollector
 from kata_debug.cluster.objects import KATA_RUNTIME_LABEL, ClusterObjects, name_of
 from kata_debug.cluster.options import ClusterOptions, default_output, validate
@@ -55,8 +55,9 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
     context = session.target.context
     top = bundle_stem("cluster-" + (context or "cluster"), started)
     output = opts.output or default_output(context, started, opts.compression)
-    target = OutputTarget(output)
+    target = OutputTarget(output, unique_suffix=None if opts.output else SUFFIXES[opts.compression])
     sink = await asyncio.to_thread(target.open)
+    output = target.path
     bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
     redactor = Redactor(enabled=opts.redact)
     objects = ClusterObjects(session, bundle, redactor, inv, opts.since)
@@ -145,4 +146,4 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         await asyncio.to_thread(target.abandon)
         raise
     await asyncio.to_thread(target.commit)
-    return ClusterResult(output, context, ordered, failures, redactor.counts, interrupted)
+    return ClusterResult(target.path, context, ordered, failures, redactor.counts, interrupted)
