@@ -340,4 +340,6 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         print(f"kata-debug: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
+    if code == 130:  # typer turns a KeyboardInterrupt inside a command into a silent Exit(130)
+        print("kata-debug: interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

@@ -22,6 +22,7 @@ from kata_debug.cluster.options import ClusterOptions, default_output, validate
 from kata_debug.cluster.planning import NodePlan, plan
 from kata_debug.cluster.progress import ClusterProgress, NoProgress
 from kata_debug.cluster.result import ClusterResult
+from kata_debug.collect import signals
 from kata_debug.collect.interrupts import run_interruptible
 from kata_debug.errors import KataDebugError
 from kata_debug.kube.client import KubeError, KubeSession
@@ -146,4 +147,5 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         await asyncio.to_thread(target.abandon)
         raise
     await asyncio.to_thread(target.commit)
+    signals.output_complete()
     return ClusterResult(target.path, context, ordered, failures, redactor.counts, interrupted)

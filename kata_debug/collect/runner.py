@@ -27,6 +27,7 @@ from kata_debug.bundle.writer import (
     OutputTarget,
     bundle_stem,
 )
+from kata_debug.collect import signals
 from kata_debug.collect.interrupts import run_interruptible
 from kata_debug.collectors import REGISTRY
 from kata_debug.collectors.base import (
@@ -218,6 +219,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     except BaseException:
         await asyncio.to_thread(target.abandon)
         raise
+    signals.output_complete()
     return CollectResult(target.path, node, ordered, redactor.counts, interrupted)
 
 

@@ -1,0 +1,29 @@
+"""The `kata-debug` executable's first code: signal handling before any slow import.
+
+Importing the application (typer, rich, aiohttp...) takes a few hundred milliseconds; a
+SIGTERM in that time would kill `collect` with no output at all. So `collect` records
+SIGINT/SIGTERM (`kata_debug.collect.signals`) before anything else is imported; other
+commands keep Python's default handling (Ctrl-C ends them; `forward` and `node-agent`
+install their own).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def main() -> None:
+    if _command(sys.argv[1:]) == "collect":
+        from kata_debug.collect import signals
+
+        signals.install()
+    try:
+        from kata_debug.cli.app import main as app_main
+    except KeyboardInterrupt:  # the third signal arrived while importing
+        print("kata-debug: interrupted", file=sys.stderr)
+        sys.exit(130)
+    app_main()
