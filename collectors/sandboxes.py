@@ -122,8 +122,14 @@ def _survey(host: HostRoot, failed: list[HostItemError]) -> list[_Found]:
                     )
     for sid, sb in found.items():
         sb.facts["shared_dir"] = host.is_dir(f"{SHARED_ROOT}/{sid}")
-        sockets = ((p, host.resolve(p)) for p in (pattern.format(sid=sid) for pattern in MONITOR_SOCKETS))
-        sb.monitor_socket = next(((p, real) for p, real in sockets if real.exists()), None)
+        for node_path in (pattern.format(sid=sid) for pattern in MONITOR_SOCKETS):
+            try:
+                real = host.resolve(node_path)  # a socket is connected to, not opened: it needs a path
+                if real.exists():
+                    sb.monitor_socket = (node_path, real)
+                    break
+            except OSError as exc:
+                failed.append(HostItemError(node_path, describe(exc)))
     return list(found.values())
 
 

@@ -414,6 +414,7 @@ class OutputTarget:
 
     def __init__(self, path: str, *, unique_suffix: str | None = None) -> None:
         self.path = path
+        self._asked = path
         self.to_stdout = path == "-"
         self._unique_suffix = unique_suffix
         self._fh: BinaryIO | None = None
@@ -455,11 +456,11 @@ class OutputTarget:
             raise OutputError(f"--output {path}: directory {parent} does not exist")
 
     def _candidates(self) -> Iterable[str]:
-        yield self.path
+        yield self._asked
         suffix = self._unique_suffix
-        if suffix is None or not self.path.endswith(suffix):
+        if suffix is None or not self._asked.endswith(suffix):
             return
-        stem = self.path[: -len(suffix)]
+        stem = self._asked[: -len(suffix)]
         for n in range(2, 1000):
             yield f"{stem}-{n}{suffix}"
 
