@@ -12,6 +12,7 @@ other than the one we read, annotations that changed the size, a missing sizing 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
 from collections import defaultdict
@@ -24,11 +25,19 @@ from kata_debug.node.hostroot import HostItemError, HostRoot, describe
 from kata_debug.node.kata_config import SEARCH_PATHS, KataConfig, load_config, load_effective_config
 from kata_debug.node.oci import CONTAINERD_TASK_ROOT, CRIO_ROOT, OciBundle, iter_bundles, read_json_capped
 from kata_debug.sizing.config import for_handler, from_kata_config
-from kata_debug.sizing.model import ContainerInput, SandboxInput, SizingConfig, VmSize, size_vm
+from kata_debug.sizing.model import (
+    DEFAULT_MEMORY_BLOCK_MIB,
+    EXITED_INIT,
+    ContainerInput,
+    SandboxInput,
+    SizingConfig,
+    VmSize,
+    guest_memory,
+    size_vm,
+)
 
 PERSIST = "/run/vc/sbs/{sid}/persist.json"
 HANDLER_ANNOTATIONS = ("io.kubernetes.cri.runtime-handler", "io.kubernetes.cri-o.RuntimeHandler")
-DEFAULT_BLOCK_MIB = 128  # x86 guest memory block: qemu hot-plugs memory in these units
 _CMDLINE_CAP = 1 << 16
 _MEM_ARG = re.compile(r"^(?:size=)?(\d+(?:\.\d+)?)([kKmMgGtT]?)[bB]?(?:,|$)")
 _UNIT_MIB = {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024, "k": 1 / 1024}
@@ -136,12 +145,32 @@ def compare(vm: VmSize, obs: Observed) -> list[dict[str, Any]]:
     if obs.current_vcpus is not None and obs.current_vcpus != vm.vcpus:
         mismatch("cpu", vm.vcpus, obs.current_vcpus, "now")
     if obs.current_memory_mib is not None:
-        block = obs.block_mib or DEFAULT_BLOCK_MIB
-        # Hot-plugged memory is rounded up to whole guest memory blocks.
-        slack = block if vm.mode == "dynamic" and vm.memory_mib > vm.boot_memory_mib else 0
-        if not vm.memory_mib <= obs.current_memory_mib < vm.memory_mib + max(slack, 1):
-            mismatch("memory", vm.memory_mib, obs.current_memory_mib, "now")
+        # Hot-plugged memory is rounded up to whole guest memory blocks (model.guest_memory);
+        # with the block size from persist.json the guest's memory is exact.
+        want = vm.memory_mib
+        if vm.mode == "dynamic":
+            want = guest_memory(vm.boot_memory_mib, vm.memory_mib, obs.block_mib or DEFAULT_MEMORY_BLOCK_MIB)
+        low = want if obs.block_mib else vm.memory_mib
+        if not low <= obs.current_memory_mib <= want:
+            mismatch("memory", want, obs.current_memory_mib, "now")
     return findings
+
+
+def init_peak_finding(vm: VmSize) -> dict[str, Any] | None:
+    """`init-container-peak` (info) when an init container holds the VM's memory up."""
+    p = vm.init_peak
+    if p is None or p.memory_mib <= p.steady_memory_mib:
+        return None
+    who = "an init container that has exited" if p.container == EXITED_INIT else f"init container {p.container}"
+    return {
+        "rule": "init-container-peak",
+        "severity": "info",
+        "resource": "memory",
+        "message": (
+            f"{who} made the VM hot-plug memory up to {p.memory_mib} MiB; memory is never hot-unplugged, so the "
+            f"VM keeps it for the pod's lifetime (the running containers need {p.steady_memory_mib} MiB)"
+        ),
+    }
 
 
 def host_cpus(host: HostRoot) -> int | None:
@@ -295,13 +324,6 @@ class ResourceLimitsCollector(Collector):
         ann = ((g.sandbox.spec or {}).get("annotations") or {}) if g.sandbox else {}
         handler = next((ann[a] for a in HANDLER_ANNOTATIONS if ann.get(a)), None)
         cfg = await self._config_for(host, out, handler, node_cfg, handlers)
-        inp = SandboxInput(
-            containers=[ContainerInput(c.entry.container_name or c.entry.id, c.entry.resources) for c in g.containers],
-            sandbox_annotations=dict(sb.sandbox_annotations) if sb else {},
-            kata_annotations=dict(sb.kata_annotations) if sb else {},
-            host_cpus=cpus,
-        )
-        vm = size_vm(inp, cfg)
         obs = Observed()
         for q in qemus:
             if any(sid in a for a in q.argv):
@@ -328,7 +350,28 @@ class ResourceLimitsCollector(Collector):
             out.item_failed(persist, describe(exc))
         except ValueError as exc:
             out.item_failed(persist, f"malformed JSON: {exc}")
+        # containerd deletes an exited init container's task bundle: the pod's sizing
+        # annotations stand in for it (model.exited_init_stand_in).
+        inp = SandboxInput(
+            containers=[ContainerInput(c.entry.container_name or c.entry.id, c.entry.resources) for c in g.containers],
+            sandbox_annotations=dict(sb.sandbox_annotations) if sb else {},
+            kata_annotations=dict(sb.kata_annotations) if sb else {},
+            host_cpus=cpus,
+            memory_block_mib=obs.block_mib,
+            init_containers_may_be_gone=True,
+        )
+        vm = size_vm(inp, cfg)
         findings = compare(vm, obs) if obs.sources else []
+        if vm.init_peak is not None and any(f["resource"] == "memory" for f in findings):
+            # The VM may also have been sized without that init container (a pod-level limit
+            # above its containers' sum looks the same): accept what matches either.
+            plain = size_vm(dataclasses.replace(inp, init_containers_may_be_gone=False), cfg)
+            if not [f for f in compare(plain, obs) if f["resource"] == "memory"]:
+                vm = plain
+                findings = compare(vm, obs)
+        peak = init_peak_finding(vm)
+        if peak is not None:
+            findings.append(peak)
         if sb is None:
             findings.append(
                 {

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from kata_debug.errors import KataDebugError, UsageError
+from kata_debug.redact.redactor import Redactor
 
 if TYPE_CHECKING:
     import ssl
@@ -211,7 +212,9 @@ async def upload_file(
                         return UploadResult(
                             shown, target.method, resp.status, size, sha256, attempts, loop.time() - start
                         )
-                    text = (await resp.content.read(300)).decode("utf-8", "replace")
+                    # The reply is quoted to the operator and may echo what was signed (S3's
+                    # SignatureDoesNotMatch does): it goes through the bundle redactor first.
+                    text = Redactor().text((await resp.content.read(300)).decode("utf-8", "replace"))
                     snippet = " ".join(text.split())[:200]
                     last = f"HTTP {resp.status} {resp.reason or ''}".rstrip() + (f": {snippet}" if snippet else "")
                     if resp.status not in RETRY_STATUSES:

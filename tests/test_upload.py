@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def bundle_file(tmp_path: Path, size: int = 3 * 1024 * 1024 + 17) -> tuple[Path,
 
 
 @pytest.fixture
-async def server() -> UploadServer:
+async def server() -> AsyncIterator[UploadServer]:
     srv = await UploadServer().start()
     yield srv
     await srv.stop()
@@ -89,6 +90,18 @@ async def test_a_refusal_is_final_and_reported_in_one_line_without_the_signature
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "HTTP 403" in lines[0] and "Request has expired" in lines[0]
     assert "s3cr3t" not in out + err and "Traceback" not in err
+
+
+async def test_a_reply_that_echoes_the_signature_is_quoted_redacted(tmp_path: Path, server: UploadServer) -> None:
+    path, _ = bundle_file(tmp_path, 1000)
+    server.status, server.error_body = (
+        403,
+        "<Error><Code>SignatureDoesNotMatch</Code><AWSAccessKeyId>AKIAZ7QX4MPL2R5TVW3N</AWSAccessKeyId>"
+        "<SignatureProvided>9f3c1e7a5b2d4f6e</SignatureProvided><RequestId>R1</RequestId></Error>",
+    )
+    code, out, err = await cli("upload", str(path), server.url(query="X-Amz-Signature=9f3c1e7a5b2d4f6e"))
+    assert code == 1 and "SignatureDoesNotMatch" in err and "RequestId" in err
+    assert "9f3c1e7a5b2d4f6e" not in out + err and "AKIAZ7QX4MPL2R5TVW3N" not in out + err
 
 
 async def test_retries_run_out(tmp_path: Path, server: UploadServer) -> None:

@@ -3,7 +3,7 @@
 The work (loading manifests or a live cluster, the analysis, rewriting files for `--fix`)
 is `kata_debug.sizing.check.check_limits`; this module turns options into a
 `LimitsRequest`, refuses combinations that make no sense, and prints the result.
-Exit code: 0 no warnings, 1 warnings, 2 input error.
+Exit code: 0 clean, 1 errors or warnings, 2 input error.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from kata_debug.sizing.limits import Entry, Report
 
 STDIN = "-"
-WARNING, INFO = "warning", "info"
+ERROR, WARNING, INFO = "error", "warning", "info"
 
 
 class LimitsFormat(str, Enum):
@@ -80,7 +80,8 @@ def limits(
 ) -> None:
     """Show the VM each Kata workload really gets, and flag requests that do nothing.
 
-    Kata sizes VMs from limits only. Exit code: 0 no warnings, 1 warnings, 2 input error.
+    Kata sizes VMs from limits only. Exit code: 0 clean, 1 errors (objects the API server
+    refuses) or warnings, 2 input error (including input with no Kubernetes objects).
     The PATHs are one input, as `kubectl apply -f` would see them: a LimitRange or
     RuntimeClass in one file applies to the workloads of every other file given.
     """
@@ -178,7 +179,7 @@ def _print_fixes(console: Console, err: Console, run: FixRun) -> None:
     err.print(f"{verb} {run.applied} finding(s) in {run.changed_files} file(s)")
 
 
-SEVERITY_STYLE = {WARNING: "yellow", INFO: "cyan"}
+SEVERITY_STYLE = {ERROR: "red", WARNING: "yellow", INFO: "cyan"}
 
 
 def _common_dir(paths: list[str | None]) -> str | None:
@@ -219,8 +220,14 @@ def _print_table(console: Console, report: Report, explain: bool) -> None:
     for e in shown:
         vm = e.vm
         mode = f"{'runtime-rs' if vm.runtime == 'rs' else 'go'} / {vm.mode}" if vm else "-"
-        w, i = e.warnings, len(e.findings) - e.warnings
-        counts = (f"[yellow]{w} warning(s)[/]" if w else "") + (" " if w and i else "") + (f"{i} info" if i else "")
+        x, w = e.errors, e.warnings
+        i = len(e.findings) - w - x
+        parts = [
+            f"[red]{x} error(s)[/]" if x else "",
+            f"[yellow]{w} warning(s)[/]" if w else "",
+            f"{i} info" if i else "",
+        ]
+        counts = " ".join(p for p in parts if p)
         source = os.path.relpath(e.doc.source, base) if base else e.doc.source
         table.add_row(
             escape(source),
@@ -254,6 +261,7 @@ def _print_table(console: Console, report: Report, explain: bool) -> None:
         console.print(f"[dim]{len(hidden)} non-Kata workload(s) not shown (see --format json)[/]")
     console.print(
         f"{s['kata_workloads']} Kata workload(s): "
-        f"[{'yellow' if s['warnings'] else 'green'}]{s['warnings']} warning(s)[/], {s['info']} info"
+        + (f"[red]{s['errors']} error(s)[/], " if s["errors"] else "")
+        + f"[{'yellow' if s['warnings'] else 'green'}]{s['warnings']} warning(s)[/], {s['info']} info"
         + (f"; {s['incomplete']} with template placeholders" if s["incomplete"] else "")
     )

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import re2
+
 from kata_debug.bundle.writer import Spool
 
 # One message may list up to 512 new sandbox ids; ids have no length limit in the logs.
@@ -27,6 +29,9 @@ _MAX_MESSAGE = 32 << 20
 #: How often (bytes read) the scanner says how far it got, so its output can be compressed meanwhile.
 PROGRESS_EVERY = 4 << 20
 _IMPORT_ROOT = str(Path(__file__).resolve().parents[2])
+# The worker runs with -S (no site-packages): the one installed package it imports, RE2
+# (redaction's prefilter), goes on its path by the directory it is installed in.
+_RE2_ROOT = str(Path(re2.__file__).resolve().parents[1])
 
 
 class ScannerGone(Exception):
@@ -87,7 +92,7 @@ class ScannerProcess:
             return None
         workdir, stderr = await asyncio.to_thread(_make_workdir)
         path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": _IMPORT_ROOT + (os.pathsep + path if path else "")}
+        env = {**os.environ, "PYTHONPATH": _IMPORT_ROOT + os.pathsep + _RE2_ROOT + (os.pathsep + path if path else "")}
         try:
             proc = await asyncio.create_subprocess_exec(
                 # -S: the scanner needs only the standard library and this package (on

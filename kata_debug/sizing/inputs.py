@@ -21,9 +21,52 @@ SUFFIXES = (".yaml", ".yml", ".json", ".yaml.in", ".yml.in")
 STDIN = "-"
 
 try:
-    _Loader: Any = yaml.CSafeLoader
+    _Base: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - libyaml is a declared expectation, not a requirement
-    _Loader = yaml.SafeLoader
+    _Base = yaml.SafeLoader
+
+
+class _Loader(_Base):
+    """The fast safe loader, noting keys given twice in one mapping.
+
+    YAML loaders keep the last of two equal keys without a word, but kubectl's strict field
+    validation refuses the object, so a lint must say so. The check costs one length
+    comparison per mapping; only a mapping that lost keys is searched for the culprit.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        if len(mapping) != len(node.value):
+            seen: set[Any] = set()
+            for k, _v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    self.duplicates.append(f"key {key!r} (line {k.start_mark.line + 1})")
+                seen.add(key)
+        return mapping
+
+
+def _json_pairs(dups: list[str]) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            for k, _v in pairs:
+                if k in seen:
+                    dups.append(f"key {k!r}")
+                seen.add(k)
+        return out
+
+    return hook
+
+
+def is_object(doc: Any) -> bool:
+    """A Kubernetes object (or List of them): a mapping naming its `kind`."""
+    return isinstance(doc, dict) and isinstance(doc.get("kind"), str)
 
 
 def expand(paths: list[str]) -> tuple[list[str], list[InputError]]:
@@ -54,22 +97,28 @@ def expand(paths: list[str]) -> tuple[list[str], list[InputError]]:
 
 def parse_text(text: str, name: str, path: str | None) -> tuple[list[Document], InputError | None]:
     """Documents of one YAML or JSON stream; `source` is `name`, or `name#i` for multi-document files."""
-    raw: list[Any] = []
+    raw: list[tuple[Any, list[str]]] = []
     error: InputError | None = None
     if name.endswith(".json"):
+        dups: list[str] = []
         try:
-            raw = [json.loads(text)]
+            raw = [(json.loads(text, object_pairs_hook=_json_pairs(dups)), dups)]
         except ValueError as exc:
             error = InputError(name, f"not valid JSON: {exc}")
     else:
+        loader = _Loader(text)
         try:
-            for doc in yaml.load_all(text, Loader=_Loader):
-                raw.append(doc)
+            while loader.check_data():
+                loader.duplicates = []
+                doc = loader.get_data()
+                raw.append((doc, loader.duplicates))
         except yaml.YAMLError as exc:
             error = InputError(name, f"not valid YAML: {_yaml_error(exc)}")
-    present = [(i, d) for i, d in enumerate(raw) if d is not None]
+        finally:
+            loader.dispose()
+    present = [(i, d, dups) for i, (d, dups) in enumerate(raw) if d is not None]
     multi = len(present) > 1 or (error is not None and present)
-    docs = [Document(f"{name}#{i}" if multi else name, path, i, d) for i, d in present]
+    docs = [Document(f"{name}#{i}" if multi else name, path, i, d, dups) for i, d, dups in present]
     return docs, error
 
 
@@ -101,13 +150,30 @@ def read_file(name: str, stdin: Any = None) -> tuple[list[Document], InputError 
     return parse_text(text, name, None if name == STDIN else name)
 
 
+NO_OBJECTS = "holds no Kubernetes objects (no YAML/JSON mapping with a 'kind')"
+
+
 def load(paths: list[str], stdin: Any = None) -> tuple[list[Document], list[InputError]]:
-    """All documents of all inputs, and every input error (blocking; run it in a thread)."""
+    """All documents of all inputs, and every input error (blocking; run it in a thread).
+
+    A file named on the command line (or stdin) that parses but holds no Kubernetes object
+    is an input error: `/etc/passwd` is one YAML string, and the empty stdin of a failed
+    `helm template ... |` is no documents at all; neither may pass a lint as "nothing to
+    report". Files found by walking a directory may hold other YAML (chart values).
+    """
     files, errors = expand(paths)
+    named = {p for p in paths if p == STDIN or not Path(p).is_dir()}
     docs: list[Document] = []
     for f in files:
         got, err = read_file(f, stdin)
-        docs.extend(got)
         if err is not None:
             errors.append(err)
+        elif f in named and not any(is_object(d.obj) for d in got):
+            errors.append(InputError("stdin" if f == STDIN else f, NO_OBJECTS if got else f"empty: {NO_OBJECTS}"))
+            continue
+        docs.extend(got)
+    if docs and not any(is_object(d.obj) for d in docs):
+        if not errors:
+            errors.append(InputError(", ".join(paths), NO_OBJECTS))
+        docs = []  # nothing to analyse: check_limits reports the error alone
     return docs, errors

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from kata_debug.node.oci import A_SANDBOX_CPU_QUOTA, A_SANDBOX_MEMORY
@@ -28,15 +29,23 @@ from kata_debug.sizing.workloads import (
     api_defaults,
     apply_limit_ranges,
     defaulted_requests,
+    limit_range_rejections,
+    pod_total,
     read_limit_range,
     read_runtime_class,
     read_workload,
+    request_limit_rejections,
     sandbox_input,
 )
 
+ERROR = "error"
 WARNING = "warning"
 INFO = "info"
 RULES: dict[str, str] = {
+    "request-exceeds-limit": ERROR,
+    "limitrange-violation": ERROR,
+    "duplicate-key": ERROR,
+    "unevaluable": ERROR,
     "request-without-limit": WARNING,
     "request-ignored": INFO,
     "limitrange-default-request": WARNING,
@@ -44,7 +53,7 @@ RULES: dict[str, str] = {
     "vm-refused": WARNING,
     "memory-limit-missing": INFO,
     "overhead-not-vm-size": INFO,
-    "unevaluable": INFO,
+    "init-container-peak": INFO,
 }
 
 
@@ -56,6 +65,7 @@ class Document:
     path: str | None  # the file, when --fix may rewrite it
     index: int  # document index in the file
     obj: Any
+    duplicates: list[str] = field(default_factory=list)  # "key 'cpu' (line 9)": keys given twice
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,10 @@ class Entry:
     @property
     def warnings(self) -> int:
         return sum(1 for f in self.findings if f.severity == WARNING)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for f in self.findings if f.severity == ERROR)
 
     def to_json(self) -> dict[str, Any]:
         vm = None
@@ -190,11 +204,16 @@ class Report:
     def warnings(self) -> int:
         return sum(e.warnings for e in self.entries)
 
+    @property
+    def rejected(self) -> int:
+        """Findings of severity error: objects the API server would refuse."""
+        return sum(e.errors for e in self.entries)
+
     def exit_code(self) -> int:
-        """0 clean, 1 warnings (a CI lint), 2 input errors."""
+        """0 clean, 1 errors or warnings (a CI lint), 2 input errors."""
         if self.errors:
             return 2
-        return 1 if self.warnings else 0
+        return 1 if self.warnings or self.rejected else 0
 
     def summary(self) -> dict[str, Any]:
         by_rule: Counter[str] = Counter()
@@ -210,6 +229,7 @@ class Report:
             "ignored_objects": self.ignored,
             "workloads": len(workloads),
             "kata_workloads": sum(1 for e in workloads if e.kata),
+            "errors": by_sev.get(ERROR, 0),
             "warnings": by_sev.get(WARNING, 0),
             "info": by_sev.get(INFO, 0),
             "by_rule": dict(sorted(by_rule.items())),
@@ -280,7 +300,28 @@ def analyse(docs: Iterable[Document], opts: Options | None = None) -> Report:
             report.entries.append(_limit_range_entry(d, obj, prefix, opts))
         else:
             report.ignored += 1
+    _duplicate_findings(report.entries)
     return report
+
+
+def _duplicate_findings(entries: list[Entry]) -> None:
+    """Keys given twice in one mapping: kubectl's strict field validation (the default since
+    Kubernetes 1.27, `--validate=strict`) refuses the object; lenient decoding keeps the last."""
+    seen: set[int] = set()
+    for e in entries:
+        if not e.doc.duplicates or not e.kata or id(e.doc) in seen:
+            continue
+        seen.add(id(e.doc))
+        for dup in e.doc.duplicates:
+            e.findings.append(
+                finding(
+                    "duplicate-key",
+                    None,
+                    None,
+                    f"{dup} is given twice in one mapping: kubectl (strict field validation) refuses the object, "
+                    "and a lenient reader silently keeps the last value",
+                )
+            )
 
 
 # ---- workloads ----------------------------------------------------------------------------
@@ -318,10 +359,17 @@ def _workload_entry(
     f = entry.findings
     for problem in w.problems:
         f.append(finding("unevaluable", None, None, f"{problem}: left out of the VM size", problem.split(" ", 1)[0]))
+    rejections = request_limit_rejections(w)
+    if opts.admission:
+        rejections += limit_range_rejections(w, lrs)
+    for r in rejections:
+        f.append(finding(r.rule, r.container, r.resource, r.message, r.field))
     for c in w.containers:
         _container_findings(c, vm, f, entry.unresolved)
-    for key, v in w.pod_limits.items():
-        _value_problem(v, f"{w.spec_field}.resources.limits.{key}", None, key, f, entry.unresolved)
+    for which, values in (("limits", w.pod_limits), ("requests", w.pod_requests)):
+        for key, v in values.items():
+            _value_problem(v, f"{w.spec_field}.resources.{which}.{key}", None, key, f, entry.unresolved)
+    _init_peak_findings(w, vm, f)
     for issue in vm.annotation_issues:
         if issue.problem == "not-enabled":
             effect = (
@@ -362,6 +410,55 @@ def _workload_entry(
     return entry
 
 
+def _init_peak_findings(w: Workload, vm: VmSize, out: list[Finding]) -> None:
+    """A large init container that keeps the VM big for the pod's whole life.
+
+    Dynamic sizing (Go sandbox.go updateResources, runtime-rs cpu_mem/mem.rs): memory an
+    init container made the VM hot-plug is never hot-unplugged. Static sizing (Go
+    pkg/oci/utils.go CalculateSandboxSizing, runtime-rs initial_size.rs): the VM is sized once
+    from the kubelet's pod total, which is the largest init container when it exceeds the
+    steady containers (resourcehelper.PodLimits).
+    """
+    p = vm.init_peak
+    if p is not None and p.memory_mib > p.steady_memory_mib:
+        out.append(
+            finding(
+                "init-container-peak",
+                p.container,
+                "memory",
+                f"init container {p.container} makes the VM hot-plug memory up to {p.memory_mib} MiB; memory is "
+                f"never hot-unplugged, so the VM keeps it for the pod's lifetime (the running containers need "
+                f"{p.steady_memory_mib} MiB)",
+            )
+        )
+        return
+    if vm.mode != STATIC or w.pod_limits:
+        return
+    for key in ("memory", "cpu"):
+        total = pod_total(w, key, "limits")
+        steady = sum(
+            (v.value for c in w.containers if c.role != "init" and (v := c.limits.get(key)) and v.value is not None),
+            start=Fraction(0),
+        )
+        if total > steady:
+            big = max(
+                (c for c in w.containers if c.role == "init" and (v := c.limits.get(key)) and v.value is not None),
+                key=lambda c: c.limits[key].value or 0,
+                default=None,
+            )
+            name = big.name if big else "an init container"
+            out.append(
+                finding(
+                    "init-container-peak",
+                    name,
+                    key,
+                    f"static sizing: the pod's {key} limit total is its largest init container ({name}), not its "
+                    f"running containers, so the VM is sized for {name} for the pod's lifetime",
+                )
+            )
+            return
+
+
 def _value_problem(
     v: Value, where: str, container: str | None, resource: str, out: list[Finding], unresolved: list[str]
 ) -> bool:
@@ -372,7 +469,13 @@ def _value_problem(
         unresolved.append(f"{where} {v.text} (template placeholder; not counted)")
     else:
         out.append(
-            finding("unevaluable", container, resource, f"{where}: {v.problem}; not counted in the VM size", where)
+            finding(
+                "unevaluable",
+                container,
+                resource,
+                f"{where}: {v.problem}; the API server refuses it (not counted in the VM size)",
+                where,
+            )
         )
     return True
 
@@ -536,7 +639,8 @@ def _limit_range_entry(d: Document, obj: dict[str, Any], prefix: Path_, opts: Op
 
 
 def vm_text(e: Entry) -> str:
-    """`1 -> 2 vCPU, 2048 -> 2848 MiB` (boot -> all containers running); for tables and logs."""
+    """`1->2 vCPU, 2048->2848 MiB (guest ~2944)`: boot -> all containers running, and the memory
+    the guest sees when hot-plug rounding makes it more (`~`: block size assumed); for tables."""
     vm = e.vm
     if vm is None:
         return "-"
@@ -547,7 +651,10 @@ def vm_text(e: Entry) -> str:
         if vm.boot_memory_mib == vm.memory_mib
         else f"{vm.boot_memory_mib}->{vm.memory_mib}{more}"
     )
-    return f"{cpu} vCPU, {mem} MiB"
+    guest = ""
+    if vm.guest_memory_mib and vm.guest_memory_mib != vm.memory_mib:
+        guest = f" (guest {'~' if vm.guest_memory_estimate else ''}{vm.guest_memory_mib})"
+    return f"{cpu} vCPU, {mem} MiB{guest}"
 
 
 __all__ = [

@@ -49,6 +49,13 @@ GO_DEFAULT_MEMORY = 2048
 # runtime-rs: DEFAULT_QEMU_MEMORY_SIZE_MB and friends (kata-types config/default.rs).
 RS_DEFAULT_MEMORY_WHEN_ZERO = 128
 
+# Linux memory block size of an x86_64 guest below 64 GiB (arch/x86/mm/init_64.c
+# probe_memory_block_size); larger guests and other architectures use other sizes, which
+# the guest reports to the runtime (GuestMemoryBlockSizeMB in persist.json).
+DEFAULT_MEMORY_BLOCK_MIB = 128
+# Name of the stand-in for init containers that ran and exited (their task bundles are gone).
+EXITED_INIT = "(exited init container)"
+
 # Makefile DEFENABLEANNOTATIONS of each runtime, 4.1.0.
 GO_ENABLE_ANNOTATIONS = ("enable_iommu", "kernel_params", "kernel_verity_params")
 RS_ENABLE_ANNOTATIONS = ("enable_iommu", "kernel_params", "kernel_verity_params", "default_vcpus", "default_memory")
@@ -110,6 +117,13 @@ class SandboxInput:
     sandbox_annotations: dict[str, str] = field(default_factory=dict)
     kata_annotations: dict[str, str] = field(default_factory=dict)
     host_cpus: int | None = None
+    # How the kubelet filled container limits in (pod-level resources); shown as steps.
+    notes: list[str] = field(default_factory=list)
+    # Guest memory block size when known (persist.json); None assumes 128 MiB (estimate).
+    memory_block_mib: int | None = None
+    # Containers come from task bundles on a node: exited init containers are missing from
+    # `containers`, so the pod's sizing annotations stand in for them (dynamic sizing).
+    init_containers_may_be_gone: bool = False
 
 
 @dataclass
@@ -136,6 +150,30 @@ class AnnotationIssue:
 
 
 @dataclass
+class InitPeak:
+    """An init container that makes the VM bigger than the steady containers need.
+
+    Memory is never hot-unplugged, so the extra memory stays for the pod's lifetime;
+    vCPUs are hot-unplugged when the init container exits.
+    """
+
+    container: str
+    vcpus: int
+    memory_mib: int
+    steady_vcpus: int
+    steady_memory_mib: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "container": self.container,
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "steady_vcpus": self.steady_vcpus,
+            "steady_memory_mib": self.steady_memory_mib,
+        }
+
+
+@dataclass
 class VmSize:
     """The VM a sandbox gets: at boot and once all its containers run."""
 
@@ -151,11 +189,18 @@ class VmSize:
     annotation_issues: list[AnnotationIssue] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     peak_vcpus: int | None = None  # while a large init container runs, when above vcpus
+    # What the guest sees: hot-plugged memory comes in whole guest memory blocks.
+    guest_memory_mib: int = 0
+    guest_memory_estimate: bool = False  # True when the block size was assumed
+    init_peak: InitPeak | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
             "vcpus": self.vcpus,
             "memory_mib": self.memory_mib,
+            "guest_memory_mib": self.guest_memory_mib,
+            "guest_memory_estimate": self.guest_memory_estimate,
+            "init_peak": self.init_peak.to_json() if self.init_peak else None,
             "mode": self.mode,
             "runtime": self.runtime,
             "boot_vcpus": self.boot_vcpus,
@@ -411,7 +456,22 @@ def _ann_int(ann: dict[str, str], key: str, unsigned: bool) -> int:
 
 def size_vm(inp: SandboxInput, cfg: SizingConfig) -> VmSize:
     """The VM for one sandbox under one configuration, with the reasoning as `steps`."""
-    steps: list[str] = [f"configuration: {cfg.source}"]
+    steps: list[str] = [f"configuration: {cfg.source}", *inp.notes]
+    if inp.init_containers_may_be_gone and not cfg.static_sandbox_resource_mgmt:
+        stand_in = exited_init_stand_in(inp)
+        if stand_in is not None:
+            inp = SandboxInput(
+                [stand_in, *inp.containers],
+                inp.sandbox_annotations,
+                inp.kata_annotations,
+                inp.host_cpus,
+                inp.notes,
+                inp.memory_block_mib,
+            )
+            steps.append(
+                "the pod's sizing annotations exceed its remaining containers: an init container that has "
+                "exited (containerd deleted its task bundle) is counted from them"
+            )
     base = (_resolve_go if cfg.runtime == GO else _resolve_rs)(cfg, inp.host_cpus, steps)
     issues, errors = _apply_annotations(inp, cfg, base, steps)
     sizes = [container_size(c) for c in inp.containers]
@@ -426,6 +486,18 @@ def size_vm(inp: SandboxInput, cfg: SizingConfig) -> VmSize:
     vm.containers = sizes
     vm.annotation_issues = issues
     vm.errors = errors + vm.errors
+    vm.guest_memory_mib = vm.memory_mib
+    if vm.mode == DYNAMIC and vm.memory_mib > vm.boot_memory_mib:
+        block = inp.memory_block_mib or DEFAULT_MEMORY_BLOCK_MIB
+        vm.guest_memory_mib = guest_memory(vm.boot_memory_mib, vm.memory_mib, block)
+        vm.guest_memory_estimate = inp.memory_block_mib is None
+        assumed = (
+            " (assumed: x86_64 guests below 64 GiB; the guest reports its own)" if vm.guest_memory_estimate else ""
+        )
+        steps.append(
+            f"guest memory = {vm.boot_memory_mib} + {vm.memory_mib - vm.boot_memory_mib} MiB hot-plugged, rounded up "
+            f"to {block} MiB memory blocks{assumed} = {vm.guest_memory_mib} MiB"
+        )
     return vm
 
 
@@ -479,8 +551,9 @@ def _go_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
         mem = (_sum_memory_bytes(running) + (base.memory << 20)) >> 20
         return want, mem, cpus, note
 
-    vcpu_peak, mem_peak = _init_peaks(phase, init_phases, boot_v, base.memory)
+    vcpu_peak, mem_peak, who = _init_peaks(phase, init_phases, boot_v, base.memory)
     v, m, cpus, note = phase(steady)
+    peak = _init_peak(who, vcpu_peak, mem_peak, v, m)
     for c in steady:
         _describe_container(c, steps)
     if note:
@@ -499,10 +572,6 @@ def _go_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
             f"an init container raised memory to {mem_peak} MiB; memory is never hot-unplugged, so the VM keeps it"
         )
     m = max(m, mem_peak)
-    if m > base.memory:
-        steps.append(
-            "qemu hot-plugs memory in guest memory-block units (128 MiB on x86): the guest may see up to one block more"
-        )
     return VmSize(
         runtime=GO,
         mode=DYNAMIC,
@@ -514,6 +583,7 @@ def _go_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
         containers=[],
         steps=steps,
         peak_vcpus=vcpu_peak if vcpu_peak > v else None,
+        init_peak=peak,
     )
 
 
@@ -522,13 +592,63 @@ def _init_peaks(
     init_phases: list[list[ContainerInput]],
     boot_vcpus: int,
     boot_memory: int,
-) -> tuple[int, int]:
-    """The largest (vCPUs, MiB) the VM reaches while init containers run, boot size included."""
+) -> tuple[int, int, str | None]:
+    """The largest (vCPUs, MiB) the VM reaches while init containers run, boot size included,
+    and the init container that makes the largest of them (memory first: it stays)."""
     vcpu_peak, mem_peak = boot_vcpus, boot_memory
+    who: str | None = None
+    cpu_who: str | None = None
     for running in init_phases:
         v, m, _, _ = phase(running)
-        vcpu_peak, mem_peak = max(vcpu_peak, v), max(mem_peak, m)
-    return vcpu_peak, mem_peak
+        if m > mem_peak:
+            mem_peak, who = m, running[-1].name
+        if v > vcpu_peak:
+            vcpu_peak, cpu_who = v, running[-1].name
+    return vcpu_peak, mem_peak, who or cpu_who
+
+
+def _init_peak(who: str | None, vcpu_peak: int, mem_peak: int, v: int, m: int) -> InitPeak | None:
+    if who is None or (vcpu_peak <= v and mem_peak <= m):
+        return None
+    return InitPeak(who, max(vcpu_peak, v), max(mem_peak, m), v, m)
+
+
+def exited_init_stand_in(inp: SandboxInput) -> ContainerInput | None:
+    """An init container that ran and exited, inferred from the pod's sizing annotations.
+
+    containerd deletes an exited container's task bundle, so on a node the init containers
+    are gone while the VM may still hold the memory one of them made it hot-plug. The
+    kubelet's sandbox total (`io.kubernetes.cri.sandbox-*`, resourcehelper.PodLimits) is
+    max(steady containers, largest init container) per resource, so when it exceeds what
+    the remaining containers add up to, the excess is that init container's.
+    """
+    ann = inp.sandbox_annotations
+    mem = _ann_int(ann, A_SANDBOX_MEMORY, unsigned=False)
+    quota = _ann_int(ann, A_SANDBOX_CPU_QUOTA, unsigned=False)
+    period = _ann_int(ann, A_SANDBOX_CPU_PERIOD, unsigned=True)
+    steady_mem = _sum_memory_bytes(inp.containers)
+    steady_cpu = sum(container_vcpus_go(c.resources) for c in inp.containers)
+    ann_cpu = quota / period if quota > 0 and period > 0 else 0.0
+    if mem <= steady_mem and ann_cpu <= steady_cpu + 1e-6:
+        return None
+    return ContainerInput(
+        EXITED_INIT,
+        Resources(cpu_quota=quota if quota > 0 else None, cpu_period=period or None, memory_limit=mem or None),
+        "init",
+    )
+
+
+def guest_memory(boot_mib: int, memory_mib: int, block_mib: int) -> int:
+    """Memory the guest sees: hot-plugged memory is added in whole guest memory blocks.
+
+    Go qemu.go ResizeMemory/calcHotplugMemMiBSize rounds each hot-plug up to a multiple of
+    the block size; runtime-rs qemu/inner.rs resize_memory aligns the hot-plugged total the
+    same way. Boot memory is not rounded.
+    """
+    extra = memory_mib - boot_mib
+    if extra <= 0 or block_mib <= 0:
+        return memory_mib
+    return boot_mib + -(-extra // block_mib) * block_mib
 
 
 def _describe_container(c: ContainerInput, steps: list[str]) -> None:
@@ -720,8 +840,9 @@ def _rs_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
         mem = base.memory + (_sum_memory_bytes(running) >> 20)
         return want, mem, want_f, note
 
-    vcpu_peak, mem_peak = _init_peaks(phase, init_phases, boot_v, base.memory)
+    vcpu_peak, mem_peak, who = _init_peaks(phase, init_phases, boot_v, base.memory)
     v, m, want_f, note = phase(steady)
+    peak = _init_peak(who, vcpu_peak, mem_peak, v, m)
     for c in steady:
         _describe_container(c, steps)
     steps.append(f"vCPUs = ceil({fmt_cpus(want_f)}) = {v} ({note})")
@@ -740,4 +861,5 @@ def _rs_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
         containers=[],
         steps=steps,
         peak_vcpus=vcpu_peak if vcpu_peak > v else None,
+        init_peak=peak,
     )

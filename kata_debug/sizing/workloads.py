@@ -119,6 +119,7 @@ class Workload:
     annotations: dict[str, str]
     containers: list[Container]
     pod_limits: dict[str, Value]  # spec.resources.limits (pod-level resources)
+    pod_requests: dict[str, Value]  # spec.resources.requests (pod-level resources)
     overhead: dict[str, Value]  # spec.overhead (set by RuntimeClass admission on live pods)
     spec_field: str
     problems: list[str] = field(default_factory=list)
@@ -200,6 +201,7 @@ def read_workload(obj: dict[str, Any], prefix: Path_ = ()) -> Workload | None:
         annotations=annotations,
         containers=containers,
         pod_limits=read_list(pod_res.get("limits"), f"{spec_field}.resources.limits", problems),
+        pod_requests=read_list(pod_res.get("requests"), f"{spec_field}.resources.requests", problems),
         overhead=read_list(spec.get("overhead"), f"{spec_field}.overhead", problems),
         spec_field=spec_field,
         problems=problems,
@@ -219,6 +221,7 @@ class LimitRangeItem:
     min: dict[str, Value]
     field: str
     path: Path_
+    max_ratio: dict[str, Value]  # maxLimitRequestRatio
 
 
 @dataclass
@@ -272,6 +275,7 @@ def read_limit_range(obj: dict[str, Any], prefix: Path_ = ()) -> LimitRange:
                 min=read_list(it.get("min"), f"{f}.min", problems),
                 field=f,
                 path=path,
+                max_ratio=read_list(it.get("maxLimitRequestRatio"), f"{f}.maxLimitRequestRatio", problems),
             )
         )
     ns = meta.get("namespace")
@@ -327,6 +331,121 @@ def apply_limit_ranges(w: Workload, ranges: list[LimitRange]) -> None:
                         c.requests[k] = Value(v.raw, v.value, v.problem, v.templated, f"{origin} defaultRequest")
 
 
+@dataclass
+class Rejection:
+    """Why the API server refuses a pod made from a workload (after defaulting and admission)."""
+
+    rule: str  # request-exceeds-limit | limitrange-violation
+    container: str | None
+    resource: str
+    field: str
+    message: str
+
+
+def _known(v: Value | None) -> Fraction | None:
+    return v.value if v is not None else None
+
+
+def request_limit_rejections(w: Workload) -> list[Rejection]:
+    """Requests above limits: `ValidateResourceRequirements` (pkg/apis/core/validation/
+    validation.go: "must be less than or equal to <resource> limit") for each container, and
+    for pod-level `spec.resources` (validatePodResourceRequirements). Runs after LimitRange
+    admission, so a `default` limit below a written request is refused here too."""
+    out: list[Rejection] = []
+    for c in w.containers:
+        for key, req in c.requests.items():
+            lim = c.limits.get(key)
+            rv, lv = _known(req), _known(lim)
+            if rv is None or lv is None or lim is None or rv <= lv:
+                continue
+            src = f" (the default limit of {lim.origin})" if lim.origin else ""
+            out.append(
+                Rejection(
+                    "request-exceeds-limit",
+                    c.name,
+                    key,
+                    f"{c.field}.resources.requests.{key}",
+                    f"requests.{key} {req.text} is more than limits.{key} {lim.text}{src}: the API server refuses "
+                    f"the pod (must be less than or equal to {key} limit)",
+                )
+            )
+    for key, req in w.pod_requests.items():
+        lim = w.pod_limits.get(key)
+        rv, lv = _known(req), _known(lim)
+        if rv is not None and lv is not None and lim is not None and rv > lv:
+            out.append(
+                Rejection(
+                    "request-exceeds-limit",
+                    None,
+                    key,
+                    f"{w.spec_field}.resources.requests.{key}",
+                    f"pod-level requests.{key} {req.text} is more than limits.{key} {lim.text}: the API server "
+                    "refuses the pod",
+                )
+            )
+    return out
+
+
+def limit_range_rejections(w: Workload, ranges: list[LimitRange]) -> list[Rejection]:
+    """LimitRanger validation of each container (plugin/pkg/admission/limitranger/admission.go
+    PodValidateLimitFunc: minConstraint, maxConstraint, limitRequestRatioConstraint), for
+    `type: Container` items of the workload's namespace, after defaults were applied."""
+    out: list[Rejection] = []
+    for lr in ranges:
+        if lr.namespace != w.namespace:
+            continue
+        for item in lr.items:
+            if item.type != "Container":
+                continue
+            origin = f"LimitRange {lr.name or '?'}"
+            for c in w.containers:
+                for why, key in _item_violations(item, c):
+                    out.append(
+                        Rejection(
+                            "limitrange-violation",
+                            c.name,
+                            key,
+                            f"{c.field}.resources",
+                            f"{origin} ({item.field}): {why}; the API server refuses the pod",
+                        )
+                    )
+    return out
+
+
+def _item_violations(item: LimitRangeItem, c: Container) -> Iterator[tuple[str, str]]:
+    for key, bound in item.min.items():
+        b, req, lim = bound.value, c.requests.get(key), c.limits.get(key)
+        if b is None:
+            continue
+        if req is None or req.value is None:
+            yield f"minimum {key} per container is {bound.text}, but no request is specified", key
+        elif req.value < b:
+            yield f"minimum {key} per container is {bound.text}, but request is {req.text}", key
+        if lim is not None and lim.value is not None and lim.value < b:
+            yield f"minimum {key} per container is {bound.text}, but limit is {lim.text}", key
+    for key, bound in item.max.items():
+        b, req, lim = bound.value, c.requests.get(key), c.limits.get(key)
+        if b is None:
+            continue
+        if lim is None or lim.value is None:
+            yield f"maximum {key} per container is {bound.text}, but no limit is specified", key
+        elif lim.value > b:
+            yield f"maximum {key} per container is {bound.text}, but limit is {lim.text}", key
+        if req is not None and req.value is not None and req.value > b:
+            yield f"maximum {key} per container is {bound.text}, but request is {req.text}", key
+    for key, bound in item.max_ratio.items():
+        b, req, lim = bound.value, c.requests.get(key), c.limits.get(key)
+        if b is None:
+            continue
+        if req is None or not req.value:
+            yield f"{key} max limit to request ratio is {bound.text}, but no request is specified or it is 0", key
+        elif lim is None or not lim.value:
+            yield f"{key} max limit to request ratio is {bound.text}, but no limit is specified or it is 0", key
+        elif lim.value / req.value > b:
+            ratio = float(lim.value / req.value)
+            yield f"{key} max limit to request ratio is {bound.text}, but limit/request is {ratio:g}", key
+
+
 # ---- kubelet ------------------------------------------------------------------------------
 
 
@@ -365,14 +484,34 @@ def _cpu_request(c: Container) -> Fraction | None:
     return v.value if v is not None else None
 
 
-def container_resources(c: Container) -> Resources:
+def pod_level_limit(w: Workload, c: Container, key: str) -> Value | None:
+    """The limit the kubelet uses for `key` of container `c`, pod-level resources included.
+
+    kubelet `getCPULimit`/`getMemoryLimit` (pkg/kubelet/kuberuntime/
+    kuberuntime_container_linux.go, Kubernetes 1.34, feature gate PodLevelResources: beta and
+    on by default since 1.34, alpha in 1.32-1.33): when the pod sets `spec.resources`, a
+    container whose own cpu/memory limit is unset or zero gets the pod-level limit in its
+    CRI (and so OCI) resources. Every such container carries the whole pod limit, and
+    Kata's dynamic sizing adds them up.
+    """
+    own = c.limits.get(key)
+    if own is not None and own.value is not None and own.value != 0:
+        return own
+    if w.pod_limits or w.pod_requests:  # resourcehelper.IsPodLevelResourcesSet
+        pod = w.pod_limits.get(key)
+        if pod is not None and pod.value is not None and pod.value != 0:
+            return pod
+    return own
+
+
+def container_resources(c: Container, w: Workload | None = None) -> Resources:
     """The OCI `linux.resources` containerd writes for this container."""
-    lim_cpu = c.limits.get("cpu")
+    lim_cpu = pod_level_limit(w, c, "cpu") if w is not None else c.limits.get("cpu")
     quota: int | None = None
     if lim_cpu is not None and lim_cpu.value is not None:
         quota = milli_cpu_to_quota(q.milli_value(lim_cpu.value)) or None  # containerd skips 0
     req = _cpu_request(c)
-    mem = c.limits.get("memory")
+    mem = pod_level_limit(w, c, "memory") if w is not None else c.limits.get("memory")
     mem_bytes = q.int_value(mem.value) if mem is not None and mem.value is not None and mem.value > 0 else None
     huge: dict[str, int] = {}
     for k, v in c.limits.items():
@@ -387,6 +526,22 @@ def container_resources(c: Container) -> Resources:
         memory_limit=mem_bytes,
         hugepage_limits=huge,
     )
+
+
+def pod_level_notes(w: Workload) -> list[str]:
+    """Steps saying which containers got the pod-level limit (for `--explain`)."""
+    notes: list[str] = []
+    if not (w.pod_limits or w.pod_requests):
+        return notes
+    for c in w.containers:
+        for key in SIZING_RESOURCES:
+            got = pod_level_limit(w, c, key)
+            if got is not None and got is not c.limits.get(key):
+                notes.append(
+                    f"{c.role} container {c.name} has no {key} limit: the kubelet gives it the pod-level "
+                    f"limit {got.text} (PodLevelResources, Kubernetes >= 1.34), which Kata counts for it"
+                )
+    return notes
 
 
 def _sum(containers: list[Container], key: str, which: str) -> Fraction:
@@ -434,10 +589,11 @@ def sandbox_annotations(w: Workload) -> dict[str, str]:
 def sandbox_input(w: Workload, host_cpus: int | None = None) -> SandboxInput:
     """The shim's view of a pod made from this workload."""
     return SandboxInput(
-        containers=[ContainerInput(c.name, container_resources(c), c.role) for c in w.containers],
+        containers=[ContainerInput(c.name, container_resources(c, w), c.role) for c in w.containers],
         sandbox_annotations=sandbox_annotations(w),
         kata_annotations={k: v for k, v in w.annotations.items() if k.startswith("io.katacontainers.")},
         host_cpus=host_cpus,
+        notes=pod_level_notes(w),
     )
 
 
