@@ -40,7 +40,10 @@ async def run_interruptible(tasks: Collection[asyncio.Task[object]], deadline: f
     if signals.installed():
         # The process records signals from its first instant (kata_debug.cli.entry): one that
         # came before this wait stops it at once, and none is lost after it returns.
-        signals.listen(lambda name: loop.call_soon_threadsafe(_stop, name))
+        def _from_handler(name: str) -> None:  # runs in the signal handler: hand over to the loop
+            loop.call_soon_threadsafe(_stop, name)
+
+        signals.listen(_from_handler)
         if (early := signals.received()) is not None:
             _stop(early)
     else:
