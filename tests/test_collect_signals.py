@@ -108,3 +108,34 @@ def test_a_third_signal_aborts_even_while_the_bundle_is_being_written(busy_node:
     assert proc.returncode == 130, stderr.decode()
     assert stderr.decode().strip().splitlines()[-1] == "kata-debug: interrupted"
     assert "Traceback" not in stderr.decode()
+
+
+def test_one_signal_stops_an_upload_after_the_bundle_is_written(tmp_path: Path) -> None:
+    """The bundle is safe on disk: Ctrl-C during `--upload` stops at once, it is not just recorded."""
+    root = kata_node(tmp_path / "host")
+    silent = socket.socket()  # accepts connections (the kernel does) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    out = tmp_path / "b.tar.gz"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-o", str(out), "-c", "oci-specs"]
+        + ["--upload", f"http://127.0.0.1:{silent.getsockname()[1]}/b.tar.gz", "--upload-timeout", "120"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read().decode() if proc.stderr else ""
+            )
+            time.sleep(0.01)
+        time.sleep(0.5)  # the upload is waiting for an answer
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        silent.close()
+    assert proc.returncode == 130, stderr.decode()
+    assert read_bundle(out).collector("oci-specs")["status"] == "ok"

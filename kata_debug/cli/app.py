@@ -226,6 +226,10 @@ def collect(
     json_output = output_format is OutputFormat.json
     with CollectorProgress(enabled=not json_output) as progress:
         result = run_leaving_stuck_threads(run_collection(opts, progress))
+    if upload_target is not None:
+        from kata_debug.collect import signals
+
+        signals.abort_on_next()  # the bundle is safe on disk: one Ctrl-C stops the upload
     sent = upload_after_collect(result.output, upload_target, json_output)
     exit_code = sent.exit_code(result.exit_code)
     summary_to = sys.stderr if output == "-" else sys.stdout

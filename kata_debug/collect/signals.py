@@ -26,6 +26,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class _State:
     installed = False
     done = False
+    abort_at = ABORT_AT
     count = 0
     first: str | None = None
     listener: Callable[[str], None] | None = None
@@ -39,7 +40,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
     if _state.first is None:
         _state.first = name
-    if _state.count >= ABORT_AT and not _state.done:
+    if _state.count >= _state.abort_at and not _state.done:
         raise KeyboardInterrupt(f"{name} received {_state.count} times")
     if _state.listener is not None:
         _state.listener(name)
@@ -65,6 +66,13 @@ def output_complete() -> None:
     """The bundle is written and in place: from now on no signal aborts (it could only turn a
     finished run into exit 130 with its bundle already there)."""
     _state.done = True
+
+
+def abort_on_next() -> None:
+    """From now on the next signal aborts (KeyboardInterrupt): for work after the bundle that
+    a user must be able to stop with one Ctrl-C (`collect --upload`)."""
+    _state.done = False
+    _state.abort_at = _state.count + 1
 
 
 def listen(callback: Callable[[str], None] | None) -> None:
