@@ -17,13 +17,20 @@ def _command(argv: list[str]) -> str | None:
 
 
 def main() -> None:
-    if _command(sys.argv[1:]) == "collect":
-        from kata_debug.collect import signals
+    if _command(sys.argv[1:]) != "collect":
+        from kata_debug.cli.app import main as app_main
 
-        signals.install()
+        app_main()
+        return
+    from kata_debug.collect import signals
+
+    signals.install()
     try:
         from kata_debug.cli.app import main as app_main
+
+        app_main()
     except KeyboardInterrupt:  # the third signal arrived while importing
         print("kata-debug: interrupted", file=sys.stderr)
         sys.exit(130)
-    app_main()
+    finally:
+        signals.ignore_from_now()  # however it exits: a signal during shutdown must not kill it

@@ -111,6 +111,7 @@ def exit_process(code: int) -> NoReturn:
     The interpreter's exit joins every executor thread, so one blocked read would hang the
     command after it has printed its result.
     """
+    signals.ignore_from_now()
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
     if stuck:
         sys.stdout.flush()

@@ -75,6 +75,18 @@ def abort_on_next() -> None:
     _state.abort_at = _state.count + 1
 
 
+def ignore_from_now() -> None:
+    """The exit code is decided: ignore SIGINT/SIGTERM for the rest of the process.
+
+    Python resets its signal handlers to the default action while it shuts down, so a
+    signal in those last milliseconds would kill a run that has already written its bundle
+    (exit -2 instead of 3). An ignored signal is left ignored.
+    """
+    if _state.installed:
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def listen(callback: Callable[[str], None] | None) -> None:
     """Call `callback(signal name)` (from the signal handler) on each recorded signal; None stops."""
     _state.listener = callback
