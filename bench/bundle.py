@@ -3,8 +3,9 @@
 Builds a synthetic Kata node (N task bundles, M MiB of shim/containerd logs in the log-file
 locations the shim-logs collector reads), then times, in the same run:
   * `tar czf` of exactly the collected inputs (the baseline), and
-  * `kata-debug collect` (gzip, redaction on, log cap above the input so everything is read).
-Targets: peak RSS < 150 MiB at 100 MiB and 1 GiB of input; throughput >= 0.8x tar czf.
+  * `kata-debug collect` (default compression, redaction on, log cap above the input so everything is read).
+Targets: peak RSS < 150 MiB at 100 MiB and 1 GiB of input; throughput >= 1.0x tar czf; bundle size
+<= tar czf's (`size_ratio`). `--python` runs another venv's kata-debug (old vs new).
 Peak RSS is the sum over kata-debug and its scanner process (sampled every 10 ms); CPU
 seconds (user + sys, scanner included) are printed too: a steadier figure than wall time on
 a shared machine. Each size runs tar and kata-debug `--repeat` times, interleaved; the
@@ -81,16 +82,17 @@ def build_node(root: Path, bundles: int, log_mib: int) -> list[Path]:
                 env=[f"VAR_{j}=value-{j}" for j in range(20)],
             ),
         )
-    block = _log_block(rng, sandboxes, 4 << 20)
     files = LOG_FILES[:4]
     per_file = (log_mib << 20) // len(files)
     for rel in files:
         path = root / rel.lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
+            # Never a repeated block: a compressor with a long window would find the repeats
+            # and make the size comparison meaningless.
             written = 0
             while written < per_file:
-                chunk = block[: per_file - written]
+                chunk = _log_block(rng, sandboxes, min(4 << 20, per_file - written))[: per_file - written]
                 fh.write(chunk)
                 written += len(chunk)
     return [Path("run/containerd"), *(Path(f.lstrip("/")) for f in files)]
@@ -119,7 +121,11 @@ def _run_measured(argv: list[str], cwd: Path | None = None) -> Run:
     """Wall time, CPU and memory of one command: rusage via wait4, tree RSS sampled every 10 ms."""
     start = time.perf_counter()
     proc = subprocess.Popen(
-        argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}
+        argv,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     peak = 0
     done = threading.Event()
@@ -147,7 +153,9 @@ def _run_measured(argv: list[str], cwd: Path | None = None) -> Run:
     return Run(elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, peak, code)
 
 
-def bench(size_mib: int, bundles: int, workdir: Path, repeat: int) -> dict[str, float]:
+def bench(
+    size_mib: int, bundles: int, workdir: Path, repeat: int, kata_python: str = sys.executable
+) -> dict[str, float]:
     root = workdir / f"host-{size_mib}"
     inputs = build_node(root, bundles, size_mib)
     input_bytes = sum(
@@ -156,13 +164,13 @@ def bench(size_mib: int, bundles: int, workdir: Path, repeat: int) -> dict[str, 
         for f in ([root / rel] if (root / rel).is_file() else (root / rel).rglob("*"))
         if f.is_file()
     )
-    out = workdir / "bundle.tar.gz"
+    out = workdir / "bundle.out"  # no suffix: the default compression
     runs: list[tuple[Run, Run]] = []
     for i in range(repeat):  # interleaved, so both see the same machine load
         tar = _run_measured(["tar", "czf", str(workdir / "baseline.tar.gz"), *map(str, inputs)], cwd=root)
         kd = _run_measured(
             [
-                sys.executable,
+                kata_python,
                 "-m",
                 "kata_debug",
                 "collect",
@@ -211,6 +219,7 @@ def bench(size_mib: int, bundles: int, workdir: Path, repeat: int) -> dict[str, 
         "bundle_mib": round(out.stat().st_size / 2**20, 1),
         "baseline_mib": round((workdir / "baseline.tar.gz").stat().st_size / 2**20, 1),
         "exit_codes": sorted({k.code for _, k in runs}),
+        "size_ratio": round(out.stat().st_size / (workdir / "baseline.tar.gz").stat().st_size, 3),
     }
     out.unlink()
     (workdir / "baseline.tar.gz").unlink()
@@ -222,10 +231,15 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1024], help="MiB of logs per run")
     ap.add_argument("--bundles", type=int, default=200, help="container bundles on the node")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved tar/kata-debug runs per size (medians reported)")
+    ap.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter whose installed kata-debug runs (another venv: old vs new)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="kata-debug-bench-") as tmp:
         for size in args.sizes:
-            r = bench(size, args.bundles, Path(tmp), max(1, args.repeat))
+            r = bench(size, args.bundles, Path(tmp), max(1, args.repeat), args.python)
             ok_rss = r["peak_rss_mib"] < 150
             ok_tp = r["throughput_ratio"] >= 0.8
             print(
@@ -233,7 +247,8 @@ def main() -> None:
                 f"{r['tar_czf_cpu_s']} cpu-s) | kata-debug {r['kata_debug_s']:>6}s ({r['kata_debug_mb_s']} MB/s, "
                 f"{r['kata_debug_cpu_s']} cpu-s) | ratio {r['throughput_ratio']} [{'ok' if ok_tp else 'BELOW 0.8'}] "
                 f"(cpu ratio {r['cpu_ratio']}) | peak RSS, all processes {r['peak_rss_mib']} MiB "
-                f"[{'ok' if ok_rss else 'OVER 150'}]",
+                f"[{'ok' if ok_rss else 'OVER 150'}] | size {r['bundle_mib']} MiB vs tar czf {r['baseline_mib']} MiB: "
+                f"ratio {r['size_ratio']} [{'ok' if r['size_ratio'] <= 1 else 'LARGER'}]",
                 flush=True,
             )
             print(json.dumps(r))

@@ -53,7 +53,7 @@ def pin(cpu_index: int) -> int:
 
 
 def payloads(fmt: str) -> list[bytes]:
-    from kata_debug.forwarder.wire import FrameReader
+    from kata_debug.forwarder.frames import FrameReader
 
     return FrameReader().feed((FIXTURES / fmt / f"stream.{fmt}.bin").read_bytes())
 
@@ -62,7 +62,8 @@ def payloads(fmt: str) -> list[bytes]:
 
 
 def bench_decode(rounds: int = 7, repeat: int = 40) -> None:
-    from kata_debug.forwarder.wire import decode_bincode, decode_json
+    from kata_debug.forwarder.wire_bincode import decode_bincode
+    from kata_debug.forwarder.wire_json import decode_json
 
     pin(0)
     for fmt, decode in (("bincode", decode_bincode), ("json", decode_json)):
@@ -183,8 +184,8 @@ def _wait_file(path: Path, timeout: float = 30) -> str:
 async def _e2e(total: int, fmt: str) -> dict[str, float]:
     """One run. Spans are counted at the receiver (another process), and the wall time runs
     from the sender's first frame to the receiver's last span."""
-    from kata_debug.forwarder.exporters import parse_export
     from kata_debug.forwarder.server import Forwarder, ForwarderConfig
+    from kata_debug.forwarder.targets import parse_export
 
     tmp = Path(tempfile.mkdtemp(prefix="kd-bench-"))
     port_file = tmp / "port"
@@ -270,8 +271,8 @@ def bench_e2e(total: int = 100_000, runs: int = 3, formats: tuple[str, ...] = ("
 
 
 async def _memory(total: int) -> None:
-    from kata_debug.forwarder.exporters import parse_export
     from kata_debug.forwarder.server import Forwarder, ForwarderConfig, tune_gc
+    from kata_debug.forwarder.targets import parse_export
 
     pin(0)
     tune_gc()  # as `kata-debug forward` does

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from kata_debug.forwarder.wire import AttrValue
+from kata_debug.forwarder.spans import AttrValue
 from kata_debug.node.hostroot import HostRoot
 from kata_debug.node.oci import find_sandbox
 

@@ -64,7 +64,7 @@ def _port(uri: str, text: str | None, default: int = TRACE_PORT) -> int:
     if text in (None, ""):
         return default
     try:
-        port = int(text)  # type: ignore[arg-type]
+        port = int(text)
     except ValueError:
         raise ValueError(f"{uri}: port {text!r} is not a number") from None
     if not 0 <= port <= 0xFFFFFFFF:
@@ -134,7 +134,7 @@ class ListenerError(Exception):
 class Listener:
     """An open server socket; `close()` stops accepting and removes a socket file we made."""
 
-    def __init__(self, description: str, server: asyncio.AbstractServer, unlink: Path | None = None) -> None:
+    def __init__(self, description: str, server: asyncio.Server, unlink: Path | None = None) -> None:
         self.description = description
         self._server = server
         self._unlink = unlink
@@ -149,10 +149,14 @@ class Listener:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
         if self._unlink is not None:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                st = os.lstat(self._unlink)
-                if stat.S_ISSOCK(st.st_mode):
-                    os.unlink(self._unlink)
+            await asyncio.to_thread(_remove_socket_file, self._unlink)
+
+
+def _remove_socket_file(path: Path) -> None:
+    """Remove our socket file, and nothing else that may have taken its place."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
 
 
 def _prepare_socket_path(path: Path) -> None:
@@ -181,15 +185,33 @@ def _prepare_socket_path(path: Path) -> None:
     raise ListenerError(f"{path}: another process is already listening there")
 
 
+def _bound_unix_socket(path: Path) -> socket.socket:
+    """A listening Unix socket at `path` (stale socket removed first). Blocking: the path may
+    be on a slow host mount, so this runs in a worker thread; asyncio's own
+    `start_unix_server(path=...)` would stat and bind on the event loop."""
+    _prepare_socket_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(100)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"{path}: cannot listen: {exc.strerror or exc}") from None
+    return sock
+
+
 async def open_unix(path: Path, description: str, handler: Handler, peer: Peer) -> Listener:
-    await asyncio.to_thread(_prepare_socket_path, path)
+    sock = await asyncio.to_thread(_bound_unix_socket, path)
 
     async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await handler(reader, writer, peer)
 
     try:
-        server = await asyncio.start_unix_server(_accept, path=str(path))
+        server = await asyncio.start_unix_server(_accept, sock=sock)
     except OSError as exc:
+        sock.close()
+        await asyncio.to_thread(_remove_socket_file, path)
         raise ListenerError(f"{path}: cannot listen: {exc.strerror or exc}") from None
     return Listener(description, server, unlink=path)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kata_debug.forwarder.wire import Attributes, AttrValue, Event, Link, Span
+from kata_debug.forwarder.spans import AttrValue, Event, Link, QueuedSpan, Span, resource_key
 
 # OTLP SpanFlags bits: 8 says whether bit 9 (context is remote) is known.
 FLAG_HAS_IS_REMOTE = 0x100
@@ -116,7 +116,7 @@ class ResourceGroup:
     """Spans that share one resource (one `ResourceSpans` entry)."""
 
     attributes: tuple[tuple[str, AttrValue], ...]
-    spans: Sequence[Span]
+    spans: list[Span]
 
 
 def request_json(groups: Iterable[ResourceGroup]) -> dict[str, Any]:
@@ -137,31 +137,18 @@ def request_line(groups: Iterable[ResourceGroup]) -> str:
     return _dumps(request_json(groups)) + "\n"
 
 
-def merged_resource(
-    base: Attributes | Sequence[tuple[str, AttrValue]],
-    span_resource: Attributes | None,
-    identity: Sequence[tuple[str, AttrValue]] = (),
-) -> tuple[tuple[str, AttrValue], ...]:
-    """The resource a span is exported with.
-
-    Precedence, lowest first: forwarder defaults (`service.name`, ...), the span's own
-    resource attributes (kept, so an agent that sets them is not overridden by defaults), then
-    what the host knows about the sandbox. The guest is untrusted: it must not be able to
-    claim another pod's identity by sending `kata.sandbox.id` or `k8s.pod.name` itself.
-    """
-    merged: dict[str, AttrValue] = dict(base)
-    if span_resource:
-        merged.update(span_resource)
-    merged.update(identity)
-    return tuple(merged.items())
-
-
 def group_by_resource(items: Iterable[tuple[Span, tuple[tuple[str, AttrValue], ...]]]) -> list[ResourceGroup]:
     """Group (span, resource) pairs, keeping first-seen order of resources and of spans."""
-    groups: dict[tuple[tuple[str, AttrValue], ...], list[Span]] = {}
+    groups: dict[object, ResourceGroup] = {}
     for span, res in items:
-        lst = groups.get(res)
-        if lst is None:
-            groups[res] = lst = []
-        lst.append(span)
-    return [ResourceGroup(attrs, spans) for attrs, spans in groups.items()]
+        key = resource_key(res)  # not `res`: True == 1, yet they are different resources
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = ResourceGroup(res, [])
+        group.spans.append(span)
+    return list(groups.values())
+
+
+def batch_line(batch: Iterable[QueuedSpan]) -> str:
+    """A batch of queued spans as one OTLP/JSON line, each span under its own resource."""
+    return request_line(group_by_resource((span, origin.resource_for(span)) for span, origin in batch))

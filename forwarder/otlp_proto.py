@@ -1,138 +1,38 @@
-"""OTLP protobuf requests built straight from decoded spans, for the SDK exporters to send.
+"""OTLP protobuf requests written directly from decoded spans: the only protobuf encoder.
 
-The SDK's own encoder (`encode_spans`) takes `ReadableSpan`s, and on one core it is the
-forwarder's bottleneck: it builds every message from keyword arguments and then deep-copies
-them into their parents, and it hashes each span's `Resource` by serialising it to JSON.
-Both encoders here carry what that encoder leaves out: link trace state, W3C trace flags and
-repeated event/link attribute keys exactly as the agent sent them.
+The SDK's own encoder (`encode_spans`) takes `ReadableSpan`s and is the forwarder's
+bottleneck on one core (keyword-argument messages deep-copied into their parents, each
+span's `Resource` hashed through JSON). This one writes the request's protobuf encoding
+from our span model: a span is a fixed, small set of fields (tags, lengths, values; `struct`
+for the fixed-width ones; a common string attribute is five precomputed or borrowed pieces
+and no concatenation). It carries what the SDK encoder leaves out: link trace state, W3C
+trace flags and repeated event/link attribute keys exactly as the agent sent them.
 
-* `encode_request` builds an `ExportTraceServiceRequest` message in place (`.add()` and field
-  assignment): the reference the direct encoding is tested against.
-* `encode_request_bytes` writes the same request's protobuf encoding directly (what both
-  exporters send, cut to size by `encode_requests`). A span is a fixed, small set of fields
-  (tags, lengths, values; `struct` for the fixed-width ones; a common string attribute is
-  five precomputed or borrowed pieces and no concatenation). It is slightly faster than the
-  message API (which is already C underneath: the cost of both is the Python work per
-  field), and it cannot fail on a string: a lone surrogate, which a JSON
-  `\ud800` escape can produce, is replaced instead of raising and failing the whole batch
-  over and over. The output is byte for byte what `encode_request(...).SerializeToString()`
-  gives (fields in number order, proto3 defaults left out); `tests/test_otlp_proto.py`
-  checks that.
-* `encode_requests` is the same encoding cut into requests a receiver accepts (size-capped),
-  what the OTLP sink sends.
+Measured against building the same request with the protobuf message API and serialising
+it (bench/forwarder.py's 2048-span batches of fixture spans, four sandboxes' resources),
+the message API cost 15% (bincode) to 28% (JSON) more CPU per span, so it is not kept as
+a second path; `tests/test_otlp_proto.py` checks this encoder by parsing its output with
+the protobuf runtime and comparing every field with the decoded spans.
+
+Two rules the encoding keeps:
+
+* Strings must be valid UTF-8; a JSON `\ud800` escape decodes to a lone surrogate, which
+  is replaced (`?`) instead of raising and failing the whole batch over and over.
+* Spans are grouped under their resource by `spans.resource_key`, never by Python equality
+  (`True == 1`, `0.0 == -0.0`, `(1,) == (True,)` would put a span under another span's
+  resource, or reuse another resource's cached encoding).
 """
 
 from __future__ import annotations
 
 import struct
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-from kata_debug.forwarder.exporters import DEFAULT_MAX_REQUEST_BYTES, QueuedSpan, ResourceAttrs
 from kata_debug.forwarder.otlp_json import FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE, trace_state_text
-from kata_debug.forwarder.wire import AttrValue, Span
+from kata_debug.forwarder.spans import AttrValue, Event, Link, QueuedSpan, ResourceAttrs, Span, resource_key
 
-
-def _set_value(av: Any, v: AttrValue) -> None:
-    t = type(v)
-    if t is str:
-        av.string_value = v
-    elif t is bool:
-        av.bool_value = v
-    elif t is int:
-        av.int_value = v
-    elif t is float:
-        av.double_value = v
-    else:
-        arr = av.array_value
-        arr.SetInParent()  # an empty array is still an (empty) array value
-        add = arr.values.add
-        for x in v:  # type: ignore[union-attr]
-            _set_value(add(), x)
-
-
-def _set_attrs(repeated: Any, attrs: Sequence[tuple[str, AttrValue]]) -> None:
-    add = repeated.add
-    for k, v in attrs:
-        kv = add()
-        kv.key = k
-        # Inline the common case (a string) to save a call per attribute.
-        if type(v) is str:
-            kv.value.string_value = v
-        else:
-            _set_value(kv.value, v)
-
-
-def _set_span(p: Any, s: Span) -> None:
-    p.trace_id = s.trace_id.to_bytes(16, "big")
-    p.span_id = s.span_id.to_bytes(8, "big")
-    if s.parent_span_id:
-        p.parent_span_id = s.parent_span_id.to_bytes(8, "big")
-    if s.trace_state:
-        p.trace_state = trace_state_text(s.trace_state)
-    if s.trace_flags:
-        p.flags = s.trace_flags
-    p.name = s.name
-    p.kind = s.kind
-    p.start_time_unix_nano = s.start_time_unix_nano
-    p.end_time_unix_nano = s.end_time_unix_nano
-    if s.attributes:
-        _set_attrs(p.attributes, s.attributes)
-    if s.dropped_attributes_count:
-        p.dropped_attributes_count = s.dropped_attributes_count
-    if s.events:
-        add = p.events.add
-        for e in s.events:
-            pe = add()
-            pe.name = e.name
-            pe.time_unix_nano = e.time_unix_nano
-            if e.attributes:
-                _set_attrs(pe.attributes, e.attributes)
-            if e.dropped_attributes_count:
-                pe.dropped_attributes_count = e.dropped_attributes_count
-    if s.dropped_events_count:
-        p.dropped_events_count = s.dropped_events_count
-    if s.links:
-        add = p.links.add
-        for ln in s.links:
-            pl = add()
-            pl.trace_id = ln.trace_id.to_bytes(16, "big")
-            pl.span_id = ln.span_id.to_bytes(8, "big")
-            if ln.trace_state:
-                pl.trace_state = trace_state_text(ln.trace_state)
-            if ln.attributes:
-                _set_attrs(pl.attributes, ln.attributes)
-            if ln.dropped_attributes_count:
-                pl.dropped_attributes_count = ln.dropped_attributes_count
-            pl.flags = ln.trace_flags | FLAG_HAS_IS_REMOTE | (FLAG_IS_REMOTE if ln.is_remote else 0)
-    if s.dropped_links_count:
-        p.dropped_links_count = s.dropped_links_count
-    if s.status_code:
-        p.status.code = s.status_code
-    if s.status_message:
-        p.status.message = s.status_message
-
-
-def encode_request(batch: Sequence[QueuedSpan]) -> ExportTraceServiceRequest:
-    """One `ExportTraceServiceRequest`, spans grouped under their resources in arrival order."""
-    req = ExportTraceServiceRequest()
-    scopes: dict[ResourceAttrs, Any] = {}
-    for span, origin in batch:
-        res = origin.resource_for(span)
-        spans = scopes.get(res)
-        if spans is None:
-            rs = req.resource_spans.add()
-            _set_attrs(rs.resource.attributes, res)
-            spans = scopes[res] = rs.scope_spans.add().spans
-        _set_span(spans.add(), span)
-    return req
-
-
-# --------------------------------------------------------------------------- wire format, directly
+__all__ = ["EncodedRequest", "encode_requests", "span_bytes"]
 
 #: Varints below 2^14 (every length and count in practice), precomputed.
 _VARINT: tuple[bytes, ...] = tuple(bytes((n,)) for n in range(128)) + tuple(
@@ -232,7 +132,7 @@ def _attributes(out: list[bytes], tag: bytes, attrs: Sequence[tuple[str, AttrVal
         out += (tag, _VARINT[n] if n < _SMALL else _varint(n), kv)
 
 
-def _event(e: Any) -> bytes:
+def _event(e: Event) -> bytes:
     out: list[bytes] = []
     if e.time_unix_nano:
         out.append(_FIXED64.pack(0x09, e.time_unix_nano))
@@ -246,7 +146,7 @@ def _event(e: Any) -> bytes:
     return b"".join(out)
 
 
-def _link(ln: Any) -> bytes:
+def _link(ln: Link) -> bytes:
     out = [b"\x0a\x10", ln.trace_id.to_bytes(16, "big"), b"\x12\x08", ln.span_id.to_bytes(8, "big")]
     if ln.trace_state:
         ts = _utf8(trace_state_text(ln.trace_state))
@@ -318,36 +218,30 @@ def span_bytes(s: Span) -> bytes:
     return b"".join(out)
 
 
-#: Resource fields (ResourceSpans.resource) by attribute set: one per sandbox, reused.
-_RESOURCE_FIELDS: dict[ResourceAttrs, bytes] = {}
+#: Resource fields (ResourceSpans.resource) by typed resource key: one per sandbox, reused.
+_RESOURCE_FIELDS: dict[object, bytes] = {}
 
 
-def _resource_field(res: ResourceAttrs) -> bytes:
-    rf = _RESOURCE_FIELDS.get(res)
+def _resource_field(key: object, res: ResourceAttrs) -> bytes:
+    rf = _RESOURCE_FIELDS.get(key)
     if rf is None:
         if len(_RESOURCE_FIELDS) >= 4096:
             _RESOURCE_FIELDS.clear()
         parts: list[bytes] = []
         _attributes(parts, b"\x0a", res)
         body = b"".join(parts)
-        rf = _RESOURCE_FIELDS[res] = b"\x0a" + _varint(len(body)) + body if body else b""
+        rf = _RESOURCE_FIELDS[key] = b"\x0a" + _varint(len(body)) + body if body else b""
     return rf
 
 
-def _join_groups(groups: dict[ResourceAttrs, list[bytes]]) -> bytes:
+def _join_groups(groups: dict[object, tuple[bytes, list[bytes]]]) -> bytes:
     out: list[bytes] = []
-    for res, spans in groups.items():
+    for resource, spans in groups.values():
         scope = b"".join(spans)
         scope_len = _varint(len(scope))
-        resource = _resource_field(res)
         # ResourceSpans { resource = 1; scope_spans = 2 }
         out += (b"\x0a", _varint(len(resource) + 1 + len(scope_len) + len(scope)), resource, b"\x12", scope_len, scope)
     return b"".join(out)
-
-
-def encode_request_bytes(batch: Sequence[QueuedSpan]) -> bytes:
-    """`encode_request(batch).SerializeToString()`, written directly: `encode_requests` uncapped."""
-    return b"".join([r.data for r in encode_requests(batch, sys.maxsize)])
 
 
 #: Upper bound of what a ResourceSpans adds besides its resource: two tags and two lengths.
@@ -356,7 +250,7 @@ _GROUP_OVERHEAD = 12
 
 @dataclass(frozen=True, slots=True)
 class EncodedRequest:
-    """One `ExportTraceServiceRequest` carrying the batch's next `spans` spans, in order."""
+    """One serialised `ExportTraceServiceRequest` carrying the batch's next `spans` spans, in order."""
 
     spans: int
     data: bytes
@@ -365,32 +259,47 @@ class EncodedRequest:
         return self.spans
 
 
-def encode_requests(batch: Sequence[QueuedSpan], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> list[EncodedRequest]:
+def encode_requests(batch: Sequence[QueuedSpan], max_bytes: int) -> list[EncodedRequest]:
     """The batch as requests of at most `max_bytes` each (a single larger span goes alone).
 
     A receiver rejects a request above its size limit every time, so one oversized batch
     would be retried forever and hold up everything queued behind it. Requests cover
-    consecutive runs of the batch, so a sink can say how far delivery got.
+    consecutive runs of the batch, so a sink can say how far delivery got. Resources come
+    in first-seen order, spans in arrival order within their resource.
     """
     requests: list[EncodedRequest] = []
-    groups: dict[ResourceAttrs, list[bytes]] = {}
+    #: The current request's groups: typed resource key -> (resource field, span pieces).
+    groups: dict[object, tuple[bytes, list[bytes]]] = {}
+    #: id(resource tuple) -> (the tuple, its key, its group): most spans share their origin's
+    #: resource tuple, so a span finds its group without hashing the resource. The tuple is
+    #: kept referenced, so its id cannot be reused by another while this runs.
+    seen: dict[int, tuple[ResourceAttrs, object, tuple[bytes, list[bytes]]]] = {}
     size = count = 0
     for span, origin in batch:
         res = origin.resource_for(span) if span.resource else origin.resource
+        hit = seen.get(id(res))
+        if hit is None or hit[0] is not res:
+            key = resource_key(res)
+            group = groups.get(key)
+            if group is None:  # registered in `groups` with its first span, below
+                group = (_resource_field(key, res), [])
+            hit = seen[id(res)] = (res, key, group)
+        group = hit[2]
         body = span_bytes(span)
         n = len(body)
         head = _VARINT[n] if n < _SMALL else _varint(n)
         grows = 1 + len(head) + n
-        if res not in groups:
-            grows += len(_resource_field(res)) + _GROUP_OVERHEAD
+        if not group[1]:  # the resource's first span in this request
+            grows += len(group[0]) + _GROUP_OVERHEAD
         if count and size + grows > max_bytes:
             requests.append(EncodedRequest(count, _join_groups(groups)))
-            groups, size, count = {}, 0, 0
-            grows = 1 + len(head) + n + len(_resource_field(res)) + _GROUP_OVERHEAD
-        spans = groups.get(res)
-        if spans is None:
-            spans = groups[res] = []
-        spans += (b"\x12", head, body)  # ScopeSpans.spans
+            groups, seen, size, count = {}, {}, 0, 0
+            group = (group[0], [])
+            seen[id(res)] = (res, hit[1], group)
+            grows = 1 + len(head) + n + len(group[0]) + _GROUP_OVERHEAD
+        if not group[1]:
+            groups[hit[1]] = group
+        group[1].extend((b"\x12", head, body))  # ScopeSpans.spans
         size += grows
         count += 1
     if count:

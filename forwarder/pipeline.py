@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from itertools import repeat, starmap
 from typing import Any, TypeVar
 
-from kata_debug.forwarder.exporters import QueuedSpan, SpanSink
+from kata_debug.forwarder.sink import SpanSink
+from kata_debug.forwarder.spans import QueuedSpan
 
 log = logging.getLogger("kata_debug.forwarder")
 _T = TypeVar("_T")

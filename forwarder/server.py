@@ -33,7 +33,8 @@ from kata_debug.forwarder.discovery import (
     SandboxWatcher,
     default_host_name,
 )
-from kata_debug.forwarder.exporters import ExportTarget, Origin, QueuedSpan, SpanSink, make_sink
+from kata_debug.forwarder.formats import FormatSniffer
+from kata_debug.forwarder.frames import DEFAULT_MAX_FRAME_BYTES, FrameReader, FrameTooLarge
 from kata_debug.forwarder.listeners import (
     TRACE_PORT,
     Listener,
@@ -47,7 +48,10 @@ from kata_debug.forwarder.listeners import (
     parse_listen,
 )
 from kata_debug.forwarder.pipeline import DEFAULT_QUEUE_BYTES, ExportPipeline
-from kata_debug.forwarder.wire import DEFAULT_MAX_FRAME_BYTES, DecodeError, FormatSniffer, FrameReader, FrameTooLarge
+from kata_debug.forwarder.sink import SpanSink
+from kata_debug.forwarder.sinks import make_sink
+from kata_debug.forwarder.spans import DecodeError, Origin, QueuedSpan
+from kata_debug.forwarder.targets import ExportTarget
 from kata_debug.node.hostroot import HostRoot
 
 log = logging.getLogger("kata_debug.forwarder")
@@ -244,7 +248,8 @@ class Forwarder:
             return await open_vsock(spec.cid, spec.port, spec.uri, self._serve, self.cids)
         if spec.kind == "hvsock":
             assert spec.path is not None and spec.port is not None
-            path = Path(hvsock_listen_path(self.host.resolve(spec.path), spec.port))
+            node_path = await asyncio.to_thread(self.host.resolve, spec.path)  # walks the host's symlinks
+            path = Path(hvsock_listen_path(node_path, spec.port))
             return await open_unix(path, spec.uri, self._serve, Peer(spec.uri, spec.sandbox_id))
         if spec.kind == "unix":
             assert spec.path is not None
@@ -268,7 +273,7 @@ class Forwarder:
                 await listener.close()
 
     async def _attach(self, sb: SandboxSocket) -> None:
-        path = Path(hvsock_listen_path(self.host.resolve(sb.node_path), TRACE_PORT))
+        path = Path(hvsock_listen_path(await asyncio.to_thread(self.host.resolve, sb.node_path), TRACE_PORT))
         desc = f"hvsock://{sb.node_path}"
         try:
             listener = await open_unix(path, desc, self._serve, Peer(desc, sb.sandbox_id))

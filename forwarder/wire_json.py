@@ -19,18 +19,29 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 try:
     from orjson import loads as _orjson_loads
-except ImportError:  # a declared dependency; without it the reference decoder does all the work
-    _orjson_loads = None
 
-from kata_debug.forwarder.wire import (
-    _I64_MAX,
-    _I64_MIN,
-    _NS,
-    _U64_MAX,
+    _HAVE_ORJSON = True
+except ImportError:  # a declared dependency; without it the reference decoder does all the work
+    _HAVE_ORJSON = False
+
+from kata_debug.forwarder.spans import (
+    I64_MAX as _I64_MAX,
+)
+from kata_debug.forwarder.spans import (
+    I64_MIN as _I64_MIN,
+)
+from kata_debug.forwarder.spans import (
+    NS_PER_S as _NS,
+)
+from kata_debug.forwarder.spans import (
+    U64_MAX as _U64_MAX,
+)
+from kata_debug.forwarder.spans import (
     Attributes,
     AttrValue,
     DecodeError,
@@ -59,7 +70,7 @@ _U32_MAX = (1 << 32) - 1
 _json_loads = json.loads
 # The stdlib's own C scanner, called directly: `json.loads` would spend a third of its time
 # on encoding detection and wrapper calls for payloads that are always compact UTF-8.
-_scan_once = json.JSONDecoder().scan_once
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _JSON_WS = " \t\n\r"
 
 
@@ -76,7 +87,7 @@ def _parse_json(payload: bytes) -> object:
     return value
 
 
-def _j_times(d: dict, key: str) -> int:  # type: ignore[type-arg]
+def _j_times(d: dict, key: str) -> int:
     t = d[key]
     secs = t["secs_since_epoch"]
     nanos = t["nanos_since_epoch"]
@@ -95,7 +106,7 @@ class _Bad(Exception):
 def _j_u(v: object, maximum: int, what: str) -> int:
     if type(v) is not int or v < 0 or v > maximum:
         raise _Bad(what)
-    return v  # type: ignore[return-value]
+    return v
 
 
 def _j_f64(v: object) -> float:
@@ -110,27 +121,27 @@ def _j_f64(v: object) -> float:
 
 
 def _j_i64(v: object) -> int:
-    if type(v) is not int or not _I64_MIN <= v <= _I64_MAX:  # type: ignore[operator]
+    if type(v) is not int or not _I64_MIN <= v <= _I64_MAX:
         raise _Bad("I64 value")
-    return v  # type: ignore[return-value]
+    return v
 
 
 def _j_str(v: object, what: str) -> str:
     if type(v) is not str:
         raise _Bad(what)
-    return v  # type: ignore[return-value]
+    return v
 
 
 def _j_bool(v: object, what: str) -> bool:
     if type(v) is not bool:
         raise _Bad(what)
-    return v  # type: ignore[return-value]
+    return v
 
 
-def _j_array(body: object) -> tuple[AttrValue, ...]:
-    if type(body) is not dict or len(body) != 1:  # type: ignore[arg-type]
+def _j_array(body: object) -> AttrValue:
+    if type(body) is not dict or len(body) != 1:
         raise _Bad("Array value")
-    ((tag, items),) = body.items()  # type: ignore[union-attr]
+    ((tag, items),) = body.items()
     if type(items) is not list:
         raise _Bad("Array value")
     if tag == "String":
@@ -152,18 +163,18 @@ def _j_array(body: object) -> tuple[AttrValue, ...]:
 
 def _j_value(v: object) -> AttrValue:
     """An externally tagged `Value` (`{"String": "x"}`)."""
-    if type(v) is not dict or len(v) != 1:  # type: ignore[arg-type]
+    if type(v) is not dict or len(v) != 1:
         raise _Bad("attribute value")
-    ((tag, x),) = v.items()  # type: ignore[union-attr]
+    ((tag, x),) = v.items()
     if tag == "String":
         if type(x) is str:
-            return x  # type: ignore[return-value]
+            return x
         raise _Bad("String value")
     if tag == "I64":
         return _j_i64(x)
     if tag == "Bool":
         if type(x) is bool:
-            return x  # type: ignore[return-value]
+            return x
         raise _Bad("Bool value")
     if tag == "F64":
         return _j_f64(x)
@@ -187,7 +198,7 @@ def _j_kvs(items: object) -> Attributes:
         raise _Bad("attribute list")
     out: Attributes = []
     append = out.append
-    for kv in items:  # type: ignore[union-attr]
+    for kv in items:
         if type(kv) is not dict:
             raise _Bad("KeyValue")
         k = kv["key"]
@@ -213,14 +224,14 @@ def _j_trace_state(ts: object) -> tuple[tuple[str, str], ...]:
     if type(ts) is not list:
         raise _Bad("trace_state")
     out = []
-    for pair in ts:  # type: ignore[union-attr]
+    for pair in ts:
         if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str or type(pair[1]) is not str:
             raise _Bad("trace_state entry")
         out.append((pair[0], pair[1]))
     return tuple(out)
 
 
-def _j_queue(q: object, what: str) -> tuple[list, int]:  # type: ignore[type-arg]
+def _j_queue(q: object, what: str) -> tuple[list, int]:
     """An `EvictedQueue`: (items or [], dropped_count)."""
     items = q["queue"]  # type: ignore[index]
     max_len = q["max_len"]  # type: ignore[index]
@@ -238,10 +249,10 @@ def _j_queue(q: object, what: str) -> tuple[list, int]:  # type: ignore[type-arg
         return _NO_ITEMS, dropped
     if type(items) is not list:
         raise _Bad(f"{what}.queue")
-    return items, dropped  # type: ignore[return-value]
+    return items, dropped
 
 
-def _j_links(raw_links: list) -> list[Link]:  # type: ignore[type-arg]
+def _j_links(raw_links: list) -> list[Link]:
     links: list[Link] = []
     for ln in raw_links:
         lc = ln["span_context"]
@@ -265,7 +276,7 @@ def _link(ln: dict[str, Any], lc: dict[str, Any], trace_id: int) -> Link:
     )
 
 
-_NO_ITEMS: list = []  # type: ignore[type-arg]  # never mutated
+_NO_ITEMS: list = []  # never mutated
 
 
 def decode_json_reference(payload: bytes) -> Span:
@@ -304,7 +315,7 @@ def decode_json_reference(payload: bytes) -> Span:
             raise _Bad("span_context.is_remote")
         ts = ctx["trace_state"]
         trace_state = () if ts is None else _j_trace_state(ts)
-        kind = _JSON_KINDS.get(d["span_kind"])  # type: ignore[arg-type]
+        kind = _JSON_KINDS.get(d["span_kind"])
         if kind is None:
             raise _Bad("span_kind")
         name = d["name"]
@@ -347,7 +358,7 @@ def decode_json_reference(payload: bytes) -> Span:
         )
         raw_links, dropped_links = _j_queue(d["links"], "links")
         links = _j_links(raw_links)
-        status = _JSON_STATUS.get(d["status_code"])  # type: ignore[arg-type]
+        status = _JSON_STATUS.get(d["status_code"])
         if status is None:
             raise _Bad("status_code")
         message = d["status_message"]
@@ -443,7 +454,7 @@ def _o_map(m: object) -> Attributes:
     return out
 
 
-def _o_events(raw: list) -> list[Event]:  # type: ignore[type-arg]
+def _o_events(raw: list) -> list[Event]:
     """The events queue's items (`Event`s as the reference builds them), checks inline."""
     events: list[Event] = []
     for ev in raw:
@@ -471,7 +482,7 @@ def _o_events(raw: list) -> list[Event]:  # type: ignore[type-arg]
     return events
 
 
-def _o_links(raw: list, payload: bytes) -> list[Link]:  # type: ignore[type-arg]
+def _o_links(raw: list, payload: bytes) -> list[Link]:
     ids = _link_trace_ids(payload, _P)
     if len(ids) != len(raw) or payload.count(_TRACE_ID_KEY) != 1 + len(raw) or _escape_u(payload):
         raise _NotCanonical
@@ -610,7 +621,7 @@ def decode_json(payload: bytes) -> Span:
     path does not take, and every error, is the reference decoder's (`decode_json_reference`),
     so both always agree.
     """
-    if _orjson_loads is not None and payload.startswith(_PREFIX):
+    if _HAVE_ORJSON and payload.startswith(_PREFIX):
         try:
             span = _fast(payload)
         except Exception:  # noqa: BLE001 - whatever it is, the reference decoder words the error

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from kata_debug.forwarder.wire import AttrValue, Span
+from kata_debug.forwarder.spans import AttrValue, Span
 
 _KIND_TAG = {3: 0, 2: 1, 4: 2, 5: 3, 1: 4}  # OTLP kind -> agent enum tag (Client..Internal)
 _KIND_NAME = {3: "Client", 2: "Server", 4: "Producer", 5: "Consumer", 1: "Internal"}
@@ -214,8 +214,8 @@ def to_json(span: Span) -> bytes:
 
 def sample_span(i: int = 0, *, name: str = "rpc.create_container", sandbox_attr: str = "sb") -> Span:
     """A realistic agent span (tracing-opentelemetry attributes, one event)."""
-    from kata_debug.forwarder.wire import Event
-    from kata_debug.forwarder.wire import Span as _Span
+    from kata_debug.forwarder.spans import Event
+    from kata_debug.forwarder.spans import Span as _Span
 
     base = 1_764_000_000_000_000_000 + i * 1000
     return _Span(

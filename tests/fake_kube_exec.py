@@ -100,6 +100,7 @@ class ExecAPI:
         self.find_pod = find_pod
         self.token = token
         self.behaviours = behaviours or {}  # by pod name
+        self.node_behaviours: dict[str, ExecBehaviour] = {}  # pods on a node without their own
         self.forbidden_namespaces = forbidden_namespaces or set()
         self.env = env or {}
         self.sessions: list[dict[str, object]] = []  # what was asked, for tests to inspect
@@ -115,7 +116,8 @@ class ExecAPI:
         if expected is not None and request.headers.get("Authorization") != f"Bearer {expected}":
             return error_status(401, "Unauthorized", "Unauthorized")
         pod = self.find_pod(ns, name)
-        behaviour = self.behaviours.get(name, ExecBehaviour())
+        node = ((pod or {}).get("spec") or {}).get("nodeName")
+        behaviour = self.behaviours.get(name) or self.node_behaviours.get(node or "") or ExecBehaviour()
         if ns in self.forbidden_namespaces or behaviour.kind == "forbidden":
             return error_status(
                 403,
@@ -275,9 +277,168 @@ class ClusterFake(FakeKube):
         self.logs: dict[tuple[str, str, str, bool], list[LogLine]] = {}  # (ns, pod, container, previous)
         self.add_routes(self.exec.routes())
         self.add_routes([web.get("/api/v1/namespaces/{namespace}/pods/{name}/log", self._log)])
+        # Pods created through the API, and the kubelet that runs them (see `_kubelet`).
+        self.add_routes(
+            [
+                web.post("/api/v1/namespaces/{namespace}/pods", self._create_pod),
+                web.delete("/api/v1/namespaces/{namespace}/pods/{name}", self._delete_pod),
+            ]
+        )
+        self.unpullable: set[str] = set()  # images whose pull fails (ErrImagePull, then ImagePullBackOff)
+        self.start_delay = 0.3  # seconds a created pod stays Pending (ContainerCreating) on its node
+        self.forbidden_writes: set[str] = set()  # collection paths where create answers 403
+        self.created: list[dict[str, Any]] = []  # every pod created, as stored
+        self.deleted: list[str] = []  # "namespace/name" of every pod deleted
+        self.writes: list[str] = []  # "POST path" / "DELETE path?query", in order
+        self._kubelets: set[asyncio.Task[None]] = set()
 
     def behave(self, pod: str, behaviour: ExecBehaviour) -> None:
         self.exec.behaviours[pod] = behaviour
+
+    def behave_node(self, node: str, behaviour: ExecBehaviour) -> None:
+        """How exec answers in pods on `node` that have no behaviour of their own (created pods)."""
+        self.exec.node_behaviours[node] = behaviour
+
+    def pods_labelled(self, namespace: str, key: str, value: str) -> list[dict[str, Any]]:
+        return [
+            o
+            for o in self.objects.values()
+            if o.get("kind") == "Pod"
+            and o["metadata"].get("namespace") == namespace
+            and (o["metadata"].get("labels") or {}).get(key) == value
+        ]
+
+    # ---- pod create / delete, and a kubelet ------------------------------------------
+
+    def _denied(self, request: web.Request, path: str, verb: str, resource: str) -> web.Response | None:
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return status(401, "Unauthorized", "Unauthorized")
+        if self.refuses(path) or (verb == "create" and path in self.forbidden_writes):
+            ns = request.match_info["namespace"]
+            return status(
+                403,
+                "Forbidden",
+                f'pods is forbidden: User "{self.user}" cannot {verb} resource "{resource}" in API group "" '
+                f'in the namespace "{ns}"',
+            )
+        return None
+
+    async def _create_pod(self, request: web.Request) -> web.StreamResponse:
+        """POST a Pod: validated, stored Pending with status filled in, then run by `_kubelet`."""
+        ns = request.match_info["namespace"]
+        path = f"/api/v1/namespaces/{ns}/pods"
+        self.writes.append(f"POST {path}")
+        denied = self._denied(request, path, "create", "pods")
+        if denied is not None:
+            return denied
+        try:
+            pod = await request.json()
+        except ValueError:
+            return status(400, "BadRequest", "the body of the request was in an unknown format")
+        if not isinstance(pod, dict) or pod.get("kind") != "Pod" or pod.get("apiVersion") != "v1":
+            return status(400, "BadRequest", "the object is not a v1 Pod")
+        meta = pod.setdefault("metadata", {})
+        if meta.setdefault("namespace", ns) != ns:
+            return status(400, "BadRequest", "the namespace of the provided object does not match the request")
+        if self.find(f"/api/v1/namespaces/{ns}") is None:
+            return status(404, "NotFound", f'namespaces "{ns}" not found')
+        name = meta.get("name")
+        if not name and meta.get("generateName"):
+            name = meta["name"] = f"{meta['generateName']}{len(self.objects):05x}"
+        if not name or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", name):
+            return status(422, "Invalid", f'Pod "{name}" is invalid: metadata.name: Invalid value')
+        containers = (pod.get("spec") or {}).get("containers") or []
+        if not containers or not all(c.get("name") and c.get("image") for c in containers):
+            return status(422, "Invalid", f'Pod "{name}" is invalid: spec.containers: Required value')
+        if self.pod(ns, name) is not None:
+            return status(409, "AlreadyExists", f'pods "{name}" already exists')
+        meta["uid"] = f"00000000-0000-4000-8000-{len(self.objects):012d}"
+        meta["resourceVersion"] = str(1000 + len(self.objects))
+        meta["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        pod["status"] = {"phase": "Pending", "qosClass": "Guaranteed"}
+        self.objects[f"{path}/{name}"] = pod
+        self.created.append(pod)
+        task = asyncio.create_task(self._kubelet(ns, name))
+        self._kubelets.add(task)
+        task.add_done_callback(self._kubelets.discard)
+        return web.json_response(pod, status=201)
+
+    async def _delete_pod(self, request: web.Request) -> web.StreamResponse:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        path = f"/api/v1/namespaces/{ns}/pods/{name}"
+        self.writes.append(f"DELETE {request.path_qs}")
+        denied = self._denied(request, path, "delete", "pods")
+        if denied is not None:
+            return denied
+        pod = self.objects.pop(path, None)
+        if pod is None:
+            return status(404, "NotFound", f'pods "{name}" not found')
+        self.deleted.append(f"{ns}/{name}")
+        return web.json_response(pod)
+
+    async def _kubelet(self, ns: str, name: str) -> None:
+        """What the node's kubelet does with a pod bound to it, as seen through its status.
+
+        A pod whose node is not in the cluster stays Pending with no container status. An
+        image in `unpullable` gets ErrImagePull, then ImagePullBackOff, and never runs.
+        Otherwise the pod runs after `start_delay`, and fails with DeadlineExceeded at its
+        activeDeadlineSeconds, as the kubelet enforces it.
+        """
+        pod = self.pod(ns, name)
+        assert pod is not None
+        spec = pod["spec"]
+        if self.find(f"/api/v1/nodes/{spec.get('nodeName')}") is None:
+            return
+        started = time.monotonic()
+        statuses = pod["status"]
+        statuses["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+        statuses["hostIP"] = "192.0.2.10"
+
+        def containers(state: dict[str, Any], ready: bool = False) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": c["name"],
+                    "image": c["image"],
+                    "imageID": "",
+                    "ready": ready,
+                    "restartCount": 0,
+                    "state": state,
+                }
+                for c in spec["containers"]
+            ]
+
+        statuses["containerStatuses"] = containers({"waiting": {"reason": "ContainerCreating"}})
+        await asyncio.sleep(self.start_delay)
+        bad = next((c["image"] for c in spec["containers"] if c["image"] in self.unpullable), None)
+        if bad is not None:
+            pulled = f'failed to pull and unpack image "{bad}": failed to resolve reference "{bad}": not found'
+            statuses["containerStatuses"] = containers({"waiting": {"reason": "ErrImagePull", "message": pulled}})
+            await asyncio.sleep(self.start_delay)
+            backoff = f'Back-off pulling image "{bad}"'
+            statuses["containerStatuses"] = containers({"waiting": {"reason": "ImagePullBackOff", "message": backoff}})
+        else:
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            statuses.update(phase="Running", podIP="10.244.1.99", startTime=now)
+            statuses["containerStatuses"] = containers({"running": {"startedAt": now}}, ready=True)
+            statuses["conditions"] += [
+                {"type": "Ready", "status": "True"},
+                {"type": "ContainersReady", "status": "True"},
+            ]
+        deadline = spec.get("activeDeadlineSeconds")
+        if isinstance(deadline, int):
+            await asyncio.sleep(max(0.0, started + deadline - time.monotonic()))
+            if self.pod(ns, name) is pod:
+                statuses.update(
+                    phase="Failed",
+                    reason="DeadlineExceeded",
+                    message="Pod was active on the node longer than the specified deadline",
+                )
+
+    async def close(self) -> None:
+        for task in list(self._kubelets):
+            task.cancel()
+        await asyncio.gather(*self._kubelets, return_exceptions=True)
+        await super().close()
 
     def _list(self, k: Kind, ns: str | None, query: Any) -> dict[str, Any]:
         selector = query.get("labelSelector", "")

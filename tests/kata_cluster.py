@@ -3,7 +3,8 @@
 Nodes carry kata-deploy's label, a RuntimeClass names the Kata handler, a Deployment's pod
 runs under it (with a secret in its env, to prove redaction), kata-deploy's DaemonSet has
 logs, and every Kata node has a kata-debug agent pod whose exec runs the real
-`kata-debug collect` against that node's synthetic host root.
+`kata-debug collect` against that node's synthetic host root; so does the exec of any pod
+created on a Kata node through the API (collector pods).
 """
 
 from __future__ import annotations
@@ -205,12 +206,24 @@ def build(
         cluster.roots[n] = root
         fake.add(agent_pod(n))
         fake.behave(cluster.agent(n), ExecBehaviour("run", host_root=root))
+        fake.behave_node(n, ExecBehaviour("run", host_root=root))  # collector pods made there
     for n in other_nodes:
         fake.add(node(n, kata=None))
     fake.add(
         runtime_class("kata-qemu", "kata-qemu", {"cpu": "250m", "memory": "160Mi"}),
         runtime_class("runc", "runc"),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": AGENT_NS,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "privileged",
+                    "app.kubernetes.io/part-of": "kata-debug",
+                },
+            },
+        },
         {
             "apiVersion": "v1",
             "kind": "LimitRange",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from kata_debug.collect.runner import CollectOptions, run_collection
 from kata_debug.collectors.base import CollectorOptions
-from kata_debug.forwarder.exporters import FileSink, Origin
+from kata_debug.forwarder.file_sink import FileSink
+from kata_debug.forwarder.spans import Origin
 from tests.agent_wire import sample_span
 from tests.bundles import read_bundle
 from tests.hostroots import kata_node

@@ -150,7 +150,11 @@ async def test_node_failures_are_recorded_while_the_other_nodes_finish(fake: Clu
     assert n["ok-1"]["status"] == "ok"
     assert n["forbidden-1"]["status"] == "failed"
     assert "forbidden" in n["forbidden-1"]["error"] and "pods/exec" in n["forbidden-1"]["error"]
-    assert n["no-agent-1"]["status"] == "failed" and "no kata-debug agent pod" in n["no-agent-1"]["error"]
+    assert (n["no-agent-1"]["status"], n["no-agent-1"]["via"]) == ("ok", "ephemeral"), "a collector pod stood in"
+    assert n["no-agent-1"]["pod"].startswith("kata-debug-no-agent-1-") and not fake.pods_labelled(
+        "kata-debug", "app.kubernetes.io/name", "kata-debug-collector"
+    ), "and was deleted"
+    assert {e["via"] for name, e in n.items() if name != "no-agent-1"} == {"agent"}
     assert n["cut-1"]["status"] == "failed" and "without an exit status" in n["cut-1"]["error"]
     assert n["cut-1"]["bytes"] == 700 and n["cut-1"]["member"] == "nodes/cut-1/bundle.tar.gz.partial"
     assert len(bundle.members["nodes/cut-1/bundle.tar.gz.partial"]) == 700, "what arrived is kept for salvage"

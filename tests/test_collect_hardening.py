@@ -243,7 +243,7 @@ def test_two_collects_at_once_with_default_names_give_two_bundles(tmp_path: Path
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()
-    bundles = sorted(tmp_path.glob("kata-debug-same-*.tar.gz"))
+    bundles = sorted(tmp_path.glob("kata-debug-same-*.tar.zst"))  # zstd: the default
     assert len(bundles) == 3 and not list(tmp_path.glob("*.partial"))
     for b in bundles:
         assert read_bundle(b).collector("oci-specs")["status"] == "ok"

@@ -95,7 +95,9 @@ def test_runc_containers_are_not_collected_by_default(container: str, tmp_path: 
     assert index["non_kata_tasks_skipped"].get("io.containerd.runc.v2", 0) >= 1
 
 
-def test_shim_logs_from_the_journal_are_split_per_sandbox_and_redacted(journald: None, tmp_path: Path) -> None:
+def test_shim_logs_from_the_journal_are_stored_once_indexed_per_sandbox_and_redacted(
+    journald: None, tmp_path: Path
+) -> None:
     sid = uuid.uuid4().hex
     other = uuid.uuid4().hex
     lines = [
@@ -105,31 +107,28 @@ def test_shim_logs_from_the_journal_are_split_per_sandbox_and_redacted(journald:
         f'time="2026-11-28T00:00:04Z" level=info msg="other pod" pid=43 sandbox={other} source=virtcontainers',
     ]
     subprocess.run(["systemd-cat", "-t", "kata"], input="\n".join(lines).encode() + b"\n", check=True, timeout=10)
-    out = tmp_path / "b.tar.gz"
+    out = tmp_path / "b.tar.zst"
     for _ in range(20):  # journald indexes asynchronously
         res = kata_debug("collect", "--output", str(out), "-c", "shim-logs", "--since", "10m")
         assert res.returncode == 0, res.stderr
         bundle = read_bundle(out)
-        if f"shim-logs/sandboxes/{other}.log" in bundle.members:
+        if other in bundle.json("shim-logs/sandboxes.json")["sandboxes"]:
             break
-    per_sandbox = bundle.members[f"shim-logs/sandboxes/{sid}.log"].decode()
-    assert per_sandbox.count("\n") == 3
-    assert "starting sandbox" in per_sandbox and "other pod" not in per_sandbox
-    assert f"tok-{sid[:8]}" not in per_sandbox
-    assert "other pod" in bundle.members[f"shim-logs/sandboxes/{other}.log"].decode()
-    parsed = [
-        r
-        for r in map(__import__("json").loads, bundle.members["shim-logs/journal/kata.parsed.jsonl"].splitlines())
-        if r["fields"].get("sandbox") == sid
-    ]
-    assert [r["fields"]["msg"] for r in parsed][:2] == ["starting sandbox", "reading guest console"]
-    assert parsed[1]["fields"]["agent"]["msg"] == "agent started"
-    assert parsed[0]["identifier"] == "kata"
+    assert out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd", "zstd by default"
+    journal = bundle.members["shim-logs/journal/journal.log"].decode().split("\n")
+    index = bundle.json("shim-logs/sandboxes.json")["sandboxes"]
+    at = index[sid]["shim-logs/journal/journal.log"]
+    assert at["lines"] == 3 and at["last_line"] - at["first_line"] == 2
+    mine = journal[at["first_line"] - 1 : at["last_line"]]
+    assert "starting sandbox" in mine[0] and "reading guest console" in mine[1] and "pull failed" in mine[2]
+    assert " kata[" in mine[0], "journalctl's own line: time, host, identifier[pid]"
+    assert "other pod" in journal[index[other]["shim-logs/journal/journal.log"]["first_line"] - 1]
     raw = b"".join(bundle.members.values())
     assert f"tok-{sid[:8]}".encode() not in raw
+    assert not any(m.endswith(".parsed.jsonl") or "/sandboxes/" in m for m in bundle.members), "each line stored once"
     summary = bundle.json("shim-logs/summary.json")
     assert sid in summary["sandboxes"]
-    assert any(s["source"] == "journal:kata" and s["lines"] >= 4 for s in summary["sources"])
+    assert any(s["source"].startswith("journal:kata,") and s["lines"] >= 4 for s in summary["sources"])
 
 
 def test_shim_logs_read_the_journal_of_the_host_root_not_the_collectors_own(journald: None, tmp_path: Path) -> None:
@@ -154,6 +153,7 @@ def test_shim_logs_read_the_journal_of_the_host_root_not_the_collectors_own(jour
     )
     assert res.returncode == 0, res.stderr
     bundle = read_bundle(tmp_path / "b.tgz")
-    assert "vcpu hotplug failed" in bundle.members[f"shim-logs/sandboxes/{sid}.log"].decode()
-    assert f"shim-logs/sandboxes/{later}.log" not in bundle.members
+    journal = bundle.members["shim-logs/journal/journal.log"].decode()
+    assert "vcpu hotplug failed" in journal and sid in bundle.json("shim-logs/sandboxes.json")["sandboxes"]
+    assert later not in journal
     assert bundle.json("shim-logs/summary.json")["journal_dirs"] == ["/var/log/journal"]

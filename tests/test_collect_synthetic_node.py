@@ -437,7 +437,7 @@ def test_no_redact_warns_and_keeps_values(tmp_path: Path) -> None:
     )
 
 
-def test_log_files_are_capped_keeping_the_newest_lines_and_split_per_sandbox(tmp_path: Path) -> None:
+def test_log_files_are_capped_keeping_the_newest_lines_and_indexed_per_sandbox(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
     log = root / "var/lib/rancher/k3s/agent/containerd/containerd.log"
     log.parent.mkdir(parents=True)
@@ -469,8 +469,13 @@ def test_log_files_are_capped_keeping_the_newest_lines_and_split_per_sandbox(tmp
     assert kept.startswith(b'time="')  # whole lines only
     # the manifest records how many bytes of the source were left out (the oldest ones)
     assert bundle.collector("shim-logs")["truncated"][name] == log.read_bytes().index(kept[:200])
-    per_sandbox = bundle.members["shim-logs/sandboxes/sb0123456789.log"]
-    assert per_sandbox.endswith(b'msg="event 039999" sandbox=sb0123456789 source=virtcontainers\n')
+    at = bundle.json("shim-logs/sandboxes.json")["sandboxes"]["sb0123456789"][f"shim-logs/{name[len('shim-logs/') :]}"]
+    lines = kept.split(b"\n")
+    assert (
+        lines[at["last_line"] - 1]
+        == b'time="2026-11-28T00:00:00Z" level=info msg="event 039999" sandbox=sb0123456789 source=virtcontainers'
+    )
+    assert at["lines"] == kept.count(b"sandbox=sb0123456789")
     assert bundle.json("shim-logs/summary.json")["missing"] == [
         "no journal files under /var/log/journal or /run/log/journal"
     ]

@@ -40,8 +40,9 @@ _OURS = (
 )
 
 
-@pytest.fixture
-def loop_fs_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def watch_loop_fs(monkeypatch: pytest.MonkeyPatch, ours: tuple[str, ...]) -> list[str]:
+    """Record filesystem calls made on this (the loop's) thread from a frame whose file path
+    contains one of `ours`; the list fills as they happen. Other threads are not watched."""
     loop_thread = threading.get_ident()
     calls: list[str] = []
 
@@ -53,7 +54,7 @@ def loop_fs_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
                     code = frame.f_code.co_filename
                     if code.startswith("<frozen importlib"):
                         break  # importing our own modules, not reading the node
-                    if any(p in code for p in _OURS):
+                    if any(p in code for p in ours):
                         calls.append(f"{name}({args[0] if args else ''!s}) at {Path(code).name}:{frame.f_lineno}")
                         break
                     frame = frame.f_back
@@ -66,6 +67,11 @@ def loop_fs_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(io, "open", watch("open", io.open))
     monkeypatch.setattr(builtins, "open", watch("open", builtins.open))
     return calls
+
+
+@pytest.fixture
+def loop_fs_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    return watch_loop_fs(monkeypatch, _OURS)
 
 
 async def test_every_collector_does_its_filesystem_work_in_worker_threads(

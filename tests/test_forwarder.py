@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from kata_debug.forwarder.exporters import FileSink, parse_export, target_from_env
+from kata_debug.forwarder.file_sink import FileSink
 from kata_debug.forwarder.listeners import VMADDR_CID_ANY, open_vsock, parse_listen
 from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderError
+from kata_debug.forwarder.targets import parse_export, target_from_env
 from tests.agent_wire import frame, frames, sample_span, to_bincode, to_json
 from tests.hostroots import kata_node
 from tests.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, ReceivedSpan, free_port
@@ -397,7 +398,7 @@ async def test_a_listener_that_cannot_open_is_reported_and_the_others_carry_on(s
 
 
 def test_file_sink_rotates_and_keeps_at_most_backups_plus_one_files(short_tmp: Path) -> None:
-    from kata_debug.forwarder.exporters import Origin
+    from kata_debug.forwarder.spans import Origin
 
     origin = Origin.make("sb", "test", (("service.name", "kata-agent"),), ())
     sink = FileSink(short_tmp / "spool/spans.jsonl", max_bytes=4000, backups=2)
@@ -448,7 +449,7 @@ def test_listen_and_export_uris_are_parsed_or_rejected_with_the_reason() -> None
 
 
 async def test_link_trace_state_flags_and_repeated_event_keys_reach_the_backend(short_tmp: Path) -> None:
-    from kata_debug.forwarder.wire import Event, Link
+    from kata_debug.forwarder.spans import Event, Link
 
     span = sample_span(5)
     span.trace_state = (("kata", "1"), ("vendor", "x"))
@@ -470,30 +471,6 @@ async def test_link_trace_state_flags_and_repeated_event_keys_reach_the_backend(
     assert (link.trace_state, link.flags, link.dropped_attributes_count) == ("k=v", 0x301, 2)
     assert [(kv.key, kv.value.int_value) for kv in s.events[0].attributes] == [("attempt", 1), ("attempt", 2)]
     assert s.events[0].dropped_attributes_count == 1
-
-
-async def test_readable_span_path_for_sdk_releases_without_the_client_hook(short_tmp: Path) -> None:
-    """The fallback builds SDK ReadableSpans; the backend sees the same span (SDK limits aside)."""
-    from kata_debug.forwarder.exporters import Origin, OtlpSink
-
-    http = await OtlpHttpReceiver().start()
-    try:
-        sink = OtlpSink(parse_export(http.export_uri))
-        sink._exporter._wire_direct = False
-        span = sample_span(8)
-        span.dropped_attributes_count, span.status_code, span.status_message = 2, 1, "fine"
-        origin = Origin.make("sbR", "test", (("service.name", "kata-agent"),), (("kata.sandbox.id", "sbR"),))
-        assert await asyncio.to_thread(sink.export, [(span, origin)])
-        (got,) = await http.wait_for_spans(1)
-        sink.shutdown()
-    finally:
-        await http.stop()
-    s = got.span
-    assert got.resource == {"service.name": "kata-agent", "kata.sandbox.id": "sbR"}
-    assert (s.trace_id.hex(), s.span_id.hex()) == (f"{span.trace_id:032x}", f"{span.span_id:016x}")
-    assert (s.start_time_unix_nano, s.end_time_unix_nano) == (span.start_time_unix_nano, span.end_time_unix_nano)
-    assert (s.dropped_attributes_count, s.status.code, s.status.message) == (2, 1, "fine")
-    assert [kv.key for kv in s.attributes] == [k for k, _ in span.attributes]
 
 
 async def test_a_batch_larger_than_the_backend_accepts_goes_as_several_requests(short_tmp: Path) -> None:

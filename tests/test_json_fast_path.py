@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kata_debug.forwarder import wire_json
-from kata_debug.forwarder.wire import DecodeError, FrameReader, Link, Span
+from kata_debug.forwarder.frames import FrameReader
+from kata_debug.forwarder.spans import DecodeError, Link, Span
 from kata_debug.forwarder.wire_json import decode_json, decode_json_reference
 from tests.agent_wire import sample_span, to_json, to_json_obj
 from tests.test_trace_wire import spans
@@ -206,6 +207,10 @@ def test_an_escaped_second_trace_id_key_in_a_link_is_left_to_the_reference() -> 
 
 
 def test_without_orjson_the_reference_decoder_does_all_the_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wire_json, "_orjson_loads", None)
+    def no_orjson(_: bytes) -> object:
+        raise AssertionError("orjson used although it is marked missing")
+
+    monkeypatch.setattr(wire_json, "_HAVE_ORJSON", False)
+    monkeypatch.setattr(wire_json, "_orjson_loads", no_orjson)
     payload = to_json(sample_span(3))
     assert decode_json(payload) == sample_span(3)

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kata_debug.forwarder.exporters import Origin, QueuedSpan, StdoutSink
 from kata_debug.forwarder.pipeline import ExportPipeline
+from kata_debug.forwarder.spans import Origin, QueuedSpan
+from kata_debug.forwarder.stdout_sink import StdoutSink
 from tests.agent_wire import sample_span
 
 ORIGIN = Origin.make("sb", "test", (("service.name", "kata-agent"),), ())

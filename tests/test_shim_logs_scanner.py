@@ -32,7 +32,7 @@ from kata_debug.collect.runner import CollectOptions, run_collection
 from kata_debug.collectors import shim_logs
 from kata_debug.logs import scan_client as logscan_client
 from kata_debug.logs.logfmt import parse_line, sandbox_of
-from kata_debug.logs.scan import MAX_SANDBOXES, PerSandbox, sandbox_groups
+from kata_debug.logs.scan import MAX_SANDBOXES, SandboxIndex, sandbox_lines
 from kata_debug.logs.scan_client import ScannerGone, ScannerProcess
 from kata_debug.redact.redactor import Redactor
 from tests.bundles import Bundle, read_bundle
@@ -46,41 +46,32 @@ PEM = (
 )
 
 
-# -- the per-sandbox split -----------------------------------------------------------------
+# -- the per-sandbox index ----------------------------------------------------------------
 
 SANDBOX_FIELD = re.compile(rb'sandbox="?([A-Za-z0-9][A-Za-z0-9_.-]*)')  # `sandbox=<id>` or `sandbox="<id>"`
 
 
-def reference_groups(chunk: bytes) -> dict[bytes, bytes]:
-    """The rule, one line at a time.
+def reference_index(chunk: bytes) -> dict[str, tuple[int, int, int]]:
+    """The rule, one line at a time: (lines, first, last line index) per sandbox id.
 
-    A line naming `sandbox=<id>` (first occurrence) belongs to that sandbox, newline included.
-    Then, only if the chunk mentions kata-runtime or a JSON "sandbox" key, lines (as
-    splitlines() cuts them) without `sandbox=` are parsed, and those with a sandbox id follow
-    the logfmt lines of their sandbox.
+    A line naming `sandbox=<id>` (first occurrence) belongs to that sandbox. Then, only if
+    the chunk mentions kata-runtime or a JSON "sandbox" key, lines without `sandbox=` are
+    parsed (after a journal `ident[pid]: ` prefix) and count for the sandbox they name.
     """
-    groups: dict[bytes, list[bytes]] = {}
-    pos = 0
-    while pos < len(chunk):
-        end = chunk.find(b"\n", pos)
-        end = len(chunk) if end < 0 else end + 1
-        line = chunk[pos:end]
+    found: dict[str, list[int]] = {}
+    lines = chunk.split(b"\n")
+    for i, line in enumerate(lines):
         m = SANDBOX_FIELD.search(line)
         if m:
-            groups.setdefault(m.group(1), []).append(line)
-        pos = end
+            found.setdefault(m.group(1).decode(), []).append(i)
     if b"kata-runtime" in chunk or b'"sandbox"' in chunk:
-        for line in chunk.splitlines(keepends=True):
+        for i, line in enumerate(lines):
             if b"sandbox=" not in line and (b"kata-runtime" in line or b'"sandbox"' in line):
-                sid = sandbox_of(parse_line(line.decode("utf-8", "replace")))
+                text = line[line.index(b"{") :] if b"]: {" in line else line
+                sid = sandbox_of(parse_line(text.decode("utf-8", "replace")))
                 if sid:
-                    groups.setdefault(sid.encode(), []).append(line)
-    return {sid: b"".join(lines) for sid, lines in groups.items()}
-
-
-def _as_written(groups: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
-    # PerSandbox.write ends every write with a newline; the order decides who gets a sink.
-    return [(sid, lines if lines.endswith(b"\n") else lines + b"\n") for sid, lines in groups.items()]
+                    found.setdefault(sid, []).append(i)
+    return {sid: (len(at), min(at), max(at)) for sid, at in found.items()}
 
 
 LINE_SHAPES = [
@@ -88,6 +79,7 @@ LINE_SHAPES = [
     b'level=debug sandbox="sb-b" vmconsole="x"',
     b"sandbox=sb-a and again sandbox=sb-b",
     b'{"msg":"json","sandbox":"sb-json"}',
+    b'2026-12-06T00:00:00.000001+0000 node kata[7]: {"msg":"rs","sandbox":"sb-rs"}',
     b"level=info name=kata-runtime source=rs-box msg=hi",
     b"name=kata-runtime source=virtcontainers msg=not-a-sandbox",
     b"nosandbox=sb-c kata-runtime",
@@ -103,33 +95,47 @@ LINE_SHAPES = [
     st.lists(st.tuples(st.sampled_from(LINE_SHAPES), st.sampled_from([b"\n", b"\n", b"\r\n", b"\r"])), max_size=12),
     st.booleans(),
 )
-def test_sandbox_lines_are_grouped_exactly_as_read_line_by_line(
+def test_sandbox_lines_are_indexed_exactly_as_read_line_by_line(
     lines: list[tuple[bytes, bytes]], open_end: bool
 ) -> None:
     chunk = b"".join(text + end for text, end in lines)
     if open_end and lines:
         chunk = chunk.rstrip(b"\r\n")  # the last chunk of a file without a final newline
-    newlines, groups = sandbox_groups(chunk)
+    newlines, found = sandbox_lines(chunk)
     assert newlines == chunk.count(b"\n")
-    assert _as_written(groups) == _as_written(reference_groups(chunk))
+    assert found == reference_index(chunk)
 
 
-def test_per_sandbox_limit_counts_what_a_single_writer_would_when_continued_elsewhere() -> None:
-    writes = [(f"sb{i % 700}", b"x\n") for i in range(2000)]
-    whole = PerSandbox(lambda sid: Spool())
-    for sid, data in writes:
-        whole.write(sid, data)
-    first = PerSandbox(lambda sid: Spool())
-    for sid, data in writes[:300]:
-        first.write(sid, data)
-    rest = PerSandbox(lambda sid: Spool(), present=first.sinks)
-    for sid, data in writes[300:]:
-        rest.write(sid, data)
-    assert len(whole.sinks) == MAX_SANDBOXES
-    assert set(first.sinks) | set(rest.sinks) == set(whole.sinks)
-    assert first.overflow + rest.overflow == whole.overflow > 0
-    for spool in [*whole.sinks.values(), *first.sinks.values(), *rest.sinks.values()]:
-        spool.close()
+def test_the_sandbox_limit_counts_what_one_index_would_when_a_scanner_indexed_part() -> None:
+    adds = [(f"sb{i % 700}", f"m{i % 3}", i) for i in range(2000)]
+    whole = SandboxIndex()
+    for sid, member, line in adds:
+        whole.add(sid, member, 1, line, line)
+    first = SandboxIndex()
+    for sid, member, line in adds[:300]:
+        first.add(sid, member, 1, line, line)
+    rest = SandboxIndex(set(first.known))  # a scanner process, told what the collector indexed
+    for sid, member, line in adds[300:]:
+        rest.add(sid, member, 1, line, line)
+    first.merge(SandboxIndex.from_json(rest.to_json(), rest.overflow, rest.rejected))
+    assert len(whole.sandboxes) == MAX_SANDBOXES and whole.overflow > 0
+    assert first.to_json() == whole.to_json()
+
+
+@pytest.mark.parametrize(
+    "sid", ["../../etc/passwd", "a/../b", "..", "a..b", "/abs", "x" * 129, "sb-a\x00", "sb a", "."]
+)
+def test_what_is_not_a_sandbox_id_is_counted_never_indexed(sid: str) -> None:
+    index = SandboxIndex()
+    index.add(sid, "shim-logs/journal/journal.log", 3, 1, 9)
+    assert (index.sandboxes, index.rejected) == ({}, 3)
+
+
+def test_real_sandbox_ids_are_indexed() -> None:
+    index = SandboxIndex()
+    for sid in ("a" * 64, "sb-0", "pod_1.test", "x" * 128):
+        index.add(sid, "m", 1, 1, 1)
+    assert sorted(index.sandboxes) == sorted(["a" * 64, "sb-0", "pod_1.test", "x" * 128]) and index.rejected == 0
 
 
 # -- small public pieces ------------------------------------------------------------------
@@ -251,7 +257,7 @@ async def test_large_logs_scanned_out_of_process_give_the_same_bundle_as_in_proc
     _write_logs(root, sids, [3 << 20, (3 << 20) + 12345, 1 << 20])
     here, none = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, max_log_bytes=5 << 20)
     there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, max_log_bytes=5 << 20)
-    assert none == [] and started == ["scanner", "file:0", "file:1", "file:2", *(f"sandbox:{s}" for s in sorted(sids))]
+    assert none == [] and started == ["scanner", "file:0", "file:1", "file:2"]
     assert _comparable(there) == _comparable(here)
     raw = b"".join(there.members.values())
     for secret in (b"secretkeymaterial", b"tok4999xyz", b":pw10@", b"pw-json-2", b"tail-secret"):
@@ -259,11 +265,13 @@ async def test_large_logs_scanned_out_of_process_give_the_same_bundle_as_in_proc
     counts = there.manifest["redactions"]
     assert counts["pem-private-key"] >= 2 and counts["auth-header"] > 100 and counts["url-credentials"] > 100
     assert there.json("shim-logs/summary.json")["sandboxes"] == sorted(sids)
-    # the unterminated last line of a file ends its group with a newline of its own
-    assert (
-        f"without newline sandbox={sids[0]} token=***\ntime=".encode()
-        in there.members[f"shim-logs/sandboxes/{sids[0]}.log"]
-    )
+    # the index points at every sandbox's lines; the unterminated last line of a file counts
+    member = f"shim-logs/files{shim_logs.LOG_FILES[1]}"
+    at = there.json("shim-logs/sandboxes.json")["sandboxes"][sids[0]][member]
+    lines = there.members[member].split(b"\n")
+    assert lines[at["last_line"] - 1] == f"last line without newline sandbox={sids[0]} token=***".encode()
+    assert sids[0].encode() in lines[at["first_line"] - 1]
+    assert at["lines"] == sum(1 for ln in lines if sids[0].encode() in ln), "as `grep -c -F <id>` counts"
 
 
 async def test_capped_logs_out_of_process_keep_the_same_newest_lines_and_truncation(
@@ -274,7 +282,7 @@ async def test_capped_logs_out_of_process_keep_the_same_newest_lines_and_truncat
     paths = _write_logs(root, sids, [2 << 20, 2 << 20])
     here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, max_log_bytes=700_000)
     there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, max_log_bytes=700_000)
-    assert started == ["scanner", "file:0", "file:1"]  # the sandbox log is cut to its newest lines: a spool
+    assert started == ["scanner", "file:0", "file:1"]
     assert _comparable(there) == _comparable(here)
     truncated = there.collector("shim-logs")["truncated"]
     name = f"shim-logs/files{shim_logs.LOG_FILES[0]}"
@@ -282,8 +290,6 @@ async def test_capped_logs_out_of_process_keep_the_same_newest_lines_and_truncat
     skipped = truncated[name]
     assert source[skipped - 1 : skipped] == b"\n" and len(source) - skipped <= 700_000 < len(source) - skipped + 300
     assert Redactor().stream().feed(source[skipped:]) == there.members[name]
-    assert all(len(there.members[f"shim-logs/sandboxes/{s}.log"]) <= 700_000 for s in sids)
-    assert any(k.startswith("shim-logs/sandboxes/") for k in truncated)
 
 
 async def test_more_sandboxes_than_the_limit_are_counted_the_same_out_of_process(
@@ -294,10 +300,10 @@ async def test_more_sandboxes_than_the_limit_are_counted_the_same_out_of_process
     _write_logs(root, sids, [600_000, 600_000])
     here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch)
     there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch)
-    assert started[:3] == ["scanner", "file:0", "file:1"] and len(started) == 3 + MAX_SANDBOXES
+    assert started == ["scanner", "file:0", "file:1"]
     assert _comparable(there) == _comparable(here)
     summary = there.json("shim-logs/summary.json")
-    assert len(summary["sandboxes"]) == MAX_SANDBOXES and summary["sandboxes_not_split"] > 0
+    assert len(summary["sandboxes"]) == MAX_SANDBOXES and summary["sandboxes_not_indexed_lines"] > 0
 
 
 # -- the scanner process itself -------------------------------------------------------------
@@ -316,13 +322,15 @@ async def test_a_log_that_cannot_be_read_fails_alone_with_the_reason_in_process_
     scanner = await ScannerProcess.start()
     assert scanner is not None
     try:
-        await scanner.send([(str(tmp_path / "gone.log"), 1 << 20), (str(good), 1 << 20)], present=[], redact=True)
+        await scanner.send(
+            [(str(tmp_path / "gone.log"), 1 << 20, "gone"), (str(good), 1 << 20, "good")], known=[], redact=True
+        )
         gone, ok = await scanner.next_file(), await scanner.next_file()
         await scanner.finish()
         assert (gone.error, gone.output, gone.lines) == (in_process.value.strerror, None, 0)
         assert ok.error is None and ok.output is not None and ok.lines == 1
         assert Path(ok.output).read_bytes() == good.read_bytes()
-        assert list(scanner.sandbox_files) == ["sb-a"]
+        assert ok.index.to_json() == {"sb-a": {"good": {"lines": 1, "first_line": 1, "last_line": 1}}}
     finally:
         await scanner.close()
 
@@ -335,7 +343,7 @@ async def test_a_scanner_that_dies_is_reported_not_waited_for(tmp_path: Path) ->
     try:
         os.kill(_scanner_pid(), signal.SIGKILL)
         with pytest.raises(ScannerGone, match="exited with code -9"):
-            await scanner.send([(str(log), 1 << 30)], present=[], redact=True)
+            await scanner.send([(str(log), 1 << 30, "a")], known=[], redact=True)
             await scanner.next_file()
     finally:
         await scanner.close()
@@ -357,7 +365,7 @@ async def test_ctrl_c_in_the_terminal_leaves_the_decision_to_the_collector(tmp_p
                 break
             await asyncio.sleep(0.05)
         os.kill(pid, signal.SIGINT)
-        await scanner.send([(str(log), 1 << 30)], present=[], redact=True)
+        await scanner.send([(str(log), 1 << 30, "a")], known=[], redact=True)
         result = await scanner.next_file()
         await scanner.finish()
         assert (result.lines, result.error, result.redactions) == (1000, None, {"secret-value": 1000})
@@ -388,9 +396,9 @@ def test_a_scanner_whose_collector_died_removes_its_files(tmp_path: Path) -> Non
     job = {
         "redact": True,
         "dir": str(workdir),
-        "present": [],
+        "known": [],
         "progress_every": 1 << 20,
-        "files": [{"real": str(log), "cap": 1 << 30}],
+        "files": [{"real": str(log), "cap": 1 << 30, "member": "a"}],
     }
     proc.stdin.write(json.dumps(job).encode() + b"\n")
     proc.stdin.close()
@@ -414,7 +422,7 @@ def test_the_scanner_runs_without_site_packages() -> None:
     assert logscan_client._IMPORT_ROOT == str(REPO)
 
 
-async def test_a_sandbox_in_the_journal_and_in_a_scanned_file_reads_journal_first(
+async def test_a_sandbox_in_the_journal_and_in_a_scanned_file_is_indexed_in_both(
     journald: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sid = uuid.uuid4().hex
@@ -434,14 +442,16 @@ async def test_a_sandbox_in_the_journal_and_in_a_scanned_file_reads_journal_firs
     log = root / shim_logs.LOG_FILES[0].lstrip("/")
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("".join(f"msg=from-file-{i} sandbox={sid} token=fpw\n" for i in range(20000)))
-    name = f"shim-logs/sandboxes/{sid}.log"
     here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, since=timedelta(minutes=10))
     there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, since=timedelta(minutes=10))
-    assert started[:2] == ["scanner", "file:0"] and f"sandbox:{sid}" not in started  # joins its journal spool
-    assert there.members[name] == here.members[name]
-    lines = there.members[name].decode().splitlines()
-    assert lines[0].endswith(f"msg=from-journal sandbox={sid} password=***")
-    assert lines[1:] == [f"msg=from-file-{i} sandbox={sid} token=***" for i in range(20000)]
+    assert started[:2] == ["scanner", "file:0"]
+    assert there.json("shim-logs/sandboxes.json") == here.json("shim-logs/sandboxes.json")
+    members = there.json("shim-logs/sandboxes.json")["sandboxes"][sid]
+    journal, file = "shim-logs/journal/journal.log", f"shim-logs/files{shim_logs.LOG_FILES[0]}"
+    assert list(members) == [journal, file], "journal first, then the files, as they are read"
+    assert members[file] == {"lines": 20000, "first_line": 1, "last_line": 20000}
+    line = there.members[journal].split(b"\n")[members[journal]["first_line"] - 1].decode()
+    assert line.endswith(f"msg=from-journal sandbox={sid} password=***")
 
 
 async def test_a_zstd_bundle_gets_the_same_logs_from_the_scanner_without_deflating_ahead(
@@ -508,3 +518,100 @@ async def test_rotated_log_files_within_since_come_too_oldest_first(
         f"file:{shim_logs.LOG_FILES[0]}.1",
         f"file:{shim_logs.LOG_FILES[0]}",
     ]
+
+
+# -- issue 9 regressions ---------------------------------------------------------------------
+
+
+async def test_a_path_for_a_sandbox_id_in_one_line_is_counted_and_the_rest_collected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = kata_node(tmp_path / "host")
+    log = root / shim_logs.LOG_FILES[0].lstrip("/")
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        'level=info sandbox=sb-good msg="fine"\n'
+        '{"msg":"evil","sandbox":"../../../etc/cron.d/x"}\n'
+        'level=info sandbox=sb-good msg="still fine"\n'
+    )
+    bundle, _ = await _collect(root, tmp_path / "b.tgz", False, monkeypatch)
+    assert bundle.collector("shim-logs")["status"] == "ok"
+    index = bundle.json("shim-logs/sandboxes.json")
+    assert list(index["sandboxes"]) == ["sb-good"] and index["lines_with_invalid_sandbox_ids"] == 1
+    assert b"../../../etc/cron.d/x" in bundle.members[f"shim-logs/files{shim_logs.LOG_FILES[0]}"], "the line is kept"
+
+
+@pytest.mark.parametrize("scanner", [False, True], ids=["in process", "scanner process"])
+async def test_a_log_file_that_is_there_but_cannot_be_read_makes_the_collector_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool
+) -> None:
+    root = kata_node(tmp_path / "host")
+    good = root / shim_logs.LOG_FILES[0].lstrip("/")
+    good.parent.mkdir(parents=True)
+    good.write_text("level=info sandbox=sb-a msg=x\n")
+    bad = root / shim_logs.LOG_FILES[4].lstrip("/")  # /var/log/crio.log
+    os.mkfifo(bad)  # tests run as root: a mode of 000 would not stop a read
+    bundle, _ = await _collect(root, tmp_path / "b.tgz", scanner, monkeypatch)
+    entry = bundle.collector("shim-logs")
+    assert entry["status"] == "partial"
+    assert entry["items_failed"] == [{"item": shim_logs.LOG_FILES[4], "reason": "not a regular file"}]
+    assert f"shim-logs/files{shim_logs.LOG_FILES[0]}" in bundle.members
+
+
+async def test_the_scanner_directory_is_removed_however_the_collection_is_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    for delay in (0.0, 0.001, 0.005, 0.02, 0.05, 0.1):
+        task = asyncio.ensure_future(ScannerProcess.start())
+        await asyncio.sleep(delay)
+        task.cancel()
+        try:
+            scanner = await task
+        except asyncio.CancelledError:
+            scanner = None
+        if scanner is not None:
+            close = asyncio.ensure_future(scanner.close())
+            await asyncio.sleep(0)
+            close.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await close
+    assert list(scratch.glob("kata-debug-scan-*")) == []
+
+
+def _journal_lines(lines: list[str], ident: str) -> None:
+    subprocess.run(["systemd-cat", "-t", ident], input="".join(lines).encode(), check=True, timeout=30)
+    subprocess.run(["journalctl", "--sync"], capture_output=True, timeout=30)
+
+
+async def test_a_key_block_cut_by_the_cap_when_read_newest_first_is_masked_whole(
+    journald: None, tmp_path: Path
+) -> None:
+    """journalctl --reverse stops at the cap inside a PEM block: its orphan body must not leak."""
+    from kata_debug.logs.journal import forward_blocks, journalctl_argv, lead_in_forward, read_reverse
+
+    ident = f"kata-test-{uuid.uuid4().hex[:8]}"
+    # key body is base64: no "-" from the identifier in it
+    body = [f"MIIEpAIBAAKCAQEA{i:04d}secretkeymaterial{ident.replace('-', '')}\n" for i in range(40)]
+    _journal_lines(["-----BEGIN RSA PRIVATE KEY-----\n", *body, "-----END RSA PRIVATE KEY-----\n", "after\n"], ident)
+    since = datetime.now(UTC) - timedelta(minutes=10)
+    argv = journalctl_argv("/", since, [ident], kernel=False)
+    whole = await read_reverse(argv, 1 << 30, 60)
+    assert whole.file is not None and not whole.capped
+    text = b"".join(forward_blocks(whole.file, whole.size))
+    assert text.count(b"\n") == 43 and text.index(b"BEGIN") < text.index(b"END") < text.index(b"after")
+    # cap in the middle of the key: the newest half of the body, END and "after" are kept
+    cap = len(text) - text.index(f"{20:04d}secretkeymaterial".encode()) + 80
+    cut = await read_reverse(argv, cap, 60)
+    assert cut.file is not None and cut.capped and cut.cut > 0
+    kept = b"".join(forward_blocks(cut.file, cut.size))
+    assert b"BEGIN" not in kept and kept.endswith(b"after\n") and b"secretkeymaterial" in kept
+    assert b"BEGIN" in lead_in_forward(cut) and b"after" not in lead_in_forward(cut)
+    stream = Redactor().stream()
+    stream.feed(lead_in_forward(cut))  # what the collector does before the kept entries
+    redacted = stream.feed(kept)
+    assert b"secretkeymaterial" not in redacted and redacted.endswith(b"after\n")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 
 from tests.agent_wire import frame, frames, sample_span, to_bincode, to_json
 from tests.conftest import REPO, kata_debug
@@ -231,3 +232,33 @@ async def test_sigint_with_backend_down_gives_up_after_the_shutdown_timeout_and_
     finally:
         if proc.returncode is None:
             proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "want"),
+    [
+        ([], {"NODE_NAME": "from-env"}, "from-env"),
+        (["--node-name", "given"], {"NODE_NAME": "from-env"}, "given"),
+        (["--node-name", ""], {"NODE_NAME": "from-env"}, None),  # given empty: none, not the env's
+        ([], {"NODE_NAME": ""}, None),
+        ([], {}, None),
+    ],
+)
+def test_node_name_is_the_option_when_given_else_node_name_from_the_environment(
+    args: list[str], env: dict[str, str], want: str | None
+) -> None:
+    """What `forward` and `node-agent` put in k8s.node.name, decided on whether the option was given."""
+    from typer.testing import CliRunner
+
+    from kata_debug.cli.trace import node_name_option
+
+    app = typer.Typer()
+    seen: list[str | None] = []
+
+    @app.command()
+    def cmd(ctx: typer.Context, node_name: str | None = typer.Option(None, "--node-name")) -> None:
+        seen.append(node_name_option(ctx, node_name))
+
+    result = CliRunner().invoke(app, args, env={"NODE_NAME": None, **env})
+    assert result.exit_code == 0, result.output
+    assert seen == [want]

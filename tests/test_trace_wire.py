@@ -13,18 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kata_debug.forwarder.formats import FormatSniffer
+from kata_debug.forwarder.frames import FrameReader, FrameTooLarge
 from kata_debug.forwarder.otlp_json import key_values, span_json
-from kata_debug.forwarder.wire import (
-    DecodeError,
-    Event,
-    FormatSniffer,
-    FrameReader,
-    FrameTooLarge,
-    Link,
-    Span,
-    decode_bincode,
-    decode_json,
-)
+from kata_debug.forwarder.spans import DecodeError, Event, Link, Span
+from kata_debug.forwarder.wire_bincode import decode_bincode
+from kata_debug.forwarder.wire_json import decode_json
 from tests.agent_wire import frame, frames, sample_span, to_bincode, to_json
 from tests.conftest import SHARED
 

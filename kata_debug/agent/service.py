@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from kata_debug.errors import UsageError
-from kata_debug.forwarder.exporters import ExportTarget, parse_export, target_from_env
 from kata_debug.forwarder.listeners import TRACE_PORT
 from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderStats
+from kata_debug.forwarder.targets import ExportTarget, parse_export, target_from_env
 from kata_debug.node.paths import TRACE_SPOOL_DIR
 
 log = logging.getLogger("kata_debug.agent")
@@ -238,7 +238,7 @@ class NodeAgent:
 
 async def main(cfg: AgentConfig) -> ForwarderStats:
     """Run the agent with SIGTERM/SIGINT wired to a clean stop."""
-    agent = NodeAgent(cfg)
+    agent = await asyncio.to_thread(NodeAgent, cfg)  # checks and creates paths on the host
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)

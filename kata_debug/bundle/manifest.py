@@ -19,6 +19,8 @@ SCHEMA_VERSION = 1
 Status = Literal["ok", "partial", "failed", "timeout", "skipped"]
 #: How one node of a cluster bundle ended (`partial`: its own collect exited 3).
 NodeStatus = Literal["ok", "partial", "failed", "timeout"]
+#: Through which pod a node was collected: `agent` (the DaemonSet's) or `ephemeral` (made for the run).
+NodeVia = Literal["agent", "ephemeral"]
 #: Statuses that make the run's exit code 3.
 FAILING: frozenset[str] = frozenset({"partial", "failed", "timeout"})
 
@@ -74,6 +76,9 @@ class NodeEntry:
     pod: str | None = None
     exit_code: int | None = None
     member: str | None = None  # None: the node sent nothing
+    #: Which pod collected it: the DaemonSet's agent, or a collector pod made for this run
+    #: (and deleted after it). None: no pod was tried (the node does not exist).
+    via: NodeVia | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +88,7 @@ class NodeEntry:
             "duration_s": self.duration_s,
             "bytes": self.bytes,
             "pod": self.pod,
+            "via": self.via,
             "exit_code": self.exit_code,
             "member": self.member,
         }
@@ -108,6 +114,26 @@ class NodeSelection:
 
 
 @dataclass
+class CollectorPodsScope:
+    """The collector pods a cluster run made (nodes with `via: ephemeral`), and what it cleaned up."""
+
+    namespace: str
+    image: str
+    run_id: str  # the value of their `kata-debug/run` label
+    leftovers_deleted: list[str]  # collector pods of earlier runs deleted first
+    leftovers_error: str | None  # why earlier runs' pods could not be listed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "image": self.image,
+            "run_id": self.run_id,
+            "leftovers_deleted": list(self.leftovers_deleted),
+            "leftovers_error": self.leftovers_error,
+        }
+
+
+@dataclass
 class ClusterScope:
     """A cluster bundle: which API server, how nodes were chosen, and one entry per node."""
 
@@ -117,6 +143,7 @@ class ClusterScope:
     kata_runtime_classes: list[str]
     kata_pods: int
     nodes: list[NodeEntry]
+    collector_pods: CollectorPodsScope | None = None  # None: every node had an agent pod
 
 
 @dataclass
@@ -162,5 +189,7 @@ def to_json(manifest: Manifest) -> dict[str, Any]:
     doc["collectors"] = [c.to_json() for c in manifest.collectors]
     if isinstance(scope, ClusterScope):
         doc["nodes"] = [n.to_json() for n in scope.nodes]
+        if scope.collector_pods is not None:
+            doc["collector_pods"] = scope.collector_pods.to_json()
     doc["redactions"] = dict(manifest.redactions)
     return doc

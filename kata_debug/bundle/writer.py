@@ -45,6 +45,32 @@ _T = TypeVar("_T")
 GZIP_LEVEL = 1
 
 SUFFIXES: dict[str, str] = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
+#: zstd's window: 128 MiB, the most `zstd -d` and `tar --zstd` accept without `--long`.
+#: Logs repeat themselves over far more than gzip's 32 KiB (the same shim lines for every
+#: sandbox, rotations overlapping): long-distance matching finds that.
+ZSTD_WINDOW_LOG = 27
+ZSTD_LEVEL = 3
+
+
+def zstd_compressor(level: int | None = None) -> zstandard.ZstdCompressor:
+    """The bundle's default compressor: level 3, long window, on all cores (zstd's own threads)."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        ZSTD_LEVEL if level is None else level,
+        window_log=ZSTD_WINDOW_LOG,
+        enable_ldm=True,
+        threads=max(1, min(4, os.cpu_count() or 1)),
+    )
+    return zstandard.ZstdCompressor(compression_params=params)
+
+
+def compression_for(output: str | None) -> Compression:
+    """The compression an output name asks for: `.tar.gz`/`.tgz` gzip, `.tar` none, else zstd (the default)."""
+    name = (output or "").lower()
+    if name.endswith((".tar.gz", ".tgz", ".gz")):
+        return "gzip"
+    if name.endswith(".tar"):
+        return "none"
+    return "zstd"
 
 
 @dataclass(frozen=True)
@@ -204,8 +230,7 @@ class BundleWriter:
         if compression == "gzip":
             self._compressor = _GzipMembers(sink, GZIP_LEVEL if level is None else level)
         elif compression == "zstd":
-            cctx = zstandard.ZstdCompressor(level=3 if level is None else level)
-            self._compressor = cctx.stream_writer(sink, closefd=False)
+            self._compressor = zstd_compressor(level).stream_writer(sink, closefd=False)
         elif compression == "none":
             self._compressor = sink
         else:

@@ -77,7 +77,9 @@ def collect(
         None, "--deadline", help="Seconds for the whole collection; unfinished collectors are marked timeout."
     ),
     no_redact: bool = typer.Option(False, "--no-redact", help="Keep secrets in the bundle (prints a warning)."),
-    compression: CompressionChoice = typer.Option(CompressionChoice.gzip, "--compression"),
+    compression: CompressionChoice | None = typer.Option(
+        None, "--compression", help="default: from --output's name (.tar.gz gzip, .tar none), else zstd"
+    ),
     output_format: OutputFormat = typer.Option(OutputFormat.text, "--output-format", help="Summary format."),
     all_runtimes: bool = typer.Option(False, "--all-runtimes", help="Include non-Kata containers' OCI specs."),
     max_log_size: str = typer.Option("50M", "--max-log-size", help="Cap per log source; the newest lines are kept."),
@@ -98,7 +100,7 @@ def collect(
     cluster: bool = typer.Option(
         False,
         "--cluster",
-        help="Collect the whole cluster through the Kubernetes API (needs the DaemonSet).",
+        help="Collect the whole cluster through the Kubernetes API (agent pods, else collector pods).",
         rich_help_panel="Cluster mode",
     ),
     kubeconfig: str | None = typer.Option(
@@ -118,6 +120,30 @@ def collect(
     parallel: int = typer.Option(8, "--parallel", help="Nodes collected at once.", rich_help_panel="Cluster mode"),
     node_timeout: float = typer.Option(
         600.0, "--node-timeout", help="Seconds each node may take.", rich_help_panel="Cluster mode"
+    ),
+    ephemeral: bool = typer.Option(
+        False,
+        "--ephemeral",
+        help="Collect every node through a collector pod made for the run, even where an agent pod runs.",
+        rich_help_panel="Cluster mode",
+    ),
+    image: str | None = typer.Option(
+        None,
+        "--image",
+        help="Collector pods' image (default: the one deploy/daemonset.yaml runs).",
+        rich_help_panel="Cluster mode",
+    ),
+    agent_namespace: str = typer.Option(
+        "kata-debug",
+        "--agent-namespace",
+        help="Namespace of the agent pods and of collector pods.",
+        rich_help_panel="Cluster mode",
+    ),
+    pod_timeout: float = typer.Option(
+        120.0,
+        "--pod-timeout",
+        help="Seconds a collector pod may take to start running.",
+        rich_help_panel="Cluster mode",
     ),
     upload: str | None = typer.Option(
         None,
@@ -172,7 +198,7 @@ def collect(
                 collectors=collector or [],
                 timeout=timeout,
                 no_redact=no_redact,
-                compression=compression.value,
+                compression=compression.value if compression else "gzip",
                 json_output=output_format is OutputFormat.json,
                 all_runtimes=all_runtimes,
                 max_log_size=max_log_size,
@@ -180,6 +206,10 @@ def collect(
                 host_root=host_root,
                 deadline=deadline,
                 node_name=node_name,
+                ephemeral=ephemeral,
+                image=image,
+                agent_namespace=agent_namespace,
+                pod_timeout=pod_timeout,
                 upload=upload_target,
             )
         )
@@ -192,6 +222,10 @@ def collect(
         "--selector": "selector",
         "--parallel": "parallel",
         "--node-timeout": "node_timeout",
+        "--ephemeral": "ephemeral",
+        "--image": "image",
+        "--agent-namespace": "agent_namespace",
+        "--pod-timeout": "pod_timeout",
     }
     for flag, name in cluster_only.items():
         if given(ctx, name):
@@ -210,7 +244,7 @@ def collect(
         timeout=timeout,
         deadline=deadline,
         redact=not no_redact,
-        compression=compression.value,
+        compression=compression.value if compression else None,
         all_runtimes=all_runtimes,
         max_log_bytes=parse_size(max_log_size, "--max-log-size"),
         max_parse_bytes=parse_size(max_parse_size, "--max-parse-size"),

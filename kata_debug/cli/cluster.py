@@ -21,7 +21,8 @@ from rich.table import Table
 from kata_debug.bundle.manifest import NodeEntry
 from kata_debug.cli.options import parse_since
 from kata_debug.cli.progress import STATUS_STYLE
-from kata_debug.cluster.options import ClusterOptions
+from kata_debug.cluster.collector_pod import DEFAULT_IMAGE
+from kata_debug.cluster.options import AGENT_NAMESPACE, ClusterOptions
 from kata_debug.cluster.result import ClusterResult, result_json
 from kata_debug.cluster.run import run_cluster_collection
 from kata_debug.errors import UsageError
@@ -172,6 +173,10 @@ def collect_cluster(
     host_root: Path,
     deadline: float | None,
     node_name: str | None,
+    ephemeral: bool = False,
+    image: str | None = None,
+    agent_namespace: str = AGENT_NAMESPACE,
+    pod_timeout: float = 120.0,
     upload: UploadTarget | None = None,
 ) -> int:
     """Map `collect` options onto a cluster run: node-side options are passed to every node."""
@@ -219,5 +224,9 @@ def collect_cluster(
         compression=compression,  # type: ignore[arg-type]
         redact=not no_redact,
         node_args=node_args,
+        ephemeral=ephemeral,
+        image=DEFAULT_IMAGE if image is None else image,
+        agent_namespace=agent_namespace,
+        pod_timeout=pod_timeout,
     )
     return run(opts, json_output, upload)

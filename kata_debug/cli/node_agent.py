@@ -6,7 +6,6 @@ Parsing, logging and exit codes only.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import typer
@@ -15,6 +14,7 @@ from kata_debug.errors import KataDebugError
 
 
 def node_agent(
+    ctx: typer.Context,
     host_root: Path = typer.Option(
         Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."
     ),
@@ -53,7 +53,7 @@ def node_agent(
     """
     from kata_debug.agent.service import AgentConfig, main
     from kata_debug.cli.options import parse_duration, parse_size
-    from kata_debug.cli.trace import configure_logging
+    from kata_debug.cli.trace import configure_logging, node_name_option
     from kata_debug.errors import UsageError
 
     if log_level not in ("debug", "info", "warning", "error"):
@@ -65,7 +65,7 @@ def node_agent(
         exports=list(export or []),
         vsock_port=vsock_port,
         state_file=state_file,
-        node_name=node_name or os.environ.get("NODE_NAME") or None,
+        node_name=node_name_option(ctx, node_name),
         stats_interval=parse_duration(stats_interval, "--stats-interval").total_seconds(),
         shutdown_timeout=parse_duration(shutdown_timeout, "--shutdown-timeout").total_seconds(),
     )

@@ -77,9 +77,8 @@ def decode(
 
     Undecodable frames are reported on stderr and skipped; the exit status is 1 if any were.
     """
-    from kata_debug.forwarder.exporters import Origin
-    from kata_debug.forwarder.otlp_json import group_by_resource, request_line
-    from kata_debug.forwarder.wire import DecodeError, FormatSniffer, FrameReader, FrameTooLarge
+    from kata_debug.forwarder.capture import decode_capture
+    from kata_debug.forwarder.spans import Origin
 
     limit = _size(max_frame_bytes, "--max-frame-bytes")
     src: IO[bytes]
@@ -108,46 +107,16 @@ def decode(
 
     identity = (("kata.sandbox.id", sandbox_id),) if sandbox_id else ()
     origin = Origin.make(sandbox_id, input, (("service.name", service_name),), identity)
-    reader = FrameReader(limit)
-    sniffer = FormatSniffer(format.value)
-    spans = frames = bad = 0
-    offset = 0  # stream offset of the next frame header
-    batch: list = []
-    problem: str | None = None
-
-    def flush() -> None:
-        if batch:
-            dst.write(request_line(group_by_resource((s, origin.resource_for(s)) for s in batch)))
-            batch.clear()
-
     try:
-        while chunk := src.read(1 << 20):
-            too_large: FrameTooLarge | None = None
-            try:
-                payloads = reader.feed(chunk)
-            except FrameTooLarge as exc:
-                too_large, payloads = exc, exc.frames
-            for payload in payloads:
-                frames += 1
-                try:
-                    span = sniffer.decode(payload)
-                except DecodeError as exc:
-                    bad += 1
-                    print(f"kata-debug: warning: frame {frames} at offset {offset}: {exc}", file=sys.stderr)
-                else:
-                    spans += 1
-                    batch.append(span)
-                    if len(batch) >= batch_size:
-                        flush()
-                offset += 8 + len(payload)
-            if too_large is not None:
-                problem = f"frame {frames + 1} at offset {offset}: {too_large}; stopping (cannot resynchronise)"
-                break
-        else:
-            if reader.pending:
-                problem = f"stream ends inside frame {frames + 1} at offset {offset} ({reader.pending} bytes)"
-        flush()
-        dst.flush()
+        summary = decode_capture(
+            src,
+            dst,
+            origin=origin,
+            fmt=format.value,
+            batch_size=batch_size,
+            max_frame_bytes=limit,
+            warn=lambda text: print(f"kata-debug: warning: {text}", file=sys.stderr),
+        )
     except BrokenPipeError:
         raise SystemExit(0) from None
     finally:
@@ -155,14 +124,14 @@ def decode(
             src.close()
         if dst is not sys.stdout:
             dst.close()
-    if problem:
-        print(f"kata-debug: warning: {problem}", file=sys.stderr)
+    if summary.problem:
+        print(f"kata-debug: warning: {summary.problem}", file=sys.stderr)
     print(
-        f"kata-debug: decoded {spans} spans from {frames} frames (format {sniffer.settled or format.value}); "
-        f"{bad} undecodable",
+        f"kata-debug: decoded {summary.spans} spans from {summary.frames} frames (format {summary.format}); "
+        f"{summary.undecodable} undecodable",
         file=sys.stderr,
     )
-    if bad or problem:
+    if summary.undecodable or summary.problem:
         raise typer.Exit(1)
 
 
@@ -170,6 +139,7 @@ def decode(
 
 
 def forward(
+    ctx: typer.Context,
     listen: list[str] | None = typer.Option(
         None,
         "--listen",
@@ -227,9 +197,9 @@ def forward(
     Runs until SIGTERM/SIGINT, then stops accepting, flushes queued spans within
     --shutdown-timeout and exits 0. Logs (with counters) go to stderr.
     """
-    from kata_debug.forwarder.exporters import parse_export, target_from_env
     from kata_debug.forwarder.listeners import parse_listen
     from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderError, tune_gc
+    from kata_debug.forwarder.targets import parse_export, target_from_env
 
     listen_uris = listen or ["vsock://any:10240"]
     for uri in listen_uris:
@@ -263,7 +233,7 @@ def forward(
         format=format.value,
         service_name=service_name,
         host_root=str(host_root),
-        node_name=node_name or os.environ.get("NODE_NAME") or None,
+        node_name=node_name_option(ctx, node_name),
         queue_size=queue_size,
         queue_bytes=queue_limit,
         batch_size=batch_size,
@@ -291,6 +261,15 @@ def forward(
             raise KataDebugError(str(exc)) from None
 
     asyncio.run(_main())
+
+
+def node_name_option(ctx: typer.Context, node_name: str | None) -> str | None:
+    """`--node-name` as given (even empty: no node name), else `$NODE_NAME` (the DaemonSet sets it)."""
+    # Typer's ParameterSource enum lives in its private vendored click: compared by name.
+    source = ctx.get_parameter_source("node_name")
+    if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+        return os.environ.get("NODE_NAME") or None
+    return node_name or None
 
 
 def configure_logging(level: str) -> None:

@@ -1,4 +1,8 @@
-"""Bring one node's bundle home: exec `kata-debug collect` in its agent pod and spool the stream.
+"""Bring one node's bundle home: exec `kata-debug collect` in its pod and spool the stream.
+
+The pod is the node's kata-debug agent (deploy/daemonset.yaml) when one is Running there;
+otherwise, or for every node with `--ephemeral`, a collector pod made for this run and
+deleted after it (`ephemeral`).
 
 A node's stream is spooled to a temp file as it arrives and added as ONE member,
 `nodes/<node>/bundle.tar.gz`, once the node reports its exit status. Memory stays flat (two
@@ -18,8 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kata_debug.bundle.manifest import NodeEntry, NodeStatus
+from kata_debug.bundle.manifest import NodeEntry, NodeStatus, NodeVia
 from kata_debug.bundle.writer import SUFFIXES, AsyncBundle, Spool, safe_component
+from kata_debug.cluster.collector_pod import CONTAINER
+from kata_debug.cluster.ephemeral import CollectorPods, PodStartError
 from kata_debug.cluster.objects import KATA_RUNTIME_LABEL, name_of
 from kata_debug.cluster.options import ClusterOptions
 from kata_debug.cluster.progress import ClusterProgress
@@ -97,39 +103,80 @@ def stderr_tail(stderr: bytes) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
+def agent_running(agent: dict[str, Any] | None) -> bool:
+    """Whether a node's agent pod can be exec'd into (else a collector pod is made for the node)."""
+    return agent is not None and (agent.get("status") or {}).get("phase") == "Running"
+
+
 class NodeCollector:
     """Collects nodes of one run into one cluster bundle (shared session, redactor and progress)."""
 
     def __init__(
-        self, opts: ClusterOptions, session: KubeSession, redactor: Redactor, progress: ClusterProgress
+        self,
+        opts: ClusterOptions,
+        session: KubeSession,
+        redactor: Redactor,
+        progress: ClusterProgress,
+        pods: CollectorPods | None = None,
     ) -> None:
         self.opts = opts
         self.session = session
         self.redactor = redactor
         self.progress = progress
+        self.pods = pods or CollectorPods(session, opts)
 
-    def _unreachable(self, node: str, agents_error: str | None) -> NodeEntry:
+    def _no_agent(self, agent: dict[str, Any] | None, agents_error: str | None) -> str:
+        """Why the node is not collected through an agent pod (for the error if the collector pod fails too)."""
+        if self.opts.ephemeral:
+            return "--ephemeral"
         if agents_error is not None:
-            reason = f"cannot list the kata-debug agent pods in namespace {self.opts.agent_namespace}: {agents_error}"
-        else:
-            reason = (
-                f"no kata-debug agent pod on this node (label {self.opts.agent_selector} in namespace "
-                f"{self.opts.agent_namespace}): is deploy/daemonset.yaml applied and the node labelled {KATA_RUNTIME_LABEL}?"
-            )
-        return NodeEntry(node, "failed", reason, 0.0, 0)
+            return f"cannot list the kata-debug agent pods in namespace {self.opts.agent_namespace}: {agents_error}"
+        if agent is not None:
+            phase = (agent.get("status") or {}).get("phase")
+            return f"agent pod {name_of(agent)} is {phase or 'not running'}"
+        return (
+            f"no kata-debug agent pod on this node (label {self.opts.agent_selector} in namespace "
+            f"{self.opts.agent_namespace}; deploy/daemonset.yaml applies them to nodes labelled {KATA_RUNTIME_LABEL})"
+        )
 
     async def collect(
         self, node: str, agent: dict[str, Any] | None, bundle: AsyncBundle, agents_error: str | None = None
     ) -> NodeEntry:
-        """Run the node's collect in `agent` and add what it streamed to `bundle`."""
+        """Collect `node` through its Running agent pod, else through a collector pod made for it."""
+        if agent is not None and agent_running(agent) and not self.opts.ephemeral:
+            return await self._stream(
+                node, name_of(agent), self.opts.agent_container, bundle, time.monotonic(), "agent"
+            )
+        return await self.collect_ephemeral(node, bundle, self._no_agent(agent, agents_error))
+
+    async def collect_ephemeral(self, node: str, bundle: AsyncBundle, why: str) -> NodeEntry:
+        """Create the node's collector pod, stream its bundle, and delete the pod in every case."""
         start = time.monotonic()
+        name = self.pods.name(node)
+        cleanup: str | None = None
+        try:
+            try:
+                await self.pods.start(node)
+            except PodStartError as exc:
+                prefix = "" if self.opts.ephemeral else f"{why}; "
+                entry = NodeEntry(node, "failed", f"{prefix}{exc}", 0.0, 0, pod=name, via="ephemeral")
+            else:
+                entry = await self._stream(node, name, CONTAINER, bundle, start, "ephemeral")
+        finally:
+            cleanup = await self.pods.remove(name)
+        entry.duration_s = round(time.monotonic() - start, 3)
+        if cleanup is not None:
+            note = f"collector pod {name} NOT deleted ({cleanup}): delete it by hand"
+            entry.error = f"{entry.error}; {note}" if entry.error else note
+            if entry.status == "ok":
+                entry.status = "partial"
+        return entry
+
+    async def _stream(
+        self, node: str, pod: str, container: str, bundle: AsyncBundle, start: float, via: NodeVia
+    ) -> NodeEntry:
+        """Run the node's collect in `pod` and add what it streamed to `bundle`."""
         base = f"nodes/{safe_component(node, 'node')}"
-        if agent is None:
-            return self._unreachable(node, agents_error)
-        pod = name_of(agent)
-        phase = (agent.get("status") or {}).get("phase")
-        if phase != "Running":
-            return NodeEntry(node, "failed", f"agent pod {pod} is {phase or 'not running'}", 0.0, 0, pod=pod)
         self.progress.node_started(node)
         spool = await asyncio.to_thread(Spool)  # creates a temp file
         sink = SpoolSink(spool, lambda n: self.progress.node_bytes(node, n))
@@ -146,7 +193,7 @@ class NodeCollector:
                         pod,
                         node_command(self.opts, node),
                         sink.write,
-                        container=self.opts.agent_container,
+                        container=container,
                     )
                 exit_code, stderr = outcome.exit_code, outcome.stderr
                 if exit_code == 0:
@@ -188,4 +235,5 @@ class NodeCollector:
             pod=pod,
             exit_code=exit_code,
             member=member,
+            via=via,
         )

@@ -14,9 +14,18 @@ import time
 from datetime import UTC, datetime
 
 from kata_debug import __version__
-from kata_debug.bundle.manifest import ClusterScope, CollectorEntry, ItemFailure, Manifest, NodeEntry, NodeSelection
+from kata_debug.bundle.manifest import (
+    ClusterScope,
+    CollectorEntry,
+    CollectorPodsScope,
+    ItemFailure,
+    Manifest,
+    NodeEntry,
+    NodeSelection,
+)
 from kata_debug.bundle.writer import SUFFIXES, AsyncBundle, BundleWriter, OutputTarget, bundle_stem
-from kata_debug.cluster.node_exec import NodeCollector
+from kata_debug.cluster.ephemeral import CollectorPods
+from kata_debug.cluster.node_exec import NodeCollector, agent_running
 from kata_debug.cluster.objects import KATA_RUNTIME_LABEL, ClusterObjects, name_of
 from kata_debug.cluster.options import ClusterOptions, default_output, validate
 from kata_debug.cluster.planning import NodePlan, plan
@@ -62,7 +71,13 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
     bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
     redactor = Redactor(enabled=opts.redact)
     objects = ClusterObjects(session, bundle, redactor, inv, opts.since)
-    collector = NodeCollector(opts, session, redactor, progress)
+    pods = CollectorPods(session, opts)
+    collector = NodeCollector(opts, session, redactor, progress, pods)
+    pods_scope: CollectorPodsScope | None = None
+    if opts.ephemeral or any(not agent_running(agents.get(n)) for n in names):
+        # Before this run makes its own: earlier runs' pods that were never deleted.
+        deleted, list_error = await pods.remove_leftovers()
+        pods_scope = CollectorPodsScope(opts.agent_namespace, opts.image, pods.run_id, deleted, list_error)
     results: dict[str, NodeEntry] = {r.name: r for r in chosen.early}
     for r in chosen.early:
         progress.node_finished(r)
@@ -101,8 +116,15 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
 
     for n in names:
         if n not in results:
+            via_agent = agent_running(agents.get(n)) and not opts.ephemeral
             results[n] = NodeEntry(
-                n, "failed", interrupted or "interrupted", 0.0, 0, pod=name_of(agents[n]) if n in agents else None
+                n,
+                "failed",
+                interrupted or "interrupted",
+                0.0,
+                0,
+                pod=name_of(agents[n]) if via_agent else None,
+                via="agent" if via_agent else "ephemeral",
             )
     ordered = [results[n] for n in sorted(results)]
     failures = [ItemFailure(f.item, f.reason) for f in objects.failures]
@@ -132,6 +154,7 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
             kata_runtime_classes=sorted(inv.kata_runtime_classes),
             kata_pods=len(inv.kata_pods),
             nodes=ordered,
+            collector_pods=pods_scope,
         ),
         started_at=started,
         finished_at=datetime.now(UTC),

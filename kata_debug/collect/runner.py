@@ -26,6 +26,7 @@ from kata_debug.bundle.writer import (
     Compression,
     OutputTarget,
     bundle_stem,
+    compression_for,
 )
 from kata_debug.collect import signals
 from kata_debug.collect.interrupts import run_interruptible
@@ -53,7 +54,8 @@ class CollectOptions:
     timeout: float = 60.0
     deadline: float | None = None
     redact: bool = True
-    compression: Compression = "gzip"
+    #: None: from the output's name (`.tar.gz` gzip, `.tar` none), else zstd.
+    compression: Compression | None = None
     all_runtimes: bool = False
     max_log_bytes: int = DEFAULT_LOG_CAP
     #: Spec and state files larger than this are kept raw, cut, instead of parsed.
@@ -142,12 +144,13 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     node = opts.node if opts.node else await asyncio.to_thread(detect_node_name, host)
     started = datetime.now(UTC)
     top = bundle_stem(node, started)
-    output = opts.output or default_output(node, started, opts.compression)
-    target = OutputTarget(output, unique_suffix=None if opts.output else SUFFIXES[opts.compression])
+    compression = opts.compression or compression_for(opts.output)
+    output = opts.output or default_output(node, started, compression)
+    target = OutputTarget(output, unique_suffix=None if opts.output else SUFFIXES[compression])
     sink = await asyncio.to_thread(target.open)
     output = target.path
     redactor = Redactor(enabled=opts.redact)
-    bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
+    bundle = AsyncBundle(BundleWriter(sink, top, compression))
     ctx = CollectContext(
         host=host,
         node=node,

@@ -182,13 +182,20 @@ class KubeSession:
         await self.ws.close()
 
     async def _request(
-        self, path: str, query: Sequence[tuple[str, Any]] = (), accept: str = "application/json", timeout: float = 60.0
+        self,
+        path: str,
+        query: Sequence[tuple[str, Any]] = (),
+        accept: str = "application/json",
+        timeout: float = 60.0,
+        verb: str = "GET",
+        payload: dict[str, Any] | None = None,
     ) -> Any:
         method, url, headers, body, post = await self.api.param_serialize(
-            method="GET",
+            method=verb,
             resource_path=path,
             query_params=list(query) or None,
             header_params={"Accept": accept},
+            body=payload,
             auth_settings=_AUTH,
         )
         try:
@@ -200,7 +207,25 @@ class KubeSession:
 
     async def get(self, path: str, query: Sequence[tuple[str, Any]] = (), timeout: float = 60.0) -> dict[str, Any]:
         """GET one JSON object; non-2xx becomes KubeError with the server's own message."""
-        resp = await self._request(path, query, timeout=timeout)
+        return await self._json("GET", path, query, None, timeout)
+
+    async def create(self, path: str, obj: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        """POST `obj` to the collection at `path`; returns the object as the server stored it."""
+        return await self._json("POST", path, (), obj, timeout)
+
+    async def delete(self, path: str, query: Sequence[tuple[str, Any]] = (), timeout: float = 60.0) -> dict[str, Any]:
+        """DELETE the object at `path` (a `Status` or the object being deleted comes back)."""
+        return await self._json("DELETE", path, query, None, timeout)
+
+    async def _json(
+        self,
+        verb: str,
+        path: str,
+        query: Sequence[tuple[str, Any]],
+        payload: dict[str, Any] | None,
+        timeout: float,
+    ) -> dict[str, Any]:
+        resp = await self._request(path, query, timeout=timeout, verb=verb, payload=payload)
         try:
             data = await resp.read()
         finally:

@@ -1,22 +1,23 @@
-"""Copy a log file redacted and gather its lines per sandbox: the CPU-heavy half of shim-logs.
+"""Copy a log file redacted and index its lines per sandbox: the CPU-heavy half of shim-logs.
 
 This is pure Python work on bytes that holds the GIL, so it is kept free of asyncio and of
 the bundle writer: the shim-logs collector runs it in a thread for small inputs and in a
 separate scanner process (`logscan_worker`) for large ones, where it cannot starve the
 threads that compress the bundle. Both run this very code, so their output is identical.
 
-Per-sandbox splitting avoids Python work per byte: the chunk is split into lines and a
-literal-prefixed regex is mapped over them in C; Python only touches lines that name a
-sandbox, and writes once per sandbox per chunk.
+A sandbox's lines are not copied again: the index says, per log member, how many lines
+name it and where the first and last are (`grep -n -F <id>` finds them all). Indexing
+avoids Python work per byte: the chunk is split into lines and a literal-prefixed regex is
+mapped over them in C.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Protocol
 
 from kata_debug.logs.logfmt import parse_line, sandbox_of
 from kata_debug.node.hostroot import open_regular
@@ -31,9 +32,6 @@ class Sink(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
 
-_S = TypeVar("_S", bound=Sink)
-
-
 @dataclass
 class SourceStats:
     """What one log source yielded; goes into shim-logs/summary.json as is."""
@@ -44,65 +42,115 @@ class SourceStats:
     error: str | None = None
 
 
-class PerSandbox(Generic[_S]):
-    """One sink per sandbox, at most MAX_SANDBOXES; writes for further sandboxes are counted.
+#: A sandbox id as it may name a bundle member or an index key: Kata's are 64 hex digits,
+#: tests and other runtimes use shorter names. Anything else (`../x`, a path, 10 KiB of junk
+#: from a mangled line) is not a sandbox id: it is counted, never used.
+_VALID_SID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
+_MAX_SID = 128
 
-    `present` names sandboxes that already have a sink elsewhere (a scanner process continues
-    what the collector's journal sources started): they count towards the limit and always
-    get a sink here, exactly as if both had written into one PerSandbox.
+
+def valid_sandbox_id(sid: str) -> bool:
+    return len(sid) <= _MAX_SID and _VALID_SID.fullmatch(sid) is not None
+
+
+@dataclass
+class SandboxLines:
+    """Where one sandbox's lines are in one log member: how many, first and last line (1-based)."""
+
+    lines: int
+    first_line: int
+    last_line: int
+
+
+class SandboxIndex:
+    """Per sandbox, per log member, where its lines are: the per-sandbox view, stored once.
+
+    At most MAX_SANDBOXES sandboxes are indexed; lines of further ones are counted in
+    `overflow`, lines naming an id that is not a valid sandbox id in `rejected`. `known` is
+    the set of sandboxes indexed so far, which may be shared: an index continuing another
+    (a scanner process's, per file, after the collector's journal) admits exactly the
+    sandboxes one index over everything would.
     """
 
-    def __init__(self, open_sink: Callable[[str], _S], present: Iterable[str] = ()) -> None:
-        self._open = open_sink
-        self._present = set(present)
-        self.sinks: dict[str, _S] = {}
+    def __init__(self, known: set[str] | None = None) -> None:
+        self.sandboxes: dict[str, dict[str, SandboxLines]] = {}
+        self.known = set() if known is None else known
         self.overflow = 0
+        self.rejected = 0
 
-    def write(self, sid: str, lines: bytes) -> None:
-        sink = self.sinks.get(sid)
-        if sink is None:
-            if sid not in self._present:
-                if len(self._present) >= MAX_SANDBOXES:
-                    self.overflow += 1
+    def add(self, sid: str, member: str, count: int, first: int, last: int) -> None:
+        if not valid_sandbox_id(sid):
+            self.rejected += count
+            return
+        members = self.sandboxes.get(sid)
+        if members is None:
+            if sid not in self.known:
+                if len(self.known) >= MAX_SANDBOXES:
+                    self.overflow += count
                     return
-                self._present.add(sid)
-            sink = self.sinks[sid] = self._open(sid)
-        sink.write(lines if lines.endswith(b"\n") else lines + b"\n")
+                self.known.add(sid)
+            members = self.sandboxes[sid] = {}
+        seen = members.get(member)
+        if seen is None:
+            members[member] = SandboxLines(count, first, last)
+        else:
+            seen.lines += count
+            seen.last_line = last
+
+    def merge(self, other: SandboxIndex) -> None:
+        """Fold in another index (a scanner process's), as if one index had seen both."""
+        for sid, members in other.sandboxes.items():
+            for member, at in members.items():
+                self.add(sid, member, at.lines, at.first_line, at.last_line)
+        self.overflow += other.overflow
+        self.rejected += other.rejected
+
+    def to_json(self) -> dict[str, dict[str, dict[str, int]]]:
+        return {
+            sid: {m: {"lines": a.lines, "first_line": a.first_line, "last_line": a.last_line} for m, a in ms.items()}
+            for sid, ms in sorted(self.sandboxes.items())
+        }
+
+    @classmethod
+    def from_json(
+        cls, data: dict[str, dict[str, dict[str, int]]], overflow: int = 0, rejected: int = 0
+    ) -> SandboxIndex:
+        index = cls()
+        for sid, members in data.items():
+            for member, a in members.items():
+                index.add(sid, member, a["lines"], a["first_line"], a["last_line"])
+        index.overflow += overflow
+        index.rejected += rejected
+        return index
 
 
-def sandbox_groups(chunk: bytes) -> tuple[int, dict[bytes, bytes]]:
-    """The newlines in `chunk`, and its lines that name a sandbox joined per sandbox id (first-seen order).
+def sandbox_lines(chunk: bytes) -> tuple[int, dict[str, tuple[int, int, int]]]:
+    """The newlines in `chunk`, and per sandbox id named in it: (lines, first, last) line index (0-based).
 
-    Go shim lines carry `sandbox=<id>` (the first occurrence on a line wins). Only chunks
-    with runtime-rs/JSON shapes pay for the full line parser; such lines follow the logfmt
-    ones of their sandbox. A group ends with a newline unless it ends with the chunk's
-    unterminated last line (end of a file without a final newline).
+    Go shim lines carry `sandbox=<id>` (the first occurrence on a line wins), found by a
+    regex mapped over the lines in C. Only chunks with runtime-rs/JSON shapes pay for the
+    full line parser, on the lines that have no `sandbox=`.
     """
     lines = chunk.split(b"\n")
-    groups: dict[bytes, list[bytes]] = {}
-    for m in filter(None, map(_SANDBOX_FIELD.search, lines)):
-        group = groups.get(m[1])
-        if group is None:
-            groups[m[1]] = [m.string]
-        else:
-            group.append(m.string)
-    extra: dict[bytes, list[bytes]] = {}
+    found: dict[bytes, list[int]] = {}
+    for i, m in enumerate(map(_SANDBOX_FIELD.search, lines)):
+        if m is not None:
+            at = found.get(m[1])
+            if at is None:
+                found[m[1]] = [1, i, i]
+            else:
+                at[0] += 1
+                at[2] = i
+    out = {sid.decode("utf-8", "replace"): (n, a, b) for sid, (n, a, b) in found.items()}
     if b"kata-runtime" in chunk or b'"sandbox"' in chunk:
-        for line in chunk.splitlines(keepends=True):
+        for i, line in enumerate(lines):
             if b"sandbox=" not in line and (b"kata-runtime" in line or b'"sandbox"' in line):
-                named = sandbox_of(parse_line(line.decode("utf-8", "replace")))
+                brace = line.find(b"{")  # a journal line: the message after the `ident[pid]: ` prefix
+                text = line[brace:] if brace > 0 and line[:brace].rstrip().endswith(b":") else line
+                named = sandbox_of(parse_line(text.decode("utf-8", "replace")))
                 if named:
-                    extra.setdefault(named.encode(), []).append(line)
-                    groups.setdefault(named.encode(), [])
-    unterminated = lines[-1] or None  # `is` below: the very object split() returned
-    out: dict[bytes, bytes] = {}
-    for sid, group in groups.items():
-        ends_open = bool(group) and group[-1] is unterminated
-        if group and not ends_open:
-            group.append(b"")  # join() then ends with the newline
-        joined = b"\n".join(group)
-        more = extra.get(sid)
-        out[sid] = joined + b"".join(more) if more else joined
+                    n, a, b = out.get(named, (0, i, i))
+                    out[named] = (n + 1, min(a, i), max(b, i))
     return len(lines) - 1, out
 
 
@@ -110,14 +158,15 @@ def copy_log(
     real_path: str,
     cap: int,
     out: Sink,
-    per_sandbox: PerSandbox[Any],
+    index: SandboxIndex,
+    member: str,
     redact: StreamRedactor,
     stats: SourceStats,
     after_chunk: Callable[[], None] | None = None,
 ) -> int:
-    """Copy the newest `cap` bytes of a log file, redacted, gathering sandbox lines.
+    """Copy the newest `cap` bytes of a log file, redacted, indexing its sandbox lines under `member`.
 
-    Starts on a line boundary and reads whole lines, so redaction and splitting never see a
+    Starts on a line boundary and reads whole lines, so redaction and indexing never see a
     line cut in two. `stats` is updated as chunks go, so a read error part-way still reports
     what was copied; `after_chunk` runs after each chunk is written out. Returns the bytes
     skipped at the start.
@@ -132,12 +181,18 @@ def copy_log(
         while chunk := src.read(BATCH):
             chunk += src.readline()
             chunk = redact.feed(chunk)
-            out.write(chunk)
-            newlines, groups = sandbox_groups(chunk)
-            stats.bytes += len(chunk)
-            stats.lines += newlines
-            for sid, lines in groups.items():
-                per_sandbox.write(sid.decode("utf-8", "replace"), lines)
+            write_indexed(chunk, out, index, member, stats)
             if after_chunk is not None:
                 after_chunk()
     return skipped
+
+
+def write_indexed(chunk: bytes, out: Sink, index: SandboxIndex, member: str, stats: SourceStats) -> None:
+    """Write redacted whole lines to `out`, indexing the sandboxes they name; `stats` counts them."""
+    out.write(chunk)
+    newlines, found = sandbox_lines(chunk)
+    base = stats.lines + 1  # line numbers are 1-based, as `sed -n` and `grep -n` count
+    for sid, (n, first, last) in found.items():
+        index.add(sid, member, n, base + first, base + last)
+    stats.bytes += len(chunk)
+    stats.lines += newlines

@@ -23,8 +23,9 @@ from typing import IO, Any
 import re2
 
 from kata_debug.bundle.writer import Spool
+from kata_debug.logs.scan import SandboxIndex
 
-# One message may list up to 512 new sandbox ids; ids have no length limit in the logs.
+# A file's result carries its sandbox index: up to 512 ids, each with a line of numbers.
 _MAX_MESSAGE = 32 << 20
 #: How often (bytes read) the scanner says how far it got, so its output can be compressed meanwhile.
 PROGRESS_EVERY = 4 << 20
@@ -50,16 +51,15 @@ class ScannedFile:
     output: str | None
     size: int
     redactions: dict[str, int] = field(default_factory=dict)
-    overflow: int = 0
+    index: SandboxIndex = field(default_factory=SandboxIndex)
 
 
 @dataclass
 class Progress:
-    """How far the scanner got in the current file: sizes it has flushed, so readable now."""
+    """How far the scanner got in the current file: the size it has flushed, so readable now."""
 
     output: str | None  # None: the file could not be read after all
     size: int
-    sandboxes: dict[str, tuple[str, int]]  # sandbox id -> (file, size) for those that grew
 
 
 def _open_and_unlink(path: str) -> IO[bytes]:
@@ -70,7 +70,31 @@ def _open_and_unlink(path: str) -> IO[bytes]:
 
 def _make_workdir() -> tuple[str, IO[bytes]]:
     workdir = tempfile.mkdtemp(prefix="kata-debug-scan-")
-    return workdir, open(os.path.join(workdir, "stderr"), "wb")
+    try:
+        return workdir, open(os.path.join(workdir, "stderr"), "wb")
+    except BaseException:
+        shutil.rmtree(workdir, True)
+        raise
+
+
+async def _remove(workdir: str, stderr: IO[bytes] | None) -> None:
+    """Remove the scanner's directory even when the caller is being cancelled meanwhile.
+
+    The removal runs in a thread that a cancellation cannot stop half-way; a second
+    cancellation while it runs is re-raised only after the directory is gone.
+    """
+
+    def _rm() -> None:
+        if stderr is not None:
+            stderr.close()
+        shutil.rmtree(workdir, True)
+
+    task = asyncio.ensure_future(asyncio.to_thread(_rm))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 class ScannerProcess:
@@ -80,17 +104,20 @@ class ScannerProcess:
         self._proc = proc
         self.workdir = workdir
         self._stderr = stderr
-        #: sandbox id -> file holding that sandbox's lines from the scanned files, as reported so far.
-        self.sandbox_files: dict[str, str] = {}
-        #: sandbox id -> bytes of that file the scanner has flushed (all of it after `finish`).
-        self.sandbox_sizes: dict[str, int] = {}
 
     @classmethod
     async def start(cls) -> ScannerProcess | None:
         """None when no separate interpreter can run here (a frozen binary, exec failing)."""
         if getattr(sys, "frozen", False) or not sys.executable:
             return None
-        workdir, stderr = await asyncio.to_thread(_make_workdir)
+        making = asyncio.ensure_future(asyncio.to_thread(_make_workdir))
+        try:
+            workdir, stderr = await asyncio.shield(making)
+        except asyncio.CancelledError:  # the thread goes on: wait for the directory, then remove it
+            await asyncio.wait([making])
+            if not making.cancelled() and making.exception() is None:
+                await _remove(*making.result())
+            raise
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": _IMPORT_ROOT + os.pathsep + _RE2_ROOT + (os.pathsep + path if path else "")}
         try:
@@ -112,19 +139,22 @@ class ScannerProcess:
                 limit=_MAX_MESSAGE,
             )
         except OSError:
-            stderr.close()
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
+            await _remove(workdir, stderr)
             return None
+        except BaseException:  # cancelled while starting: nobody else knows the directory
+            await _remove(workdir, stderr)
+            raise
         return cls(proc, workdir, stderr)
 
-    async def send(self, files: Sequence[tuple[str, int]], *, present: Iterable[str], redact: bool) -> None:
-        """Hand over the files (real path, cap) and the sandboxes that already have lines elsewhere."""
+    async def send(self, files: Sequence[tuple[str, int, str]], *, known: Iterable[str], redact: bool) -> None:
+        """Hand over the files: (real path, cap, bundle member its sandbox lines are indexed under),
+        and the sandboxes already indexed (they count towards the limit)."""
         job = {
             "redact": redact,
+            "known": sorted(known),
             "dir": self.workdir,
-            "present": sorted(present),
             "progress_every": PROGRESS_EVERY,
-            "files": [{"real": real, "cap": cap} for real, cap in files],
+            "files": [{"real": real, "cap": cap, "member": member} for real, cap, member in files],
         }
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(job).encode() + b"\n")
@@ -139,10 +169,9 @@ class ScannerProcess:
         (and, last, of the final sizes)."""
         while True:
             msg = await self._read()
-            grown = self._sandboxes(msg)
             name = msg["out"]
             if progress is not None:
-                progress(Progress(None if name is None else os.path.join(self.workdir, name), msg["size"], grown))
+                progress(Progress(None if name is None else os.path.join(self.workdir, name), msg["size"]))
             if "progress" not in msg:
                 break
         return ScannedFile(
@@ -153,15 +182,8 @@ class ScannerProcess:
             output=None if name is None else os.path.join(self.workdir, name),
             size=msg["size"],
             redactions=msg["redactions"],
-            overflow=msg["overflow"],
+            index=SandboxIndex.from_json(msg["index"], msg["overflow"], msg["rejected"]),
         )
-
-    def _sandboxes(self, msg: dict[str, Any]) -> dict[str, tuple[str, int]]:
-        for sid, name in msg["sandboxes"]:
-            self.sandbox_files[sid] = os.path.join(self.workdir, name)
-        for sid, size in msg["sizes"]:
-            self.sandbox_sizes[sid] = size
-        return {sid: (self.sandbox_files[sid], size) for sid, size in msg["sizes"]}
 
     async def adopt(self, path: str, cap: int | None = None) -> Spool:
         """A scanner output file as a spool (the caller closes it); the file leaves the directory."""
@@ -173,10 +195,6 @@ class ScannerProcess:
         if not msg.get("done"):
             raise ScannerGone(f"log scanner sent {json.dumps(msg)[:200]} instead of done")
         await self._proc.wait()
-
-    async def take_sandbox(self, sid: str, cap: int | None) -> Spool:
-        """The scanned lines of one sandbox as a spool (caller closes), after `finish`."""
-        return await self.adopt(self.sandbox_files.pop(sid), cap)
 
     async def _read(self) -> dict[str, Any]:
         assert self._proc.stdout is not None
@@ -206,8 +224,7 @@ class ScannerProcess:
                     pass
                 await self._proc.wait()
         finally:
-            self._stderr.close()
-            await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+            await _remove(self.workdir, self._stderr)
 
 
 def _last_line(path: str) -> str:

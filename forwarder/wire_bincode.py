@@ -1,223 +1,31 @@
-"""The kata-agent trace wire format: framing and both span payload decoders. No I/O.
+"""Bincode span payloads (kata-agent <= 3.28: bincode 1.3.3 over opentelemetry 0.14 `SpanData`).
 
-The agent writes one span per frame: an 8-byte big-endian length, then the payload. Agents up
-to 3.28 serialise opentelemetry 0.14 `SpanData` with bincode 1.3.3; agents from 3.29 serialise
-opentelemetry 0.17 `SpanData` with serde_json. Both decode into one `Span` model so the
-rest of the forwarder never knows which agent it is talking to. The JSON decoder lives in
-`forwarder.wire_json` and is importable from here (`wire.decode_json`).
-
-The guest is untrusted: every length is checked against the bytes actually present before
-anything is sliced or looped over, so a hostile frame can never make the decoder allocate more
-than a small multiple of the frame itself, and `DecodeError` is the only exception a payload
-can raise. The decoders are written for speed (precompiled `struct.Struct`s, direct field
-access) because a node forwards every span of every sandbox.
+Every length is checked against the bytes actually present before anything is sliced or
+looped over, so a hostile frame can never make the decoder allocate more than a small
+multiple of the frame itself, and `DecodeError` is the only exception a payload can raise.
+Written for speed (precompiled `struct.Struct`s, direct field access) because a node
+forwards every span of every sandbox.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import IntEnum
-from typing import Literal
 
-__all__ = [
-    "AttrValue",
-    "Attributes",
-    "DecodeError",
-    "Event",
-    "FrameReader",
-    "FrameTooLarge",
-    "FORMATS",
-    "Link",
-    "Span",
-    "SpanKind",
-    "StatusCode",
-    "WireFormat",
-    "FormatSniffer",
-    "decode_bincode",
-    "decode_json",
-    "decoder_for",
-    "HEADER_SIZE",
-    "DEFAULT_MAX_FRAME_BYTES",
-]
+from kata_debug.forwarder.spans import (
+    NS_PER_S,
+    U64_MAX,
+    Attributes,
+    AttrValue,
+    DecodeError,
+    Event,
+    Link,
+    Span,
+    SpanKind,
+)
 
-HEADER_SIZE = 8
-DEFAULT_MAX_FRAME_BYTES = 1 << 20
+__all__ = ["decode_bincode"]
 
-WireFormat = Literal["auto", "bincode", "json"]
-FORMATS: tuple[str, ...] = ("auto", "bincode", "json")
-
-#: An attribute value: the four scalar kinds, or a homogeneous tuple of one of them.
-AttrValue = bool | int | float | str | tuple[bool, ...] | tuple[int, ...] | tuple[float, ...] | tuple[str, ...]
-#: Attributes in wire order. A list, not a dict: event and link attributes are a `Vec` on the
-#: wire and may repeat a key; the forwarder passes on what the agent sent.
-Attributes = list[tuple[str, AttrValue]]
-
-
-class SpanKind(IntEnum):
-    """OTLP span kinds (the agent's enum order differs; the decoders map it)."""
-
-    UNSPECIFIED = 0
-    INTERNAL = 1
-    SERVER = 2
-    CLIENT = 3
-    PRODUCER = 4
-    CONSUMER = 5
-
-
-class StatusCode(IntEnum):
-    """OTLP status codes (same order as the agent's)."""
-
-    UNSET = 0
-    OK = 1
-    ERROR = 2
-
-
-class DecodeError(ValueError):
-    """A payload or frame that is not a kata-agent span. The only error decoding raises."""
-
-
-class FrameTooLarge(DecodeError):
-    """A frame header announcing more than the configured maximum: the stream cannot be trusted."""
-
-    def __init__(self, length: int, limit: int, frames: list[bytes] | None = None) -> None:
-        super().__init__(f"frame length {length} exceeds the {limit}-byte limit")
-        self.length = length
-        self.limit = limit
-        #: Complete frames that arrived before the bad header, in the same chunk.
-        self.frames: list[bytes] = frames or []
-
-
-@dataclass(slots=True)
-class Event:
-    name: str
-    time_unix_nano: int
-    attributes: Attributes
-    dropped_attributes_count: int
-
-
-@dataclass(slots=True)
-class Link:
-    trace_id: int
-    span_id: int
-    trace_flags: int
-    is_remote: bool
-    trace_state: tuple[tuple[str, str], ...]
-    attributes: Attributes
-    dropped_attributes_count: int
-
-
-@dataclass(slots=True)
-class Span:
-    """One agent span, whichever format it arrived in. Ids are integers; times are ns."""
-
-    trace_id: int
-    span_id: int
-    trace_flags: int
-    is_remote: bool
-    trace_state: tuple[tuple[str, str], ...]
-    parent_span_id: int  # 0 = root
-    kind: int  # SpanKind value
-    name: str
-    start_time_unix_nano: int
-    end_time_unix_nano: int
-    attributes: Attributes
-    dropped_attributes_count: int
-    events: list[Event]
-    dropped_events_count: int
-    links: list[Link]
-    dropped_links_count: int
-    status_code: int  # StatusCode value
-    status_message: str
-    #: The span's own resource attributes (`None` from real agents).
-    resource: Attributes | None
-
-
-# --------------------------------------------------------------------------- framing
-
-
-class FrameReader:
-    """Splits a byte stream into frame payloads, holding at most one partial frame.
-
-    Nothing is allocated from a header's claim: a frame's bytes are only kept as they
-    actually arrive, and a header above `max_frame_bytes` raises `FrameTooLarge` at once
-    (the stream has no resynchronisation point, so the caller must drop it).
-
-    Linear in the bytes fed: an incomplete frame only grows a bytearray; it is converted
-    to `bytes` once, when a frame is complete, so each received byte is copied a bounded
-    number of times however small the pieces it arrives in.
-    """
-
-    __slots__ = ("max_frame_bytes", "_buf", "frames")
-
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
-        self.frames = 0
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return the payloads of every frame now complete.
-
-        On a header above the limit, raises `FrameTooLarge` carrying the complete frames
-        that preceded it (they are good and must not be lost with the connection).
-        """
-        buf = self._buf
-        limit = self.max_frame_bytes
-        unpack = _BE_U64.unpack_from
-        if buf:  # a partial frame is waiting
-            buf += data
-            # Still incomplete: only the append above (amortised O(len(data))). Converting
-            # here would copy the whole partial frame on every read, quadratic in its size
-            # when a large frame trickles in in small pieces.
-            held = len(buf)
-            if held < HEADER_SIZE:
-                return []
-            (length,) = unpack(buf, 0)
-            if length > limit:
-                raise FrameTooLarge(length, limit)  # the bytes stay held, as below
-            if held < HEADER_SIZE + length:
-                return []
-            # At least one frame is complete: one copy, so payloads are sliced from bytes.
-            data = bytes(buf)
-            buf.clear()
-        elif type(data) is not bytes:
-            data = bytes(data)
-        out: list[bytes] = []
-        append = out.append
-        size = len(data)
-        pos = 0
-        while size - pos >= HEADER_SIZE:
-            (length,) = unpack(data, pos)
-            if length > limit:
-                buf += memoryview(data)[pos:]
-                self.frames += len(out)
-                raise FrameTooLarge(length, limit, out)
-            end = pos + HEADER_SIZE + length
-            if end > size:
-                break
-            append(data[pos + HEADER_SIZE : end])  # slicing bytes: the payload's only copy
-            pos = end
-        if pos < size:
-            buf += memoryview(data)[pos:]
-        self.frames += len(out)
-        return out
-
-    @property
-    def pending(self) -> int:
-        """Bytes of an incomplete frame held back; non-zero at EOF means a truncated frame."""
-        return len(self._buf)
-
-    def pending_header(self) -> int | None:
-        """The announced length of the incomplete frame, if its header has arrived."""
-        if len(self._buf) < HEADER_SIZE:
-            return None
-        return _BE_U64.unpack_from(self._buf, 0)[0]
-
-
-# --------------------------------------------------------------------------- bincode
-
-_BE_U64 = struct.Struct(">Q")
+_U64 = struct.Struct(">Q")
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
@@ -241,10 +49,8 @@ _i64 = _I64.unpack_from
 _f64 = _F64.unpack_from
 
 _BINCODE_KINDS = (SpanKind.CLIENT, SpanKind.SERVER, SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.INTERNAL)
-_NS = 1_000_000_000
-_U64_MAX = (1 << 64) - 1
-_I64_MIN = -(1 << 63)
-_I64_MAX = (1 << 63) - 1
+_NS = NS_PER_S
+_U64_MAX = U64_MAX
 
 
 class _Short(Exception):
@@ -262,7 +68,7 @@ def _b_str(buf: bytes, o: int, n: int) -> tuple[str, int]:
     return buf[o:e].decode(), e
 
 
-def _b_array(buf: bytes, o: int, n: int) -> tuple[tuple[AttrValue, ...], int]:
+def _b_array(buf: bytes, o: int, n: int) -> tuple[AttrValue, int]:
     if o + 12 > n:
         raise _Short
     tag, count = _VALUE_TAG_LEN.unpack_from(buf, o)
@@ -550,68 +356,3 @@ def decode_bincode(payload: bytes) -> Span:
         raise DecodeError(f"bincode: string is not UTF-8 at byte {exc.start}") from None
     except (OverflowError, MemoryError, IndexError) as exc:
         raise DecodeError(f"bincode: malformed payload ({exc})") from None
-
-
-# --------------------------------------------------------------------------- format choice
-
-Decoder = Callable[[bytes], Span]
-
-
-def decoder_for(fmt: str) -> Decoder:
-    if fmt == "bincode":
-        return decode_bincode
-    if fmt == "json":
-        from kata_debug.forwarder.wire_json import decode_json
-
-        return decode_json
-    raise ValueError(f"no single decoder for format {fmt!r}")
-
-
-class FormatSniffer:
-    """Decodes one connection's frames, settling its format on the first frame that decodes.
-
-    `auto` does not trust the first byte: a bincode payload starts with the low byte of the
-    trace id, which is `{` one time in 256. A frame is tried with the likelier decoder first
-    (JSON for `{`) and then the other, and only a complete, exact decode settles the
-    connection's format; from then on only that decoder is used, so a later garbage frame
-    cannot flip it.
-    """
-
-    __slots__ = ("requested", "settled", "_decode")
-
-    def __init__(self, fmt: str = "auto") -> None:
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown format {fmt!r}")
-        self.requested = fmt
-        self.settled: str | None = None if fmt == "auto" else fmt
-        self._decode: Decoder | None = None if fmt == "auto" else decoder_for(fmt)
-
-    @property
-    def decoder(self) -> Decoder:
-        """The settled format's decoder itself (one call less per frame), or `decode`."""
-        return self._decode if self._decode is not None else self.decode
-
-    def decode(self, payload: bytes) -> Span:
-        if self._decode is not None:
-            return self._decode(payload)
-        order = ("json", "bincode") if payload[:1] == b"{" else ("bincode", "json")
-        errors = []
-        for fmt in order:
-            try:
-                span = decoder_for(fmt)(payload)
-            except DecodeError as exc:
-                errors.append(str(exc))
-                continue
-            self.settled = fmt
-            self._decode = decoder_for(fmt)
-            return span
-        raise DecodeError("neither format decodes: " + "; ".join(errors))
-
-
-def __getattr__(name: str) -> object:
-    """`wire.decode_json`, without an import cycle: `wire_json` builds on this module's model."""
-    if name == "decode_json":
-        from kata_debug.forwarder.wire_json import decode_json
-
-        return decode_json
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

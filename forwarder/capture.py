@@ -1,0 +1,87 @@
+"""`trace decode`'s work: a captured frame stream in, OTLP/JSON lines out. Blocking; no event loop.
+
+A capture is what a listener would have received (8-byte length + payload, repeated), e.g.
+`socat` output or a test fixture. Undecodable frames are reported through `warn` and
+skipped; a frame header above the limit ends the stream (there is no resynchronisation
+point), and so does a stream that stops inside a frame. Both are summed up in
+`DecodeSummary.problem` so the command can turn them into its exit status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO
+
+from kata_debug.forwarder.formats import FormatSniffer
+from kata_debug.forwarder.frames import HEADER_SIZE, FrameReader, FrameTooLarge
+from kata_debug.forwarder.otlp_json import group_by_resource, request_line
+from kata_debug.forwarder.spans import DecodeError, Origin, Span
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeSummary:
+    """What one capture held."""
+
+    spans: int
+    frames: int
+    undecodable: int
+    #: The format the stream settled on (the requested one if nothing decoded).
+    format: str
+    #: Why the stream could not be read to its end, or None.
+    problem: str | None
+
+
+def decode_capture(
+    src: IO[bytes],
+    dst: IO[str],
+    *,
+    origin: Origin,
+    fmt: str = "auto",
+    batch_size: int = 512,
+    max_frame_bytes: int,
+    warn: Callable[[str], None],
+) -> DecodeSummary:
+    """Decode every frame of `src`, writing one OTLP/JSON line per `batch_size` spans to `dst`."""
+    reader = FrameReader(max_frame_bytes)
+    sniffer = FormatSniffer(fmt)
+    spans = frames = bad = 0
+    offset = 0  # stream offset of the next frame header
+    batch: list[Span] = []
+    problem: str | None = None
+
+    def flush() -> None:
+        if batch:
+            dst.write(request_line(group_by_resource((s, origin.resource_for(s)) for s in batch)))
+            batch.clear()
+
+    while chunk := src.read(_CHUNK):
+        too_large: FrameTooLarge | None = None
+        try:
+            payloads = reader.feed(chunk)
+        except FrameTooLarge as exc:
+            too_large, payloads = exc, exc.frames
+        for payload in payloads:
+            frames += 1
+            try:
+                span = sniffer.decode(payload)
+            except DecodeError as exc:
+                bad += 1
+                warn(f"frame {frames} at offset {offset}: {exc}")
+            else:
+                spans += 1
+                batch.append(span)
+                if len(batch) >= batch_size:
+                    flush()
+            offset += HEADER_SIZE + len(payload)
+        if too_large is not None:
+            problem = f"frame {frames + 1} at offset {offset}: {too_large}; stopping (cannot resynchronise)"
+            break
+    else:
+        if reader.pending:
+            problem = f"stream ends inside frame {frames + 1} at offset {offset} ({reader.pending} bytes)"
+    flush()
+    dst.flush()
+    return DecodeSummary(spans, frames, bad, sniffer.settled or fmt, problem)
