@@ -30,7 +30,7 @@ def _catches(pid: int, sig: signal.Signals) -> bool:
 def _start(root: Path, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-o", str(out)]
-        + ["-c", "sandboxes", "-c", "oci-specs", "--output-format", "json"],
+        + ["-c", "sandboxes", "-c", "oci-specs", "--format", "json"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -93,7 +93,7 @@ def test_a_third_signal_aborts_even_while_the_bundle_is_being_written(busy_node:
     fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kata_debug", "collect", "--host-root", str(busy_node), "-o", str(fifo)]
-        + ["-c", "sandboxes", "-c", "oci-specs", "--compression", "none", "--output-format", "json"],
+        + ["-c", "sandboxes", "-c", "oci-specs", "--compression", "none", "--format", "json"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -16,11 +16,11 @@ def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def main() -> None:
+def main(prog_name: str = "kata-debug") -> None:
     if _command(sys.argv[1:]) != "collect":
         from kata_debug.cli.app import main as app_main
 
-        app_main()
+        app_main(prog_name=prog_name)
         return
     from kata_debug.collect import signals
 
@@ -28,9 +28,14 @@ def main() -> None:
     try:
         from kata_debug.cli.app import main as app_main
 
-        app_main()
+        app_main(prog_name=prog_name)
     except KeyboardInterrupt:  # the third signal arrived while importing
         print("kata-debug: interrupted", file=sys.stderr)
         sys.exit(130)
     finally:
         signals.ignore_from_now()  # however it exits: a signal during shutdown must not kill it
+
+
+def kubectl_plugin() -> None:
+    """`kubectl kata-debug ...` (see `cli.app.kubectl_plugin`), with the same early signal handling."""
+    main(prog_name="kubectl kata-debug")
