@@ -75,7 +75,9 @@ def test_one_or_two_signals_at_any_moment_end_in_a_valid_bundle_and_exit_3(
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 3, stderr.decode()
     bundle = read_bundle(out)
-    assert bundle.manifest["interrupted"] == f"interrupted by {sigs[0].name}"
+    # Two signals pending at once are handled in signal-number order (SIGINT before SIGTERM),
+    # whatever order they were sent in: under load either may be the first seen.
+    assert bundle.manifest["interrupted"] in {f"interrupted by {s.name}" for s in sigs}
     assert bundle.collector("sandboxes")["status"] == "timeout"
     assert not Path(f"{out}.partial").exists()
     assert "Traceback" not in stderr.decode()
