@@ -26,6 +26,10 @@ _MODULES = (
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "virtio_vsock",
+    # Hold the host side of AF_VSOCK on VMware / Hyper-V guests, so vhost_vsock cannot load.
+    "vmw_vsock_vmci_transport",
+    "vmw_vmci",
+    "hv_sock",
 )
 _DEVICES = ("/dev/kvm", "/dev/vhost-vsock", "/dev/vhost-net", "/dev/vsock")
 _MEMINFO_KEYS = ("MemTotal", "MemAvailable", "HugePages_Total", "HugePages_Free", "Hugepagesize", "SwapTotal")
@@ -125,6 +129,9 @@ def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> d
         for n in _list(host, "/sys/kernel/mm/hugepages", failed)
     }
 
+    enforce = (_read(host, SELINUX_ENFORCE) or "").strip()
+    facts["selinux"] = {"enforce": int(enforce) if enforce in ("0", "1") else None}
+
     handlers = runtime_handlers(host)
     facts["containerd"] = {
         "configs": [p for p in CONTAINERD_CONFIGS if host.is_file(p)],
@@ -146,12 +153,32 @@ def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> d
 
 #: Copied as they are, next to the facts drawn from them.
 _COPIED = ("/proc/cmdline", "/proc/version", "/etc/os-release", "/proc/meminfo")
+#: The other container managers' configuration: which CRI runs Kata, and how (diagnose reads
+#: CRI-O's runtimes and storage options, Docker's runtimes).
+CRIO_CONFIGS = ("/etc/crio/crio.conf", "/etc/containers/storage.conf")
+CRIO_DROP_INS = "/etc/crio/crio.conf.d"
+DOCKER_CONFIG = "/etc/docker/daemon.json"
+SELINUX_ENFORCE = "/sys/fs/selinux/enforce"
+
+
+def other_cri_configs(host: HostRoot, failed: list[HostItemError] | None = None) -> list[str]:
+    """CRI-O and Docker configuration files present on the node. Blocking.
+
+    A drop-in directory that cannot be listed goes to `failed`.
+    """
+    found = [p for p in CRIO_CONFIGS if host.is_file(p)]
+    names = _list(host, CRIO_DROP_INS, [] if failed is None else failed)
+    found += [f"{CRIO_DROP_INS}/{n}" for n in names if n.endswith(".conf")]
+    if host.is_file(DOCKER_CONFIG):
+        found.append(DOCKER_CONFIG)
+    return found
 
 
 class HostCollector(Collector):
     name = "host"
     summary = (
-        "kernel, cmdline, CPU virtualization, /dev/kvm and vsock devices, modules, cgroups, memory, containerd handlers"
+        "kernel, cmdline, CPU virtualization, /dev/kvm and vsock devices, modules, cgroups, memory, SELinux mode, "
+        "containerd handlers, CRI-O / containers-storage / Docker configuration"
     )
     reads = (
         *_FILES,
@@ -160,6 +187,10 @@ class HostCollector(Collector):
         *_DEVICES,
         "/sys/kernel/mm/hugepages",
         *CONTAINERD_CONFIGS,
+        *CRIO_CONFIGS,
+        f"{CRIO_DROP_INS}/*.conf",
+        DOCKER_CONFIG,
+        SELINUX_ENFORCE,
         "containerd --version",
     )
 
@@ -172,6 +203,12 @@ class HostCollector(Collector):
             if await asyncio.to_thread(ctx.host.exists, path):
                 await out.add_host_file("files" + path, path, max_bytes=1 << 20)
         for path in facts["containerd"]["configs"]:
+            await out.add_host_file("files" + path, path, max_bytes=4 << 20)
+        cri_failed: list[HostItemError] = []
+        facts["other_cri_configs"] = await asyncio.to_thread(other_cri_configs, ctx.host, cri_failed)
+        for f in cri_failed:
+            out.item_failed(f.path, f.reason)
+        for path in facts["other_cri_configs"]:
             await out.add_host_file("files" + path, path, max_bytes=4 << 20)
         facts["containerd"]["version"], facts["containerd"]["version_from"] = await self._containerd_version(ctx)
         await out.add_json("facts.json", facts)

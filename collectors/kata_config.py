@@ -14,7 +14,7 @@ from typing import Any
 
 from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, host_tool_note
 from kata_debug.node.containerd_config import runtime_handlers
-from kata_debug.node.hostroot import describe
+from kata_debug.node.hostroot import HostRoot, describe
 from kata_debug.node.kata_config import CONFIG_DIRS, SEARCH_PATHS, drop_in_paths, effective_config_path, load_config
 
 _TOOLS = (
@@ -31,10 +31,45 @@ _TOOLS = (
 )
 
 
+#: Keys of a `[hypervisor.*]` section that name a file the runtime opens or executes.
+ASSET_KEYS = ("path", "kernel", "image", "initrd", "firmware", "virtio_fs_daemon", "jailer_path")
+
+
+def check_assets(host: HostRoot, configs: list[str]) -> list[dict[str, Any]]:
+    """Does every asset path of these configurations exist on the node? Blocking.
+
+    A path in the configuration that is not there (distro and kata-static layouts mixed,
+    an upgrade that moved /opt/kata) breaks every sandbox using it; `diagnose` names it.
+    """
+    out: list[dict[str, Any]] = []
+    for config in configs:
+        try:
+            data = tomllib.loads(host.read_text(config, 4 << 20))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            continue
+        for name, section in (data.get("hypervisor") or {}).items():
+            if not isinstance(section, dict):
+                continue
+            for key in ASSET_KEYS:
+                value = section.get(key)
+                if isinstance(value, str) and value.startswith("/"):
+                    out.append(
+                        {
+                            "config": config,
+                            "section": f"hypervisor.{name}",
+                            "setting": key,
+                            "path": value,
+                            "exists": host.exists(value),
+                        }
+                    )
+    return out
+
+
 class KataConfigCollector(Collector):
     name = "kata-config"
     summary = (
-        "Kata configuration files in search order, config.d drop-ins, the one in effect and its sizing keys, kata-env"
+        "Kata configuration files in search order, config.d drop-ins, the one in effect and its sizing keys, "
+        "whether its asset paths exist, kata-env"
     )
     reads = (
         *SEARCH_PATHS,
@@ -73,9 +108,9 @@ class KataConfigCollector(Collector):
             if h.config_path:
                 entry["sizing"] = await self._sizing(ctx, out, h.config_path)
             summary["handlers"].append(entry)
-        summary["tools"] = await self._tools(
-            ctx, out, effective or next((h["config_path"] for h in summary["handlers"] if h["config_path"]), None)
-        )
+        in_use = [p for p in [effective, *(h["config_path"] for h in summary["handlers"] if h.get("config_path"))] if p]
+        summary["assets"] = await asyncio.to_thread(check_assets, host, list(dict.fromkeys(in_use)))
+        summary["tools"] = await self._tools(ctx, out, effective or next(iter(in_use), None))
         await out.add_json("summary.json", summary)
 
     async def _sizing(self, ctx: CollectContext, out: CollectorOutput, path: str) -> dict[str, Any] | None:

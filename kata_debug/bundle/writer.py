@@ -21,13 +21,14 @@ import stat
 import tarfile
 import tempfile
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, TypeVar
+from typing import IO, Any, BinaryIO, Literal, Protocol, TypeVar
 
 import zstandard
 
@@ -88,11 +89,12 @@ class _HashingExactReader:
     archive valid either way.
     """
 
-    def __init__(self, src: IO[bytes], size: int) -> None:
+    def __init__(self, src: IO[bytes], size: int, sink: Callable[[bytes], None] | None = None) -> None:
         self._src = src
         self._left = size
         self.sha = hashlib.sha256()
         self.short_by = 0
+        self._sink = sink
 
     def read(self, n: int = -1) -> bytes:
         if self._left <= 0:
@@ -104,7 +106,33 @@ class _HashingExactReader:
             data += b"\0" * (want - len(data))
         self._left -= len(data)
         self.sha.update(data)
+        if self._sink is not None:
+            self._sink(data)
         return data
+
+
+class MemberTap(Protocol):
+    """Sees each member's content as it is written (collect analyses what it collected
+    without reading the bundle back, which may be a pipe)."""
+
+    def member(self, path: str, size: int) -> Callable[[bytes], None] | None:
+        """A sink for this member's bytes, or None when the tap does not want them."""
+
+    def done(self, path: str) -> None:
+        """The member is complete."""
+
+
+def _inflated(members: Iterable[bytes], sink: Callable[[bytes], None]) -> Iterator[bytes]:
+    """Pass gzip members through unchanged, feeding their inflated content to `sink`."""
+    d = zlib.decompressobj(31)
+    for chunk in members:
+        data = chunk
+        while data:
+            sink(d.decompress(data))
+            data = d.unused_data
+            if d.eof:
+                d = zlib.decompressobj(31)
+        yield chunk
 
 
 def safe_component(part: str, fallback: str = "_") -> str:
@@ -243,6 +271,7 @@ class BundleWriter:
         self._tar.copybufsize = _COPY_BUF
         self._dirs: set[str] = set()
         self._closed = False
+        self.tap: MemberTap | None = None
 
     def _info(self, path: str, size: int, mtime: float | None, mode: int = 0o644) -> tarfile.TarInfo:
         info = tarfile.TarInfo(f"{self.top}/{path}")
@@ -271,7 +300,8 @@ class BundleWriter:
         """Add `size` bytes of `src`; `precompressed` content (a .tar.gz) is stored, not deflated again."""
         _check_member_path(path)
         self._ensure_dirs(path)
-        reader = _HashingExactReader(src, size)
+        sink = self.tap.member(path, size) if self.tap is not None else None
+        reader = _HashingExactReader(src, size, sink)
         if precompressed and isinstance(self._compressor, _GzipMembers):
             level = self._compressor.level
             self._switch_level(0)
@@ -283,6 +313,8 @@ class BundleWriter:
             self._tar.addfile(self._info(path, size, mtime), reader)
         record = FileRecord(path=path, size=size, sha256=reader.sha.hexdigest())
         self.records.append(record)
+        if sink is not None and self.tap is not None:
+            self.tap.done(path)
         return record
 
     def add_bytes(self, path: str, data: bytes, mtime: float | None = None) -> FileRecord:
@@ -308,6 +340,9 @@ class BundleWriter:
         info = self._info(path, size, mtime)
         header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
         self._out.write(header)
+        sink = self.tap.member(path, size) if self.tap is not None else None
+        if sink is not None:
+            members = _inflated(members, sink)
         spliced = self._compressor.splice(members)
         if spliced != size:  # the archive is already wrong: say so loudly
             raise ValueError(f"{path}: deflated members hold {spliced} bytes, not {size}")
@@ -320,6 +355,8 @@ class BundleWriter:
         self._tar.members.append(info)
         record = FileRecord(path=path, size=size, sha256=sha256)
         self.records.append(record)
+        if sink is not None and self.tap is not None:
+            self.tap.done(path)
         return record
 
     def _switch_level(self, level: int) -> None:

@@ -343,6 +343,7 @@ def collect(
                     "redactions": result.redactions,
                     **({"bundle_bytes": written[0], "bundle_sha256": written[1]} if written else {}),
                     "node_readiness": readiness.to_json(),
+                    "findings": [f.to_json() for f in result.diagnosis.findings] if result.diagnosis else None,
                     **({"upload": sent.summary} if sent.summary is not None else {}),
                 },
                 indent=2,
@@ -433,6 +434,9 @@ def _print_summary(
         f"redacted {redacted} value(s)"
         + (f" ({', '.join(f'{k} {v}' for k, v in result.redactions.items())})" if redacted else "")
     )
+    from kata_debug.cli.diagnose import print_top_findings
+
+    print_top_findings(result.diagnosis, result.output, console)
     if result.output == "-":
         return
     about = f" ({human_size(written[0])}, sha256 {written[1]})" if written else ""
@@ -487,6 +491,12 @@ def _register_commands() -> None:
     from kata_debug.cli import upload as cli_upload
 
     cli_upload.register(app)
+    from kata_debug.cli import diagnose as cli_diagnose
+
+    cli_diagnose.register(app)
+    from kata_debug.cli import report as cli_report
+
+    cli_report.register(app)
 
 
 _register_commands()

@@ -125,6 +125,9 @@ def print_summary(result: ClusterResult, console: Console) -> None:
         console.print(f"[yellow]{result.interrupted}[/]: unfinished nodes are marked failed")
     if result.output != "-":
         console.print(f"bundle: [bold]{result.output}[/]")
+    from kata_debug.cli.diagnose import print_top_findings
+
+    print_top_findings(result.diagnosis, result.output, console)
 
 
 def run(opts: ClusterOptions, json_output: bool, upload: UploadTarget | None = None) -> int:

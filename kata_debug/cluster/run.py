@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 
 from kata_debug import __version__
+from kata_debug.analyze.collecting import evidence_tap, write_findings
 from kata_debug.bundle.manifest import (
     ClusterScope,
     CollectorEntry,
@@ -69,6 +70,10 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
     sink = await asyncio.to_thread(target.open)
     output = target.path
     bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
+    # The cluster part is analysed as it is written (RuntimeClasses, pods, events); each
+    # node's bundle carries its own analysis/findings.json.
+    tap = await asyncio.to_thread(evidence_tap, None)
+    bundle.writer.tap = tap
     redactor = Redactor(enabled=opts.redact)
     objects = ClusterObjects(session, bundle, redactor, inv, opts.since)
     pods = CollectorPods(session, opts)
@@ -139,6 +144,7 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         files=objects.files,
         items_failed=failures,
     )
+    diagnosis = await write_findings(bundle, tap, output)
     manifest = Manifest(
         tool_version=__version__,
         scope=ClusterScope(
@@ -171,4 +177,4 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         raise
     await asyncio.to_thread(target.commit)
     signals.output_complete()
-    return ClusterResult(target.path, context, ordered, failures, redactor.counts, interrupted)
+    return ClusterResult(target.path, context, ordered, failures, redactor.counts, interrupted, diagnosis)

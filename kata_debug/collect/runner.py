@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 from kata_debug import __version__
+from kata_debug.analyze.collecting import evidence_tap, write_findings
+from kata_debug.analyze.diagnose import Diagnosis
 from kata_debug.bundle.manifest import FAILING, CollectorEntry, Manifest, NodeScope, Status
 from kata_debug.bundle.writer import (
     SUFFIXES,
@@ -72,6 +74,8 @@ class CollectResult:
     collectors: list[CollectorEntry]
     redactions: dict[str, int]
     interrupted: str | None
+    #: What the analyzers found in the collected evidence (also in analysis/findings.json).
+    diagnosis: Diagnosis | None = None
 
     @property
     def exit_code(self) -> int:
@@ -151,6 +155,8 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     output = target.path
     redactor = Redactor(enabled=opts.redact)
     bundle = AsyncBundle(BundleWriter(sink, top, compression))
+    tap = await asyncio.to_thread(evidence_tap, node)
+    bundle.writer.tap = tap
     ctx = CollectContext(
         host=host,
         node=node,
@@ -200,6 +206,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     ordered = [results[n] for n in selected] + [
         CollectorEntry(n, "skipped", 0.0, "not selected (--collector)", []) for n in REGISTRY if n not in selected
     ]
+    diagnosis = await write_findings(bundle, tap, output)
     finished = datetime.now(UTC)
     manifest = Manifest(
         tool_version=__version__,
@@ -223,7 +230,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         await asyncio.to_thread(target.abandon)
         raise
     signals.output_complete()
-    return CollectResult(target.path, node, ordered, redactor.counts, interrupted)
+    return CollectResult(target.path, node, ordered, redactor.counts, interrupted, diagnosis)
 
 
 def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorEntry:
