@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import stat
 import tarfile
 import tempfile
 import time
@@ -463,13 +464,33 @@ class AsyncBundle:
 
 
 class OutputTarget:
-    """Where the bundle goes: a file written as `FILE.partial` and renamed, or stdout."""
+    """Where the bundle goes: a regular file written as `FILE.partial` and renamed, a device or
+    FIFO written straight through, or stdout.
 
-    def __init__(self, path: str) -> None:
+    The `.partial` is created with O_EXCL: two runs never write into one file. A default
+    output name (`unique_suffix` given) is made unique instead of refused: `NAME-2.tar.gz`,
+    `NAME-3.tar.gz`..., and the finished file is linked into place without replacing one
+    that appeared meanwhile. `-o /dev/null`, `-o /dev/stdout` or a FIFO is never replaced by a
+    regular file: it is opened and written like a pipe, with no `.partial` and no rename.
+    """
+
+    def __init__(self, path: str, *, unique_suffix: str | None = None) -> None:
         self.path = path
+        self._asked = path
         self.to_stdout = path == "-"
+        self._unique_suffix = unique_suffix
         self._fh: BinaryIO | None = None
+        self.direct = False  # a character device or FIFO: written in place
         self.partial = Path(path + ".partial") if not self.to_stdout else None
+
+    @staticmethod
+    def _kind(path: str) -> int | None:
+        try:
+            return os.stat(path).st_mode
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OutputError(f"--output {path}: {exc.strerror}") from None
 
     @staticmethod
     def check(path: str | None) -> None:
@@ -482,12 +503,28 @@ class OutputTarget:
             if sys.stdout.isatty():
                 raise OutputError("--output -: standard output is a terminal; redirect it to a file or a pipe")
             return
-        target = Path(path)
-        if target.is_dir():
-            raise OutputError(f"--output {path}: is a directory (give a file name)")
+        mode = OutputTarget._kind(path)
+        if mode is not None:
+            if stat.S_ISDIR(mode):
+                raise OutputError(f"--output {path}: is a directory (give a file name)")
+            if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+                if stat.S_ISCHR(mode) and _is_tty(path):
+                    raise OutputError(f"--output {path}: is a terminal; give a file, a pipe or -")
+                return  # written in place
+            if not stat.S_ISREG(mode):
+                raise OutputError(f"--output {path}: not a regular file, character device or FIFO; refused")
         parent = Path(path + ".partial").parent
         if not parent.is_dir():
             raise OutputError(f"--output {path}: directory {parent} does not exist")
+
+    def _candidates(self) -> Iterable[str]:
+        yield self._asked
+        suffix = self._unique_suffix
+        if suffix is None or not self._asked.endswith(suffix):
+            return
+        stem = self._asked[: -len(suffix)]
+        for n in range(2, 1000):
+            yield f"{stem}-{n}{suffix}"
 
     def open(self) -> BinaryIO:
         self.check(self.path)
@@ -496,14 +533,37 @@ class OutputTarget:
 
             self._fh = sys.stdout.buffer
             return self._fh
-        assert self.partial is not None
-        try:
-            # 0600: a bundle is node evidence, redacted or not; its owner decides who reads it.
-            fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        mode = self._kind(self.path)
+        if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+            try:
+                # A FIFO blocks here until its reader opens it, like a shell redirection.
+                fd = os.open(self.path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise OutputError(f"--output {self.path}: cannot write: {exc.strerror}") from None
+            self.direct, self.partial = True, None
             self._fh = os.fdopen(fd, "wb")
-        except OSError as exc:
-            raise OutputError(f"--output {self.path}: cannot write: {exc.strerror}") from None
-        return self._fh
+            return self._fh
+        for candidate in self._candidates():
+            if self._unique_suffix is not None and os.path.lexists(candidate):
+                continue
+            partial = Path(candidate + ".partial")
+            try:
+                # 0600: a bundle is node evidence, redacted or not; its owner decides who reads it.
+                # O_EXCL: a second run never truncates and shares the first one's file.
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                if self._unique_suffix is not None:
+                    continue
+                raise OutputError(
+                    f"--output {self.path}: {partial} exists: another collect is writing it, "
+                    "or an interrupted one left it (remove it and run again)"
+                ) from None
+            except OSError as exc:
+                raise OutputError(f"--output {self.path}: cannot write: {exc.strerror}") from None
+            self.path, self.partial = candidate, partial
+            self._fh = os.fdopen(fd, "wb")
+            return self._fh
+        raise OutputError(f"--output {self.path}: no free name next to it")
 
     def commit(self) -> None:
         """Make the finished bundle visible under its real name."""
@@ -513,9 +573,44 @@ class OutputTarget:
             self._fh.flush()
             return
         self._fh.close()
+        if self.direct:
+            return
         assert self.partial is not None
-        os.replace(self.partial, self.path)
+        if self._unique_suffix is None:
+            os.replace(self.partial, self.path)
+            return
+        # A default name: never replace a bundle another run finished meanwhile under it.
+        for candidate in self._candidates():
+            try:
+                os.link(self.partial, candidate)
+            except FileExistsError:
+                continue
+            self.path = candidate
+            os.unlink(self.partial)
+            return
+        raise OutputError(f"--output {self.path}: no free name next to it; the bundle is {self.partial}")
 
     def abandon(self) -> None:
-        if self._fh is not None and not self.to_stdout:
-            self._fh.close()
+        """Give up the output after an error: close it, never raising again (the disk may be full)."""
+        fh, self._fh = self._fh, None
+        if fh is None or self.to_stdout:
+            return
+        try:
+            fh.close()
+        except OSError:
+            # close() flushes first; on a full disk that fails again and the fd stays open.
+            try:
+                os.close(fh.fileno())
+            except (OSError, ValueError):
+                pass
+
+
+def _is_tty(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)

@@ -108,6 +108,17 @@ def collect(
     max_log_size: str = typer.Option(
         "50M", "--max-log-size", metavar="SIZE", help="Cap per log source; the newest lines are kept."
     ),
+    max_parse_size: str = typer.Option(
+        "16M",
+        "--max-parse-size",
+        metavar="SIZE",
+        help="Spec/state files (config.json, persist.json) larger than this are kept raw, cut.",
+    ),
+    run_host_tools: bool = typer.Option(
+        False,
+        "--run-host-tools",
+        help="Execute the node's containerd/kata-runtime under --host-root (always done when it is /).",
+    ),
     node_name: str | None = typer.Option(
         None, "--node-name", metavar="NAME", help="Node name (default: $NODE_NAME or hostname)."
     ),
@@ -296,6 +307,8 @@ def collect(
         compression=bundle_compression(output, given_compression, default="zstd"),
         all_runtimes=all_runtimes,
         max_log_bytes=parse_size(max_log_size, "--max-log-size"),
+        max_parse_bytes=parse_size(max_parse_size, "--max-parse-size"),
+        run_host_tools=True if run_host_tools else None,
         options=CollectorOptions(trace_spool_dir=trace_spool_dir),
     )
     if deadline is not None and deadline <= 0:
@@ -307,6 +320,10 @@ def collect(
     json_output = output_format is OutputFormat.json
     with CollectorProgress(enabled=not json_output) as progress:
         result = run_leaving_stuck_threads(run_collection(opts, progress))
+    if upload_target is not None:
+        from kata_debug.collect import signals
+
+        signals.abort_on_next()  # the bundle is safe on disk: one Ctrl-C stops the upload
     sent = upload_after_collect(result.output, upload_target, json_output)
     exit_code = sent.exit_code(result.exit_code)
     summary_to = sys.stderr if output == "-" else sys.stdout
@@ -341,18 +358,22 @@ def collect(
 
 
 def _bundle_digest(output: str) -> tuple[int, str] | None:
-    """Size and sha256 of the written bundle (None when it went to stdout): what a vendor is quoted.
+    """Size and sha256 of the written bundle (None when it went to stdout, a device or a FIFO): what a vendor is quoted.
 
     Runs after the collection's event loop has ended, so reading the file back blocks nothing.
     """
     import hashlib
+
+    from kata_debug.node.hostroot import open_regular
 
     if output == "-":
         return None
     digest = hashlib.sha256()
     size = 0
     try:
-        with open(output, "rb") as fh:
+        # Only a regular file: reading back a FIFO (`-o pipe`) would wait forever for a
+        # writer, a device (`-o /dev/null`) holds nothing that was written.
+        with open_regular(output) as fh:
             while block := fh.read(1 << 20):
                 digest.update(block)
                 size += len(block)
@@ -521,4 +542,6 @@ def main(prog_name: str = "kata-debug") -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         print(f"kata-debug: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
+    if code == 130:  # typer turns a KeyboardInterrupt inside a command into a silent Exit(130)
+        print("kata-debug: interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

@@ -49,7 +49,10 @@ def parse_duration(text: str, option: str = "--since") -> timedelta:
         pos = m.end()
     if pos != len(s) or not s:
         raise UsageError(f"{option} {text!r}: not a duration (use e.g. 30m, 24h, 7d, 1h30m)")
-    return timedelta(seconds=total)
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:
+        raise UsageError(f"{option} {text!r}: too long a duration") from None
 
 
 def parse_since(text: str, option: str = "--since", now: datetime | None = None) -> timedelta:
@@ -57,8 +60,17 @@ def parse_since(text: str, option: str = "--since", now: datetime | None = None)
     RFC 3339 time (`2026-12-05T10:00:00Z`), turned into the span up to `now`.
 
     A bare number is refused: `--since 90` reads as minutes to some and seconds to others,
-    and journalctl would take it as a date.
+    and journalctl would take it as a date. A span reaching before 1900 is refused too
+    (`collect.runner.check_since`): here, before any work, not as an overflow mid-run.
     """
+    from kata_debug.collect.runner import check_since
+
+    span = _since_span(text, option, now)
+    check_since(span)
+    return span
+
+
+def _since_span(text: str, option: str, now: datetime | None) -> timedelta:
     s = text.strip()
     if re.fullmatch(r"\d+(?:\.\d+)?", s):
         raise UsageError(f"{option} {text!r}: a bare number has no unit (use e.g. {s}s, {s}m, {s}h)")

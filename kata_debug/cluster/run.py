@@ -24,7 +24,7 @@ from kata_debug.bundle.manifest import (
     NodeEntry,
     NodeSelection,
 )
-from kata_debug.bundle.writer import AsyncBundle, BundleWriter, OutputTarget, bundle_stem
+from kata_debug.bundle.writer import SUFFIXES, AsyncBundle, BundleWriter, OutputTarget, bundle_stem
 from kata_debug.cluster.ephemeral import CollectorPods
 from kata_debug.cluster.node_exec import NodeCollector, agent_running
 from kata_debug.cluster.objects import KATA_RUNTIME_LABEL, ClusterObjects, name_of
@@ -32,6 +32,7 @@ from kata_debug.cluster.options import ClusterOptions, default_output, validate
 from kata_debug.cluster.planning import NodePlan, plan
 from kata_debug.cluster.progress import ClusterProgress, NoProgress
 from kata_debug.cluster.result import ClusterResult
+from kata_debug.collect import signals
 from kata_debug.collect.interrupts import run_interruptible
 from kata_debug.errors import KataDebugError
 from kata_debug.kube.client import KubeError, KubeSession
@@ -65,8 +66,9 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
     context = session.target.context
     top = bundle_stem("cluster-" + (context or "cluster"), started)
     output = opts.output or default_output(context, started, opts.compression)
-    target = OutputTarget(output)
+    target = OutputTarget(output, unique_suffix=None if opts.output else SUFFIXES[opts.compression])
     sink = await asyncio.to_thread(target.open)
+    output = target.path
     bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
     # The cluster part is analysed as it is written (RuntimeClasses, pods, events); each
     # node's bundle carries its own analysis/findings.json.
@@ -174,4 +176,5 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         await asyncio.to_thread(target.abandon)
         raise
     await asyncio.to_thread(target.commit)
-    return ClusterResult(output, context, ordered, failures, redactor.counts, interrupted, diagnosis)
+    signals.output_complete()
+    return ClusterResult(target.path, context, ordered, failures, redactor.counts, interrupted, diagnosis)

@@ -52,7 +52,7 @@ def node_readiness(host_root: Path, euid: int | None = None) -> NodeReadiness:
         handlers = runtime_handlers(host)
     except OSError as exc:
         return NodeReadiness([f"cannot read the node's configuration: {exc}"])
-    if config is None and not any(h.config_path and host.resolve(h.config_path).is_file() for h in handlers):
+    if config is None and not any(h.config_path and host.is_file(h.config_path) for h in handlers):
         missing.append("no Kata configuration (configuration.toml) in the default search paths")
     for gap in gather_facts(host)["missing"]:
         missing.append(str(gap))
