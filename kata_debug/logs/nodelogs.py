@@ -30,7 +30,7 @@ from typing import BinaryIO
 from zoneinfo import ZoneInfo
 
 from kata_debug.logs.since import Stamp, line_time
-from kata_debug.node.hostroot import HostRoot, open_regular
+from kata_debug.node.hostroot import HostRoot
 
 _MONTHS = {m: i for i, m in enumerate(b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
 # `Nov 28 00:00:01` / `Nov  8 00:00:01` (RFC 3164, rsyslog's traditional format).
@@ -69,7 +69,7 @@ def node_zone(host: HostRoot) -> NodeZone:
     except OSError:
         pass
     try:
-        with open_regular(host.resolve("/etc/localtime")) as fh:
+        with host.open("/etc/localtime") as fh:  # walked in the root, never followed out of it
             zone: tzinfo = ZoneInfo.from_file(fh, key=None if name == "/etc/localtime" else name)
     except FileNotFoundError:
         return NodeZone(UTC, "UTC (no /etc/localtime)")
