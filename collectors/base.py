@@ -14,14 +14,14 @@ import json
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from kata_debug.bundle.manifest import ItemFailure
-from kata_debug.bundle.writer import AsyncBundle, Spool, safe_component
+from kata_debug.bundle.writer import AsyncBundle, MemberIncomplete, Spool, safe_component
 from kata_debug.node.hostroot import HostRoot, describe
 from kata_debug.node.oci import SPEC_PARSE_CAP
 from kata_debug.node.paths import TRACE_SPOOL_DIR
@@ -44,6 +44,9 @@ def member_name(part: str) -> str:
     if safe == part and part not in (".", ".."):
         return part
     return f"{safe.strip('.') or '_'}-{hashlib.sha256(part.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ class CollectorOutput:
         self.files: list[str] = []
         self.failures: list[ItemFailure] = []
         self.truncated: dict[str, int] = {}
+        #: Members handed to the bundle writer when the collector was cancelled: the writer
+        #: finishes (or never starts) each; the runner lists the finished ones in `files`.
+        self.in_flight: list[str] = []
 
     def _path(self, name: str) -> str:
         """The member path of `name`; a component that could not be one (`..`, empty, control
@@ -113,6 +119,20 @@ class CollectorOutput:
         ]
         return "/".join([self.collector, *parts])
 
+    async def _write(self, path: str, write: Awaitable[_T]) -> _T:
+        """Await one member's write and list it in `files`, also when its source failed
+        part-way (the member is in the bundle, padded and marked incomplete)."""
+        try:
+            result = await write
+        except asyncio.CancelledError:
+            self.in_flight.append(path)
+            raise
+        except MemberIncomplete:
+            self.files.append(path)
+            raise
+        self.files.append(path)
+        return result
+
     def item_failed(self, item: str, reason: str) -> None:
         """One item could not be collected; the collector goes on and ends `partial`."""
         self.failures.append(ItemFailure(item, reason))
@@ -120,8 +140,7 @@ class CollectorOutput:
     async def add_bytes(self, name: str, data: bytes, *, redact: bool = True) -> None:
         if redact:
             data = await asyncio.to_thread(self._ctx.redactor.bytes, data)
-        await self._bundle.add_bytes(self._path(name), data)
-        self.files.append(self._path(name))
+        await self._write(self._path(name), self._bundle.add_bytes(self._path(name), data))
 
     async def add_text(self, name: str, text: str, *, redact: bool = True) -> None:
         await self.add_bytes(name, text.encode("utf-8", "surrogateescape"), redact=redact)
@@ -259,8 +278,7 @@ class CollectorOutput:
     async def add_deflated(self, name: str, size: int, sha256: str, members: Iterable[bytes]) -> None:
         """Add content that was already redacted and deflated as gzip members (see bundle.add_deflated)."""
         path = self._path(name)
-        await self._bundle.add_deflated(path, size, sha256, members)
-        self.files.append(path)
+        await self._write(path, self._bundle.add_deflated(path, size, sha256, members))
 
     def spool(self, max_bytes: int | None = None) -> Spool:
         """A temp file to fill (from a thread) and hand to `add_spool`."""
@@ -271,10 +289,9 @@ class CollectorOutput:
 
     async def _add_spool(self, name: str, spool: Spool) -> None:
         path = self._path(name)
-        _, dropped = await self._bundle.add_spool(path, spool)
+        _, dropped = await self._write(path, self._bundle.add_spool(path, spool))
         if dropped:
             self.truncated[path] = self.truncated.get(path, 0) + dropped
-        self.files.append(path)
 
 
 class Collector(ABC):

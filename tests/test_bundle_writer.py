@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kata_debug.bundle.writer import BundleWriter, OutputTarget, Spool
+from kata_debug.bundle.writer import BundleWriter, MemberIncomplete, OutputTarget, Spool
 from kata_debug.errors import OutputError
 from tests.bundles import read_bundle
 
@@ -28,7 +28,41 @@ def test_a_source_that_shrinks_mid_copy_still_yields_a_valid_archive() -> None:
     w = BundleWriter(sink, "t", "none")
     w.add_fileobj("log", io.BytesIO(b"short"), 10)  # header promised 10 bytes
     w.close({})
-    assert read_bundle(sink.getvalue()).members["log"] == b"short" + b"\0" * 5
+    bundle = read_bundle(sink.getvalue())
+    assert bundle.members["log"] == b"short" + b"\0" * 5
+    assert bundle.manifest["files"][0]["incomplete"] == "the source ended early; the last 5 bytes are NUL padding"
+
+
+class _FailsAfter(io.RawIOBase):
+    """A source that hands out `good` bytes, then fails the way a file closed under a reader does."""
+
+    def __init__(self, good: bytes) -> None:
+        self._good = io.BytesIO(good)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._good.read(n)
+        if not data:
+            raise ValueError("I/O operation on closed file")
+        return data
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_a_source_that_fails_mid_member_is_padded_to_its_size_and_marked_incomplete(compression: str) -> None:
+    sink = io.BytesIO()
+    w = BundleWriter(sink, "t", compression)  # type: ignore[arg-type]
+    good = b"0123456789abcde\n" * (2 << 16)  # two whole copy buffers, then the failure
+    with pytest.raises(MemberIncomplete, match="closed file; the last 100000 bytes are NUL padding"):
+        w.add_fileobj("shim-logs/files/containerd.log", _FailsAfter(good), len(good) + 100_000)
+    w.add_bytes("shim-logs/summary.json", b"{}")
+    w.close({})
+    bundle = read_bundle(sink.getvalue())  # valid archive; sizes and hashes match the manifest
+    assert bundle.members["shim-logs/files/containerd.log"] == good + b"\0" * 100_000
+    files = {f["path"]: f for f in bundle.manifest["files"]}
+    assert "NUL padding" in files["shim-logs/files/containerd.log"]["incomplete"]
+    assert "incomplete" not in files["shim-logs/summary.json"]
 
 
 def test_spool_keeps_the_newest_whole_lines_within_its_cap() -> None:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +56,33 @@ def _deflate(entry: _Entry, offset: int, n: int, level: int, lock: threading.Loc
     if len(raw) != n:
         raise OSError(f"read {len(raw)} of {n} bytes at {offset}: the file shrank")
     return raw, gzip.compress(raw, level, mtime=0)
+
+
+class StoredMembers:
+    """Iterates deflated members from its own descriptor of the store; closes it when done.
+
+    `close` is for a consumer that stops early; an iterator never consumed (its write was
+    cancelled before it started) closes its descriptor when it is collected.
+    """
+
+    def __init__(self, fd: int, members: list[tuple[int, int]]) -> None:
+        self._fd = fd
+        self._members = iter(members)
+        self._closer = weakref.finalize(self, os.close, fd)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if not self._closer.alive:
+            raise StopIteration
+        for offset, length in self._members:
+            return os.pread(self._fd, length, offset)
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        self._closer()
 
 
 class DeflateAhead:
@@ -125,10 +153,14 @@ class DeflateAhead:
         if entry is not None:
             entry.dropped = True  # queued pieces skip it; its file is closed by close()
 
-    def members(self, deflated: Deflated) -> Iterator[bytes]:
-        """The members, read back from the store (on whichever thread iterates)."""
-        for offset, length in deflated.members:
-            yield os.pread(self._store.fileno(), length, offset)
+    def members(self, deflated: Deflated) -> StoredMembers:
+        """The members, read back from the store (on whichever thread iterates).
+
+        The iterator holds its own handle on the store, taken now: the bundle writer splices
+        on its own thread and goes on after a cancelled collector has closed this object, and
+        a member whose header is already written must get every byte it promised.
+        """
+        return StoredMembers(os.dup(self._store.fileno()), deflated.members)
 
     async def close(self) -> None:
         """Cancel what is queued, wait for what runs, release the files."""

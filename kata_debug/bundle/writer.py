@@ -25,7 +25,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, Protocol, TypeVar
@@ -76,9 +76,29 @@ def compression_for(output: str | None) -> Compression:
 
 @dataclass(frozen=True)
 class FileRecord:
+    """One member as `manifest.json` lists it.
+
+    `incomplete` says why a member's content ends early (its source shrank or failed while
+    it was being written): the rest, up to the size its header declared, is NUL padding.
+    `sha256` is then the hash of what the archive holds, or None when that is not known
+    (content deflated elsewhere).
+    """
+
     path: str
     size: int
-    sha256: str
+    sha256: str | None
+    incomplete: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"path": self.path, "size": self.size, "sha256": self.sha256}
+        if self.incomplete is not None:
+            doc["incomplete"] = self.incomplete
+        return doc
+
+
+class MemberIncomplete(OSError):
+    """A member's source failed part-way: the member was finished with NUL padding (the
+    archive stays valid) and the manifest says so; the caller's collector should not pass as ok."""
 
 
 class _HashingExactReader:
@@ -86,7 +106,8 @@ class _HashingExactReader:
 
     A live log can shrink or grow between stat and read; the header already promised
     `size` bytes, so a short source is padded with NULs and a long one is cut, keeping the
-    archive valid either way.
+    archive valid either way. A source that fails part-way (a read error, a file closed
+    under it) is padded the same way: once the header is out, tarfile must get every byte.
     """
 
     def __init__(self, src: IO[bytes], size: int, sink: Callable[[bytes], None] | None = None) -> None:
@@ -94,13 +115,19 @@ class _HashingExactReader:
         self._left = size
         self.sha = hashlib.sha256()
         self.short_by = 0
+        self.error: str | None = None
         self._sink = sink
 
     def read(self, n: int = -1) -> bytes:
         if self._left <= 0:
             return b""
         want = self._left if n < 0 else min(n, self._left)
-        data = self._src.read(want) if self.short_by == 0 else b""
+        data = b""
+        if self.short_by == 0:
+            try:
+                data = self._src.read(want)
+            except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+                self.error = f"{type(exc).__name__}: {exc}"
         if len(data) < want:
             self.short_by += want - len(data)
             data += b"\0" * (want - len(data))
@@ -133,6 +160,21 @@ def _inflated(members: Iterable[bytes], sink: Callable[[bytes], None]) -> Iterat
             if d.eof:
                 d = zlib.decompressobj(31)
         yield chunk
+
+
+def _until_failure(members: Iterable[bytes], failed: list[Exception]) -> Iterator[bytes]:
+    """`members` until they end or fail; a failure is put in `failed` instead of raised, so
+    a member whose header is written can still be finished."""
+    it = iter(members)
+    while True:
+        try:
+            member = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:
+            failed.append(exc)
+            return
+        yield member
 
 
 def safe_component(part: str, fallback: str = "_") -> str:
@@ -311,10 +353,16 @@ class BundleWriter:
                 self._switch_level(level)
         else:
             self._tar.addfile(self._info(path, size, mtime), reader)
-        record = FileRecord(path=path, size=size, sha256=reader.sha.hexdigest())
+        incomplete = None
+        if reader.short_by:
+            cause = reader.error or "the source ended early"
+            incomplete = f"{cause}; the last {reader.short_by} bytes are NUL padding"
+        record = FileRecord(path=path, size=size, sha256=reader.sha.hexdigest(), incomplete=incomplete)
         self.records.append(record)
         if sink is not None and self.tap is not None:
             self.tap.done(path)
+        if reader.error is not None:
+            raise MemberIncomplete(f"{path}: {incomplete}")
         return record
 
     def add_bytes(self, path: str, data: bytes, mtime: float | None = None) -> FileRecord:
@@ -341,11 +389,21 @@ class BundleWriter:
         header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
         self._out.write(header)
         sink = self.tap.member(path, size) if self.tap is not None else None
-        if sink is not None:
-            members = _inflated(members, sink)
-        spliced = self._compressor.splice(members)
-        if spliced != size:  # the archive is already wrong: say so loudly
+        failed: list[Exception] = []
+        try:
+            spliced = self._compressor.splice(_until_failure(_inflated(members, sink) if sink else members, failed))
+        finally:
+            close = getattr(members, "close", None)
+            if close is not None:
+                close()
+        if spliced > size:  # the archive is already wrong: say so loudly
             raise ValueError(f"{path}: deflated members hold {spliced} bytes, not {size}")
+        incomplete = None
+        if spliced < size:  # the header promised `size` bytes: pad, so the archive stays valid
+            cause = f"{type(failed[0]).__name__}: {failed[0]}" if failed else f"deflated members hold {spliced} bytes"
+            incomplete = f"{cause}; the last {size - spliced} bytes are NUL padding"
+            for start in range(spliced, size, _COPY_BUF):
+                self._compressor.write(tarfile.NUL * min(_COPY_BUF, size - start))
         self._out.skip(size)
         pad = -size % tarfile.BLOCKSIZE
         if pad:
@@ -353,10 +411,12 @@ class BundleWriter:
         # What tarfile.addfile itself records for a member it writes.
         self._tar.offset += len(header) + size + pad
         self._tar.members.append(info)
-        record = FileRecord(path=path, size=size, sha256=sha256)
+        record = FileRecord(path=path, size=size, sha256=None if incomplete else sha256, incomplete=incomplete)
         self.records.append(record)
         if sink is not None and self.tap is not None:
             self.tap.done(path)
+        if incomplete is not None:
+            raise MemberIncomplete(f"{path}: {incomplete}")
         return record
 
     def _switch_level(self, level: int) -> None:
@@ -367,7 +427,7 @@ class BundleWriter:
         """Write `manifest.json` (with the file list) last and finish the stream."""
         if self._closed:
             return
-        manifest = {**manifest, "files": [asdict(r) for r in self.records]}
+        manifest = {**manifest, "files": [r.to_json() for r in self.records]}
         data = json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n"
         self._ensure_dirs("manifest.json")
         self._tar.addfile(self._info("manifest.json", len(data), None), io.BytesIO(data))

@@ -207,6 +207,12 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         CollectorEntry(n, "skipped", 0.0, "not selected (--collector)", []) for n in REGISTRY if n not in selected
     ]
     diagnosis = await write_findings(bundle, tap, output)
+    # A cancelled collector's last member may have been finished by the writer after the
+    # collector's entry was made: list it there too (this runs behind every queued write).
+    written = await bundle.run(lambda: {r.path for r in bundle.writer.records})
+    for name, started_out in outputs.items():
+        entry = results[name]
+        entry.files += [p for p in started_out.in_flight if p in written and p not in entry.files]
     finished = datetime.now(UTC)
     manifest = Manifest(
         tool_version=__version__,
