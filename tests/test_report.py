@@ -187,7 +187,7 @@ def test_existing_output_is_replaced_only_with_force(node_bundle: Path, tmp_path
     assert r.returncode == 2
     assert r.stderr.decode().strip() == f"kata-debug: error: {out}: already exists (use --force to replace it)"
     assert out.read_text() == "keep me"
-    r = kata_debug("report", str(node_bundle), "-o", str(out), "--force", "--output-format", "json")
+    r = kata_debug("report", str(node_bundle), "-o", str(out), "--force", "--format", "json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["sandboxes"] == 2 and summary["bytes"] == out.stat().st_size

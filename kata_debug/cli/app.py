@@ -182,6 +182,7 @@ def collect(
     pod_timeout: float = typer.Option(
         120.0,
         "--pod-timeout",
+        metavar="SECONDS",
         help="Seconds a collector pod may take to start running.",
         rich_help_panel="Cluster mode",
     ),
