@@ -210,6 +210,14 @@ def test_a_bare_number_for_since_is_one_usage_line(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("option", "value"), [("--timeout", "-1"), ("--deadline", "0"), ("--timeout", "nan")])
+def test_a_bad_number_of_seconds_is_quoted_as_typed(tmp_path: Path, option: str, value: str) -> None:
+    proc = kata_debug("collect", option, value, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert one_line_error(proc) == f"kata-debug: error: {option} {value}: must be a positive number of seconds"
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- compression --------------------------------------------------------------------------
 
 

@@ -313,7 +313,7 @@ def collect(
         options=CollectorOptions(trace_spool_dir=trace_spool_dir),
     )
     if deadline is not None and deadline <= 0:
-        raise UsageError(f"--deadline {deadline}: must be a positive number of seconds")
+        raise UsageError(f"--deadline {deadline:g}: must be a positive number of seconds")
     if no_redact:
         err_console.print(
             "[yellow]warning:[/] --no-redact: the bundle will contain secrets (env values, tokens); do not share it"

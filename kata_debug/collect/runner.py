@@ -115,9 +115,9 @@ def validate(opts: CollectOptions) -> None:
     if unknown:
         raise UsageError(f"--collector {unknown[0]}: unknown collector (choose from {', '.join(REGISTRY)})")
     if not (math.isfinite(opts.timeout) and opts.timeout > 0):
-        raise UsageError(f"--timeout {opts.timeout}: must be a positive number of seconds")
+        raise UsageError(f"--timeout {opts.timeout:g}: must be a positive number of seconds")
     if opts.deadline is not None and not (math.isfinite(opts.deadline) and opts.deadline > 0):
-        raise UsageError(f"--deadline {opts.deadline}: must be a positive number of seconds")
+        raise UsageError(f"--deadline {opts.deadline:g}: must be a positive number of seconds")
     check_since(opts.since)
     OutputTarget.check(opts.output)
 
