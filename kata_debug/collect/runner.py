@@ -206,20 +206,21 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     ordered = [results[n] for n in selected] + [
         CollectorEntry(n, "skipped", 0.0, "not selected (--collector)", []) for n in REGISTRY if n not in selected
     ]
-    diagnosis = await write_findings(bundle, tap, output)
-    finished = datetime.now(UTC)
-    manifest = Manifest(
-        tool_version=__version__,
-        scope=NodeScope(node=node, host_root=str(opts.host_root)),
-        started_at=started,
-        finished_at=finished,
-        since=started - opts.since,
-        redacted=opts.redact,
-        interrupted=interrupted,
-        collectors=ordered,
-        redactions=redactor.counts,
-    )
     try:
+        # The findings are the first write after the collectors: on a closed pipe or a full
+        # disk it is often this one that fails, and it must say so like the manifest's would.
+        diagnosis = await write_findings(bundle, tap, output)
+        manifest = Manifest(
+            tool_version=__version__,
+            scope=NodeScope(node=node, host_root=str(opts.host_root)),
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            since=started - opts.since,
+            redacted=opts.redact,
+            interrupted=interrupted,
+            collectors=ordered,
+            redactions=redactor.counts,
+        )
         await bundle.close(manifest)
         await asyncio.to_thread(target.commit)  # closes and renames the file
     except OSError as exc:
