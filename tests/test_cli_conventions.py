@@ -111,6 +111,9 @@ def test_help_at_80_columns_names_arguments_as_written_and_wraps_prose() -> None
         (["forward"], "--host-root", "DIR"),
         (["forward"], "--stats-interval", "DURATION"),
         (["node-agent"], "--shutdown-timeout", "DURATION"),
+        (["node-agent"], "--idle-timeout", "DURATION"),
+        (["node-agent"], "--buffer-budget", "SIZE"),
+        (["forward"], "--max-connections", "N"),
     ],
 )
 def test_metavars_say_what_the_option_takes(command: list[str], option: str, metavar: str) -> None:

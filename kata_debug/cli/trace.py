@@ -78,16 +78,22 @@ def limit_options() -> dict[str, Any]:
     """The three listener limit options, shared by `forward` and `node-agent`."""
     return {
         "max_connections": typer.Option(
-            256, "--max-connections", min=1, help="Trace connections open at once; more are closed at once."
+            256,
+            "--max-connections",
+            min=1,
+            metavar="N",
+            help="Trace connections open at once; more are closed at once.",
         ),
         "idle_timeout": typer.Option(
             "30s",
             "--idle-timeout",
+            metavar="DURATION",
             help="Close a connection that stops this long in the middle of a frame (0 = never).",
         ),
         "buffer_budget": typer.Option(
             "64M",
             "--buffer-budget",
+            metavar="SIZE",
             help="Bytes of incomplete frames held across all connections; beyond it, reads pause (nothing is dropped).",
         ),
     }
