@@ -36,6 +36,8 @@ COMMANDS = [
     ["node-agent"],
     ["trace"],
     ["trace", "decode"],
+    ["diagnose"],
+    ["report"],
 ]
 
 
@@ -71,6 +73,72 @@ def test_help_metavars_say_what_goes_there() -> None:
     assert "--output-format" not in collect  # the old spelling is hidden
     node_agent = kata_debug("node-agent", "--help", env={"COLUMNS": "200"}).stdout.decode()
     assert "[debug|info|warning|error]" in _option_line(node_agent, "--log-level")
+
+
+def test_help_at_80_columns_names_arguments_as_written_and_wraps_prose() -> None:
+    usage = {
+        ("report",): "Usage: kata-debug report [OPTIONS] BUNDLE",
+        ("upload",): "Usage: kata-debug upload [OPTIONS] BUNDLE URL",
+        ("diagnose",): "Usage: kata-debug diagnose [OPTIONS] [BUNDLE]",
+        ("limits",): "Usage: kata-debug limits [OPTIONS] [PATH ...|-]",
+        ("trace", "decode"): "Usage: kata-debug trace decode [OPTIONS] INPUT",
+    }
+    for command, line in usage.items():
+        text = kata_debug(*command, "--help", env={"COLUMNS": "80"}).stdout.decode()
+        assert line in text, text
+    # A paragraph of the description is wrapped to the terminal, not cut at the docstring's
+    # own line ends (which left "server" or "until" alone on a line).
+    for command in (["limits"], ["node-agent"]):
+        text = kata_debug(*command, "--help", env={"COLUMNS": "80"}).stdout.decode()
+        prose = [line.strip() for line in text.split("╭", 1)[0].splitlines()[3:] if line.strip()]
+        assert len(prose) > 2, text
+        assert not [line for line in prose if " " not in line], text
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "metavar"),
+    [
+        (["collect"], "--pod-timeout", "SECONDS"),
+        (["diagnose"], "--host-root", "DIR"),
+        (["diagnose"], "--since", "DURATION|TIME"),
+        (["diagnose"], "--output", "FILE"),
+        (["diagnose"], "--timeout", "SECONDS"),
+        (["report"], "--output", "FILE"),
+        (["report"], "--format", "[text|json]"),
+        (["limits"], "--kubeconfig", "FILE"),
+        (["limits"], "--config", "FILE"),
+        (["limits"], "--host-cpus", "N"),
+        (["forward"], "--host-root", "DIR"),
+        (["forward"], "--stats-interval", "DURATION"),
+        (["node-agent"], "--shutdown-timeout", "DURATION"),
+        (["node-agent"], "--idle-timeout", "DURATION"),
+        (["node-agent"], "--buffer-budget", "SIZE"),
+        (["forward"], "--max-connections", "N"),
+    ],
+)
+def test_metavars_say_what_the_option_takes(command: list[str], option: str, metavar: str) -> None:
+    text = kata_debug(*command, "--help", env={"COLUMNS": "200"}).stdout.decode()
+    row = next(line.strip("│ ").split() for line in text.splitlines() if line.strip("│ ").startswith(f"{option} "))
+    assert (row[2] if row[1].startswith("-") else row[1]) == metavar, row  # after a short option, if any
+
+
+def test_float_defaults_print_as_people_write_them() -> None:
+    text = kata_debug("collect", "--help", env={"COLUMNS": "200"}).stdout.decode()
+    assert "[default: 60]" in _option_line(text, "--timeout")
+    assert ".0]" not in text
+
+
+def test_report_takes_format_and_its_old_output_format_with_a_note(tmp_path: Path) -> None:
+    root = kata_node(tmp_path / "host")
+    bundle = tmp_path / "b.tar.gz"
+    assert kata_debug("collect", "--host-root", str(root), "-o", str(bundle), "-c", "host").returncode in (0, 3)
+    new = kata_debug("report", str(bundle), "-o", str(tmp_path / "a.html"), "--format", "json")
+    assert new.returncode == 0, new.stderr
+    assert json.loads(new.stdout)["output"] == str(tmp_path / "a.html")
+    old = kata_debug("report", str(bundle), "-o", str(tmp_path / "b.html"), "--output-format", "json")
+    assert old.returncode == 0, old.stderr
+    assert json.loads(old.stdout)["output"] == str(tmp_path / "b.html")
+    assert old.stderr.decode() == "kata-debug: note: --output-format is deprecated; use --format\n"
 
 
 @pytest.mark.parametrize("command", [[], ["trace"]], ids=["kata-debug", "trace"])
@@ -142,6 +210,14 @@ def test_a_bare_number_for_since_is_one_usage_line(tmp_path: Path) -> None:
     assert one_line_error(proc) == (
         "kata-debug: error: --since '90': a bare number has no unit (use e.g. 90s, 90m, 90h)"
     )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("option", "value"), [("--timeout", "-1"), ("--deadline", "0"), ("--timeout", "nan")])
+def test_a_bad_number_of_seconds_is_quoted_as_typed(tmp_path: Path, option: str, value: str) -> None:
+    proc = kata_debug("collect", option, value, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert one_line_error(proc) == f"kata-debug: error: {option} {value}: must be a positive number of seconds"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -364,6 +364,30 @@ def test_a_full_disk_is_one_line_not_an_internal_error(tmp_path: Path) -> None:
     assert "internal error" not in err and "Traceback" not in err
 
 
+def test_a_closed_pipe_is_one_line_even_when_the_findings_hit_it_first(tmp_path: Path) -> None:
+    """`kata-debug collect -o - | head -c 10`: with a plain tar the first failing write can be
+    the findings member after the collectors; that used to exit 1 without a word."""
+    root = kata_node(tmp_path / "host")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-o", "-"]
+            + ["-c", "oci-specs", "--compression", "none"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    finally:
+        os.close(write_end)
+    err = res.stderr.decode()
+    assert res.returncode == 1
+    assert err.strip().splitlines()[-1] == "kata-debug: error: --output -: cannot write the bundle: Broken pipe", err
+    assert "internal error" not in err and "Traceback" not in err
+
+
 def test_a_bundle_is_not_written_to_a_terminal(tmp_path: Path) -> None:
     import pty
 

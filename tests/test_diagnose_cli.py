@@ -165,6 +165,30 @@ async def test_without_bundle_it_collects_this_node_and_output_keeps_the_bundle(
 def test_collect_only_options_with_a_bundle_are_refused(tmp_path: Path) -> None:
     proc = kata_debug("diagnose", str(tmp_path), "--output", str(tmp_path / "x.tar.gz"))
     assert proc.returncode == 2 and b"--output: only valid without BUNDLE" in proc.stderr
+    # Not silently ignored either: `--since 1h` would look as if it bounded the bundle's logs.
+    for option, value in (("--since", "1h"), ("--host-root", "/"), ("--timeout", "60"), ("--max-log-size", "1M")):
+        proc = kata_debug("diagnose", str(tmp_path), option, value)
+        assert proc.returncode == 2
+        assert (
+            proc.stderr.decode() == f"kata-debug: error: {option}: only valid without BUNDLE (diagnose collects then)\n"
+        )
+
+
+def test_since_without_a_unit_is_refused_as_in_collect(tmp_path: Path) -> None:
+    proc = kata_debug("diagnose", "--host-root", str(tmp_path), "--since", "90")
+    assert proc.returncode == 2
+    assert proc.stderr.decode() == (
+        "kata-debug: error: --since '90': a bare number has no unit (use e.g. 90s, 90m, 90h)\n"
+    )
+
+
+def test_without_output_the_text_does_not_name_the_deleted_temporary_bundle(tmp_path: Path) -> None:
+    root = failing_node(tmp_path / "host")
+    proc = kata_debug("diagnose", "--host-root", str(root), "--since", "87600h")
+    assert proc.returncode == 1, proc.stderr
+    first = proc.stdout.decode().splitlines()[0]
+    assert first.startswith(f"collected from --host-root {root}, not kept (--output FILE keeps it) (node ")
+    assert "kata-debug-diagnose-" not in proc.stdout.decode()
 
 
 async def test_collect_writes_findings_before_the_manifest_and_keeps_its_exit_code(tmp_path: Path) -> None:

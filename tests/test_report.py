@@ -187,7 +187,7 @@ def test_existing_output_is_replaced_only_with_force(node_bundle: Path, tmp_path
     assert r.returncode == 2
     assert r.stderr.decode().strip() == f"kata-debug: error: {out}: already exists (use --force to replace it)"
     assert out.read_text() == "keep me"
-    r = kata_debug("report", str(node_bundle), "-o", str(out), "--force", "--output-format", "json")
+    r = kata_debug("report", str(node_bundle), "-o", str(out), "--force", "--format", "json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["sandboxes"] == 2 and summary["bytes"] == out.stat().st_size
@@ -464,3 +464,28 @@ def test_journal_lines_land_on_their_sandboxs_timeline_with_identifier_and_level
     ]
     assert all(RFC3339.match(str(e["data-ts"])) for e in mine)
     assert "shim-logs/journal/journal.log:" in out.read_text()
+
+
+@pytest.mark.parametrize("suffix", [".tar.zst", ".tar.gz"])
+def test_a_bundle_cut_off_inside_a_log_is_one_line_exit_2(tmp_path: Path, suffix: str) -> None:
+    """A truncated download: the stream ends inside a log member's data, not between members."""
+    import gzip
+
+    import zstandard
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        log = "".join(f"{_ts(i)} node kata[1]: level=info msg={os.urandom(24).hex()}\n" for i in range(20_000))
+        info = tarfile.TarInfo("kata-debug-n-1/shim-logs/journal/journal.log")
+        info.size = len(log)
+        tar.addfile(info, io.BytesIO(log.encode()))
+    data = zstandard.compress(raw.getvalue()) if suffix == ".tar.zst" else gzip.compress(raw.getvalue())
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    r = kata_debug("report", str(cut), "-o", str(tmp_path / "r.html"))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.decode().startswith(
+        f"kata-debug: error: {cut}: damaged bundle (reading shim-logs/journal/journal.log: "
+    ), r.stderr
+    assert r.stderr.decode().count("\n") == 1
+    assert not (tmp_path / "r.html").exists()

@@ -182,6 +182,7 @@ def collect(
     pod_timeout: float = typer.Option(
         120.0,
         "--pod-timeout",
+        metavar="SECONDS",
         help="Seconds a collector pod may take to start running.",
         rich_help_panel="Cluster mode",
     ),
@@ -312,7 +313,7 @@ def collect(
         options=CollectorOptions(trace_spool_dir=trace_spool_dir),
     )
     if deadline is not None and deadline <= 0:
-        raise UsageError(f"--deadline {deadline}: must be a positive number of seconds")
+        raise UsageError(f"--deadline {deadline:g}: must be a positive number of seconds")
     if no_redact:
         err_console.print(
             "[yellow]warning:[/] --no-redact: the bundle will contain secrets (env values, tokens); do not share it"

@@ -186,7 +186,7 @@ def collect_cluster(
     if deadline is not None:
         raise UsageError("--deadline: not valid with --cluster (use --node-timeout)")
     if not (math.isfinite(timeout) and timeout > 0):
-        raise UsageError(f"--timeout {timeout}: must be a positive number of seconds")
+        raise UsageError(f"--timeout {timeout:g}: must be a positive number of seconds")
     from kata_debug.collectors import REGISTRY
 
     unknown = [c for c in collectors if c not in REGISTRY]

@@ -154,7 +154,18 @@ async def _collect_then_diagnose(opts: object, keep: str | None) -> object:
         exists = await asyncio.to_thread(os.path.exists, result.output)
         if not exists or not any(c.files for c in result.collectors):
             raise NothingCollected(f"--host-root {opts.host_root}: the collection wrote nothing to diagnose")
-        return await diagnose_path(result.output)
+        diagnosis = await diagnose_path(result.output)
+        if tmpdir is None:
+            return diagnosis
+        from dataclasses import replace
+
+        from kata_debug.analyze.diagnose import Diagnosis
+
+        assert isinstance(diagnosis, Diagnosis)
+        # The temporary bundle is deleted below: name what was diagnosed, not a path that is gone.
+        return replace(
+            diagnosis, bundle=f"collected from --host-root {opts.host_root}, not kept (--output FILE keeps it)"
+        )
     finally:
         if tmpdir is not None:
             import shutil
@@ -165,37 +176,59 @@ async def _collect_then_diagnose(opts: object, keep: str | None) -> object:
 def register(app: typer.Typer) -> None:
     @app.command()
     def diagnose(
+        ctx: typer.Context,
         bundle: str | None = typer.Argument(
             None, help="Node or cluster bundle (.tar.gz, .tar.zst, .tar or a directory); default: collect this node."
         ),
         output_format: DiagnoseFormat = typer.Option(DiagnoseFormat.text, "--format", help="text or json."),
-        host_root: Path = typer.Option(Path("/"), "--host-root", help="Without BUNDLE: the node's filesystem root."),
-        since: str = typer.Option("24h", "--since", help="Without BUNDLE: how far back to read logs."),
+        host_root: Path = typer.Option(
+            Path("/"), "--host-root", metavar="DIR", help="Without BUNDLE: the node's filesystem root."
+        ),
+        since: str = typer.Option(
+            "24h",
+            "--since",
+            metavar="DURATION|TIME",
+            help="Without BUNDLE: how far back to read logs: 30m, 24h, 7d, 1h30m, or an RFC 3339 time.",
+        ),
         output: str | None = typer.Option(
             None,
             "--output",
             "-o",
+            metavar="FILE",
             help="Without BUNDLE: keep the collected bundle here (evidence paths point into it).",
         ),
-        timeout: float = typer.Option(60.0, "--timeout", help="Without BUNDLE: seconds each collector may run."),
-        max_log_size: str = typer.Option("50M", "--max-log-size", help="Without BUNDLE: cap per log source."),
-        node_name: str | None = typer.Option(None, "--node-name", help="Without BUNDLE: node name."),
+        timeout: float = typer.Option(
+            60.0, "--timeout", metavar="SECONDS", help="Without BUNDLE: seconds each collector may run."
+        ),
+        max_log_size: str = typer.Option(
+            "50M", "--max-log-size", metavar="SIZE", help="Without BUNDLE: cap per log source."
+        ),
+        node_name: str | None = typer.Option(None, "--node-name", metavar="NAME", help="Without BUNDLE: node name."),
     ) -> None:
         """Name the root cause of failed Kata sandboxes, from a bundle or (without BUNDLE) this node."""
         if bundle is not None:
-            given = {"--output": output, "--node-name": node_name}
-            for flag, value in given.items():
-                if value:
+            from kata_debug.cli.options import given
+
+            collect_only = {
+                "--host-root": "host_root",
+                "--since": "since",
+                "--output": "output",
+                "--timeout": "timeout",
+                "--max-log-size": "max_log_size",
+                "--node-name": "node_name",
+            }
+            for flag, name in collect_only.items():
+                if given(ctx, name):  # silently ignored, `--since 1h` would look like it bounded the bundle
                     raise UsageError(f"{flag}: only valid without BUNDLE (diagnose collects then)")
             diagnosis = asyncio.run(diagnose_path(bundle))
         else:
-            from kata_debug.cli.options import parse_duration, parse_size
+            from kata_debug.cli.options import parse_since, parse_size
             from kata_debug.collect.runner import CollectOptions
 
             opts = CollectOptions(
                 host_root=host_root,
                 node=node_name,
-                since=parse_duration(since),
+                since=parse_since(since),
                 timeout=timeout,
                 max_log_bytes=parse_size(max_log_size, "--max-log-size"),
             )

@@ -55,19 +55,21 @@ def limits(
         metavar="[PATH ...|-]",
         help="Manifests: files or directories (.yaml, .yml, .json, .yaml.in), '-' for stdin. None: the live cluster.",
     ),
-    kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="Kubeconfig file (live cluster)."),
-    context: str | None = typer.Option(None, "--context", help="Kubeconfig context (live cluster)."),
+    kubeconfig: str | None = typer.Option(None, "--kubeconfig", metavar="FILE", help="Kubeconfig file (live cluster)."),
+    context: str | None = typer.Option(None, "--context", metavar="NAME", help="Kubeconfig context (live cluster)."),
     namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace (live cluster)."),
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="All namespaces (live cluster)."),
     runtime: RuntimeChoice | None = typer.Option(
         None, "--runtime", help="Model the Go runtime or runtime-rs (default: from the handler / --config)."
     ),
     config: Path | None = typer.Option(
-        None, "--config", help="A node's Kata configuration.toml to size every workload with."
+        None, "--config", metavar="FILE", help="A node's Kata configuration.toml to size every workload with."
     ),
-    host_cpus: int | None = typer.Option(None, "--host-cpus", help="Node CPU count (caps vCPUs at default_maxvcpus)."),
+    host_cpus: int | None = typer.Option(
+        None, "--host-cpus", metavar="N", help="Node CPU count (caps vCPUs at default_maxvcpus)."
+    ),
     runtime_class: list[str] | None = typer.Option(
-        None, "--runtime-class", help="Also treat this RuntimeClass/handler as Kata (repeatable)."
+        None, "--runtime-class", metavar="NAME", help="Also treat this RuntimeClass/handler as Kata (repeatable)."
     ),
     output_format: LimitsFormat = typer.Option(
         LimitsFormat.text, "--format", metavar="[text|json]", help="text (a table, for people) or json."

@@ -45,10 +45,10 @@ def node_agent(
     ),
     node_name: str | None = typer.Option(None, "--node-name", help="k8s.node.name (default: $NODE_NAME)."),
     stats_interval: str = typer.Option(
-        "60s", "--stats-interval", help="How often to log the counters (0 = only at exit)."
+        "60s", "--stats-interval", metavar="DURATION", help="How often to log the counters (0 = only at exit)."
     ),
     shutdown_timeout: str = typer.Option(
-        "10s", "--shutdown-timeout", help="On SIGTERM, time allowed to flush queued spans."
+        "10s", "--shutdown-timeout", metavar="DURATION", help="On SIGTERM, time allowed to flush queued spans."
     ),
     max_connections: int = _LIMITS["max_connections"],
     idle_timeout: str = _LIMITS["idle_timeout"],

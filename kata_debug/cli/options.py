@@ -8,10 +8,12 @@ which comparing the value with the default cannot tell.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -153,6 +155,8 @@ def real_metavars(command: Any) -> None:
     their command gave (`--collector NAME`) or get one from their name (`--since` -> SINCE).
     Applied to the click command tree once, in `main`, so no command can forget it.
     """
+    if getattr(command, "help", None):
+        command.help = _join_paragraph_lines(command.help)
     params = list(getattr(command, "params", ()))
     if hasattr(command, "get_help_option"):  # created on first use; made (and cached) here to fix its metavar too
         help_option = command.get_help_option(SimpleNamespace(help_option_names=["--help"]))
@@ -163,8 +167,15 @@ def real_metavars(command: Any) -> None:
             # rich help adds a type column (<path>, <list[str]>) that only repeats it in Python.
             param.metavar = param.metavar or param.name.upper()
             param.display_type_rich = lambda ctx: None
+            # Typer's usage line braces a required argument (`{BUNDLE}`) and brackets an optional
+            # one even when its metavar already does (`[[PATH ...|-]]...`): show it as written.
+            param._usage_display_name = partial(_usage_name, param.metavar, param.required, param.nargs)
             continue
-        if getattr(param, "param_type_name", "") != "option" or param.metavar is not None:
+        if getattr(param, "param_type_name", "") != "option":
+            continue
+        if isinstance(param.default, float) and param.default.is_integer():
+            param.default = int(param.default)  # help says `[default: 60]`; click still passes 60.0
+        if param.metavar is not None:
             continue
         if param.is_flag or param.count:
             param.metavar = ""
@@ -175,6 +186,22 @@ def real_metavars(command: Any) -> None:
             param.metavar = long.rsplit("-", 1)[-1].upper()
     for sub in getattr(command, "commands", {}).values():
         real_metavars(sub)
+
+
+def _usage_name(metavar: str, required: bool, nargs: int) -> str:
+    """An argument as the usage line shows it: `BUNDLE`, `[BUNDLE]`, `[PATH ...|-]`."""
+    name = metavar if required or metavar.startswith("[") else f"[{metavar}]"
+    return name if nargs == 1 or "..." in name else f"{name}..."
+
+
+def _join_paragraph_lines(text: str) -> str:
+    """A docstring's paragraphs as one line each, so help wraps them to the terminal.
+
+    Typer joins the lines of the first paragraph only; the later ones kept the docstring's
+    own line breaks, which at 80 columns left a word or two alone on a line.
+    """
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split()) for p in paragraphs)
 
 
 def _choices(param: Any) -> list[Any] | None:

@@ -1,4 +1,4 @@
-"""`kata-debug report BUNDLE [-o FILE] [--force]`: the bundle as one HTML page.
+"""`kata-debug report BUNDLE [-o FILE] [--force] [--format text|json]`: the bundle as one HTML page.
 
 Options and output only: `kata_debug.report` reads the bundle and writes the page. The work
 is blocking file I/O (a tar stream, megabytes of HTML), so it runs in a worker thread under
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,17 +33,27 @@ def default_output(bundle: Path) -> Path:
     return Path(f"{name}.html")
 
 
+class ReportFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
 def report(
+    ctx: typer.Context,
     bundle: Path = typer.Argument(..., help="A node or cluster bundle: .tar.gz, .tar.zst, .tar or a directory."),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="The HTML file (default: the bundle's name with .html, here)."
+        None, "--output", "-o", metavar="FILE", help="The HTML file (default: the bundle's name with .html, here)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace the output file if it exists."),
-    output_format: str = typer.Option("text", "--output-format", help="text or json (the summary printed)."),
+    output_format: ReportFormat = typer.Option(ReportFormat.text, "--format", help="The summary printed."),
+    output_format_old: ReportFormat | None = typer.Option(None, "--output-format", hidden=True),
 ) -> None:
     """Write one self-contained HTML page (findings, nodes, a timeline per sandbox) from a bundle."""
-    if output_format not in ("text", "json"):
-        raise UsageError(f"--output-format: {output_format!r} is not one of text, json")
+    from kata_debug.cli.options import deprecated_alias
+
+    if deprecated_alias(ctx, "--format", "output_format", "--output-format", output_format_old):
+        assert output_format_old is not None
+        output_format = output_format_old
     if not bundle.exists():
         raise UsageError(f"{bundle}: no such file or directory")
     target = output or default_output(bundle)
@@ -54,7 +65,7 @@ def report(
         "findings": done.findings,
         "entries": done.entries,
     }
-    if output_format == "json":
+    if output_format is ReportFormat.json:
         typer.echo(json.dumps(summary))
     else:
         typer.echo(

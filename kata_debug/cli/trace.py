@@ -78,16 +78,22 @@ def limit_options() -> dict[str, Any]:
     """The three listener limit options, shared by `forward` and `node-agent`."""
     return {
         "max_connections": typer.Option(
-            256, "--max-connections", min=1, help="Trace connections open at once; more are closed at once."
+            256,
+            "--max-connections",
+            min=1,
+            metavar="N",
+            help="Trace connections open at once; more are closed at once.",
         ),
         "idle_timeout": typer.Option(
             "30s",
             "--idle-timeout",
+            metavar="DURATION",
             help="Close a connection that stops this long in the middle of a frame (0 = never).",
         ),
         "buffer_budget": typer.Option(
             "64M",
             "--buffer-budget",
+            metavar="SIZE",
             help="Bytes of incomplete frames held across all connections; beyond it, reads pause (nothing is dropped).",
         ),
     }
@@ -115,7 +121,7 @@ def decode(
     service_name: str = typer.Option("kata-agent", "--service-name", help="service.name resource attribute."),
     sandbox_id: str | None = typer.Option(None, "--sandbox-id", help="Add kata.sandbox.id to the resource."),
     batch_size: int = typer.Option(
-        512, "--batch-size", min=1, help="Spans per output line (one ExportTraceServiceRequest each)."
+        512, "--batch-size", min=1, metavar="N", help="Spans per output line (one ExportTraceServiceRequest each)."
     ),
     max_frame_bytes: str = typer.Option("1M", "--max-frame-bytes", help="Refuse frames announcing more than this."),
 ) -> None:
@@ -257,13 +263,14 @@ def forward(
     wire_format_old: TraceFormat | None = typer.Option(None, "--format", hidden=True),
     service_name: str = typer.Option("kata-agent", "--service-name", help="service.name resource attribute."),
     host_root: Path = typer.Option(
-        Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."
+        Path("/"), "--host-root", metavar="DIR", help="The node's filesystem root (/host in the DaemonSet)."
     ),
     node_name: str | None = typer.Option(None, "--node-name", help="k8s.node.name (default: $NODE_NAME, if set)."),
     queue_size: int = typer.Option(
         10_000,
         "--queue-size",
         min=1,
+        metavar="N",
         help="Spans kept per exporter while its backend is slow or down; the oldest are dropped beyond.",
     ),
     queue_bytes: str = typer.Option(
@@ -276,6 +283,7 @@ def forward(
         2048,
         "--batch-size",
         min=1,
+        metavar="N",
         help="Most spans per export (an OTLP batch above its max_request_bytes goes as several requests).",
     ),
     max_frame_bytes: str = typer.Option(
@@ -285,10 +293,10 @@ def forward(
     idle_timeout: str = _LIMITS["idle_timeout"],
     buffer_budget: str = _LIMITS["buffer_budget"],
     shutdown_timeout: str = typer.Option(
-        "10s", "--shutdown-timeout", help="On SIGTERM/SIGINT, time allowed to flush queued spans."
+        "10s", "--shutdown-timeout", metavar="DURATION", help="On SIGTERM/SIGINT, time allowed to flush queued spans."
     ),
     stats_interval: str = typer.Option(
-        "60s", "--stats-interval", help="How often to log the counters (0 = only at exit)."
+        "60s", "--stats-interval", metavar="DURATION", help="How often to log the counters (0 = only at exit)."
     ),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="Log verbosity."),
 ) -> None:

@@ -115,9 +115,9 @@ def validate(opts: CollectOptions) -> None:
     if unknown:
         raise UsageError(f"--collector {unknown[0]}: unknown collector (choose from {', '.join(REGISTRY)})")
     if not (math.isfinite(opts.timeout) and opts.timeout > 0):
-        raise UsageError(f"--timeout {opts.timeout}: must be a positive number of seconds")
+        raise UsageError(f"--timeout {opts.timeout:g}: must be a positive number of seconds")
     if opts.deadline is not None and not (math.isfinite(opts.deadline) and opts.deadline > 0):
-        raise UsageError(f"--deadline {opts.deadline}: must be a positive number of seconds")
+        raise UsageError(f"--deadline {opts.deadline:g}: must be a positive number of seconds")
     check_since(opts.since)
     OutputTarget.check(opts.output)
 
@@ -206,26 +206,27 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     ordered = [results[n] for n in selected] + [
         CollectorEntry(n, "skipped", 0.0, "not selected (--collector)", []) for n in REGISTRY if n not in selected
     ]
-    diagnosis = await write_findings(bundle, tap, output)
-    # A cancelled collector's last member may have been finished by the writer after the
-    # collector's entry was made: list it there too (this runs behind every queued write).
-    written = await bundle.run(lambda: {r.path for r in bundle.writer.records})
-    for name, started_out in outputs.items():
-        entry = results[name]
-        entry.files += [p for p in started_out.in_flight if p in written and p not in entry.files]
-    finished = datetime.now(UTC)
-    manifest = Manifest(
-        tool_version=__version__,
-        scope=NodeScope(node=node, host_root=str(opts.host_root)),
-        started_at=started,
-        finished_at=finished,
-        since=started - opts.since,
-        redacted=opts.redact,
-        interrupted=interrupted,
-        collectors=ordered,
-        redactions=redactor.counts,
-    )
     try:
+        # The findings are the first write after the collectors: on a closed pipe or a full
+        # disk it is often this one that fails, and it must say so like the manifest's would.
+        diagnosis = await write_findings(bundle, tap, output)
+        # A cancelled collector's last member may have been finished by the writer after the
+        # collector's entry was made: list it there too (this runs behind every queued write).
+        written = await bundle.run(lambda: {r.path for r in bundle.writer.records})
+        for name, started_out in outputs.items():
+            entry = results[name]
+            entry.files += [p for p in started_out.in_flight if p in written and p not in entry.files]
+        manifest = Manifest(
+            tool_version=__version__,
+            scope=NodeScope(node=node, host_root=str(opts.host_root)),
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            since=started - opts.since,
+            redacted=opts.redact,
+            interrupted=interrupted,
+            collectors=ordered,
+            redactions=redactor.counts,
+        )
         await bundle.close(manifest)
         await asyncio.to_thread(target.commit)  # closes and renames the file
     except OSError as exc:

@@ -13,11 +13,15 @@ Blocking: callers on an event loop run `gather` in a worker thread.
 from __future__ import annotations
 
 import json
+import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+import zstandard
 
 from kata_debug.bundle.reader import BundleError, Member, iter_members
 from kata_debug.report.lines import LogScanner, entry_from_line, parse_ts
@@ -123,34 +127,41 @@ def gather(source: str | Path, *, label: str | None = None, page_bytes: int = PA
 def _read(source: str | IO[bytes], label: str, prefix: str) -> _NodePass:
     state = _NodePass(label=label)
     for member in iter_members(source, label=label):
-        state.members += 1
-        path = member.path
-        shown = prefix + path
-        if path.startswith("nodes/") and member.is_nested_bundle:
-            try:  # the reader decompresses a nested tarball by its first bytes
-                nested = _read(member.fileobj, shown, prefix=f"{shown}!/")
-            except BundleError as exc:
-                state.problems.append(f"{shown}: not read: {exc}")
-                continue
-            if "manifest.json" not in nested.json:
-                state.problems.append(f"{shown}: no manifest.json (the node's collection broke off?)")
-            state.nested.append(nested)
-            continue
-        if is_log_member(path):
-            state.scanner.scan(shown, member.fileobj)
-            continue
-        if path.startswith("agent-traces/spans.jsonl"):
-            _read_spans(state, member, shown)
-            continue
-        if path in _STRUCTURED or (path.startswith("cluster/pods/") and path.endswith(".json")):
-            value = _load_json(member, shown, state.problems)
-            if value is None:
-                continue
-            if path.startswith("cluster/pods/"):
-                _keep_pod_events(state, value)
-            else:
-                state.json[path] = value
+        try:
+            _take(state, member, prefix)
+        except (tarfile.TarError, OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+            # A member's data ends early (a truncated download, a collection killed mid-write):
+            # one line naming the bundle and the member, exit 2, as `diagnose` says it.
+            raise BundleError(f"{label}: damaged bundle (reading {member.path}: {exc})") from None
     return state
+
+
+def _take(state: _NodePass, member: Member, prefix: str) -> None:
+    """One member into the pass: a nested node bundle, a log, agent spans or structured JSON."""
+    state.members += 1
+    path = member.path
+    shown = prefix + path
+    if path.startswith("nodes/") and member.is_nested_bundle:
+        try:  # the reader decompresses a nested tarball by its first bytes
+            nested = _read(member.fileobj, shown, prefix=f"{shown}!/")
+        except BundleError as exc:
+            state.problems.append(f"{shown}: not read: {exc}")
+            return
+        if "manifest.json" not in nested.json:
+            state.problems.append(f"{shown}: no manifest.json (the node's collection broke off?)")
+        state.nested.append(nested)
+    elif is_log_member(path):
+        state.scanner.scan(shown, member.fileobj)
+    elif path.startswith("agent-traces/spans.jsonl"):
+        _read_spans(state, member, shown)
+    elif path in _STRUCTURED or (path.startswith("cluster/pods/") and path.endswith(".json")):
+        value = _load_json(member, shown, state.problems)
+        if value is None:
+            return
+        if path.startswith("cluster/pods/"):
+            _keep_pod_events(state, value)
+        else:
+            state.json[path] = value
 
 
 def _load_json(member: Member, shown: str, problems: list[str]) -> Any:
