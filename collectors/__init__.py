@@ -29,6 +29,7 @@ _CLASSES = (
     "resource_limits:ResourceLimitsCollector",
     "shim_logs:ShimLogsCollector",
     "agent_traces:AgentTracesCollector",
+    "captures:CapturesCollector",
 )
 
 

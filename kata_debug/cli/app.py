@@ -329,6 +329,9 @@ def _register_commands() -> None:
     from kata_debug.cli import upload as cli_upload
 
     cli_upload.register(app)
+    from kata_debug.cli import captures as cli_captures
+
+    cli_captures.register(app)
 
 
 _register_commands()

@@ -215,3 +215,8 @@ def find_sandbox(host: HostRoot, sandbox_id: str) -> OciEntry | None:
         if b.entry.id == sandbox_id or (b.entry.type == "sandbox" and b.entry.sandbox_id == sandbox_id):
             return b.entry
     return None
+
+
+def read_bundle(host: HostRoot, engine: str, ns: str | None, bundle_dir: Path, cid: str) -> OciBundle:
+    """One task bundle (`bundle_dir` under the root), read now: the node agent reads each new one once."""
+    return _entry(host, engine, ns, bundle_dir, cid)
