@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -238,3 +239,107 @@ async def test_a_burst_is_cut_by_the_rate_limit_and_the_rest_counted(tmp_path: P
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
     assert len(found) == 2 and svc.counters.rate_limited == 3 and svc.counters.failures_seen == 5
+
+
+@pytest.mark.asyncio
+async def test_sigterm_mid_capture_leaves_no_capture_and_the_cli_lists_and_exports_finished_ones(
+    tmp_path: Path,
+) -> None:
+    from tests.test_node_agent import start_agent, vsock_port
+
+    root = tmp_path / "node"
+    root.mkdir()
+    sid = sid_()
+    sandbox_only(root, sid)
+    agent = await start_agent(
+        root, tmp_path / "state.json", "--capture-after", "30s", "--vsock-port", str(vsock_port())
+    )
+    captures = root / "var/lib/kata-debug/traces/captures"
+    try:
+        await agent.ready()
+        runtime_removes(root, sid)
+        deadline = time.monotonic() + 20
+        while json.loads((tmp_path / "state.json").read_text())["capture"]["failures_seen"] < 1:
+            assert time.monotonic() < deadline, "the vanish was not seen"
+            await asyncio.sleep(0.2)
+    finally:
+        code = await agent.stop()
+    assert code == 0, agent.stderr.decode()
+    assert os.listdir(captures) == [], "an unfinished capture is removed, never left as one"
+
+    # A finished one, written by an agent that stays up until it is on disk.
+    sid2 = sid_()
+    sandbox_only(root, sid2)
+    agent = await start_agent(root, tmp_path / "state.json", "--capture-after", "0s", "--vsock-port", str(vsock_port()))
+    try:
+        await agent.ready()
+        runtime_removes(root, sid2)
+        deadline = time.monotonic() + 30
+        while not list_captures(captures):
+            assert time.monotonic() < deadline, "no capture written"
+            await asyncio.sleep(0.2)
+    finally:
+        await agent.stop()
+    listing = subprocess.run(
+        [sys.executable, "-m", "kata_debug", "captures", "--host-root", str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    capture_id = list_captures(captures)[0].id
+    assert capture_id in listing and sid2 in listing and "vanished" in listing and "default/crash-0" in listing
+    out = tmp_path / "out.tar.gz"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kata_debug",
+            "captures",
+            "export",
+            capture_id,
+            "-o",
+            str(out),
+            "--host-root",
+            str(root),
+        ],
+        check=True,
+    )
+    assert read_bundle(out).manifest["trigger"]["sandbox"] == sid2
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kata_debug",
+            "captures",
+            "export",
+            "../etc/passwd",
+            "-o",
+            str(out),
+            "--host-root",
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "not a capture ID" in bad.stderr and "Traceback" not in bad.stderr
+    # `collect` carries them: the captures collector.
+    bundle_path = tmp_path / "b.tar.gz"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kata_debug",
+            "collect",
+            "--host-root",
+            str(root),
+            "-c",
+            "captures",
+            "-o",
+            str(bundle_path),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    bundle = read_bundle(bundle_path)
+    assert f"captures/{capture_id}" in bundle.members
+    assert bundle.json("captures/index.json")["captures"][0]["sandbox"] == sid2
