@@ -191,7 +191,8 @@ def bench(
                 "json",
                 "--since",
                 "36500d",  # the generated lines carry fixed dates: keep them all, as tar does
-            ]
+            ],
+            cwd=workdir,  # `python -m` puts the cwd first on sys.path: a checkout there would shadow `--python`'s install
         )
         runs.append((tar, kd))
         if repeat > 1:

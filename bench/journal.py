@@ -67,9 +67,12 @@ def main() -> None:
                 timeout=600,
             ).stdout.count(b"\n")
             times: dict[str, list[float]] = {"journalctl": []}
+            cpu: dict[str, list[float]] = {"journalctl": []}
             rss: dict[str, int] = {}
             for _ in range(args.repeat):
-                times["journalctl"].append(_run_measured(base).seconds)
+                jrun = _run_measured(base)
+                times["journalctl"].append(jrun.seconds)
+                cpu["journalctl"].append(jrun.cpu_s)
                 for code in codes:
                     run = _run_measured(
                         [
@@ -82,22 +85,28 @@ def main() -> None:
                             "--since",
                             f"{window}s",
                             "--output",
-                            str(Path(tmp) / "b.tar.gz"),
+                            str(Path(tmp) / "b.out"),  # no suffix: each version's default compression
                             "--output-format",
                             "json",
-                        ]
+                        ],
+                        cwd=Path(tmp),  # `python -m` puts the cwd first on sys.path: never a checkout's package
                     )
                     times.setdefault(str(code), []).append(run.seconds)
+                    cpu.setdefault(str(code), []).append(run.cpu_s)
                     rss[str(code)] = max(rss.get(str(code), 0), run.tree_rss_peak)
             jt = statistics.median(times["journalctl"])
+            jc = statistics.median(cpu["journalctl"])
             result = {
                 "kata_lines_in_window": in_window,
                 "written_mib": round(total / 2**20, 1),
                 "journalctl_json_s": round(jt, 2),
+                "journalctl_json_cpu_s": round(jc, 2),
                 "collect": {
                     c: {
                         "s": round(statistics.median(times[c]), 2),
+                        "cpu_s": round(statistics.median(cpu[c]), 2),
                         "speed_ratio": round(jt / statistics.median(times[c]), 2),
+                        "cpu_ratio": round(jc / statistics.median(cpu[c]), 2),
                         "peak_rss_mib": round(rss[c] / 2**20, 1),
                     }
                     for c in map(str, codes)

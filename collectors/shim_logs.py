@@ -18,14 +18,29 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import BinaryIO
 
 from kata_debug.bundle.deflate_ahead import DeflateAhead
 from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
 from kata_debug.logs.journal import forward_blocks, journalctl_argv, lead_in_forward, read_reverse
+from kata_debug.logs.nodelogs import (
+    NodeZone,
+    audit_stamp,
+    filter_audit,
+    filter_window,
+    klog_stamp,
+    node_zone,
+    syslog_filter,
+    syslog_stamp,
+)
 from kata_debug.logs.scan import SandboxIndex, SourceStats, copy_log, write_indexed
 from kata_debug.logs.scan_client import Progress, ScannerGone, ScannerProcess
-from kata_debug.logs.since import first_offset_since
+from kata_debug.logs.since import Stamp, first_offset_since, line_time
 from kata_debug.node.hostroot import HostRoot, open_regular
 
 IDENTIFIERS = ("kata", "kata-runtime", "containerd", "crio", "kubelet")
@@ -38,6 +53,16 @@ LOG_FILES = (
     "/var/lib/rancher/rke2/agent/containerd/containerd.log",
     "/var/log/crio.log",
     "/var/log/crio/crio.log",
+)
+#: The node's own logs (see `kata_debug.logs.nodelogs`): path and how to read it. `kernel`
+#: and `klog` are stored whole within `--since`; `syslog` keeps only the kernel's and
+#: IDENTIFIERS' lines, `audit` only AVC events (proctitle decoded).
+NODE_LOGS = (
+    ("/var/log/kern.log", "kernel"),
+    ("/var/log/syslog", "syslog"),
+    ("/var/log/messages", "syslog"),
+    ("/var/log/kubelet.log", "klog"),
+    ("/var/log/audit/audit.log", "audit"),
 )
 # Below this many bytes of log files to read, a scanner process costs more than it saves.
 SCANNER_MIN_BYTES = 16 << 20
@@ -55,6 +80,9 @@ class ShimLogsCollector(Collector):
         *JOURNAL_DIRS,
         *LOG_FILES,
         *(f"{p}.<N> (rotated)" for p in LOG_FILES),
+        *(p for p, _ in NODE_LOGS),
+        *(f"{p}.<N> / {p}-<YYYYMMDD> (rotated)" for p, _ in NODE_LOGS),
+        "/etc/localtime (the node's time zone, for syslog and klog stamps)",
     )
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
@@ -62,13 +90,19 @@ class ShimLogsCollector(Collector):
         sources: list[SourceStats] = []
         missing: list[str] = []
         journal_dirs = [d for d in JOURNAL_DIRS if await asyncio.to_thread(ctx.host.listdir, d)]
-        files, unreadable = await asyncio.to_thread(_log_files, ctx)
-        for path, reason in unreadable:
-            out.item_failed(path, reason)
-            sources.append(SourceStats(source=f"file:{path}", error=reason))
+        zone = await asyncio.to_thread(node_zone, ctx.host)
+        files, unreadable = await asyncio.to_thread(_log_files, ctx, zone)
         scanner: ScannerProcess | None = None
         ahead: DeflateAhead | None = None
+        filtered_dir: str | None = None
         try:
+            if any(f.kind in _FILTERS for f in files):
+                filtered_dir = await asyncio.to_thread(tempfile.mkdtemp, prefix="kata-debug-filtered-")
+                files, failed = await asyncio.to_thread(_prefilter, files, filtered_dir, ctx.max_log_bytes)
+                unreadable += failed
+            for path, reason in unreadable:
+                out.item_failed(path, reason)
+                sources.append(SourceStats(source=f"file:{path}", error=reason))
             if sum(f.cap for f in files) >= SCANNER_MIN_BYTES:
                 scanner = await ScannerProcess.start()  # its start-up overlaps the journal read
             if not journal_dirs:
@@ -87,6 +121,8 @@ class ShimLogsCollector(Collector):
                 await ahead.close()
             if scanner is not None:
                 await scanner.close()
+            if filtered_dir is not None:
+                await asyncio.to_thread(shutil.rmtree, filtered_dir, True)
         if any(s.error == "journalctl not found" for s in sources):
             missing.append("journalctl not available")
         await out.add_json(
@@ -103,6 +139,7 @@ class ShimLogsCollector(Collector):
             "summary.json",
             {
                 "since": ctx.since_time.isoformat(),
+                "node_time_zone": zone.name,
                 "cap_bytes": ctx.max_log_bytes,
                 "journal_dirs": journal_dirs,
                 "sources": [s.__dict__ for s in sources],
@@ -256,28 +293,44 @@ class LogFile:
     before_since: int
     #: Bytes to read from the end: the newest within `--since`, at most the size cap.
     cap: int
+    #: How its lines are stamped and chosen (NODE_LOGS), "" for the runtimes' logs.
+    kind: str = ""
 
 
 def _with_rotations(host: HostRoot, path: str) -> list[tuple[str, bool]]:
-    """`path`'s uncompressed rotations (`name.1`, `name.2`, ...) oldest first, then `path`.
+    """`path`'s uncompressed rotations oldest first, then `path`.
 
-    (node path, is a rotation). logrotate's compressed `.gz` rotations are left out: their
-    text cannot be redacted without unpacking them.
+    (node path, is a rotation). Rotations are `name.1`, `name.2`, ... (logrotate, auditd:
+    the higher, the older) or `name-YYYYMMDD` (logrotate's dateext, RHEL's default).
+    logrotate's compressed `.gz` rotations are left out: their text cannot be redacted
+    without unpacking them.
     """
     directory, _, name = path.rpartition("/")
+    names = host.listdir(directory or "/")
     prefix = name + "."
     numbers = sorted(
-        (
-            int(n[len(prefix) :])
-            for n in host.listdir(directory or "/")
-            if n.startswith(prefix) and n[len(prefix) :].isdigit()
-        ),
+        (int(n[len(prefix) :]) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()),
         reverse=True,
     )
-    return [(f"{directory}/{prefix}{n}", True) for n in numbers] + [(path, False)]
+    dated = sorted(n for n in names if n.startswith(name + "-") and len(n) == len(name) + 9 and n[-8:].isdigit())
+    return (
+        [(f"{directory}/{n}", True) for n in dated]
+        + [(f"{directory}/{prefix}{n}", True) for n in numbers]
+        + [(path, False)]
+    )
 
 
-def _log_files(ctx: CollectContext) -> tuple[list[LogFile], list[tuple[str, str]]]:
+def _stamp(kind: str, zone: NodeZone, now: datetime) -> Stamp:
+    if kind in ("kernel", "syslog"):
+        return syslog_stamp(zone.zone, now)
+    if kind == "klog":
+        return klog_stamp(zone.zone, now)
+    if kind == "audit":
+        return audit_stamp
+    return line_time
+
+
+def _log_files(ctx: CollectContext, zone: NodeZone) -> tuple[list[LogFile], list[tuple[str, str]]]:
     """The log files present on the node, each bounded by `--since` and the size cap, and
     the (node path, reason) of those present that cannot be read.
 
@@ -288,13 +341,15 @@ def _log_files(ctx: CollectContext) -> tuple[list[LogFile], list[tuple[str, str]
     """
     found: list[LogFile] = []
     unreadable: list[tuple[str, str]] = []
-    for base in LOG_FILES:
+    now = datetime.now(UTC)
+    for base, kind in [(p, "") for p in LOG_FILES] + list(NODE_LOGS):
+        stamp = _stamp(kind, zone, now)
         for path, rotated in _with_rotations(ctx.host, base):
             try:
                 real = ctx.host.resolve(path)
                 with open_regular(real) as fh:
                     size = os.fstat(fh.fileno()).st_size
-                    before = first_offset_since(fh, size, ctx.since_time)
+                    before = first_offset_since(fh, size, ctx.since_time, stamp)
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -302,8 +357,42 @@ def _log_files(ctx: CollectContext) -> tuple[list[LogFile], list[tuple[str, str]
                 continue
             if rotated and before >= size:
                 continue
-            found.append(LogFile(path, str(real), size, before, min(ctx.max_log_bytes, size - before)))
+            cap = size - before if kind in _FILTERS else min(ctx.max_log_bytes, size - before)
+            found.append(LogFile(path, str(real), size, before, cap, kind))
     return found, unreadable
+
+
+_FILTERS: dict[str, Callable[[BinaryIO, int, BinaryIO], int]] = {
+    "syslog": lambda src, start, out: filter_window(src, start, out, syslog_filter(IDENTIFIERS)),
+    "audit": filter_audit,
+}
+
+
+def _prefilter(files: list[LogFile], directory: str, max_bytes: int) -> tuple[list[LogFile], list[tuple[str, str]]]:
+    """Syslog and audit files: their wanted lines within `--since`, each into a file in
+    `directory`, which stands in for the original from then on (stored, indexed, capped).
+
+    The cap applies to what is kept, not to the file: a busy syslog must not crowd out the
+    few kernel lines that matter. Files with nothing wanted are left out.
+    """
+    kept: list[LogFile] = []
+    unreadable: list[tuple[str, str]] = []
+    for i, f in enumerate(files):
+        pick = _FILTERS.get(f.kind)
+        if pick is None:
+            kept.append(f)
+            continue
+        target = os.path.join(directory, f"{i}.log")
+        try:
+            with open_regular(f.real) as src, open(target, "xb") as dst:
+                pick(src, f.before_since, dst)
+                size = dst.tell()
+        except OSError as exc:
+            unreadable.append((f.path, exc.strerror or str(exc)))
+            continue
+        if size:
+            kept.append(replace(f, real=target, size=size, before_since=0, cap=min(max_bytes, size), kind=""))
+    return kept, unreadable
 
 
 def _ahead_threads() -> int:

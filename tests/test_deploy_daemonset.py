@@ -168,6 +168,7 @@ def test_evidence_comes_from_parents_every_node_has(pod_spec: dict[str, Any]) ->
         "/etc/containerd",
         "/etc/machine-id",
         "/etc/os-release",
+        "/etc/localtime",  # syslog and klog stamps are the node's wall clock
     }
 
 
@@ -331,6 +332,14 @@ def _kata_deploy_node(root: Path) -> Path:
     (root / "var/log/containerd/containerd.log").write_text(
         'time="2026-01-01T00:00:00Z" level=info msg="shim started" sandbox=sb0123456789\n'
     )
+    (root / "usr/share/zoneinfo/Europe").mkdir(parents=True)
+    shutil.copy("/usr/share/zoneinfo/Europe/Berlin", root / "usr/share/zoneinfo/Europe/Berlin")
+    (root / "etc/localtime").symlink_to("../usr/share/zoneinfo/Europe/Berlin")
+    (root / "var/log/kern.log").write_text("Jan  1 00:00:01 node1 kernel: [ 1.0] kvm: vcpu0 unhandled rdmsr\n")
+    (root / "var/log/syslog").write_text("Jan  1 00:00:02 node1 kata[7]: level=error sandbox=sb0123456789\n")
+    (root / "var/log/kubelet.log").write_text("E0101 00:00:03.000000    42 kubelet.go:1] sandbox failed\n")
+    (root / "var/log/audit").mkdir(parents=True)
+    (root / "var/log/audit/audit.log").write_text("type=AVC msg=audit(1767225600.000:1): avc:  denied  { open }\n")
     for d in ("sys", "dev", "var/lib/kubelet/pki"):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "var/lib/kubelet/pki/kubelet-client.key").write_text("not for the agent\n")
@@ -405,7 +414,15 @@ def test_the_collectors_find_in_the_pod_what_the_node_has(
         "oci-specs/containerd/k8s.io/sb0123456789/config.json",
         "sandboxes/sb0123456789/run-vc-sbs-persist.json",
         "shim-logs/files/var/log/containerd/containerd.log",
+        "shim-logs/files/var/log/kern.log",
+        "shim-logs/files/var/log/syslog",
+        "shim-logs/files/var/log/kubelet.log",
+        "shim-logs/files/var/log/audit/audit.log",
     } <= evidence
+    for log in ("kern.log", "syslog", "kubelet.log"):  # stamps read in the node's zone from the mounted /etc/localtime
+        assert in_pod[f"shim-logs/files/var/log/{log}"] == on_node[f"shim-logs/files/var/log/{log}"], log
+    zone = json.loads(in_pod["shim-logs/summary.json"])["node_time_zone"]
+    assert zone == "/etc/localtime", "the mounted file, its TZif data read (the symlink stays on the node)"
     for summary in ("host/facts.json", "kata-config/summary.json", "oci-specs/index.json", "sandboxes/sandboxes.json"):
         assert in_pod[summary] == on_node[summary], summary
     facts = json.loads(in_pod["host/facts.json"])

@@ -72,34 +72,22 @@ def test_the_corpus_is_broad() -> None:
 
 
 @pytest.mark.parametrize("kind", ["RSA PRIVATE KEY", "OPENSSH PRIVATE KEY", "PGP PRIVATE KEY BLOCK"])
-def test_a_key_written_to_the_journal_line_by_line_is_masked_in_both_journal_outputs(kind: str) -> None:
-    """shim-logs turns each journal entry into a prefixed text line and a JSON row; a key
-    logged one line per entry is still one block in both."""
-    import io
-
+def test_a_key_written_to_the_journal_line_by_line_is_masked_in_journal_log(kind: str) -> None:
+    """shim-logs stores each journal entry as journalctl's prefixed text line
+    (`<time> <host> kata[<pid>]: <message>`); a key logged one line per entry is still one block."""
     from kata_debug.bundle.writer import Spool
-    from kata_debug.collectors.shim_logs import _split_journal
-    from kata_debug.logs.scan import PerSandbox, SourceStats
+    from kata_debug.logs.scan import SandboxIndex, SourceStats, write_indexed
     from tests.redaction_corpus import PEM_BODY, pem
 
     messages = ["loading tls material", *pem(kind).splitlines(), "sandbox=4f2c started ok"]
-    raw = io.BytesIO(
-        b"".join(
-            json.dumps(
-                {"MESSAGE": m, "__REALTIME_TIMESTAMP": str(1764583200000000 + i), "_PID": "12", "_HOSTNAME": "n1"}
-            ).encode()
-            + b"\n"
-            for i, m in enumerate(messages)
-        )
-    )
-    text, parsed = Spool(), Spool()
-    _split_journal(raw, "kata", text, parsed, PerSandbox(lambda sid: Spool()), Redactor(), SourceStats("journal"))
-    for spool in (text, parsed):
-        reader, size, _ = spool.tail()
-        out = reader.read(size).decode()
-        assert not [b for b in PEM_BODY if b in out], out
-        assert "loading tls material" in out and "started ok" in out
-        spool.close()
+    text = "".join(f"2026-12-01T10:00:00.{i:06d}+0000 n1 kata[12]: {m}\n" for i, m in enumerate(messages))
+    spool = Spool()
+    write_indexed(Redactor().stream().feed(text.encode()), spool, SandboxIndex(), "journal.log", SourceStats("j"))
+    reader, size, _ = spool.tail()
+    out = reader.read(size).decode()
+    spool.close()
+    assert not [b for b in PEM_BODY if b in out], out
+    assert "loading tls material" in out and "started ok" in out
 
 
 @pytest.mark.parametrize("cut", range(1, 4))
@@ -107,7 +95,7 @@ def test_a_key_split_by_rotation_or_cut_by_the_size_cap_is_masked_in_every_file(
     """The rotated `.1` ends inside a key and the live file starts inside it; with a cap the
     copy starts inside it too. Each file is copied through its own stream, as shim-logs does."""
     from kata_debug.bundle.writer import Spool
-    from kata_debug.logs.scan import PerSandbox, SourceStats, copy_log
+    from kata_debug.logs.scan import SandboxIndex, SourceStats, copy_log
     from tests.redaction_corpus import PEM_BODY, log, pem
 
     block = pem().splitlines(keepends=True)
@@ -118,9 +106,7 @@ def test_a_key_split_by_rotation_or_cut_by_the_size_cap_is_masked_in_every_file(
     body_in_rotated = len("".join(block[1 : cut + 1]))  # the cap starts the copy at the first body line
     for name, cap in (("kata.log.1", 1 << 20), ("kata.log", 1 << 20), ("kata.log.1", body_in_rotated)):
         spool = Spool()
-        copy_log(
-            str(tmp_path / name), cap, spool, PerSandbox(lambda sid: Spool()), Redactor().stream(), SourceStats(name)
-        )
+        copy_log(str(tmp_path / name), cap, spool, SandboxIndex(), name, Redactor().stream(), SourceStats(name))
         reader, size, _ = spool.tail()
         outs.append(reader.read(size).decode())
         spool.close()

@@ -67,7 +67,10 @@ def reference_index(chunk: bytes) -> dict[str, tuple[int, int, int]]:
     if b"kata-runtime" in chunk or b'"sandbox"' in chunk:
         for i, line in enumerate(lines):
             if b"sandbox=" not in line and (b"kata-runtime" in line or b'"sandbox"' in line):
-                text = line[line.index(b"{") :] if b"]: {" in line else line
+                # A journal `ident[pid]: ` prefix is what comes before the line's first `{`
+                # (a `]: {` further on, after a logfmt line and a bare CR, is not a prefix).
+                brace = line.find(b"{")
+                text = line[brace:] if brace > 0 and line[:brace].rstrip().endswith(b"]:") else line
                 sid = sandbox_of(parse_line(text.decode("utf-8", "replace")))
                 if sid:
                     found.setdefault(sid, []).append(i)
@@ -594,9 +597,10 @@ async def test_a_key_block_cut_by_the_cap_when_read_newest_first_is_masked_whole
     """journalctl --reverse stops at the cap inside a PEM block: its orphan body must not leak."""
     from kata_debug.logs.journal import forward_blocks, journalctl_argv, lead_in_forward, read_reverse
 
-    ident = f"kata-test-{uuid.uuid4().hex[:8]}"
-    # key body is base64: no "-" from the identifier in it
-    body = [f"MIIEpAIBAAKCAQEA{i:04d}secretkeymaterial{ident.replace('-', '')}\n" for i in range(40)]
+    run = uuid.uuid4().hex[:8]
+    ident = f"kata-test-{run}"
+    # base64 lines, as a key's are (the run's hex keeps them apart from earlier runs' lines)
+    body = [f"MIIEpAIBAAKCAQEA{i:04d}secretkeymaterial{run}\n" for i in range(40)]
     _journal_lines(["-----BEGIN RSA PRIVATE KEY-----\n", *body, "-----END RSA PRIVATE KEY-----\n", "after\n"], ident)
     since = datetime.now(UTC) - timedelta(minutes=10)
     argv = journalctl_argv("/", since, [ident], kernel=False)

@@ -12,8 +12,13 @@ with no timestamp we can read is not cut at all: better too much than a silent g
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import BinaryIO
+
+#: Reads the timestamp a line starts with (None: the line has none). The default reads the
+#: runtimes' own stamps; `kata_debug.logs.nodelogs` has syslog's, klog's and audit's.
+Stamp = Callable[[bytes], datetime | None]
 
 # The first timestamp of a line, in the forms the runtimes' loggers write.
 _STAMP = re.compile(
@@ -41,7 +46,7 @@ def line_time(line: bytes) -> datetime | None:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
-def _next_stamp(fh: BinaryIO, offset: int, end: int) -> tuple[int, datetime] | None:
+def _next_stamp(fh: BinaryIO, offset: int, end: int, stamp: Stamp) -> tuple[int, datetime] | None:
     """The first line starting after `offset` (or at 0) that has a timestamp, before `end`."""
     fh.seek(offset)
     if offset:
@@ -53,23 +58,23 @@ def _next_stamp(fh: BinaryIO, offset: int, end: int) -> tuple[int, datetime] | N
         line = fh.readline(_PROBE)
         if not line:
             return None
-        t = line_time(line)
+        t = stamp(line)
         if t is not None:
             return start, t
 
 
-def first_offset_since(fh: BinaryIO, size: int, since: datetime) -> int:
+def first_offset_since(fh: BinaryIO, size: int, since: datetime, stamp: Stamp = line_time) -> int:
     """Offset of the first entry at or after `since`; `size` when every entry is older.
 
     0 when the file has no timestamp we can read, or starts inside the window.
     """
-    first = _next_stamp(fh, 0, size)
+    first = _next_stamp(fh, 0, size, stamp)
     if first is None or first[1] >= since:
         return 0
     lo, hi = first[0], size  # the entry at lo is older than since; the answer is in (lo, hi]
     while hi - lo > _LINEAR:
         mid = (lo + hi) // 2
-        found = _next_stamp(fh, mid, hi)
+        found = _next_stamp(fh, mid, hi, stamp)
         if found is None:
             hi = mid
         elif found[1] < since:
@@ -82,7 +87,7 @@ def first_offset_since(fh: BinaryIO, size: int, since: datetime) -> int:
         line = fh.readline()
         if not line:
             break
-        t = line_time(line)
+        t = stamp(line)
         if t is not None and t >= since:
             return pos
         pos += len(line)
