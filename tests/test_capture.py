@@ -343,3 +343,33 @@ async def test_sigterm_mid_capture_leaves_no_capture_and_the_cli_lists_and_expor
     bundle = read_bundle(bundle_path)
     assert f"captures/{capture_id}" in bundle.members
     assert bundle.json("captures/index.json")["captures"][0]["sandbox"] == sid2
+
+
+@pytest.mark.asyncio
+async def test_an_error_line_in_a_log_file_rotated_mid_run_captures_the_sandbox(tmp_path: Path) -> None:
+    root = tmp_path / "node"
+    sid = sid_()
+    sandbox_only(root, sid)
+    add_task(root, "k8s.io", "ctr" + sid[2:], oci_spec(ctype="container", sandbox_id=sid))  # no vanish
+    log = root / "var/log/containerd.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(f'level=error msg="before the agent started" sandbox={sid}\n')  # not "now": ignored
+    svc = service(root)
+    runner = asyncio.create_task(svc.run())
+    try:
+        await asyncio.sleep(0.6)
+        with open(log, "a") as fh:
+            fh.write(f'level=info msg="creating sandbox" sandbox={sid}\n')
+        os.rename(log, str(log) + ".1")
+        log.write_text(f'level=error msg="QMP command failed: vhost-vsock" sandbox={sid}\n')
+        await asyncio.sleep(0.5)
+        runtime_removes(root, sid)
+        found = await wait_captures(svc, 1)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert found[0].reason == "error-line" and "vhost-vsock" in (found[0].line or "")
+    bundle = read_bundle(svc.dir / found[0].id)
+    lines = bundle.members["logs/files/var_log_containerd.log"].decode()
+    assert "creating sandbox" in lines and "vhost-vsock" in lines
+    assert f"sandbox-state/run/vc/sbs/{sid}/persist.json" in bundle.members
