@@ -153,6 +153,9 @@ class CaptureService:
         self.limit = RateLimit(cfg.rate)
         self.counters = CaptureCounters()
         self.captured: set[str] = set()
+        #: Sandboxes refused by the rate limit, so their second signal (the line, then the vanish)
+        #: counts as a duplicate, not as another failure refused. Bounded: oldest forgotten first.
+        self.refused: dict[str, None] = {}
         self._inflight: set[asyncio.Task[None]] = set()
 
     def _already(self, sid: str) -> bool:
@@ -163,12 +166,15 @@ class CaptureService:
     def trigger(self, failure: Failure) -> None:
         """Start a capture of the failure unless its sandbox was captured or the rate is spent."""
         self.counters.failures_seen += 1
-        if self._already(failure.sandbox):
+        if self._already(failure.sandbox) or failure.sandbox in self.refused:
             self.counters.duplicate += 1
             self.watcher.forget(failure.sandbox)
             return
         if not self.limit.allow(time.monotonic()):
             self.counters.rate_limited = self.limit.refused
+            self.refused[failure.sandbox] = None
+            if len(self.refused) > 10_000:
+                del self.refused[next(iter(self.refused))]
             log.info(
                 "capture: sandbox %s failed (%s); not captured: --capture-rate spent", failure.sandbox, failure.reason
             )
