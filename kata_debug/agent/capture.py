@@ -29,7 +29,15 @@ from typing import Any
 
 from kata_debug import __version__
 from kata_debug.agent.ring import Rate, RateLimit, enforce_size
-from kata_debug.agent.watch import Failure, FileFollower, StateWatcher, failure_in_line, follow_journal, state_files
+from kata_debug.agent.watch import (
+    Failure,
+    FileFollower,
+    StateWatcher,
+    failure_in_line,
+    follow_journal,
+    spawn,
+    state_files,
+)
 from kata_debug.bundle.manifest import CollectorEntry, Manifest, NodeScope, Status, Trigger
 from kata_debug.bundle.writer import AsyncBundle, BundleWriter, OutputTarget
 from kata_debug.collectors import REGISTRY
@@ -104,6 +112,10 @@ def prepare_dir(directory: Path) -> set[str]:
         if name.endswith(".partial") or name.startswith("."):
             with contextlib.suppress(OSError):
                 path.unlink()
+            continue
+        if name.endswith(".json") and not (directory / (name.removesuffix(".json") + SUFFIX)).exists():
+            with contextlib.suppress(OSError):
+                path.unlink()  # the record of a capture that was never committed
             continue
         if not name.endswith(SUFFIX):
             continue
@@ -348,8 +360,6 @@ class CaptureService:
         except BaseException:
             await asyncio.to_thread(_abandon, target)
             raise
-        await asyncio.to_thread(target.commit)
-        size = (await asyncio.to_thread(path.stat)).st_size
         record = CaptureRecord(
             id=name,
             time=failure.time.isoformat(),
@@ -358,9 +368,18 @@ class CaptureService:
             line=trigger.line,
             pod=pod,
             top_finding=None,
-            bytes=size,
         )
-        await asyncio.to_thread(_write_sidecar, path, record)
+        # The record first: a listing never shows the capture without it. A record alone is
+        # ignored by listings and removed at the next start.
+        try:
+            await asyncio.to_thread(_write_sidecar, path, record)
+            await asyncio.to_thread(target.commit)
+        except BaseException:
+            await asyncio.to_thread(_abandon, target)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(sidecar(path).unlink)
+            raise
+        record.bytes = (await asyncio.to_thread(path.stat)).st_size
         return record
 
 
@@ -410,9 +429,7 @@ async def _journal_lines(out: CollectorOutput, host: HostRoot, since: datetime, 
     argv += ["--since", f"@{since.timestamp():.6f}", "--until", f"@{until.timestamp():.6f}"]
     argv += [f"SYSLOG_IDENTIFIER={i}" for i in IDENTIFIERS]
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
-        )
+        proc = await spawn(argv, stderr=asyncio.subprocess.PIPE)
     except FileNotFoundError:
         out.item_failed("journal", "journalctl not found")
         return

@@ -287,6 +287,27 @@ def failure_in_line(message: str, when: datetime, known: dict[str, str], priorit
     return Failure("error-line", when, sid, message)
 
 
+async def spawn(argv: list[str], **kwargs: Any) -> asyncio.subprocess.Process:
+    """Start `argv` with stdout piped; a cancellation while it starts kills it instead of leaking it.
+
+    `create_subprocess_exec` may have started the process when the cancellation lands, and
+    then nobody would ever kill it: a `journalctl --follow` would outlive the agent's loop.
+    """
+    starting = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, **kwargs
+        )
+    )
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            proc = await starting
+            proc.kill()
+            await proc.communicate()
+        raise
+
+
 def journal_argv(host_root: Path, identifiers: Iterable[str] = IDENTIFIERS) -> list[str]:
     """`journalctl --follow -o json`, from now on, of the runtime identifiers in the host root's journal."""
     argv = ["journalctl", "--follow", "--no-pager", "-q", "-o", "json", "--lines", "0"]
@@ -319,13 +340,7 @@ def journal_entry(raw: bytes) -> tuple[str, datetime, int | None] | None:
 async def follow_journal(host_root: Path) -> AsyncGenerator[tuple[str, datetime, int | None], None]:
     """Entries of the runtime identifiers as journald gets them; ends when journalctl does."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *journal_argv(host_root),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            stdin=asyncio.subprocess.DEVNULL,
-            limit=4 << 20,
-        )
+        proc = await spawn(journal_argv(host_root), stderr=asyncio.subprocess.DEVNULL, limit=4 << 20)
     except FileNotFoundError:
         log.warning("capture: journalctl not found: failures are seen from log files and state directories only")
         return
@@ -345,7 +360,7 @@ async def follow_journal(host_root: Path) -> AsyncGenerator[tuple[str, datetime,
         if proc.returncode is None:
             proc.kill()
         with contextlib.suppress(ProcessLookupError):
-            await proc.wait()
+            await proc.communicate()  # to EOF: the pipes close now, not when the loop is gone
 
 
 class FileFollower:
