@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "agent-trace"  # beside the checkout, as in CI
+if not FIXTURES.is_dir():  # a git worktree elsewhere: the copy the tests use
+    FIXTURES = REPO / "tests" / "fixtures" / "agent-trace"
 
 
 # The CPUs this bench may use, read once by the first process: child processes inherit the

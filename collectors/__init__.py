@@ -1,9 +1,10 @@
 """Collectors: one module per kind of evidence, all behind `kata_debug.collectors.base.Collector`.
 
 `REGISTRY` lists them in the order they appear in `--help`, the manifest and the bundle,
-keyed by the `name` each class declares. Collector modules are imported on first use of the
-registry, each on its own: one that fails to import does not break the CLI; it stays
-listed and fails as its own manifest entry when run (`REGISTRY.load` raises its error).
+keyed by the `name` each class declares (which is its module's name). A collector module is
+imported only when that collector is loaded, each on its own: one that fails to import does
+not break the CLI; it stays listed and fails as its own manifest entry when run
+(`REGISTRY.load` raises its error).
 """
 
 from __future__ import annotations
@@ -34,48 +35,41 @@ _CLASSES = (
 
 
 class CollectorRegistry:
-    """Name -> collector class, names taken from the classes themselves.
+    """Name -> collector class, each module imported only when its collector is loaded.
 
-    A module that cannot be imported is kept under its module name spelled the collector
-    way (`resource_limits` -> `resource-limits`, which tests/test_collectors_registry.py
-    holds every class to), so `--collector resource-limits` and the manifest still name it.
+    A collector's name is its module's name spelled the collector way (`resource_limits` ->
+    `resource-limits`), and its class declares that same name (`load` holds it to it), so
+    listing and validating `--collector` import nothing: a `collect -c shim-logs` does not
+    pay, on every run, for importing the other collectors (the sandboxes collector alone
+    pulls in aiohttp). A module that cannot be imported stays listed under its name and
+    fails as its own manifest entry when run (`load` raises its error).
     """
 
     def __init__(self, classes: tuple[str, ...]) -> None:
-        self._classes = classes
+        self._refs = {module.replace("_", "-"): (module, cls) for module, _, cls in (r.partition(":") for r in classes)}
         self._lock = threading.Lock()
-        self._loaded: dict[str, type[Collector] | Exception] | None = None
-
-    def _entries(self) -> dict[str, type[Collector] | Exception]:
-        with self._lock:  # first use may come from a worker thread (option validation)
-            if self._loaded is None:
-                loaded: dict[str, type[Collector] | Exception] = {}
-                for ref in self._classes:
-                    module, _, cls_name = ref.partition(":")
-                    try:
-                        cls: type[Collector] = getattr(import_module(f"kata_debug.collectors.{module}"), cls_name)
-                    except Exception as exc:  # noqa: BLE001 - reported when the collector runs
-                        loaded[module.replace("_", "-")] = exc
-                    else:
-                        loaded[cls.name] = cls
-                self._loaded = loaded
-            return self._loaded
+        self._loaded: dict[str, type[Collector]] = {}
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._entries()))
+        return iter(list(self._refs))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries()
+        return name in self._refs
 
     def __len__(self) -> int:
-        return len(self._entries())
+        return len(self._refs)
 
     def load(self, name: str) -> type[Collector]:
         """The collector class; raises KeyError for an unknown name, the import error for a broken module."""
-        entry = self._entries()[name]
-        if isinstance(entry, Exception):
-            raise entry
-        return entry
+        module, cls_name = self._refs[name]
+        with self._lock:  # first use may come from a worker thread
+            cls = self._loaded.get(name)
+            if cls is None:
+                cls = getattr(import_module(f"kata_debug.collectors.{module}"), cls_name)
+                if cls.name != name:
+                    raise TypeError(f"{module}:{cls_name} is named {cls.name!r}, not {name!r} after its module")
+                self._loaded[name] = cls
+            return cls
 
 
 REGISTRY = CollectorRegistry(_CLASSES)

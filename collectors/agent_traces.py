@@ -13,10 +13,10 @@ import asyncio
 import re
 import stat
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, CollectorSkipped
+from kata_debug.node.hostroot import HostDir, describe
 from kata_debug.node.paths import TRACE_SPOOL_DIR
 
 # The live file and its rotations (`spans.jsonl`, `spans.jsonl.1`, ...).
@@ -28,20 +28,20 @@ def _rotation(name: str) -> tuple[str, int]:
     return (base, int(n)) if n.isdigit() else (name, 0)
 
 
-def _list_spool(real_dir: Path) -> list[dict[str, Any]]:
+def _list_spool(spool: HostDir) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for child in real_dir.iterdir():
-        if not _SPOOL_FILE.match(child.name):
+    for name in spool.names():
+        if not _SPOOL_FILE.match(name):
             continue
         try:
-            st = child.lstat()
+            st = spool.lstat(name)
         except OSError:
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
         rows.append(
             {
-                "name": child.name,
+                "name": name,
                 "size": st.st_size,
                 "mtime": datetime.fromtimestamp(st.st_mtime, UTC).isoformat(),
             }
@@ -58,20 +58,25 @@ class AgentTracesCollector(Collector):
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         spool_dir = ctx.options.trace_spool_dir
-        real = await asyncio.to_thread(ctx.host.resolve, spool_dir)
-        if not await asyncio.to_thread(real.is_dir):
+        if not await asyncio.to_thread(ctx.host.is_dir, spool_dir):
             raise CollectorSkipped(
                 f"no span spool at {spool_dir} (start `kata-debug forward --export file://{spool_dir}/spans.jsonl` "
                 "or the node agent to record agent traces)"
             )
+
+        def _list() -> tuple[str, list[dict[str, Any]]]:
+            with ctx.host.open_dir(spool_dir) as d:
+                return d.path, _list_spool(d)
+
         try:
-            files = await asyncio.to_thread(_list_spool, real)
+            where, files = await asyncio.to_thread(_list)
         except OSError as exc:
-            out.item_failed(spool_dir, exc.strerror or str(exc))
+            out.item_failed(spool_dir, describe(exc))
             return
         copied = []
         for row in files:
-            if await out.add_host_file(row["name"], real / row["name"], max_bytes=ctx.max_log_bytes):
+            # Opened by a walk from the root: a spool file swapped for a link since the listing stays inside it.
+            if await out.add_host_file(row["name"], f"{where.rstrip('/')}/{row['name']}", max_bytes=ctx.max_log_bytes):
                 copied.append(row)
         await out.add_json(
             "index.json",

@@ -9,8 +9,10 @@ so one bad file turns the collector `partial` instead of failing it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,13 +21,29 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kata_debug.bundle.manifest import ItemFailure
-from kata_debug.bundle.writer import AsyncBundle, Spool
-from kata_debug.node.hostroot import HostRoot
+from kata_debug.bundle.writer import AsyncBundle, Spool, safe_component
+from kata_debug.node.hostroot import HostRoot, describe
+from kata_debug.node.oci import SPEC_PARSE_CAP
 from kata_debug.node.paths import TRACE_SPOOL_DIR
 from kata_debug.redact.redactor import Redactor
 
 _CHUNK = 1 << 20
 DEFAULT_LOG_CAP = 50 * 1024 * 1024
+#: What a member path component may never be: empty, `.`/`..`, or hold control characters.
+_UNSAFE_COMPONENT = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def member_name(part: str) -> str:
+    """One bundle path component made from node data (a sandbox id, a namespace, a file name).
+
+    Kept as it is when it is already plain (`[A-Za-z0-9._-]`, not `.` or `..`); otherwise
+    sanitised and suffixed with a short hash of the original, so two odd names that
+    sanitise alike (`a b`, `a:b`) stay two members.
+    """
+    safe = safe_component(part)
+    if safe == part and part not in (".", ".."):
+        return part
+    return f"{safe.strip('.') or '_'}-{hashlib.sha256(part.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
@@ -46,13 +64,28 @@ class CollectContext:
     now: datetime
     redactor: Redactor
     max_log_bytes: int = DEFAULT_LOG_CAP
+    #: Spec and state files (config.json, persist.json) larger than this are kept raw, not parsed.
+    max_parse_bytes: int = SPEC_PARSE_CAP
     all_runtimes: bool = False
+    #: Whether the node's own binaries (containerd, kata-runtime) may be executed: `--host-root /`
+    #: or `--run-host-tools`. Under another root they are files of a filesystem we were shown.
+    run_host_tools: bool = True
     command_timeout: float = 20.0
     options: CollectorOptions = field(default_factory=CollectorOptions)
 
     @property
     def since_time(self) -> datetime:
         return self.now - self.since
+
+
+def host_tool_note(ctx: CollectContext, exe: str) -> str:
+    """Where a node binary runs, for the bundle: a reader must know whose /etc and /dev it saw."""
+    if str(ctx.host.root) == "/":
+        return f"ran {exe} on the node (--host-root /)"
+    return (
+        f"ran {exe} from host root {ctx.host.root} inside this process's mount namespace "
+        "(--run-host-tools): it sees this container's /etc, /proc and devices, pointed at the node's files where it can be"
+    )
 
 
 class CollectorSkipped(Exception):
@@ -71,7 +104,14 @@ class CollectorOutput:
         self.truncated: dict[str, int] = {}
 
     def _path(self, name: str) -> str:
-        return f"{self.collector}/{name}"
+        """The member path of `name`; a component that could not be one (`..`, empty, control
+        characters) is replaced by its `member_name`, so node data never breaks the archive."""
+        parts = [
+            p if p not in (".", "..") and not _UNSAFE_COMPONENT.search(p) else member_name(p)
+            for p in name.split("/")
+            if p
+        ]
+        return "/".join([self.collector, *parts])
 
     def item_failed(self, item: str, reason: str) -> None:
         """One item could not be collected; the collector goes on and ends `partial`."""
@@ -126,7 +166,11 @@ class CollectorOutput:
                 spool = Spool(max_bytes)
                 try:
                     if oci:
-                        data = src.read(-1 if max_bytes is None else max_bytes)  # None was refused above
+                        assert max_bytes is not None  # refused above
+                        data = src.read(max_bytes)
+                        size = os.fstat(src.fileno()).st_size
+                        if size > len(data):  # the head is kept: it holds ociVersion, process, root
+                            self.truncated[self._path(name)] = size - len(data)
                         spool.write(redactor.oci_text(data) if redact else data)
                         return spool
                     if max_bytes is not None:
@@ -147,7 +191,7 @@ class CollectorOutput:
         try:
             spool = await asyncio.to_thread(_copy)
         except OSError as exc:
-            self.item_failed(str(node_path), exc.strerror or str(exc))
+            self.item_failed(str(node_path), describe(exc))
             return False
         await self._add_spool(name, spool)
         return True

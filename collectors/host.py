@@ -12,9 +12,9 @@ import os
 import stat
 from typing import Any
 
-from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, host_tool_note
 from kata_debug.node.containerd_config import CONTAINERD_CONFIGS, runtime_handlers
-from kata_debug.node.hostroot import HostRoot
+from kata_debug.node.hostroot import HostItemError, HostRoot, describe
 
 _MODULES = (
     "kvm",
@@ -26,6 +26,10 @@ _MODULES = (
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "virtio_vsock",
+    # Hold the host side of AF_VSOCK on VMware / Hyper-V guests, so vhost_vsock cannot load.
+    "vmw_vsock_vmci_transport",
+    "vmw_vmci",
+    "hv_sock",
 )
 _DEVICES = ("/dev/kvm", "/dev/vhost-vsock", "/dev/vhost-net", "/dev/vsock")
 _MEMINFO_KEYS = ("MemTotal", "MemAvailable", "HugePages_Total", "HugePages_Free", "Hugepagesize", "SwapTotal")
@@ -46,8 +50,20 @@ def _read(host: HostRoot, path: str) -> str | None:
         return None
 
 
-def gather_facts(host: HostRoot) -> dict[str, Any]:
-    """Blocking: read everything from the host root and interpret it."""
+def _list(host: HostRoot, path: str, failed: list[HostItemError]) -> list[str]:
+    try:
+        return host.listdir(path)
+    except OSError as exc:
+        failed.append(HostItemError(path, describe(exc)))
+        return []
+
+
+def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> dict[str, Any]:
+    """Blocking: read everything from the host root and interpret it.
+
+    A directory that cannot be listed (a link loop, no permission) goes to `failed`.
+    """
+    failed = [] if failed is None else failed
     facts: dict[str, Any] = {"missing": []}
     missing: list[str] = facts["missing"]
     facts["kernel"] = (_read(host, "/proc/sys/kernel/osrelease") or "").strip() or None
@@ -73,7 +89,7 @@ def gather_facts(host: HostRoot) -> dict[str, Any]:
     devices: dict[str, Any] = {}
     for dev in _DEVICES:
         try:
-            st = host.resolve(dev).stat()
+            st = host.stat(dev)
             devices[dev] = {"present": True, "char_device": stat.S_ISCHR(st.st_mode), "mode": oct(st.st_mode & 0o777)}
         except OSError:
             devices[dev] = {"present": False}
@@ -93,11 +109,11 @@ def gather_facts(host: HostRoot) -> dict[str, Any]:
     elif facts["modules"]["vhost_vsock"] == "absent" and not devices["/dev/vhost-vsock"]["present"]:
         missing.append("vhost_vsock module not loaded")
 
-    if host.resolve("/sys/fs/cgroup/cgroup.controllers").exists():
+    if host.exists("/sys/fs/cgroup/cgroup.controllers"):
         controllers = (_read(host, "/sys/fs/cgroup/cgroup.controllers") or "").split()
         facts["cgroup"] = {"version": 2, "controllers": controllers}
-    elif host.resolve("/sys/fs/cgroup/memory").exists():
-        facts["cgroup"] = {"version": 1, "controllers": host.listdir("/sys/fs/cgroup")}
+    elif host.exists("/sys/fs/cgroup/memory"):
+        facts["cgroup"] = {"version": 1, "controllers": _list(host, "/sys/fs/cgroup", failed)}
     else:
         facts["cgroup"] = {"version": None}
         missing.append("/sys/fs/cgroup not visible under the host root")
@@ -110,12 +126,15 @@ def gather_facts(host: HostRoot) -> dict[str, Any]:
     facts["memory"] = meminfo
     facts["hugepages"] = {
         n: (_read(host, f"/sys/kernel/mm/hugepages/{n}/nr_hugepages") or "").strip()
-        for n in host.listdir("/sys/kernel/mm/hugepages")
+        for n in _list(host, "/sys/kernel/mm/hugepages", failed)
     }
+
+    enforce = (_read(host, SELINUX_ENFORCE) or "").strip()
+    facts["selinux"] = {"enforce": int(enforce) if enforce in ("0", "1") else None}
 
     handlers = runtime_handlers(host)
     facts["containerd"] = {
-        "configs": [p for p in CONTAINERD_CONFIGS if host.resolve(p).is_file()],
+        "configs": [p for p in CONTAINERD_CONFIGS if host.is_file(p)],
         "runtime_handlers": [
             {
                 "name": h.name,
@@ -134,12 +153,32 @@ def gather_facts(host: HostRoot) -> dict[str, Any]:
 
 #: Copied as they are, next to the facts drawn from them.
 _COPIED = ("/proc/cmdline", "/proc/version", "/etc/os-release", "/proc/meminfo")
+#: The other container managers' configuration: which CRI runs Kata, and how (diagnose reads
+#: CRI-O's runtimes and storage options, Docker's runtimes).
+CRIO_CONFIGS = ("/etc/crio/crio.conf", "/etc/containers/storage.conf")
+CRIO_DROP_INS = "/etc/crio/crio.conf.d"
+DOCKER_CONFIG = "/etc/docker/daemon.json"
+SELINUX_ENFORCE = "/sys/fs/selinux/enforce"
+
+
+def other_cri_configs(host: HostRoot, failed: list[HostItemError] | None = None) -> list[str]:
+    """CRI-O and Docker configuration files present on the node. Blocking.
+
+    A drop-in directory that cannot be listed goes to `failed`.
+    """
+    found = [p for p in CRIO_CONFIGS if host.is_file(p)]
+    names = _list(host, CRIO_DROP_INS, [] if failed is None else failed)
+    found += [f"{CRIO_DROP_INS}/{n}" for n in names if n.endswith(".conf")]
+    if host.is_file(DOCKER_CONFIG):
+        found.append(DOCKER_CONFIG)
+    return found
 
 
 class HostCollector(Collector):
     name = "host"
     summary = (
-        "kernel, cmdline, CPU virtualization, /dev/kvm and vsock devices, modules, cgroups, memory, containerd handlers"
+        "kernel, cmdline, CPU virtualization, /dev/kvm and vsock devices, modules, cgroups, memory, SELinux mode, "
+        "containerd handlers, CRI-O / containers-storage / Docker configuration"
     )
     reads = (
         *_FILES,
@@ -148,37 +187,54 @@ class HostCollector(Collector):
         *_DEVICES,
         "/sys/kernel/mm/hugepages",
         *CONTAINERD_CONFIGS,
+        *CRIO_CONFIGS,
+        f"{CRIO_DROP_INS}/*.conf",
+        DOCKER_CONFIG,
+        SELINUX_ENFORCE,
         "containerd --version",
     )
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
-        facts = await asyncio.to_thread(gather_facts, ctx.host)
+        failed: list[HostItemError] = []
+        facts = await asyncio.to_thread(gather_facts, ctx.host, failed)
+        for f in failed:
+            out.item_failed(f.path, f.reason)
         for path in _COPIED:
             if await asyncio.to_thread(ctx.host.exists, path):
                 await out.add_host_file("files" + path, path, max_bytes=1 << 20)
         for path in facts["containerd"]["configs"]:
             await out.add_host_file("files" + path, path, max_bytes=4 << 20)
-        facts["containerd"]["version"] = await self._containerd_version(ctx)
+        cri_failed: list[HostItemError] = []
+        facts["other_cri_configs"] = await asyncio.to_thread(other_cri_configs, ctx.host, cri_failed)
+        for f in cri_failed:
+            out.item_failed(f.path, f.reason)
+        for path in facts["other_cri_configs"]:
+            await out.add_host_file("files" + path, path, max_bytes=4 << 20)
+        facts["containerd"]["version"], facts["containerd"]["version_from"] = await self._containerd_version(ctx)
         await out.add_json("facts.json", facts)
 
-    async def _containerd_version(self, ctx: CollectContext) -> str | None:
-        """Ask the node's containerd binary; only meaningful when it can run here."""
+    async def _containerd_version(self, ctx: CollectContext) -> tuple[str | None, str]:
+        """Ask the node's containerd binary, when host tools may run; and say where it ran."""
         exe = await asyncio.to_thread(ctx.host.first_file, ("/usr/bin/containerd", "/usr/local/bin/containerd"))
         if exe is None:
-            return None
+            return None, "no containerd binary on the node"
+        if not ctx.run_host_tools:
+            return None, f"{exe} not run: --host-root is not / (pass --run-host-tools to run the node's binaries)"
+        where = host_tool_note(ctx, str(exe))
         try:
             proc = await asyncio.create_subprocess_exec(
                 str(exe),
                 "--version",
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.DEVNULL,
             )
-        except OSError:
-            return None
+        except OSError as exc:
+            return None, f"{where}; could not start: {describe(exc)}"
         try:
             stdout, _ = await asyncio.wait_for(proc.communicate(), 10)
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            return None
-        return stdout.decode(errors="replace").strip() or None
+            return None, f"{where}; no answer within 10s"
+        return stdout.decode(errors="replace").strip() or None, where

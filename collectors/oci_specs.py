@@ -10,7 +10,8 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, member_name
+from kata_debug.node.hostroot import HostItemError
 from kata_debug.node.oci import CONTAINERD_TASK_ROOT, CRIO_ROOT, OciBundle, iter_bundles
 
 
@@ -23,7 +24,12 @@ class OciSpecsCollector(Collector):
     )
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
-        bundles: list[OciBundle] = await asyncio.to_thread(lambda: list(iter_bundles(ctx.host)))
+        failed: list[HostItemError] = []
+        bundles: list[OciBundle] = await asyncio.to_thread(
+            lambda: list(iter_bundles(ctx.host, failed, ctx.max_parse_bytes))
+        )
+        for f in failed:
+            out.item_failed(f.path, f.reason)
         index: list[dict[str, Any]] = []
         skipped: Counter[str] = Counter()
         for b in bundles:
@@ -31,11 +37,13 @@ class OciSpecsCollector(Collector):
             if not (e.kata or ctx.all_runtimes):
                 skipped[e.runtime or "unknown"] += 1
                 continue
-            where = f"{e.engine}/{e.namespace + '/' if e.namespace else ''}{e.id}"
+            # Names come from the node's directories: one safe path component each.
+            where = "/".join(member_name(p) for p in (e.engine, e.namespace, e.id) if p is not None)
             if e.error:
                 out.item_failed(f"{e.bundle}/config.json", e.error)
-                if await asyncio.to_thread(ctx.host.exists, ctx.host.node_path(b.config_path)):
-                    await out.add_host_file(f"{where}/config.json.unparsed", b.config_path, max_bytes=1 << 20, oci=True)
+                node_config = ctx.host.node_path(b.config_path)
+                if await asyncio.to_thread(ctx.host.exists, node_config):
+                    await out.add_host_file(f"{where}/config.json.unparsed", node_config, max_bytes=1 << 20, oci=True)
             else:
                 await out.add_json(f"{where}/config.json", b.spec, oci=True)
             row = e.to_json()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
 import re
 from collections import defaultdict
@@ -22,9 +21,9 @@ from typing import Any
 
 from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
 from kata_debug.node.containerd_config import runtime_handlers
-from kata_debug.node.hostroot import HostRoot
+from kata_debug.node.hostroot import HostItemError, HostRoot, describe
 from kata_debug.node.kata_config import SEARCH_PATHS, KataConfig, load_config, load_effective_config
-from kata_debug.node.oci import CONTAINERD_TASK_ROOT, CRIO_ROOT, OciBundle, iter_bundles
+from kata_debug.node.oci import CONTAINERD_TASK_ROOT, CRIO_ROOT, OciBundle, iter_bundles, read_json_capped
 from kata_debug.sizing.config import for_handler, from_kata_config
 from kata_debug.sizing.model import (
     DEFAULT_MEMORY_BLOCK_MIB,
@@ -195,10 +194,19 @@ def host_cpus(host: HostRoot) -> int | None:
         return None
 
 
-def qemu_processes(host: HostRoot) -> list[QemuProcess]:
-    """Hypervisor processes in the host's /proc whose binary name contains qemu. Blocking."""
-    found = []
-    for name in host.listdir("/proc"):
+def qemu_processes(host: HostRoot, failed: list[HostItemError] | None = None) -> list[QemuProcess]:
+    """Hypervisor processes in the host's /proc whose binary name contains qemu. Blocking.
+
+    An unreadable /proc goes to `failed`; a process that exits while we look is just gone.
+    """
+    found: list[QemuProcess] = []
+    try:
+        pids = host.listdir("/proc")
+    except OSError as exc:
+        if failed is not None:
+            failed.append(HostItemError("/proc", describe(exc)))
+        return found
+    for name in pids:
         if not name.isdigit():
             continue
         try:
@@ -235,7 +243,10 @@ class ResourceLimitsCollector(Collector):
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         host = ctx.host
-        bundles: list[OciBundle] = await asyncio.to_thread(lambda: list(iter_bundles(host)))
+        failed: list[HostItemError] = []
+        bundles: list[OciBundle] = await asyncio.to_thread(
+            lambda: list(iter_bundles(host, failed, ctx.max_parse_bytes))
+        )
         groups: dict[str, _Sandbox] = defaultdict(_Sandbox)
         for b in bundles:
             e = b.entry
@@ -248,10 +259,12 @@ class ResourceLimitsCollector(Collector):
         cpus = await asyncio.to_thread(host_cpus, host)
         node_cfg, node_cfg_note = await self._node_config(host, out)
         handlers = {h.name: h for h in await asyncio.to_thread(runtime_handlers, host)}
-        qemus = await asyncio.to_thread(qemu_processes, host) if groups else []
+        qemus = await asyncio.to_thread(qemu_processes, host, failed) if groups else []
+        for f in failed:
+            out.item_failed(f.path, f.reason)
         rows = []
         for sid in sorted(groups):
-            rows.append(await self._sandbox(host, out, sid, groups[sid], node_cfg, handlers, cpus, qemus))
+            rows.append(await self._sandbox(ctx, out, sid, groups[sid], node_cfg, handlers, cpus, qemus))
         await out.add_json(
             "sizing.json",
             {
@@ -297,7 +310,7 @@ class ResourceLimitsCollector(Collector):
 
     async def _sandbox(
         self,
-        host: HostRoot,
+        ctx: CollectContext,
         out: CollectorOutput,
         sid: str,
         g: _Sandbox,
@@ -306,6 +319,7 @@ class ResourceLimitsCollector(Collector):
         cpus: int | None,
         qemus: list[QemuProcess],
     ) -> dict[str, Any]:
+        host = ctx.host
         sb = g.sandbox.entry if g.sandbox else None
         ann = ((g.sandbox.spec or {}).get("annotations") or {}) if g.sandbox else {}
         handler = next((ann[a] for a in HANDLER_ANNOTATIONS if ann.get(a)), None)
@@ -317,14 +331,25 @@ class ResourceLimitsCollector(Collector):
                 obs.sources.append(f"/proc/{q.pid}/cmdline")
                 break
         persist = PERSIST.format(sid=sid)
+        cap = ctx.max_parse_bytes
+
+        def _read_persist() -> tuple[Any, int | None]:
+            with host.open(persist) as fh:
+                return read_json_capped(fh, cap)
+
         try:
-            raw = await asyncio.to_thread(host.read_bytes, persist, 8 << 20)
-            from_persist(json.loads(raw), obs)
-            obs.sources.append(persist)
+            state, oversize = await asyncio.to_thread(_read_persist)
+            if oversize is not None:
+                out.item_failed(persist, f"{oversize} bytes, over the {cap} byte parse cap: not parsed")
+            else:
+                from_persist(state, obs)
+                obs.sources.append(persist)
         except FileNotFoundError:
             pass
-        except (OSError, ValueError) as exc:
-            out.item_failed(persist, f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            out.item_failed(persist, describe(exc))
+        except ValueError as exc:
+            out.item_failed(persist, f"malformed JSON: {exc}")
         # containerd deletes an exited init container's task bundle: the pod's sizing
         # annotations stand in for it (model.exited_init_stand_in).
         inp = SandboxInput(

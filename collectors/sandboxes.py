@@ -9,7 +9,6 @@ fact, not treated as a collector failure.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -18,8 +17,9 @@ from typing import Any
 
 import aiohttp
 
-from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput
-from kata_debug.node.hostroot import HostRoot
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, member_name
+from kata_debug.node.hostroot import HostDir, HostItemError, HostRoot, describe
+from kata_debug.node.oci import read_json_capped
 
 STATE_ROOTS = ("/run/vc/sbs", "/run/vc/vm", "/run/kata")
 SHARED_ROOT = "/run/kata-containers/shared/sandboxes"
@@ -30,13 +30,13 @@ MONITOR_TIMEOUT = 3.0
 _SUN_PATH_MAX = 100
 
 
-def _listing(path: Path) -> list[dict[str, Any]]:
+def _listing(d: HostDir) -> list[dict[str, Any]]:
     rows = []
-    for child in sorted(path.iterdir()):
+    for name in d.names():
         try:
-            st = child.lstat()
+            st = d.lstat(name)
         except OSError:
-            continue
+            continue  # gone since the listing
         kind = (
             "socket"
             if stat.S_ISSOCK(st.st_mode)
@@ -46,7 +46,7 @@ def _listing(path: Path) -> list[dict[str, Any]]:
             if stat.S_ISLNK(st.st_mode)
             else "file"
         )
-        rows.append({"name": child.name, "type": kind, "size": st.st_size if kind == "file" else None})
+        rows.append({"name": name, "type": kind, "size": st.st_size if kind == "file" else None})
     return rows
 
 
@@ -86,28 +86,50 @@ class _Found:
     """One sandbox as the filesystem shows it: the facts for `sandboxes.json`, and the work left."""
 
     facts: dict[str, Any]
-    state_files: list[tuple[Path, str]] = field(default_factory=list)  # (real path, bundle name)
+    state_files: list[tuple[str, str]] = field(default_factory=list)  # (node path, bundle name)
     monitor_socket: tuple[str, Path] | None = None  # (node path, real path)
 
 
-def _survey(host: HostRoot) -> list[_Found]:
-    """Everything the filesystem says about each sandbox, gathered in one worker-thread pass."""
+def _survey(host: HostRoot, failed: list[HostItemError]) -> list[_Found]:
+    """Everything the filesystem says about each sandbox, gathered in one worker-thread pass.
+
+    A state root or sandbox directory that cannot be read is a failed item; the rest goes on.
+    """
     found: dict[str, _Found] = {}
     for root in STATE_ROOTS:
-        for sid in host.listdir(root):
-            real = host.resolve(f"{root}/{sid}")
-            if not real.is_dir():
+        try:
+            sids = host.listdir(root)
+        except OSError as exc:
+            failed.append(HostItemError(root, describe(exc)))
+            continue
+        for sid in sids:
+            path = f"{root}/{sid}"
+            try:
+                if not host.is_dir(path):
+                    continue
+                with host.open_dir(path) as d:
+                    listing = _listing(d)
+                    names = set(d.names())
+            except OSError as exc:
+                failed.append(HostItemError(path, describe(exc)))
                 continue
             sb = found.setdefault(sid, _Found({"id": sid, "state_dirs": {}}))
-            sb.facts["state_dirs"][root] = _listing(real)
+            sb.facts["state_dirs"][root] = listing
             for name in _STATE_FILES:
-                state = host.resolve(f"{root}/{sid}/{name}")  # a symlink here stays inside the root
-                if state.is_file():
-                    sb.state_files.append((state, f"{sid}/{root.strip('/').replace('/', '-')}-{name}"))
+                if name in names:  # read later through the root walk: a symlink here stays inside it
+                    sb.state_files.append(
+                        (f"{path}/{name}", f"{member_name(sid)}/{root.strip('/').replace('/', '-')}-{name}")
+                    )
     for sid, sb in found.items():
-        sb.facts["shared_dir"] = host.resolve(f"{SHARED_ROOT}/{sid}").is_dir()
-        sockets = ((p, host.resolve(p)) for p in (pattern.format(sid=sid) for pattern in MONITOR_SOCKETS))
-        sb.monitor_socket = next(((p, real) for p, real in sockets if real.exists()), None)
+        sb.facts["shared_dir"] = host.is_dir(f"{SHARED_ROOT}/{sid}")
+        for node_path in (pattern.format(sid=sid) for pattern in MONITOR_SOCKETS):
+            try:
+                real = host.resolve(node_path)  # a socket is connected to, not opened: it needs a path
+                if real.exists():
+                    sb.monitor_socket = (node_path, real)
+                    break
+            except OSError as exc:
+                failed.append(HostItemError(node_path, describe(exc)))
     return list(found.values())
 
 
@@ -122,10 +144,13 @@ class SandboxesCollector(Collector):
     )
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
-        sandboxes = await asyncio.to_thread(_survey, ctx.host)
+        failed: list[HostItemError] = []
+        sandboxes = await asyncio.to_thread(_survey, ctx.host, failed)
+        for f in failed:
+            out.item_failed(f.path, f.reason)
         for sb in sandboxes:
             for state_file, name in sb.state_files:
-                await self._state_file(ctx.host, out, state_file, name)
+                await self._state_file(ctx, out, state_file, name)
             sb.facts["monitor"] = await self._monitor(out, sb.facts["id"], sb.monitor_socket)
         await out.add_json(
             "sandboxes.json",
@@ -136,14 +161,24 @@ class SandboxesCollector(Collector):
             },
         )
 
-    async def _state_file(self, host: HostRoot, out: CollectorOutput, path: Path, name: str) -> None:
+    async def _state_file(self, ctx: CollectContext, out: CollectorOutput, path: str, name: str) -> None:
+        cap = ctx.max_parse_bytes
+
+        def _read() -> tuple[Any, int | None]:
+            with ctx.host.open(path) as fh:
+                return read_json_capped(fh, cap)
+
         try:
-            value = json.loads(await asyncio.to_thread(host.read_bytes, path))
+            value, oversize = await asyncio.to_thread(_read)
         except OSError as exc:
-            out.item_failed(str(path), exc.strerror or str(exc))
+            out.item_failed(path, describe(exc))
             return
         except ValueError as exc:
-            out.item_failed(str(path), f"malformed JSON: {exc}")
+            out.item_failed(path, f"malformed JSON: {exc}")
+            await out.add_host_file(f"{name}.unparsed", path, max_bytes=4 << 20)
+            return
+        if oversize is not None:
+            out.item_failed(path, f"{oversize} bytes, over the {cap} byte parse cap: kept raw, cut")
             await out.add_host_file(f"{name}.unparsed", path, max_bytes=4 << 20)
             return
         await out.add_json(name, value)
@@ -160,7 +195,7 @@ class SandboxesCollector(Collector):
                 summary[key] = {"error": res}
                 continue
             status, body = res
-            await out.add_bytes(f"{sid}/monitor-{key}.txt", body)
+            await out.add_bytes(f"{member_name(sid)}/monitor-{key}.txt", body)
             summary[key] = {"status": status, "bytes": len(body)}
             if key == "agent-url" and status == 200:
                 summary["agent_url"] = body.decode(errors="replace").strip()

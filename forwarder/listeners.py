@@ -1,7 +1,7 @@
 """Sockets the agent's trace stream arrives on: vsock, hybrid vsock, Unix and TCP.
 
-Every listener hands accepted streams to one handler together with a `Peer` saying which
-sandbox it is, when the listener can know: a hybrid vsock socket lives in its sandbox's
+Every listener makes one protocol per accepted stream (`forwarder.connection`) from a `Peer`
+saying which sandbox it is, when the listener can know: a hybrid vsock socket lives in its sandbox's
 directory, a vsock peer is identified by its CID (see `discovery.CidResolver`), Unix and TCP
 listeners can be told with `?sandbox=ID`.
 """
@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -48,10 +48,12 @@ class Peer:
 
     source: str  # the listener, for logs
     sandbox_id: str | None = None
-    cid: int | None = None
+    #: A vsock listener: the peer's CID (its `peername`) tells the sandbox.
+    vsock: bool = False
 
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Peer], Awaitable[None]]
+#: Makes the protocol that serves one accepted stream from `peer`.
+ProtocolFactory = Callable[[Peer], asyncio.BaseProtocol]
 
 
 def sandbox_from_path(node_path: str) -> str | None:
@@ -201,14 +203,10 @@ def _bound_unix_socket(path: Path) -> socket.socket:
     return sock
 
 
-async def open_unix(path: Path, description: str, handler: Handler, peer: Peer) -> Listener:
+async def open_unix(path: Path, description: str, factory: ProtocolFactory, peer: Peer) -> Listener:
     sock = await asyncio.to_thread(_bound_unix_socket, path)
-
-    async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await handler(reader, writer, peer)
-
     try:
-        server = await asyncio.start_unix_server(_accept, sock=sock)
+        server = await asyncio.get_running_loop().create_unix_server(lambda: factory(peer), sock=sock)
     except OSError as exc:
         sock.close()
         await asyncio.to_thread(_remove_socket_file, path)
@@ -216,12 +214,9 @@ async def open_unix(path: Path, description: str, handler: Handler, peer: Peer) 
     return Listener(description, server, unlink=path)
 
 
-async def open_tcp(host: str, port: int, description: str, handler: Handler, peer: Peer) -> Listener:
-    async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await handler(reader, writer, peer)
-
+async def open_tcp(host: str, port: int, description: str, factory: ProtocolFactory, peer: Peer) -> Listener:
     try:
-        server = await asyncio.start_server(_accept, host=host, port=port)
+        server = await asyncio.get_running_loop().create_server(lambda: factory(peer), host=host, port=port)
     except OSError as exc:
         raise ListenerError(f"tcp {host}:{port}: cannot listen: {exc.strerror or exc}") from None
     return Listener(description, server)
@@ -235,10 +230,9 @@ async def open_vsock(
     cid: int,
     port: int,
     description: str,
-    handler: Handler,
-    resolve_cid: Callable[[int], Awaitable[str | None]] | None = None,
+    factory: ProtocolFactory,
 ) -> Listener:
-    """Listen on AF_VSOCK; each peer's CID is mapped to its sandbox when possible."""
+    """Listen on AF_VSOCK; each peer's CID (`Peer.vsock`) is mapped to its sandbox by the protocol."""
     if not vsock_available():
         raise ListenerError(f"vsock {cid}:{port}: AF_VSOCK is not supported by this Python/kernel")
     try:
@@ -255,15 +249,8 @@ async def open_vsock(
             f"vsock {'any' if cid == VMADDR_CID_ANY else cid}:{port}: cannot listen: {exc.strerror or exc}"
         ) from None
 
-    async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        peer_cid = peername[0] if isinstance(peername, tuple) and peername else None
-        sandbox = None
-        if peer_cid is not None and resolve_cid is not None:
-            sandbox = await resolve_cid(peer_cid)
-        await handler(reader, writer, Peer(source=description, sandbox_id=sandbox, cid=peer_cid))
-
-    server = await asyncio.start_server(_accept, sock=sock)
+    peer = Peer(source=description, vsock=True)
+    server = await asyncio.get_running_loop().create_server(lambda: factory(peer), sock=sock)
     return Listener(description, server)
 
 

@@ -75,6 +75,41 @@ def _discard(items: Iterable[Any]) -> None:
     deque(items, maxlen=0)
 
 
+def export_isolating(sink: SpanSink, batch: Sequence[QueuedSpan]) -> tuple[int, int]:
+    """Export `batch` in halves after the sink raised on it; return (spans consumed, poisoned).
+
+    A sink that raises (rather than returning a short count, its way of saying "backend
+    unavailable, retry") failed on what it was given: retrying the same batch would fail
+    forever and hold up every span queued behind it, which is how one guest-supplied span
+    used to stop a node's spool. Bisecting finds the spans the sink cannot take even alone
+    (about 2*log2(len) extra calls per poison span); those are dropped and counted, the
+    rest is delivered. Consumed spans are a prefix of `batch` (delivered or dropped); a
+    short count from the sink stops the walk there so the rest is retried as usual.
+    """
+    consumed = poisoned = 0
+    pending: list[Sequence[QueuedSpan]] = [batch]
+    while pending:
+        part = pending.pop()
+        try:
+            done = max(0, min(int(sink.export(part)), len(part)))
+        except OSError:
+            return consumed, poisoned  # the backend, not the data: retried with backoff
+        except Exception as exc:  # noqa: BLE001 - any failure on the data isolates it
+            if len(part) == 1:
+                poisoned += 1
+                consumed += 1
+                log.warning("exporter %s: dropping a span it cannot export: %s", sink.name, exc)
+                continue
+            mid = len(part) // 2
+            pending.append(part[mid:])
+            pending.append(part[:mid])
+            continue
+        consumed += done
+        if done < len(part):
+            return consumed, poisoned
+    return consumed, poisoned
+
+
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
@@ -91,6 +126,7 @@ class PipelineStats:
     exported: int = 0
     dropped: int = 0  # queue full (oldest dropped) or left over at shutdown
     failed_exports: int = 0  # export attempts that failed (each is retried)
+    poisoned: int = 0  # spans the sink raised on even alone: dropped so the rest goes on
 
 
 class ExportPipeline:
@@ -252,15 +288,20 @@ class ExportPipeline:
                 except TimeoutError:
                     pass
             batch, sizes = self._take()
+            poisoned = 0
             try:
                 done = int(await self._worker.call(self.sink.export, batch))
-            except Exception as exc:  # noqa: BLE001 - a sink bug must not stop the pipeline
+            except OSError as exc:
                 log.warning("exporter %s failed: %s", self.name, exc)
                 done = 0
+            except Exception as exc:  # noqa: BLE001 - a sink failing on the data must not stop the pipeline
+                log.warning("exporter %s failed on a batch of %d: %s; isolating", self.name, len(batch), exc)
+                done, poisoned = await self._worker.call(export_isolating, self.sink, batch)
             self._inflight = 0
             self._inflight_bytes = 0
             done = max(0, min(done, len(batch)))
-            self.stats.exported += done
+            self.stats.exported += done - poisoned
+            self.stats.poisoned += poisoned
             if done == len(batch):
                 if self._down_since is not None:
                     log.info(

@@ -8,24 +8,22 @@ Library API (the `forward` and `node-agent` commands are thin layers over it):
     ...
     fwd.stop()
 
-Bad input never takes the forwarder down: an oversized frame header closes that one
-connection (nothing is allocated for it), an undecodable payload is skipped and counted and
-the connection goes on, a truncated frame at EOF is counted. A listener that cannot be opened
+Bad input never takes the forwarder down (see `forwarder.connection`), and what guests'
+connections may hold is bounded (`forwarder.limits`). A listener that cannot be opened
 is reported and, unless `require_all_listeners` is set, the others carry on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from kata_debug.forwarder.connection import ConnectionHub, TraceConnection
 from kata_debug.forwarder.discovery import (
     CidResolver,
     IdentityResolver,
@@ -33,8 +31,8 @@ from kata_debug.forwarder.discovery import (
     SandboxWatcher,
     default_host_name,
 )
-from kata_debug.forwarder.formats import FormatSniffer
-from kata_debug.forwarder.frames import DEFAULT_MAX_FRAME_BYTES, FrameReader, FrameTooLarge
+from kata_debug.forwarder.frames import DEFAULT_MAX_FRAME_BYTES
+from kata_debug.forwarder.limits import ListenerLimits
 from kata_debug.forwarder.listeners import (
     TRACE_PORT,
     Listener,
@@ -50,14 +48,12 @@ from kata_debug.forwarder.listeners import (
 from kata_debug.forwarder.pipeline import DEFAULT_QUEUE_BYTES, ExportPipeline
 from kata_debug.forwarder.sink import SpanSink
 from kata_debug.forwarder.sinks import make_sink
-from kata_debug.forwarder.spans import DecodeError, Origin, QueuedSpan
+from kata_debug.forwarder.spans import Origin
+from kata_debug.forwarder.stats import ForwarderStats
 from kata_debug.forwarder.targets import ExportTarget
 from kata_debug.node.hostroot import HostRoot
 
 log = logging.getLogger("kata_debug.forwarder")
-
-_READ_CHUNK = 256 * 1024
-_ERRORS_LOGGED_PER_CONNECTION = 10
 
 
 @dataclass
@@ -87,46 +83,10 @@ class ForwarderConfig:
     discover_interval: float = 0.5
     retry_initial: float = 0.5
     retry_max: float = 30.0
+    #: What guests' connections may hold (connections, idle time mid-frame, buffered bytes).
+    limits: ListenerLimits = field(default_factory=ListenerLimits)
     #: Fail `run()` when any listener cannot be opened (else: log it and go on).
     require_all_listeners: bool = False
-
-
-@dataclass
-class ForwarderStats:
-    connections: int = 0
-    open_connections: int = 0
-    frames: int = 0
-    spans: int = 0
-    decode_errors: int = 0
-    oversized_frames: int = 0
-    truncated_frames: int = 0
-    listeners: int = 0
-    per_exporter: dict[str, Any] = field(default_factory=dict)
-
-    def line(self) -> str:
-        exp = " ".join(
-            f"[{name}: exported={s.exported} dropped={s.dropped} failed_exports={s.failed_exports} queued={q}]"
-            for name, (s, q) in self.per_exporter.items()
-        )
-        return (
-            f"connections={self.connections} open={self.open_connections} frames={self.frames} "
-            f"spans={self.spans} decode_errors={self.decode_errors} oversized_frames={self.oversized_frames} "
-            f"truncated_frames={self.truncated_frames} {exp}"
-        ).rstrip()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "connections": self.connections,
-            "frames": self.frames,
-            "spans": self.spans,
-            "decode_errors": self.decode_errors,
-            "oversized_frames": self.oversized_frames,
-            "truncated_frames": self.truncated_frames,
-            "exporters": {
-                name: {"exported": s.exported, "dropped": s.dropped, "failed_exports": s.failed_exports, "queued": q}
-                for name, (s, q) in self.per_exporter.items()
-            },
-        }
 
 
 def tune_gc() -> None:
@@ -157,6 +117,7 @@ class Forwarder:
         sinks: list[SpanSink] = [make_sink(t) for t in config.exports] + list(config.sinks)
         if not sinks:
             raise ForwarderError("no exporter configured")
+        config.limits.check(config.max_frame_bytes)
         if config.queue_bytes < config.max_frame_bytes:
             raise ValueError(
                 f"queue_bytes {config.queue_bytes} is below max_frame_bytes {config.max_frame_bytes}: "
@@ -181,10 +142,16 @@ class Forwarder:
         self._stats = ForwarderStats()
         self._listeners: list[Listener] = []
         self._sandbox_listeners: dict[str, Listener] = {}
-        self._connections: set[asyncio.Task[None]] = set()
+        self._hub = ConnectionHub(
+            stats=self._stats,
+            puts=[p.put_many for p in self.pipelines],
+            origin=self._origin,
+            limits=config.limits,
+            max_frame_bytes=config.max_frame_bytes,
+            fmt=config.format,
+        )
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
-        self._accepting = True
         self.listener_errors: list[str] = []
 
     # ------------------------------------------------------------------ public API
@@ -228,12 +195,14 @@ class Forwarder:
             if not self._listeners and not background:
                 raise ForwarderError("no listener could be opened: " + "; ".join(self.listener_errors))
             self._started.set()
+            if self.config.limits.idle_timeout > 0:
+                background.append(asyncio.create_task(self._close_idle(), name="idle"))
             if self.config.stats_interval > 0:
                 background.append(asyncio.create_task(self._report(), name="stats"))
             await self._stop.wait()
         finally:
             self._started.set()
-            self._accepting = False
+            self._hub.accepting = False
             for t in background:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -245,18 +214,18 @@ class Forwarder:
     async def _open(self, spec: ListenSpec) -> Listener:
         if spec.kind == "vsock":
             assert spec.cid is not None and spec.port is not None
-            return await open_vsock(spec.cid, spec.port, spec.uri, self._serve, self.cids)
+            return await open_vsock(spec.cid, spec.port, spec.uri, self._connection)
         if spec.kind == "hvsock":
             assert spec.path is not None and spec.port is not None
             node_path = await asyncio.to_thread(self.host.resolve, spec.path)  # walks the host's symlinks
             path = Path(hvsock_listen_path(node_path, spec.port))
-            return await open_unix(path, spec.uri, self._serve, Peer(spec.uri, spec.sandbox_id))
+            return await open_unix(path, spec.uri, self._connection, Peer(spec.uri, spec.sandbox_id))
         if spec.kind == "unix":
             assert spec.path is not None
-            return await open_unix(Path(spec.path), spec.uri, self._serve, Peer(spec.uri, spec.sandbox_id))
+            return await open_unix(Path(spec.path), spec.uri, self._connection, Peer(spec.uri, spec.sandbox_id))
         if spec.kind == "tcp":
             assert spec.host is not None and spec.port is not None
-            return await open_tcp(spec.host, spec.port, spec.uri, self._serve, Peer(spec.uri, spec.sandbox_id))
+            return await open_tcp(spec.host, spec.port, spec.uri, self._connection, Peer(spec.uri, spec.sandbox_id))
         raise ListenerError(f"{spec.uri}: not a socket listener")
 
     async def _discover(self) -> None:
@@ -276,7 +245,7 @@ class Forwarder:
         path = Path(hvsock_listen_path(await asyncio.to_thread(self.host.resolve, sb.node_path), TRACE_PORT))
         desc = f"hvsock://{sb.node_path}"
         try:
-            listener = await open_unix(path, desc, self._serve, Peer(desc, sb.sandbox_id))
+            listener = await open_unix(path, desc, self._connection, Peer(desc, sb.sandbox_id))
         except ListenerError as exc:
             log.warning("sandbox=%s: cannot attach trace listener: %s", sb.sandbox_id, exc)
             return
@@ -291,105 +260,25 @@ class Forwarder:
             log.info("sandbox=%s: gone; detached its trace listener", sb.sandbox_id)
         self.identities.forget(sb.sandbox_id)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
-        if not self._accepting:
-            writer.close()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        st = self._stats
-        st.connections += 1
-        st.open_connections += 1
-        who = f"sandbox={peer.sandbox_id or 'unknown'}" + (f" cid={peer.cid}" if peer.cid is not None else "")
-        try:
-            identity = await self.identities.identity(peer.sandbox_id)
-            if peer.sandbox_id is None and peer.cid is not None:
-                identity = identity + (("kata.vsock.cid", peer.cid),)
-            origin = Origin.make(peer.sandbox_id, peer.source, self._base, identity)
-            log.info("%s: trace stream connected via %s", who, peer.source)
-            await self._read_stream(reader, origin, who)
-        except asyncio.CancelledError:
-            pass
-        except (ConnectionError, OSError) as exc:
-            log.warning("%s: connection error: %s", who, exc)
-        finally:
-            st.open_connections -= 1
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+    def _connection(self, peer: Peer) -> TraceConnection:
+        return TraceConnection(self._hub, peer)
 
-    async def _read_stream(self, reader: asyncio.StreamReader, origin: Origin, who: str) -> None:
-        st = self._stats
-        frames = FrameReader(self.config.max_frame_bytes)
-        sniffer = FormatSniffer(self.config.format)
-        puts = [p.put_many for p in self.pipelines]
-        errors_logged = 0
-        conn_errors = 0
+    async def _origin(self, peer: Peer, cid: int | None) -> Origin:
+        sandbox_id = peer.sandbox_id
+        if sandbox_id is None and cid is not None:
+            sandbox_id = await self.cids(cid)
+        identity = await self.identities.identity(sandbox_id)
+        if sandbox_id is None and cid is not None:
+            identity = identity + (("kata.vsock.cid", cid),)
+        return Origin.make(sandbox_id, peer.source, self._base, identity)
+
+    async def _close_idle(self) -> None:
+        """Close connections stalled mid-frame (`idle_timeout`), checked a few times per timeout."""
+        loop = asyncio.get_running_loop()
+        interval = min(1.0, self.config.limits.idle_timeout / 4)
         while True:
-            data = await reader.read(_READ_CHUNK)
-            if not data:
-                break
-            too_large: FrameTooLarge | None = None
-            try:
-                payloads = frames.feed(data)
-            except FrameTooLarge as exc:
-                too_large, payloads = exc, exc.frames
-            # Per span only decode and collect; counters and queues are updated once per chunk.
-            st.frames += len(payloads)
-            items: list[QueuedSpan] = []
-            append = items.append
-            # Each span is accounted in the exporter queues with its payload's size, which
-            # is what bounds their memory (queue_bytes) whatever size of frame a guest sends.
-            sizes: list[int] = []
-            append_size = sizes.append
-            decode = sniffer.decoder  # still sniffing (auto): settles within `decode`
-            for payload in payloads:
-                try:
-                    span = decode(payload)
-                except DecodeError as exc:
-                    st.decode_errors += 1
-                    conn_errors += 1
-                    if errors_logged < _ERRORS_LOGGED_PER_CONNECTION:
-                        errors_logged += 1
-                        log.warning(
-                            "%s: skipping undecodable frame of %d bytes (format %s): %s%s",
-                            who,
-                            len(payload),
-                            sniffer.settled or self.config.format,
-                            exc,
-                            "; further errors on this connection are only counted"
-                            if errors_logged == _ERRORS_LOGGED_PER_CONNECTION
-                            else "",
-                        )
-                    continue
-                append((span, origin))
-                append_size(len(payload))
-            if items:
-                st.spans += len(items)
-                for put in puts:
-                    put(items, sizes)
-            if too_large is not None:
-                st.oversized_frames += 1
-                log.warning("%s: closing connection: %s (--max-frame-bytes)", who, too_large)
-                return
-        if frames.pending:
-            st.truncated_frames += 1
-            announced = frames.pending_header()
-            log.warning(
-                "%s: stream ended inside a frame (%d bytes held%s)",
-                who,
-                frames.pending,
-                f", {announced} announced" if announced is not None else ", header incomplete",
-            )
-        log.info(
-            "%s: trace stream closed (%d frames, %d undecodable, format %s)",
-            who,
-            frames.frames,
-            conn_errors,
-            sniffer.settled or "unknown",
-        )
+            await asyncio.sleep(interval)
+            self._hub.close_idle(loop.time())
 
     async def _report(self) -> None:
         while True:
@@ -401,10 +290,8 @@ class Forwarder:
             await listener.close()
         for path in list(self._sandbox_listeners):
             await self._sandbox_listeners.pop(path).close()
-        conns = list(self._connections)
-        for t in conns:
-            t.cancel()
-        await asyncio.gather(*conns, return_exceptions=True)
+        self._hub.close_all()
+        await asyncio.sleep(0)  # let the transports report their connections lost
         for p in self.pipelines:
             p.close()
         deadline = time.monotonic() + max(0.0, self.config.shutdown_timeout)

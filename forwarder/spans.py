@@ -8,6 +8,7 @@ the span came from and the resource it is exported with.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -91,9 +92,73 @@ class Span:
     status_message: str
     #: The span's own resource attributes (`None` from real agents).
     resource: Attributes | None
+    #: Strings the decoder had to repair (see `repair_strings`); counted in the forwarder's stats.
+    repaired: int = 0
 
 
 ResourceAttrs = tuple[tuple[str, AttrValue], ...]
+
+#: A UTF-16 surrogate on its own: JSON can spell one (`"\\ud800"`), no UTF-8 encoder takes it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_REPLACEMENT = "\ufffd"
+
+
+def _fix(s: str) -> tuple[str, int]:
+    fixed, n = _LONE_SURROGATE.subn(_REPLACEMENT, s)
+    return fixed, 1 if n else 0
+
+
+def _fix_value(v: AttrValue) -> tuple[AttrValue, int]:
+    if type(v) is str:
+        return _fix(v)
+    if type(v) is tuple and v and type(v[0]) is str:
+        items = [_fix(x) for x in v]
+        return tuple(x for x, _ in items), sum(n for _, n in items)
+    return v, 0
+
+
+def _fix_attrs(attrs: Attributes) -> int:
+    count = 0
+    for i, (k, v) in enumerate(attrs):
+        k2, nk = _fix(k)
+        v2, nv = _fix_value(v)
+        if nk or nv:
+            attrs[i] = (k2, v2)
+            count += nk + nv
+    return count
+
+
+def _fix_state(state: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str, str], ...], int]:
+    pairs = [(_fix(k), _fix(v)) for k, v in state]
+    return tuple((k, v) for (k, _), (v, _) in pairs), sum(a + b for (_, a), (_, b) in pairs)
+
+
+def repair_strings(span: Span) -> int:
+    """Replace every lone surrogate in `span`'s strings by U+FFFD, in place; return the strings changed.
+
+    The guest is untrusted and a JSON agent payload can carry `\\ud800`: Python decodes it into
+    a `str` no sink can encode, and a sink that cannot export a span retries its whole batch
+    forever. Decoders call this only when the payload could hold one, so the common span pays
+    nothing. The count is added to `span.repaired`.
+    """
+    count = 0
+    span.name, n = _fix(span.name)
+    count += n
+    span.status_message, n = _fix(span.status_message)
+    count += n
+    span.trace_state, n = _fix_state(span.trace_state)
+    count += n
+    count += _fix_attrs(span.attributes)
+    if span.resource:
+        count += _fix_attrs(span.resource)
+    for ev in span.events:
+        ev.name, n = _fix(ev.name)
+        count += n + _fix_attrs(ev.attributes)
+    for ln in span.links:
+        ln.trace_state, n = _fix_state(ln.trace_state)
+        count += n + _fix_attrs(ln.attributes)
+    span.repaired += count
+    return count
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from kata_debug.forwarder.spans import (
     Span,
     SpanKind,
     StatusCode,
+    repair_strings,
 )
 
 __all__ = ["decode_json", "decode_json_reference"]
@@ -284,8 +285,21 @@ def decode_json_reference(payload: bytes) -> Span:
 
     The general decoder: parses the whole document, then checks and converts every field.
     `decode_json` runs it for every payload its fast path does not take, and it is the one
-    that words every `DecodeError`.
+    that words every `DecodeError`. A lone surrogate escape (`\\ud800`) is replaced by U+FFFD
+    (`repair_strings`): orjson refuses those, so only this path can meet one.
     """
+    span = _reference(payload)
+    if _surrogate_escape(payload):
+        repair_strings(span)
+    return span
+
+
+# `\uD800`..`\uDFFF` in any case; also matches an escaped backslash before `uD8..` (harmless:
+# repairing then finds nothing).
+_surrogate_escape = re.compile(rb"\\u[dD][89a-fA-F]").search
+
+
+def _reference(payload: bytes) -> Span:
     try:
         d = _parse_json(payload)
         if type(d) is not dict:

@@ -1,3 +1,3 @@
-from kata_debug.cli.app import main
+from kata_debug.cli.entry import main
 
 main()

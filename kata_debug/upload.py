@@ -112,6 +112,16 @@ def parse_target(
             raise UsageError(f"--upload-header {h.split(':')[0]!r}: expected 'Name: value'")
         parsed[name.strip()] = value.strip()
     token = environ.get(TOKEN_ENV)
+    if parts.username is not None or parts.password is not None:
+        # HTTP carries one Authorization: credentials in the URL and a header or token cannot both be sent.
+        if any(k.lower() == "authorization" for k in parsed):
+            raise UsageError(
+                f"--upload {display_url(url)}: has credentials in the URL and --upload-header Authorization; give one"
+            )
+        if token:
+            raise UsageError(
+                f"--upload {display_url(url)}: has credentials in the URL and ${TOKEN_ENV} is set; give one"
+            )
     if token and not any(k.lower() == "authorization" for k in parsed):
         parsed["Authorization"] = f"Bearer {token}"
     return UploadTarget(url, method, parsed, retries, timeout, cacert)

@@ -374,3 +374,18 @@ async def test_an_error_line_in_a_log_file_rotated_mid_run_captures_the_sandbox(
     lines = bundle.members["logs/files/var_log_containerd.log"].decode()
     assert "creating sandbox" in lines and "vhost-vsock" in lines
     assert f"sandbox-state/run/vc/sbs/{sid}/persist.json" in bundle.members
+
+
+def test_a_line_matching_a_diagnose_signature_is_a_failure_at_any_level() -> None:
+    from kata_debug.agent.capture import _signatures
+    from kata_debug.analyze.base import Signature
+
+    assert _signatures(), "the agent loads the diagnose analyzers' per-line signatures"
+    sig = Signature.of("vsock-busy", ["vhost-vsock"], r"vhost-vsock: .*busy")
+    now = datetime.now(UTC)
+    line = 'level=warning msg="vhost-vsock: device or resource busy" sandbox=sbW0000001'
+    f = failure_in_line(line, now, {}, signatures=[sig])
+    assert f is not None and (f.reason, f.sandbox) == ("diagnose", "sbW0000001")
+    assert failure_in_line(line, now, {}) is None, "without the signature a warning is no failure"
+    err = failure_in_line(line.replace("warning", "error"), now, {}, signatures=[sig])
+    assert err is not None and err.reason == "error-line"

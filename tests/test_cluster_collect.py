@@ -80,7 +80,7 @@ async def test_cluster_bundle_holds_cluster_objects_and_every_kata_node_bundle(
         str(fake.kubeconfig(tmp_path / "kc")),
         "--output",
         str(tmp_path / "c.tar.gz"),
-        "--output-format",
+        "--format",
         "json",
         *FAST,
     )
@@ -210,7 +210,7 @@ async def test_bundle_to_stdout_keeps_the_summary_on_stderr(fake: ClusterFake, t
         str(fake.kubeconfig(tmp_path / "kc")),
         "--output",
         "-",
-        "--output-format",
+        "--format",
         "json",
         *FAST,
     )
@@ -502,7 +502,7 @@ async def test_the_cluster_bundle_is_uploaded_once_written(fake: ClusterFake, tm
             str(fake.kubeconfig(tmp_path / "kc")),
             "--output",
             str(tmp_path / "c.tar.gz"),
-            "--output-format",
+            "--format",
             "json",
             *FAST,
             "--upload",

@@ -205,7 +205,7 @@ async def test_ctrl_c_deletes_the_collector_pods_and_still_writes_the_bundle(fak
         str(fake.kubeconfig(tmp_path / "kc")),
         "--output",
         str(out),
-        "--output-format",
+        "--format",
         "json",
         *FAST,
         cwd=REPO,

@@ -70,6 +70,8 @@ def test_node_command_collects_to_stdout_under_host_with_the_node_name() -> None
     assert opt("--node-name") == "node-a" and opt("--since") == "7200s"
     assert opt("--compression") == "zstd" and opt("--deadline") == "80"
     assert "--no-redact" in argv and argv[-2:] == ["--collector", "host"]
+    # The agent pod runs the node's own containerd / kata-runtime from /host: it must say so.
+    assert "--run-host-tools" in argv
 
 
 def _agent(name: str, node: str, phase: str = "Running", ready: bool = True, deleting: bool = False) -> dict:

@@ -185,7 +185,7 @@ def test_a_fifo_where_a_file_should_be_is_skipped_not_waited_on(tmp_path: Path) 
         "sandboxes",
         "-c",
         "kata-config",
-        "--output-format",
+        "--format",
         "json",
         timeout=60,
     )
@@ -250,7 +250,7 @@ def test_sigint_mid_collection_still_ends_in_a_valid_bundle(tmp_path: Path) -> N
             "sandboxes",
             "--collector",
             "oci-specs",
-            "--output-format",
+            "--format",
             "json",
         ],
         cwd=REPO,
@@ -263,7 +263,9 @@ def test_sigint_mid_collection_still_ends_in_a_valid_bundle(tmp_path: Path) -> N
         deadline = time.monotonic() + 30
         while not partial.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)  # collectors are running; `sandboxes` is stuck on the monitor
+        # `sandboxes` is stuck on the monitor (3 s per scraped path, two paths); oci-specs needs
+        # well under a second even on a loaded machine (0.5 s was not always enough there)
+        time.sleep(2.5)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
@@ -319,7 +321,7 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path: Path) -> None:
         (["collect", "--deadline", "nan"], "--deadline nan"),
         (["collect", "--compression", "lz4"], "'--compression': 'lz4' is not one of"),
         (["collect", "--bogus"], "No such option: --bogus"),
-        (["collect", "--output-format", "xml"], "'--output-format'"),
+        (["collect", "--format", "xml"], "'--format'"),
     ]
     for args, needle in cases:
         res = kata_debug(*args, cwd=tmp_path)
@@ -401,7 +403,7 @@ def test_a_collector_named_twice_runs_once(tmp_path: Path) -> None:
 
 def test_output_dash_streams_the_bundle_to_stdout(tmp_path: Path) -> None:
     root = kata_node(tmp_path / "host")
-    res = kata_debug("collect", "--host-root", str(root), "--output", "-", "-c", "oci-specs", "--output-format", "json")
+    res = kata_debug("collect", "--host-root", str(root), "--output", "-", "-c", "oci-specs", "--format", "json")
     assert res.returncode == 0, res.stderr
     bundle = read_bundle(res.stdout)
     assert "oci-specs/index.json" in bundle.members

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,30 @@ def test_registry_is_keyed_by_each_class_name_in_bundle_order() -> None:
 def test_a_collector_is_named_after_its_module_so_a_broken_module_keeps_its_name() -> None:
     for ref in _CLASSES:
         module = ref.partition(":")[0]
-        assert module.replace("_", "-") in REGISTRY, f"{ref}: class name differs from its module name"
+        assert REGISTRY.load(module.replace("_", "-")).name == module.replace("_", "-"), ref
+
+
+def test_a_class_named_otherwise_than_its_module_is_refused_when_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kata_debug.collectors import host, oci_specs
+
+    monkeypatch.setattr(oci_specs, "Misnamed", host.HostCollector, raising=False)
+    misnamed = CollectorRegistry(("host:HostCollector", "oci_specs:Misnamed"))
+    assert list(misnamed) == ["host", "oci-specs"]
+    with pytest.raises(TypeError, match="named 'host', not 'oci-specs'"):
+        misnamed.load("oci-specs")
+
+
+def test_listing_and_validating_names_imports_no_collector_module() -> None:
+    """`collect -c shim-logs` must not pay start-up time for the other collectors' imports."""
+    code = (
+        "import sys\n"
+        "from kata_debug.collectors import REGISTRY\n"
+        "assert list(REGISTRY) and 'shim-logs' in REGISTRY and len(REGISTRY) == 7\n"
+        "REGISTRY.load('host')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('kata_debug.collectors.') and m != 'kata_debug.collectors.base'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['kata_debug.collectors.host']"
 
 
 async def test_a_collector_module_that_cannot_be_imported_fails_alone(

@@ -198,7 +198,12 @@ def _node_paths_read() -> set[str]:
     return paths
 
 
-OPTIONAL_MOUNTS = {"/var/lib/rancher": "k3s / RKE2 only: a commented-out mount in the file"}
+OPTIONAL_MOUNTS = {
+    "/var/lib/rancher": "k3s / RKE2 only: a commented-out mount in the file",
+    "/etc/crio": "CRI-O nodes only: a mount would invent /etc/crio on containerd nodes",
+    "/etc/containers/storage.conf": "CRI-O nodes only, like /etc/crio",
+    "/etc/docker/daemon.json": "Docker nodes only: /etc/docker holds keys, and an empty daemon.json stops dockerd",
+}
 
 
 def test_every_node_path_a_collector_reads_is_inside_a_mount(agent: dict[str, Any], pod_spec: dict[str, Any]) -> None:
@@ -207,7 +212,7 @@ def test_every_node_path_a_collector_reads_is_inside_a_mount(agent: dict[str, An
     for path in sorted(_node_paths_read()):
         if any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounted):
             continue
-        if any(path.startswith(o + "/") for o in OPTIONAL_MOUNTS):
+        if any(path == o or path.startswith(o + "/") for o in OPTIONAL_MOUNTS):
             continue
         missing.append(path)
     assert not missing, f"not visible under /host: {missing}"

@@ -21,7 +21,7 @@ def test_bad_queue_bytes_values_are_one_line_errors() -> None:
         ("0", "--queue-bytes '0': must be positive"),
         ("0.1", "--queue-bytes '0.1': must be at least 1 byte"),
         # A span from a maximum-size frame could never be queued: refused, not silently dropped.
-        ("512K", "--queue-bytes 512K: below --max-frame-bytes (1048576 bytes)"),
+        ("512K", "--queue-bytes 512K: below --max-frame-bytes (1.0 MiB)"),
     ]:
         res = kata_debug("forward", "--export", "stdout", "--queue-bytes", value)
         err = res.stderr.decode()

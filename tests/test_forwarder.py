@@ -372,10 +372,10 @@ async def test_vsock_listener_binds_and_closes() -> None:
     """Binding AF_VSOCK works without a hypervisor; connecting does not, so the bind path is tested."""
     port = 20000 + free_port() % 20000
 
-    async def handler(*_: Any) -> None:
+    def no_guest(peer: Any) -> asyncio.Protocol:
         raise AssertionError("no guest can connect here")
 
-    listener = await open_vsock(VMADDR_CID_ANY, port, f"vsock://any:{port}", handler)
+    listener = await open_vsock(VMADDR_CID_ANY, port, f"vsock://any:{port}", no_guest)
     try:
         assert listener.address == (VMADDR_CID_ANY, port)
     finally:
@@ -604,7 +604,7 @@ async def test_queued_counts_the_batch_being_exported_while_the_backend_hangs(sh
         stats, queued = next(iter(fwd.stats.per_exporter.values()))
         line = fwd.stats.line()
         assert queued == 7 and stats.exported == 0, "the 5 in flight are held, not gone"
-        assert "exported=0 dropped=0 failed_exports=0 queued=7]" in line
+        assert "exported=0 dropped=0 failed_exports=0 poisoned=0 queued=7]" in line
         sink.release.set()
         await until(lambda: next(iter(fwd.stats.per_exporter.values()))[0].exported == 7)
         assert next(iter(fwd.stats.per_exporter.values()))[1] == 0

@@ -251,13 +251,13 @@ async def test_without_vsock_the_agent_says_so_once_and_hybrid_vsock_still_flows
 
 async def test_spool_stays_under_its_cap_however_many_spans_arrive(short_tmp: Path) -> None:
     root = kata_node(short_tmp / "h")
-    spool = short_tmp / "spool"
+    spool = root / "spool"  # --spool-dir is a node path, under --host-root
     cap = 1 << 20  # 4 files of 256 KiB; one stream of fixture spans is ~100 KiB of OTLP/JSON
     agent = await start_agent(
         root,
         short_tmp / "state.json",
         "--spool-dir",
-        str(spool),
+        "/spool",
         "--spool-size",
         "1M",
         "--vsock-port",
@@ -294,9 +294,12 @@ async def test_spool_stays_under_its_cap_however_many_spans_arrive(short_tmp: Pa
 
 
 async def test_bad_input_is_one_line_and_exit_2(short_tmp: Path) -> None:
+    (short_tmp / "a-file").write_text("")
     for args, message in [
         (["--export", "ftp://x"], "--export ftp://x: unknown exporter"),
-        (["--spool-dir", "/proc/no-spool-here"], "--spool-dir /proc/no-spool-here: cannot write"),
+        (["--spool-dir", "/a-file/spool"], f"--spool-dir /a-file/spool ({short_tmp}/a-file/spool): cannot write"),
+        (["--spool-dir", "/../escape"], "--spool-dir /../escape: a node path may not contain '..'"),
+        (["--export", "file:///no/such/dir/s.jsonl"], "--export file:///no/such/dir/s.jsonl: directory"),
         (["--spool-size", "lots"], "--spool-size 'lots': not a size"),
     ]:
         proc = await asyncio.create_subprocess_exec(
@@ -322,7 +325,7 @@ async def test_bad_input_is_one_line_and_exit_2(short_tmp: Path) -> None:
 async def test_relative_paths_and_uri_characters_in_paths_spool_where_they_say(
     short_tmp: Path, spool_name: str
 ) -> None:
-    """`--host-root h --spool-dir <name>` from the directory the agent was started in, byte for byte."""
+    """`--host-root h --spool-dir <name>` from the directory the agent was started in: <name> under h, byte for byte."""
     kata_node(short_tmp / "h")
     agent = await start_agent(
         Path("h"), Path("state.json"), "--spool-dir", spool_name, "--vsock-port", str(vsock_port()), cwd=short_tmp
@@ -330,7 +333,7 @@ async def test_relative_paths_and_uri_characters_in_paths_spool_where_they_say(
     vmm = None
     try:
         state = await agent.ready()
-        spool = short_tmp / spool_name
+        spool = short_tmp / "h" / spool_name
         assert state["spool"] == str(spool / "spans.jsonl")
         vmm = start_vmm(short_tmp / f"h/run/vc/vm/{SID}/clh.sock")
         await guest_sends(short_tmp / f"h/run/vc/vm/{SID}/clh.sock_10240", JSON_STREAM)
@@ -340,8 +343,8 @@ async def test_relative_paths_and_uri_characters_in_paths_spool_where_they_say(
         await agent.kill()
         if vmm is not None:
             vmm.close()
-    assert len(spooled_spans(short_tmp / spool_name)) == JSON_SPANS
-    assert sorted(p.name for p in short_tmp.iterdir()) == sorted(["h", "state.json", spool_name])
+    assert len(spooled_spans(short_tmp / "h" / spool_name)) == JSON_SPANS
+    assert sorted(p.name for p in short_tmp.iterdir()) == sorted(["h", "state.json"])
 
 
 def test_the_spool_target_is_the_absolute_path_itself_not_a_parsed_uri(

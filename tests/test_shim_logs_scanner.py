@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -604,9 +605,15 @@ async def test_a_key_block_cut_by_the_cap_when_read_newest_first_is_masked_whole
     _journal_lines(["-----BEGIN RSA PRIVATE KEY-----\n", *body, "-----END RSA PRIVATE KEY-----\n", "after\n"], ident)
     since = datetime.now(UTC) - timedelta(minutes=10)
     argv = journalctl_argv("/", since, [ident], kernel=False)
-    whole = await read_reverse(argv, 1 << 30, 60)
-    assert whole.file is not None and not whole.capped
-    text = b"".join(forward_blocks(whole.file, whole.size))
+    # journald may still be taking in the stream after --sync: wait for all 43 lines
+    deadline = time.monotonic() + 20
+    while True:
+        whole = await read_reverse(argv, 1 << 30, 60)
+        assert whole.file is not None and not whole.capped
+        text = b"".join(forward_blocks(whole.file, whole.size))
+        if text.count(b"\n") >= 43 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
     assert text.count(b"\n") == 43 and text.index(b"BEGIN") < text.index(b"END") < text.index(b"after")
     # cap in the middle of the key: the newest half of the body, END and "after" are kept
     cap = len(text) - text.index(f"{20:04d}secretkeymaterial".encode()) + 80

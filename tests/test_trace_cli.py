@@ -72,7 +72,7 @@ def test_trace_decode_to_stdout_with_explicit_format_and_sandbox(tmp_path: Path)
         "trace",
         "decode",
         str(FIXTURES / "json/stream.json.bin"),
-        "--format",
+        "--wire-format",
         "json",
         "--sandbox-id",
         "sb1",
@@ -85,8 +85,14 @@ def test_trace_decode_to_stdout_with_explicit_format_and_sandbox(tmp_path: Path)
     assert {
         (r["service.name"]["stringValue"], r["kata.sandbox.id"]["stringValue"]) for r, _ in got if "host.arch" not in r
     } == {("agent", "sb1")}
-    wrong = kata_debug("trace", "decode", str(FIXTURES / "json/stream.json.bin"), "--format", "bincode")
+    wrong = kata_debug("trace", "decode", str(FIXTURES / "json/stream.json.bin"), "--wire-format", "bincode")
     assert wrong.returncode == 1 and b"151 undecodable" in wrong.stderr
+    # One line saying what to do, not 151 frame warnings.
+    assert wrong.stderr.decode().splitlines() == [
+        "kata-debug: warning: none of the 151 frames decode as bincode; "
+        "the capture is probably in the other encoding: try --wire-format auto",
+        "kata-debug: decoded 0 spans from 151 frames (format bincode); 151 undecodable",
+    ]
 
 
 def test_trace_decode_reports_bad_frames_and_keeps_the_good_ones(tmp_path: Path) -> None:
@@ -203,6 +209,7 @@ async def test_sigint_with_backend_down_gives_up_after_the_shutdown_timeout_and_
     port = free_port()
     sock = short_tmp / "agent.sock"
     spool = short_tmp / "spool/spans.jsonl"
+    spool.parent.mkdir()  # a file:// export into a missing directory is refused
     proc = await _start_forward(
         "--listen",
         f"unix://{sock}",

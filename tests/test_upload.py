@@ -53,7 +53,7 @@ async def server() -> AsyncIterator[UploadServer]:
 
 async def test_a_bundle_is_put_whole_with_its_length_and_digest(tmp_path: Path, server: UploadServer) -> None:
     path, sha = bundle_file(tmp_path)
-    code, out, err = await cli("upload", str(path), server.url(query=SIGNED), "--output-format", "json")
+    code, out, err = await cli("upload", str(path), server.url(query=SIGNED), "--format", "json")
     assert code == 0, err
     (got,) = server.received
     assert got.method == "PUT" and got.size == path.stat().st_size and got.sha256 == sha
@@ -173,7 +173,7 @@ async def test_collect_uploads_the_bundle_it_wrote_and_keeps_it(tmp_path: Path, 
         "oci-specs",
         "-c",
         "sandboxes",
-        "--output-format",
+        "--format",
         "json",
         "--upload",
         server.url(query=SIGNED),

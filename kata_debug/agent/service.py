@@ -29,6 +29,7 @@ from typing import Any
 
 from kata_debug.agent.capture import CaptureConfig, CaptureService
 from kata_debug.errors import UsageError
+from kata_debug.forwarder.limits import ListenerLimits
 from kata_debug.forwarder.listeners import TRACE_PORT
 from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderStats
 from kata_debug.forwarder.targets import ExportTarget, parse_export, target_from_env
@@ -46,7 +47,8 @@ _OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP
 @dataclass
 class AgentConfig:
     host_root: Path = Path("/")
-    spool_dir: Path | None = None  # None: <host-root>/var/lib/kata-debug/traces
+    #: A node path, resolved under host_root like `collect --trace-spool-dir`; None: TRACE_SPOOL_DIR.
+    spool_dir: Path | None = None
     spool_bytes: int = 128 << 20  # total, all rotations included
     exports: Sequence[str] = ()  # --export URIs; empty: the OTEL_EXPORTER_OTLP_* variables, if any
     vsock_port: int = TRACE_PORT
@@ -56,11 +58,14 @@ class AgentConfig:
     shutdown_timeout: float = 10.0
     discover_interval: float = 0.5
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    #: What guests' trace connections may hold (`--max-connections`, `--idle-timeout`, `--buffer-budget`).
+    limits: ListenerLimits = field(default_factory=ListenerLimits)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
     @property
     def spool(self) -> Path:
-        return _absolute(self.spool_dir or self.host_root / TRACE_SPOOL_DIR.lstrip("/"))
+        node_path = str(self.spool_dir) if self.spool_dir is not None else TRACE_SPOOL_DIR
+        return _absolute(self.host_root / node_path.lstrip("/"))
 
     def absolute(self) -> AgentConfig:
         """The same settings with every path absolute.
@@ -72,7 +77,6 @@ class AgentConfig:
         return replace(
             self,
             host_root=_absolute(self.host_root),
-            spool_dir=_absolute(self.spool_dir) if self.spool_dir is not None else None,
             state_file=_absolute(self.state_file) if self.state_file is not None else None,
         )
 
@@ -127,7 +131,8 @@ def spool_target(cfg: AgentConfig) -> ExportTarget:
         with open(spool / SPOOL_FILE, "ab"):
             pass
     except OSError as exc:
-        raise UsageError(f"--spool-dir {spool}: cannot write: {exc.strerror or exc}") from None
+        given = cfg.spool_dir if cfg.spool_dir is not None else TRACE_SPOOL_DIR
+        raise UsageError(f"--spool-dir {given} ({spool}): cannot write: {exc.strerror or exc}") from None
     # Built directly, not parsed from a file:// string: a path is not a URI, and `?` or `#` in
     # it would become a query or a fragment. The URI is only the exporter's name in logs.
     path = spool / SPOOL_FILE
@@ -170,6 +175,7 @@ class NodeAgent:
                 stats_interval=cfg.stats_interval,
                 shutdown_timeout=cfg.shutdown_timeout,
                 discover_interval=cfg.discover_interval,
+                limits=cfg.limits,
             )
         )
         self.capture: CaptureService | None = None

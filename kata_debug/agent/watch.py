@@ -231,13 +231,13 @@ class StateWatcher:
         for cid in self.host.listdir(CRIO_ROOT):
             live.add(f"{CRIO_ROOT}/{cid}/userdata")
         for node_dir in live - self.tasks.keys():
-            real = self.host.resolve(node_dir)
-            if not real.is_dir() or real.is_symlink():
-                continue
             crio = node_dir.startswith(CRIO_ROOT)
             engine = "cri-o" if crio else "containerd"
             namespace = None if crio else node_dir.split("/")[-2]
-            b = read_bundle(self.host, engine, namespace, real, _task_id(node_dir))
+            try:
+                b = read_bundle(self.host, engine, namespace, node_dir, _task_id(node_dir))
+            except OSError:
+                continue  # gone already, or not a directory: looked at again next poll
             e = b.entry
             pod = f"{e.pod_namespace}/{e.pod_name}" if e.pod_name else None
             spec = json.dumps(b.spec).encode() if b.spec is not None and e.kata else None

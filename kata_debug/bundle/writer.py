@@ -17,16 +17,18 @@ import io
 import json
 import os
 import re
+import stat
 import tarfile
 import tempfile
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, TypeVar
+from typing import IO, Any, BinaryIO, Literal, Protocol, TypeVar
 
 import zstandard
 
@@ -87,11 +89,12 @@ class _HashingExactReader:
     archive valid either way.
     """
 
-    def __init__(self, src: IO[bytes], size: int) -> None:
+    def __init__(self, src: IO[bytes], size: int, sink: Callable[[bytes], None] | None = None) -> None:
         self._src = src
         self._left = size
         self.sha = hashlib.sha256()
         self.short_by = 0
+        self._sink = sink
 
     def read(self, n: int = -1) -> bytes:
         if self._left <= 0:
@@ -103,7 +106,33 @@ class _HashingExactReader:
             data += b"\0" * (want - len(data))
         self._left -= len(data)
         self.sha.update(data)
+        if self._sink is not None:
+            self._sink(data)
         return data
+
+
+class MemberTap(Protocol):
+    """Sees each member's content as it is written (collect analyses what it collected
+    without reading the bundle back, which may be a pipe)."""
+
+    def member(self, path: str, size: int) -> Callable[[bytes], None] | None:
+        """A sink for this member's bytes, or None when the tap does not want them."""
+
+    def done(self, path: str) -> None:
+        """The member is complete."""
+
+
+def _inflated(members: Iterable[bytes], sink: Callable[[bytes], None]) -> Iterator[bytes]:
+    """Pass gzip members through unchanged, feeding their inflated content to `sink`."""
+    d = zlib.decompressobj(31)
+    for chunk in members:
+        data = chunk
+        while data:
+            sink(d.decompress(data))
+            data = d.unused_data
+            if d.eof:
+                d = zlib.decompressobj(31)
+        yield chunk
 
 
 def safe_component(part: str, fallback: str = "_") -> str:
@@ -242,6 +271,7 @@ class BundleWriter:
         self._tar.copybufsize = _COPY_BUF
         self._dirs: set[str] = set()
         self._closed = False
+        self.tap: MemberTap | None = None
 
     def _info(self, path: str, size: int, mtime: float | None, mode: int = 0o644) -> tarfile.TarInfo:
         info = tarfile.TarInfo(f"{self.top}/{path}")
@@ -270,7 +300,8 @@ class BundleWriter:
         """Add `size` bytes of `src`; `precompressed` content (a .tar.gz) is stored, not deflated again."""
         _check_member_path(path)
         self._ensure_dirs(path)
-        reader = _HashingExactReader(src, size)
+        sink = self.tap.member(path, size) if self.tap is not None else None
+        reader = _HashingExactReader(src, size, sink)
         if precompressed and isinstance(self._compressor, _GzipMembers):
             level = self._compressor.level
             self._switch_level(0)
@@ -282,6 +313,8 @@ class BundleWriter:
             self._tar.addfile(self._info(path, size, mtime), reader)
         record = FileRecord(path=path, size=size, sha256=reader.sha.hexdigest())
         self.records.append(record)
+        if sink is not None and self.tap is not None:
+            self.tap.done(path)
         return record
 
     def add_bytes(self, path: str, data: bytes, mtime: float | None = None) -> FileRecord:
@@ -307,6 +340,9 @@ class BundleWriter:
         info = self._info(path, size, mtime)
         header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
         self._out.write(header)
+        sink = self.tap.member(path, size) if self.tap is not None else None
+        if sink is not None:
+            members = _inflated(members, sink)
         spliced = self._compressor.splice(members)
         if spliced != size:  # the archive is already wrong: say so loudly
             raise ValueError(f"{path}: deflated members hold {spliced} bytes, not {size}")
@@ -319,6 +355,8 @@ class BundleWriter:
         self._tar.members.append(info)
         record = FileRecord(path=path, size=size, sha256=sha256)
         self.records.append(record)
+        if sink is not None and self.tap is not None:
+            self.tap.done(path)
         return record
 
     def _switch_level(self, level: int) -> None:
@@ -426,13 +464,33 @@ class AsyncBundle:
 
 
 class OutputTarget:
-    """Where the bundle goes: a file written as `FILE.partial` and renamed, or stdout."""
+    """Where the bundle goes: a regular file written as `FILE.partial` and renamed, a device or
+    FIFO written straight through, or stdout.
 
-    def __init__(self, path: str) -> None:
+    The `.partial` is created with O_EXCL: two runs never write into one file. A default
+    output name (`unique_suffix` given) is made unique instead of refused: `NAME-2.tar.gz`,
+    `NAME-3.tar.gz`..., and the finished file is linked into place without replacing one
+    that appeared meanwhile. `-o /dev/null`, `-o /dev/stdout` or a FIFO is never replaced by a
+    regular file: it is opened and written like a pipe, with no `.partial` and no rename.
+    """
+
+    def __init__(self, path: str, *, unique_suffix: str | None = None) -> None:
         self.path = path
+        self._asked = path
         self.to_stdout = path == "-"
+        self._unique_suffix = unique_suffix
         self._fh: BinaryIO | None = None
+        self.direct = False  # a character device or FIFO: written in place
         self.partial = Path(path + ".partial") if not self.to_stdout else None
+
+    @staticmethod
+    def _kind(path: str) -> int | None:
+        try:
+            return os.stat(path).st_mode
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OutputError(f"--output {path}: {exc.strerror}") from None
 
     @staticmethod
     def check(path: str | None) -> None:
@@ -445,12 +503,28 @@ class OutputTarget:
             if sys.stdout.isatty():
                 raise OutputError("--output -: standard output is a terminal; redirect it to a file or a pipe")
             return
-        target = Path(path)
-        if target.is_dir():
-            raise OutputError(f"--output {path}: is a directory (give a file name)")
+        mode = OutputTarget._kind(path)
+        if mode is not None:
+            if stat.S_ISDIR(mode):
+                raise OutputError(f"--output {path}: is a directory (give a file name)")
+            if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+                if stat.S_ISCHR(mode) and _is_tty(path):
+                    raise OutputError(f"--output {path}: is a terminal; give a file, a pipe or -")
+                return  # written in place
+            if not stat.S_ISREG(mode):
+                raise OutputError(f"--output {path}: not a regular file, character device or FIFO; refused")
         parent = Path(path + ".partial").parent
         if not parent.is_dir():
             raise OutputError(f"--output {path}: directory {parent} does not exist")
+
+    def _candidates(self) -> Iterable[str]:
+        yield self._asked
+        suffix = self._unique_suffix
+        if suffix is None or not self._asked.endswith(suffix):
+            return
+        stem = self._asked[: -len(suffix)]
+        for n in range(2, 1000):
+            yield f"{stem}-{n}{suffix}"
 
     def open(self) -> BinaryIO:
         self.check(self.path)
@@ -459,14 +533,37 @@ class OutputTarget:
 
             self._fh = sys.stdout.buffer
             return self._fh
-        assert self.partial is not None
-        try:
-            # 0600: a bundle is node evidence, redacted or not; its owner decides who reads it.
-            fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        mode = self._kind(self.path)
+        if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+            try:
+                # A FIFO blocks here until its reader opens it, like a shell redirection.
+                fd = os.open(self.path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise OutputError(f"--output {self.path}: cannot write: {exc.strerror}") from None
+            self.direct, self.partial = True, None
             self._fh = os.fdopen(fd, "wb")
-        except OSError as exc:
-            raise OutputError(f"--output {self.path}: cannot write: {exc.strerror}") from None
-        return self._fh
+            return self._fh
+        for candidate in self._candidates():
+            if self._unique_suffix is not None and os.path.lexists(candidate):
+                continue
+            partial = Path(candidate + ".partial")
+            try:
+                # 0600: a bundle is node evidence, redacted or not; its owner decides who reads it.
+                # O_EXCL: a second run never truncates and shares the first one's file.
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                if self._unique_suffix is not None:
+                    continue
+                raise OutputError(
+                    f"--output {self.path}: {partial} exists: another collect is writing it, "
+                    "or an interrupted one left it (remove it and run again)"
+                ) from None
+            except OSError as exc:
+                raise OutputError(f"--output {self.path}: cannot write: {exc.strerror}") from None
+            self.path, self.partial = candidate, partial
+            self._fh = os.fdopen(fd, "wb")
+            return self._fh
+        raise OutputError(f"--output {self.path}: no free name next to it")
 
     def commit(self) -> None:
         """Make the finished bundle visible under its real name."""
@@ -476,9 +573,44 @@ class OutputTarget:
             self._fh.flush()
             return
         self._fh.close()
+        if self.direct:
+            return
         assert self.partial is not None
-        os.replace(self.partial, self.path)
+        if self._unique_suffix is None:
+            os.replace(self.partial, self.path)
+            return
+        # A default name: never replace a bundle another run finished meanwhile under it.
+        for candidate in self._candidates():
+            try:
+                os.link(self.partial, candidate)
+            except FileExistsError:
+                continue
+            self.path = candidate
+            os.unlink(self.partial)
+            return
+        raise OutputError(f"--output {self.path}: no free name next to it; the bundle is {self.partial}")
 
     def abandon(self) -> None:
-        if self._fh is not None and not self.to_stdout:
-            self._fh.close()
+        """Give up the output after an error: close it, never raising again (the disk may be full)."""
+        fh, self._fh = self._fh, None
+        if fh is None or self.to_stdout:
+            return
+        try:
+            fh.close()
+        except OSError:
+            # close() flushes first; on a full disk that fails again and the fd stays open.
+            try:
+                os.close(fh.fileno())
+            except (OSError, ValueError):
+                pass
+
+
+def _is_tty(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.isatty(fd)
+    finally:
+        os.close(fd)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from kata_debug import __version__
@@ -21,13 +23,14 @@ from kata_debug.errors import KataDebugError, UsageError
 from kata_debug.node.paths import TRACE_SPOOL_DIR
 
 if TYPE_CHECKING:
+    from kata_debug.collect.readiness import NodeReadiness
     from kata_debug.collect.runner import CollectResult
 
 app = typer.Typer(
     name="kata-debug",
     help="Tell Kata Containers operators what is wrong with their sandboxes.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
@@ -63,29 +66,67 @@ def _root(
 def collect(
     ctx: typer.Context,
     host_root: Path = typer.Option(
-        Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."
+        Path("/"), "--host-root", metavar="DIR", help="The node's filesystem root (/host in the DaemonSet)."
     ),
     output: str | None = typer.Option(
-        None, "--output", "-o", help="Bundle file (default ./kata-debug-<node>-<UTC time>.tar.gz); '-' = stdout."
+        None,
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Bundle file (default ./kata-debug-<node>-<UTC time>.tar.zst); '-' = stdout.",
     ),
-    since: str = typer.Option("24h", "--since", help="How far back to read logs (30m, 24h, 7d)."),
+    since: str = typer.Option(
+        "24h",
+        "--since",
+        metavar="DURATION|TIME",
+        help="How far back to read logs: 30m, 24h, 7d, 1h30m, or an RFC 3339 time (2026-12-05T10:00:00Z).",
+    ),
     collector: list[str] | None = typer.Option(
-        None, "--collector", "-c", help="Run only this collector (repeatable). See `kata-debug collectors`."
+        None,
+        "--collector",
+        "-c",
+        metavar="NAME",
+        help="Run only this collector (repeatable). See `kata-debug collectors`.",
     ),
-    timeout: float = typer.Option(60.0, "--timeout", help="Seconds each collector may run."),
+    timeout: float = typer.Option(60.0, "--timeout", metavar="SECONDS", help="Seconds each collector may run."),
     deadline: float | None = typer.Option(
-        None, "--deadline", help="Seconds for the whole collection; unfinished collectors are marked timeout."
+        None,
+        "--deadline",
+        metavar="SECONDS",
+        help="Seconds for the whole collection; unfinished collectors are marked timeout.",
     ),
     no_redact: bool = typer.Option(False, "--no-redact", help="Keep secrets in the bundle (prints a warning)."),
     compression: CompressionChoice | None = typer.Option(
-        None, "--compression", help="default: from --output's name (.tar.gz gzip, .tar none), else zstd"
+        None,
+        "--compression",
+        help="Default: from the --output name (.tar.zst zstd, .tar.gz gzip, .tar none), else zstd "
+        "(gzip for --cluster).",
     ),
-    output_format: OutputFormat = typer.Option(OutputFormat.text, "--output-format", help="Summary format."),
+    output_format: OutputFormat = typer.Option(OutputFormat.text, "--format", help="Summary format."),
+    output_format_old: OutputFormat | None = typer.Option(None, "--output-format", hidden=True),
     all_runtimes: bool = typer.Option(False, "--all-runtimes", help="Include non-Kata containers' OCI specs."),
-    max_log_size: str = typer.Option("50M", "--max-log-size", help="Cap per log source; the newest lines are kept."),
-    node_name: str | None = typer.Option(None, "--node-name", help="Node name (default: $NODE_NAME or hostname)."),
+    max_log_size: str = typer.Option(
+        "50M", "--max-log-size", metavar="SIZE", help="Cap per log source; the newest lines are kept."
+    ),
+    max_parse_size: str = typer.Option(
+        "16M",
+        "--max-parse-size",
+        metavar="SIZE",
+        help="Spec/state files (config.json, persist.json) larger than this are kept raw, cut.",
+    ),
+    run_host_tools: bool = typer.Option(
+        False,
+        "--run-host-tools",
+        help="Execute the node's containerd/kata-runtime under --host-root (always done when it is /).",
+    ),
+    node_name: str | None = typer.Option(
+        None, "--node-name", metavar="NAME", help="Node name (default: $NODE_NAME or hostname)."
+    ),
     trace_spool_dir: str = typer.Option(
-        TRACE_SPOOL_DIR, "--trace-spool-dir", help="Node path of the forwarder's span spool."
+        TRACE_SPOOL_DIR,
+        "--trace-spool-dir",
+        metavar="DIR",
+        help="The forwarder's span spool, a node path (resolved under --host-root, like node-agent --spool-dir).",
     ),
     cluster: bool = typer.Option(
         False,
@@ -94,22 +135,31 @@ def collect(
         rich_help_panel="Cluster mode",
     ),
     kubeconfig: str | None = typer.Option(
-        None, "--kubeconfig", help="Kubeconfig file.", rich_help_panel="Cluster mode"
+        None, "--kubeconfig", metavar="FILE", help="Kubeconfig file.", rich_help_panel="Cluster mode"
     ),
-    context: str | None = typer.Option(None, "--context", help="Kubeconfig context.", rich_help_panel="Cluster mode"),
+    context: str | None = typer.Option(
+        None, "--context", metavar="NAME", help="Kubeconfig context.", rich_help_panel="Cluster mode"
+    ),
     node: list[str] | None = typer.Option(
-        None, "--node", help="Collect this node (repeatable; default: every Kata node).", rich_help_panel="Cluster mode"
+        None,
+        "--node",
+        metavar="NAME",
+        help="Collect this node (repeatable; default: every Kata node).",
+        rich_help_panel="Cluster mode",
     ),
     selector: str | None = typer.Option(
         None,
         "--selector",
         "-l",
+        metavar="SELECTOR",
         help="Node label selector (default: katacontainers.io/kata-runtime).",
         rich_help_panel="Cluster mode",
     ),
-    parallel: int = typer.Option(8, "--parallel", help="Nodes collected at once.", rich_help_panel="Cluster mode"),
+    parallel: int = typer.Option(
+        8, "--parallel", metavar="N", help="Nodes collected at once.", rich_help_panel="Cluster mode"
+    ),
     node_timeout: float = typer.Option(
-        600.0, "--node-timeout", help="Seconds each node may take.", rich_help_panel="Cluster mode"
+        600.0, "--node-timeout", metavar="SECONDS", help="Seconds each node may take.", rich_help_panel="Cluster mode"
     ),
     ephemeral: bool = typer.Option(
         False,
@@ -138,28 +188,48 @@ def collect(
     upload: str | None = typer.Option(
         None,
         "--upload",
+        metavar="URL",
         help="Then send the bundle to this http(s) URL (e.g. pre-signed); it stays on disk too.",
         rich_help_panel="Upload",
     ),
-    upload_method: str = typer.Option("PUT", "--upload-method", help="PUT or POST.", rich_help_panel="Upload"),
+    upload_method: str = typer.Option(
+        "PUT", "--upload-method", metavar="[PUT|POST]", help="PUT or POST.", rich_help_panel="Upload"
+    ),
     upload_header: list[str] | None = typer.Option(
         None,
         "--upload-header",
+        metavar="'NAME: VALUE'",
         help="Extra header 'Name: value' (repeatable); $KATA_DEBUG_UPLOAD_TOKEN sets a bearer token.",
         rich_help_panel="Upload",
     ),
     upload_retries: int = typer.Option(
-        5, "--upload-retries", help="Retries after a transient failure.", rich_help_panel="Upload"
+        5, "--upload-retries", metavar="N", help="Retries after a transient failure.", rich_help_panel="Upload"
     ),
     upload_timeout: float = typer.Option(
-        60.0, "--upload-timeout", help="Seconds without progress before an attempt fails.", rich_help_panel="Upload"
+        60.0,
+        "--upload-timeout",
+        metavar="SECONDS",
+        help="Seconds without progress before an attempt fails.",
+        rich_help_panel="Upload",
     ),
     upload_cacert: Path | None = typer.Option(
-        None, "--upload-cacert", help="CA bundle for a private https endpoint.", rich_help_panel="Upload"
+        None,
+        "--upload-cacert",
+        metavar="FILE",
+        help="CA bundle for a private https endpoint.",
+        rich_help_panel="Upload",
     ),
 ) -> None:
     """Gather this node's Kata evidence into one support bundle (or, with --cluster, every Kata node's)."""
+    from kata_debug.cli.options import CompressionName, bundle_compression, deprecated_alias, parse_since
     from kata_debug.cli.upload import parse_collect_upload, upload_after_collect
+
+    if deprecated_alias(ctx, "--format", "output_format", "--output-format", output_format_old):
+        assert output_format_old is not None
+        output_format = output_format_old
+    given_compression: CompressionName | None = compression.value if compression else None
+    bundle_compression(output, given_compression, default="zstd")  # refuse a contradiction before any work
+    since_span = parse_since(since)
 
     upload_target = parse_collect_upload(
         ctx,
@@ -184,11 +254,11 @@ def collect(
                 parallel=parallel,
                 node_timeout=node_timeout,
                 output=output,
-                since=since,
+                since=since_span,
                 collectors=collector or [],
                 timeout=timeout,
                 no_redact=no_redact,
-                compression=compression.value if compression else "gzip",
+                compression=bundle_compression(output, given_compression, default="gzip"),
                 json_output=output_format is OutputFormat.json,
                 all_runtimes=all_runtimes,
                 max_log_size=max_log_size,
@@ -203,7 +273,7 @@ def collect(
                 upload=upload_target,
             )
         )
-    from kata_debug.cli.options import given, parse_duration, parse_size
+    from kata_debug.cli.options import given, parse_size
 
     cluster_only = {
         "--kubeconfig": "kubeconfig",
@@ -229,14 +299,16 @@ def collect(
         host_root=host_root,
         output=output,
         node=node_name,
-        since=parse_duration(since),
+        since=since_span,
         collectors=collector or None,
         timeout=timeout,
         deadline=deadline,
         redact=not no_redact,
-        compression=compression.value if compression else None,
+        compression=bundle_compression(output, given_compression, default="zstd"),
         all_runtimes=all_runtimes,
         max_log_bytes=parse_size(max_log_size, "--max-log-size"),
+        max_parse_bytes=parse_size(max_parse_size, "--max-parse-size"),
+        run_host_tools=True if run_host_tools else None,
         options=CollectorOptions(trace_spool_dir=trace_spool_dir),
     )
     if deadline is not None and deadline <= 0:
@@ -248,9 +320,17 @@ def collect(
     json_output = output_format is OutputFormat.json
     with CollectorProgress(enabled=not json_output) as progress:
         result = run_leaving_stuck_threads(run_collection(opts, progress))
+    if upload_target is not None:
+        from kata_debug.collect import signals
+
+        signals.abort_on_next()  # the bundle is safe on disk: one Ctrl-C stops the upload
     sent = upload_after_collect(result.output, upload_target, json_output)
     exit_code = sent.exit_code(result.exit_code)
     summary_to = sys.stderr if output == "-" else sys.stdout
+    from kata_debug.collect.readiness import node_readiness
+
+    readiness = node_readiness(host_root)
+    written = _bundle_digest(result.output)
     if json_output:
         print(
             json.dumps(
@@ -261,6 +341,9 @@ def collect(
                     "interrupted": result.interrupted,
                     "collectors": [c.to_json() for c in result.collectors],
                     "redactions": result.redactions,
+                    **({"bundle_bytes": written[0], "bundle_sha256": written[1]} if written else {}),
+                    "node_readiness": readiness.to_json(),
+                    "findings": [f.to_json() for f in result.diagnosis.findings] if result.diagnosis else None,
                     **({"upload": sent.summary} if sent.summary is not None else {}),
                 },
                 indent=2,
@@ -268,50 +351,129 @@ def collect(
             file=summary_to,
         )
     else:
-        _print_summary(result, Console(file=summary_to))
+        _print_summary(result, Console(file=summary_to), readiness, written, uploaded=sent.summary is not None)
         sent.print_text(summary_to)
     sent.print_error()
     exit_process(exit_code)
 
 
-def _print_summary(result: CollectResult, console: Console) -> None:
+def _bundle_digest(output: str) -> tuple[int, str] | None:
+    """Size and sha256 of the written bundle (None when it went to stdout, a device or a FIFO): what a vendor is quoted.
+
+    Runs after the collection's event loop has ended, so reading the file back blocks nothing.
+    """
+    import hashlib
+
+    from kata_debug.node.hostroot import open_regular
+
+    if output == "-":
+        return None
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        # Only a regular file: reading back a FIFO (`-o pipe`) would wait forever for a
+        # writer, a device (`-o /dev/null`) holds nothing that was written.
+        with open_regular(output) as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+    except OSError:
+        return None
+    return size, digest.hexdigest()
+
+
+def _print_summary(
+    result: CollectResult,
+    console: Console,
+    readiness: NodeReadiness,
+    written: tuple[int, str] | None,
+    uploaded: bool,
+) -> None:
+    """The end of `collect`: each collector, then what the node lacks, then what to do next.
+
+    Notes and commands are printed whole on their own lines (soft wrap: the terminal wraps
+    them, nothing is cut), never squeezed into a table cell where rich would ellipsize them.
+    """
+    from kata_debug.cli.options import human_size
     from kata_debug.cli.progress import STATUS_STYLE
 
-    table = Table(title=f"kata-debug bundle for node {result.node}", title_justify="left")
+    any_cut = any(c.truncated for c in result.collectors)
+    table = Table(title=f"kata-debug bundle for node {escape(result.node)}", title_justify="left")
     table.add_column("collector")
     table.add_column("status")
     table.add_column("time", justify="right")
     table.add_column("files", justify="right")
-    table.add_column("note")
+    if any_cut:
+        table.add_column("cut by --max-log-size", justify="right")
     for c in result.collectors:
-        table.add_row(
-            c.name, f"[{STATUS_STYLE[c.status]}]{c.status}[/]", f"{c.duration_s:.1f}s", str(len(c.files)), c.error or ""
-        )
-    console.print(table)
+        row = [c.name, f"[{STATUS_STYLE[c.status]}]{c.status}[/]", f"{c.duration_s:.1f}s", str(len(c.files))]
+        if any_cut:
+            cut = sum(c.truncated.values())
+            row.append(f"{human_size(cut)} ({len(c.truncated)} log(s))" if cut else "")
+        table.add_row(*row)
+    # Never squeezed below its natural width (rich would ellipsize "skipped" as "skipp…"):
+    # on a narrow terminal the terminal wraps the lines instead.
+    natural = Measurement.get(console, console.options.update_width(1 << 12), table).maximum
+    if natural > console.width:
+        Console(file=console.file, width=natural, force_terminal=console.is_terminal).print(table)
+    else:
+        console.print(table)
+    for c in result.collectors:
+        if c.error:
+            console.print(f"[bold]{c.name}[/]: {escape(c.error)}", soft_wrap=True, highlight=False)
     if result.interrupted:
         console.print(f"[yellow]{result.interrupted}[/]: unfinished collectors are marked timeout")
+    if readiness.missing:
+        console.print("[yellow]This node cannot run Kata sandboxes as it is:[/]")
+        for gap in readiness.missing:
+            console.print(f"  - {escape(gap)}", soft_wrap=True, highlight=False)
+    if readiness.not_root:
+        console.print(f"[yellow]note:[/] {escape(readiness.not_root)}", soft_wrap=True, highlight=False)
     redacted = sum(result.redactions.values())
     console.print(
         f"redacted {redacted} value(s)"
         + (f" ({', '.join(f'{k} {v}' for k, v in result.redactions.items())})" if redacted else "")
     )
-    if result.output != "-":
-        console.print(f"bundle: [bold]{result.output}[/]")
+    from kata_debug.cli.diagnose import print_top_findings
+
+    print_top_findings(result.diagnosis, result.output, console)
+    if result.output == "-":
+        return
+    about = f" ({human_size(written[0])}, sha256 {written[1]})" if written else ""
+    console.print(f"bundle: [bold]{escape(result.output)}[/]{about}", soft_wrap=True, highlight=False)
+    if not uploaded:
+        console.print(
+            f"next: send it to your Kata vendor or maintainer: kata-debug upload {escape(result.output)} URL "
+            "(a pre-signed https URL; see kata-debug upload --help)",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @app.command("collectors")
-def list_collectors() -> None:
+def list_collectors(
+    output_format: OutputFormat = typer.Option(OutputFormat.text, "--format", help="text (people) or json."),
+) -> None:
     """List the collectors and what each one reads."""
     from kata_debug.collectors import REGISTRY
 
+    listed: list[dict[str, object]] = []
     for name in REGISTRY:
         try:
             cls = REGISTRY.load(name)
         except Exception as exc:  # a broken collector module: list it, keep listing the rest
-            typer.echo(f"{name}: cannot be loaded ({type(exc).__name__}: {exc})")
+            listed.append({"name": name, "error": f"cannot be loaded ({type(exc).__name__}: {exc})"})
             continue
-        typer.echo(f"{name}: {cls.summary}")
-        for r in cls.reads:
+        listed.append({"name": name, "summary": cls.summary, "reads": list(cls.reads)})
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(listed, indent=2))
+        return
+    for c in listed:
+        if "error" in c:
+            typer.echo(f"{c['name']}: {c['error']}")
+            continue
+        typer.echo(f"{c['name']}: {c['summary']}")
+        for r in c["reads"]:  # type: ignore[attr-defined]
             typer.echo(f"    reads {r}")
 
 
@@ -332,27 +494,45 @@ def _register_commands() -> None:
     from kata_debug.cli import captures as cli_captures
 
     cli_captures.register(app)
+    from kata_debug.cli import diagnose as cli_diagnose
+
+    cli_diagnose.register(app)
+    from kata_debug.cli import report as cli_report
+
+    cli_report.register(app)
 
 
 _register_commands()
 
 
-def main() -> None:
+def kubectl_plugin() -> None:
+    """`kubectl kata-debug ...`: kubectl finds the `kubectl-kata_debug` script on PATH and runs it
+    with the arguments after the plugin name; help and errors then name the command as typed."""
+    main(prog_name="kubectl kata-debug")
+
+
+def main(prog_name: str = "kata-debug") -> None:
     """Entry point: every user-facing error is one line, never a traceback.
 
     Click's own usage errors (unknown option, bad choice) are turned into one line too,
     naming the option, instead of its framed multi-line panel.
     """
+    from kata_debug.cli.options import real_metavars
+
     command = typer.main.get_command(app)
+    real_metavars(command)
     try:
-        code = command.main(args=sys.argv[1:], prog_name="kata-debug", standalone_mode=False)
+        code = command.main(args=sys.argv[1:], prog_name=prog_name, standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
         print("kata-debug: interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.TyperException as exc:  # click's UsageError, BadParameter, NoSuchOption, ...
         ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            typer.echo(ctx.get_help())
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # Building the error rendered the help already (rich prints it and returns ""):
+            # print only what plain help returned, so it appears once.
+            if exc.format_message().strip():
+                typer.echo(exc.format_message())
             sys.exit(0)
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         message = " ".join(message.replace("Value error, ", "").split())
@@ -365,4 +545,6 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         print(f"kata-debug: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)
+    if code == 130:  # typer turns a KeyboardInterrupt inside a command into a silent Exit(130)
+        print("kata-debug: interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import sys
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,7 +20,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kata_debug.bundle.manifest import NodeEntry
-from kata_debug.cli.options import parse_duration
+from kata_debug.cli.options import CompressionName, human_size
 from kata_debug.cli.progress import STATUS_STYLE
 from kata_debug.cluster.collector_pod import DEFAULT_IMAGE
 from kata_debug.cluster.options import AGENT_NAMESPACE, ClusterOptions
@@ -28,12 +29,7 @@ from kata_debug.cluster.run import run_cluster_collection
 from kata_debug.errors import UsageError
 from kata_debug.upload import UploadTarget
 
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
+human_bytes = human_size  # the cluster views' name for it
 
 
 class NodeProgress:
@@ -129,6 +125,9 @@ def print_summary(result: ClusterResult, console: Console) -> None:
         console.print(f"[yellow]{result.interrupted}[/]: unfinished nodes are marked failed")
     if result.output != "-":
         console.print(f"bundle: [bold]{result.output}[/]")
+    from kata_debug.cli.diagnose import print_top_findings
+
+    print_top_findings(result.diagnosis, result.output, console)
 
 
 def run(opts: ClusterOptions, json_output: bool, upload: UploadTarget | None = None) -> int:
@@ -161,11 +160,11 @@ def collect_cluster(
     parallel: int,
     node_timeout: float,
     output: str | None,
-    since: str,
+    since: timedelta,
     collectors: list[str],
     timeout: float,
     no_redact: bool,
-    compression: str,
+    compression: CompressionName,
     json_output: bool,
     all_runtimes: bool,
     max_log_size: str,
@@ -217,11 +216,11 @@ def collect_cluster(
         context=context,
         nodes=list(nodes),
         selector=selector,
-        since=parse_duration(since),
+        since=since,
         parallel=parallel,
         node_timeout=node_timeout,
         output=output,
-        compression=compression,  # type: ignore[arg-type]
+        compression=compression,
         redact=not no_redact,
         node_args=node_args,
         ephemeral=ephemeral,

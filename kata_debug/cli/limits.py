@@ -34,8 +34,9 @@ ERROR, WARNING, INFO = "error", "warning", "info"
 
 
 class LimitsFormat(str, Enum):
-    table = "table"
+    text = "text"
     json = "json"
+    table = "table"  # the old name of text: accepted with a deprecation note
 
 
 class RuntimeChoice(str, Enum):
@@ -68,7 +69,9 @@ def limits(
     runtime_class: list[str] | None = typer.Option(
         None, "--runtime-class", help="Also treat this RuntimeClass/handler as Kata (repeatable)."
     ),
-    output_format: LimitsFormat = typer.Option(LimitsFormat.table, "--format", help="table (people) or json."),
+    output_format: LimitsFormat = typer.Option(
+        LimitsFormat.text, "--format", metavar="[text|json]", help="text (a table, for people) or json."
+    ),
     fix: bool = typer.Option(
         False,
         "--fix",
@@ -86,6 +89,10 @@ def limits(
     RuntimeClass in one file applies to the workloads of every other file given.
     """
     from kata_debug.sizing.check import LimitsRequest, check_limits  # the analysis loads only when run
+
+    if output_format is LimitsFormat.table:
+        print("kata-debug: note: --format table is deprecated; use --format text", file=sys.stderr)
+        output_format = LimitsFormat.text
 
     req = LimitsRequest(
         paths=tuple(paths or ()),

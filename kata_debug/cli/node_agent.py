@@ -10,24 +10,30 @@ from pathlib import Path
 
 import typer
 
+from kata_debug.cli.trace import _LIMITS, LogLevel
 from kata_debug.errors import KataDebugError
 
 
 def node_agent(
     ctx: typer.Context,
     host_root: Path = typer.Option(
-        Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."
+        Path("/"), "--host-root", metavar="DIR", help="The node's filesystem root (/host in the DaemonSet)."
     ),
     spool_dir: Path | None = typer.Option(
         None,
         "--spool-dir",
-        help="Span spool directory (default <host-root>/var/lib/kata-debug/traces, where `collect` reads it).",
+        metavar="DIR",
+        help="Span spool directory, a node path resolved under --host-root like `collect --trace-spool-dir` "
+        "(default /var/lib/kata-debug/traces, where `collect` reads it).",
     ),
-    spool_size: str = typer.Option("128M", "--spool-size", help="Disk cap of the spool, rotations included."),
+    spool_size: str = typer.Option(
+        "128M", "--spool-size", metavar="SIZE", help="Disk cap of the spool, rotations included."
+    ),
     export: list[str] | None = typer.Option(
         None,
         "--export",
         "-e",
+        metavar="URI",
         help="Where spans go besides the spool (repeatable; same URIs as `forward`). "
         "Default: OTLP from the OTEL_EXPORTER_OTLP_* variables when an endpoint is set.",
     ),
@@ -44,7 +50,6 @@ def node_agent(
     shutdown_timeout: str = typer.Option(
         "10s", "--shutdown-timeout", help="On SIGTERM, time allowed to flush queued spans."
     ),
-    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
     capture: bool = typer.Option(
         True, "--capture/--no-capture", help="Keep a capture bundle of each sandbox that fails (README: Capture)."
     ),
@@ -55,6 +60,10 @@ def node_agent(
     capture_before: str = typer.Option("10m", "--capture-before", help="Log time kept before the failure."),
     capture_rate: str = typer.Option("6/10m", "--capture-rate", help="At most N captures per DURATION on this node."),
     capture_size: str = typer.Option("256M", "--capture-size", help="Disk cap of the captures, oldest removed first."),
+    max_connections: int = _LIMITS["max_connections"],
+    idle_timeout: str = _LIMITS["idle_timeout"],
+    buffer_budget: str = _LIMITS["buffer_budget"],
+    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="Log verbosity."),
 ) -> None:
     """Forward every Kata sandbox's agent spans on this node to OpenTelemetry, and spool them for bundles.
 
@@ -65,11 +74,18 @@ def node_agent(
     from kata_debug.agent.ring import Rate
     from kata_debug.agent.service import AgentConfig, main
     from kata_debug.cli.options import parse_duration, parse_size
-    from kata_debug.cli.trace import configure_logging, node_name_option
+    from kata_debug.cli.trace import check_file_exports, configure_logging, listener_limits, node_name_option
     from kata_debug.errors import UsageError
+    from kata_debug.forwarder.frames import DEFAULT_MAX_FRAME_BYTES
+    from kata_debug.forwarder.targets import parse_export
 
-    if log_level not in ("debug", "info", "warning", "error"):
-        raise UsageError(f"--log-level {log_level}: use debug, info, warning or error")
+    if spool_dir is not None and ".." in spool_dir.parts:
+        raise UsageError(f"--spool-dir {spool_dir}: a node path may not contain '..'")
+    for uri in export or []:
+        try:
+            check_file_exports([parse_export(uri)])
+        except ValueError:
+            pass  # the agent reports a bad URI, naming it
     cfg = AgentConfig(
         host_root=host_root,
         spool_dir=spool_dir,
@@ -88,8 +104,9 @@ def node_agent(
             rate=Rate.parse(capture_rate),
             size=parse_size(capture_size, "--capture-size"),
         ),
+        limits=listener_limits(max_connections, idle_timeout, buffer_budget, DEFAULT_MAX_FRAME_BYTES),
     )
-    configure_logging(log_level)
+    configure_logging(log_level.value)
     from kata_debug.forwarder.server import ForwarderError, tune_gc
 
     try:

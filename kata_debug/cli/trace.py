@@ -12,11 +12,18 @@ import signal
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 import typer
 
 from kata_debug.errors import KataDebugError, UsageError
+
+if TYPE_CHECKING:
+    from kata_debug.forwarder.limits import ListenerLimits
+    from kata_debug.forwarder.targets import ExportTarget
+
+#: The variables that name an OTLP endpoint (the SDK's own default is used without them).
+OTLP_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 trace_app = typer.Typer(
     name="trace",
@@ -52,20 +59,59 @@ def _seconds(text: str, option: str) -> float:
     return parse_duration(text, option).total_seconds()
 
 
+def listener_limits(
+    max_connections: int, idle_timeout: str, buffer_budget: str, max_frame_bytes: int
+) -> ListenerLimits:
+    """`--max-connections`, `--idle-timeout` and `--buffer-budget` as a `ListenerLimits`, or a usage error."""
+    from kata_debug.forwarder.limits import ListenerLimits
+
+    budget = _size(buffer_budget, "--buffer-budget")
+    if budget < max_frame_bytes + 8:
+        raise UsageError(
+            f"--buffer-budget {buffer_budget}: below --max-frame-bytes ({max_frame_bytes} bytes) plus its "
+            "8-byte header; a frame that large could never be read"
+        )
+    return ListenerLimits(max_connections, _seconds(idle_timeout, "--idle-timeout"), budget)
+
+
+def limit_options() -> dict[str, Any]:
+    """The three listener limit options, shared by `forward` and `node-agent`."""
+    return {
+        "max_connections": typer.Option(
+            256, "--max-connections", min=1, help="Trace connections open at once; more are closed at once."
+        ),
+        "idle_timeout": typer.Option(
+            "30s",
+            "--idle-timeout",
+            help="Close a connection that stops this long in the middle of a frame (0 = never).",
+        ),
+        "buffer_budget": typer.Option(
+            "64M",
+            "--buffer-budget",
+            help="Bytes of incomplete frames held across all connections; beyond it, reads pause (nothing is dropped).",
+        ),
+    }
+
+
+_LIMITS = limit_options()
+
+
 # --------------------------------------------------------------------------- trace decode
 
 
 @trace_app.command("decode")
 def decode(
+    ctx: typer.Context,
     input: str = typer.Argument(
         ..., metavar="INPUT", help="Captured frame stream (8-byte length + payload ...); '-' = stdin."
     ),
-    format: TraceFormat = typer.Option(
+    wire_format: TraceFormat = typer.Option(
         TraceFormat.auto,
-        "--format",
-        help="Payload format: auto (per stream), bincode (agent <= 3.28), json (agent >= 3.29).",
+        "--wire-format",
+        help="Payload encoding: auto (per stream), bincode (agent <= 3.28), json (agent >= 3.29).",
     ),
-    output: str = typer.Option("-", "--output", "-o", help="OTLP/JSON lines file; '-' = stdout."),
+    wire_format_old: TraceFormat | None = typer.Option(None, "--format", hidden=True),
+    output: str = typer.Option("-", "--output", "-o", metavar="FILE", help="OTLP/JSON lines file; '-' = stdout."),
     service_name: str = typer.Option("kata-agent", "--service-name", help="service.name resource attribute."),
     sandbox_id: str | None = typer.Option(None, "--sandbox-id", help="Add kata.sandbox.id to the resource."),
     batch_size: int = typer.Option(
@@ -77,9 +123,13 @@ def decode(
 
     Undecodable frames are reported on stderr and skipped; the exit status is 1 if any were.
     """
+    from kata_debug.cli.options import deprecated_alias
     from kata_debug.forwarder.capture import decode_capture
     from kata_debug.forwarder.spans import Origin
 
+    if deprecated_alias(ctx, "--wire-format", "wire_format", "--format", wire_format_old):
+        assert wire_format_old is not None
+        wire_format = wire_format_old
     limit = _size(max_frame_bytes, "--max-frame-bytes")
     src: IO[bytes]
     if input == "-":
@@ -107,15 +157,16 @@ def decode(
 
     identity = (("kata.sandbox.id", sandbox_id),) if sandbox_id else ()
     origin = Origin.make(sandbox_id, input, (("service.name", service_name),), identity)
+    warnings = FrameWarnings()
     try:
         summary = decode_capture(
             src,
             dst,
             origin=origin,
-            fmt=format.value,
+            fmt=wire_format.value,
             batch_size=batch_size,
             max_frame_bytes=limit,
-            warn=lambda text: print(f"kata-debug: warning: {text}", file=sys.stderr),
+            warn=warnings.add,
         )
     except BrokenPipeError:
         raise SystemExit(0) from None
@@ -124,6 +175,15 @@ def decode(
             src.close()
         if dst is not sys.stdout:
             dst.close()
+    if wire_format is not TraceFormat.auto and summary.frames and summary.undecodable == summary.frames:
+        # Every frame failed: the stream is in another encoding, not damaged frame by frame.
+        print(
+            f"kata-debug: warning: none of the {summary.frames} frames decode as {wire_format.value}; "
+            "the capture is probably in the other encoding: try --wire-format auto",
+            file=sys.stderr,
+        )
+    else:
+        warnings.print()
     if summary.problem:
         print(f"kata-debug: warning: {summary.problem}", file=sys.stderr)
     print(
@@ -135,6 +195,40 @@ def decode(
         raise typer.Exit(1)
 
 
+class FrameWarnings:
+    """Undecodable-frame warnings, held until the end of a decode: a capture in the wrong
+    encoding is then one summary line instead of one warning per frame, and damage inside
+    an otherwise good capture is shown (the first few frames, then a count)."""
+
+    SHOWN = 10
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.more = 0
+
+    def add(self, text: str) -> None:
+        if len(self.lines) < self.SHOWN:
+            self.lines.append(text)
+        else:
+            self.more += 1
+
+    def print(self) -> None:
+        for line in self.lines:
+            print(f"kata-debug: warning: {line}", file=sys.stderr)
+        if self.more:
+            print(f"kata-debug: warning: ... and {self.more} more undecodable frame(s)", file=sys.stderr)
+
+
+def check_file_exports(targets: list[ExportTarget]) -> None:
+    """A `file://` export into a directory that does not exist is refused before anything
+    starts, as `--output` is everywhere: a forwarder that fails at its first span is worse."""
+    for t in targets:
+        if t.kind == "file" and t.path:
+            parent = Path(t.path).parent
+            if not parent.is_dir():
+                raise UsageError(f"--export {t.uri}: directory {parent} does not exist")
+
+
 # --------------------------------------------------------------------------- forward
 
 
@@ -143,21 +237,24 @@ def forward(
     listen: list[str] | None = typer.Option(
         None,
         "--listen",
-        "-l",
+        metavar="URI",
         help="Where agents connect (repeatable): vsock://any:10240 (default), vsock://CID:PORT, "
         "hvsock:///run/vc/vm/<sid>/clh.sock[?port=N], unix:///path[?sandbox=ID], tcp://127.0.0.1:PORT, discover.",
     ),
+    listen_old: list[str] | None = typer.Option(None, "-l", hidden=True),  # -l is a label selector elsewhere
     export: list[str] | None = typer.Option(
         None,
         "--export",
         "-e",
+        metavar="URI",
         help="Where spans go (repeatable): otlp+grpc://HOST:PORT (otlp+grpcs:// for TLS), otlp+http://HOST:PORT/v1/traces, "
         "otlp+https://... (OTLP URIs take ?compression=gzip|deflate|none&timeout=SECONDS&max_request_bytes=N), "
         "file:///path.jsonl[?max_bytes=N&backups=N], stdout. Default: OTLP from the OTEL_EXPORTER_OTLP_* variables.",
     ),
-    format: TraceFormat = typer.Option(
-        TraceFormat.auto, "--format", help="Payload format: auto (per connection), bincode, json."
+    wire_format: TraceFormat = typer.Option(
+        TraceFormat.auto, "--wire-format", help="Payload encoding: auto (per connection), bincode, json."
     ),
+    wire_format_old: TraceFormat | None = typer.Option(None, "--format", hidden=True),
     service_name: str = typer.Option("kata-agent", "--service-name", help="service.name resource attribute."),
     host_root: Path = typer.Option(
         Path("/"), "--host-root", help="The node's filesystem root (/host in the DaemonSet)."
@@ -184,23 +281,32 @@ def forward(
     max_frame_bytes: str = typer.Option(
         "1M", "--max-frame-bytes", help="Close a connection whose frame announces more than this."
     ),
+    max_connections: int = _LIMITS["max_connections"],
+    idle_timeout: str = _LIMITS["idle_timeout"],
+    buffer_budget: str = _LIMITS["buffer_budget"],
     shutdown_timeout: str = typer.Option(
         "10s", "--shutdown-timeout", help="On SIGTERM/SIGINT, time allowed to flush queued spans."
     ),
     stats_interval: str = typer.Option(
         "60s", "--stats-interval", help="How often to log the counters (0 = only at exit)."
     ),
-    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level"),
+    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="Log verbosity."),
 ) -> None:
     """Forward kata-agent spans (bincode or JSON, any agent version) to OpenTelemetry backends.
 
     Runs until SIGTERM/SIGINT, then stops accepting, flushes queued spans within
     --shutdown-timeout and exits 0. Logs (with counters) go to stderr.
     """
+    from kata_debug.cli.options import deprecated_alias, human_size
     from kata_debug.forwarder.listeners import parse_listen
     from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderError, tune_gc
     from kata_debug.forwarder.targets import parse_export, target_from_env
 
+    if deprecated_alias(ctx, "--wire-format", "wire_format", "--format", wire_format_old):
+        assert wire_format_old is not None
+        wire_format = wire_format_old
+    if deprecated_alias(ctx, "--listen", "listen", "-l", listen_old):
+        listen = listen_old
     listen_uris = listen or ["vsock://any:10240"]
     for uri in listen_uris:
         try:
@@ -213,7 +319,14 @@ def forward(
             targets.append(parse_export(uri))
         except ValueError as exc:
             raise UsageError(f"--export {exc}") from None
+    check_file_exports(targets)
+    export_note = None
     if not targets:
+        if not any(os.environ.get(v) for v in OTLP_ENDPOINT_VARS):
+            export_note = (
+                "no OTLP endpoint configured (--export or OTEL_EXPORTER_OTLP_ENDPOINT): "
+                "sending to the OTLP default, http://localhost:4318"
+            )
         try:
             targets.append(target_from_env())
         except ValueError as exc:
@@ -224,13 +337,13 @@ def forward(
     queue_limit = _size(queue_bytes, "--queue-bytes")
     if queue_limit < frame_limit:
         raise UsageError(
-            f"--queue-bytes {queue_bytes}: below --max-frame-bytes ({frame_limit} bytes); "
+            f"--queue-bytes {queue_bytes}: below --max-frame-bytes ({human_size(frame_limit)}); "
             "a span from a frame that large could never be queued"
         )
     config = ForwarderConfig(
         listen=listen_uris,
         exports=targets,
-        format=format.value,
+        format=wire_format.value,
         service_name=service_name,
         host_root=str(host_root),
         node_name=node_name_option(ctx, node_name),
@@ -238,10 +351,13 @@ def forward(
         queue_bytes=queue_limit,
         batch_size=batch_size,
         max_frame_bytes=frame_limit,
+        limits=listener_limits(max_connections, idle_timeout, buffer_budget, frame_limit),
         shutdown_timeout=_seconds(shutdown_timeout, "--shutdown-timeout"),
         stats_interval=_seconds(stats_interval, "--stats-interval"),
     )
     configure_logging(log_level.value)
+    if export_note:
+        logging.getLogger("kata_debug.forward").warning("%s", export_note)
     try:
         forwarder = Forwarder(config)
     except ForwarderError as exc:

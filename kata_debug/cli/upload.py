@@ -68,34 +68,54 @@ def result_json(result: UploadResult | None, error: str | None = None) -> dict[s
 
 def summary_line(r: dict[str, Any]) -> str:
     """One line for a person, from `result_json`."""
+    from kata_debug.cli.options import human_size
+
     return (
-        f"uploaded {r['bytes'] / (1 << 20):.1f} MiB to {r['url']} (HTTP {r['status']}, {r['seconds']:.1f}s, "
+        f"uploaded {human_size(r['bytes'])} to {r['url']} (HTTP {r['status']}, {r['seconds']:.1f}s, "
         f"{r['attempts']} attempt(s)); sha256 {r['sha256']}"
     )
 
 
 def upload(
+    ctx: typer.Context,
     bundle: Path = typer.Argument(..., help="The bundle (or any file) to send."),
     url: str = typer.Argument(..., help="Where to send it: an http(s) URL, e.g. a pre-signed object-store URL."),
-    method: str = typer.Option("PUT", "--method", help="PUT (pre-signed URLs) or POST."),
+    method: str = typer.Option("PUT", "--method", metavar="[PUT|POST]", help="PUT (pre-signed URLs) or POST."),
     header: list[str] | None = typer.Option(
         None,
         "--header",
         "-H",
-        help=f"Extra request header 'Name: value' (repeatable). ${TOKEN_ENV} sets a bearer token.",
+        metavar="'NAME: VALUE'",
+        help=f"Extra request header (repeatable). ${TOKEN_ENV} sets a bearer token.",
     ),
     retries: int = typer.Option(
-        DEFAULT_RETRIES, "--retries", help="Retries after a transient failure (connection, 408, 429, 5xx)."
+        DEFAULT_RETRIES,
+        "--retries",
+        metavar="N",
+        help="Retries after a transient failure (connection, 408, 429, 5xx).",
     ),
-    timeout: float = typer.Option(60.0, "--timeout", help="Seconds without progress before an attempt fails."),
-    cacert: Path | None = typer.Option(None, "--cacert", help="CA bundle for a private https endpoint."),
-    output_format: str = typer.Option("text", "--output-format", help="text or json."),
+    timeout: float = typer.Option(
+        60.0, "--timeout", metavar="SECONDS", help="Seconds without progress before an attempt fails."
+    ),
+    cacert: Path | None = typer.Option(
+        None, "--cacert", metavar="FILE", help="CA bundle for a private https endpoint."
+    ),
+    output_format: str = typer.Option("text", "--format", metavar="[text|json]", help="Summary format."),
+    output_format_old: str | None = typer.Option(None, "--output-format", hidden=True),
 ) -> None:
     """Send a bundle to a support endpoint (streamed, retried); prints its sha256 to quote to the vendor."""
+    from kata_debug.cli.options import deprecated_alias
+
+    flag = "--format"
+    if deprecated_alias(ctx, "--format", "output_format", "--output-format", output_format_old):
+        assert output_format_old is not None
+        output_format, flag = output_format_old, "--output-format"
     if output_format not in ("text", "json"):
-        raise UsageError(f"--output-format {output_format}: use text or json")
+        raise UsageError(f"{flag} {output_format}: use text or json")
+    if bundle.is_dir():
+        raise UsageError(f"BUNDLE {bundle}: is a directory; upload needs one file (a bundle from `kata-debug collect`)")
     if not bundle.is_file():
-        raise UsageError(f"{bundle}: no such file")
+        raise UsageError(f"BUNDLE {bundle}: no such file")
     target = _parse(url, method, header, retries, timeout, cacert, for_collect=False)
     result = upload_with_progress(bundle, target, show=output_format == "text")
     if output_format == "json":

@@ -66,6 +66,7 @@ HOST_MOUNTS: tuple[HostMount, ...] = (
     HostMount("etc-containerd", "/etc/containerd", "DirectoryOrCreate"),
     HostMount("machine-id", "/etc/machine-id", "File"),
     HostMount("os-release", "/etc/os-release", "File"),
+    HostMount("localtime", "/etc/localtime", "File"),
     HostMount("usr", "/usr", "Directory"),
     HostMount("lib", "/lib", "Directory"),
     HostMount("opt", "/opt", "Directory"),

@@ -61,6 +61,9 @@ def node_command(opts: ClusterOptions, node: str) -> list[str]:
         opts.compression,
         "--deadline",
         f"{node_deadline(opts.node_timeout):g}",
+        # The agent image ships no containerd/kata-runtime of its own: run the node's from
+        # the pod, pointed at the node's configuration (the bundle says where they ran).
+        "--run-host-tools",
     ]
     if not opts.redact:
         argv.append("--no-redact")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kata_debug.analyze.diagnose import Diagnosis
 from kata_debug.bundle.manifest import ItemFailure, NodeEntry
 from kata_debug.cluster.node_exec import PARTIAL_EXIT
 
@@ -17,6 +18,8 @@ class ClusterResult:
     items_failed: list[ItemFailure]
     redactions: dict[str, int]
     interrupted: str | None
+    #: The cluster part's findings (also in analysis/findings.json); nodes have their own.
+    diagnosis: Diagnosis | None = None
 
     @property
     def exit_code(self) -> int:
@@ -33,4 +36,5 @@ def result_json(result: ClusterResult) -> dict[str, Any]:
         "nodes": [n.to_json() for n in result.nodes],
         "cluster_items_failed": [f.to_json() for f in result.items_failed],
         "redactions": result.redactions,
+        "findings": [f.to_json(with_node=True) for f in result.diagnosis.findings] if result.diagnosis else None,
     }

@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 
 from kata_debug import __version__
+from kata_debug.analyze.collecting import evidence_tap, write_findings
 from kata_debug.bundle.manifest import (
     ClusterScope,
     CollectorEntry,
@@ -23,7 +24,7 @@ from kata_debug.bundle.manifest import (
     NodeEntry,
     NodeSelection,
 )
-from kata_debug.bundle.writer import AsyncBundle, BundleWriter, OutputTarget, bundle_stem
+from kata_debug.bundle.writer import SUFFIXES, AsyncBundle, BundleWriter, OutputTarget, bundle_stem
 from kata_debug.cluster.ephemeral import CollectorPods
 from kata_debug.cluster.node_exec import NodeCollector, agent_running
 from kata_debug.cluster.objects import KATA_RUNTIME_LABEL, ClusterObjects, name_of
@@ -31,6 +32,7 @@ from kata_debug.cluster.options import ClusterOptions, default_output, validate
 from kata_debug.cluster.planning import NodePlan, plan
 from kata_debug.cluster.progress import ClusterProgress, NoProgress
 from kata_debug.cluster.result import ClusterResult
+from kata_debug.collect import signals
 from kata_debug.collect.interrupts import run_interruptible
 from kata_debug.errors import KataDebugError
 from kata_debug.kube.client import KubeError, KubeSession
@@ -64,9 +66,14 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
     context = session.target.context
     top = bundle_stem("cluster-" + (context or "cluster"), started)
     output = opts.output or default_output(context, started, opts.compression)
-    target = OutputTarget(output)
+    target = OutputTarget(output, unique_suffix=None if opts.output else SUFFIXES[opts.compression])
     sink = await asyncio.to_thread(target.open)
+    output = target.path
     bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
+    # The cluster part is analysed as it is written (RuntimeClasses, pods, events); each
+    # node's bundle carries its own analysis/findings.json.
+    tap = await asyncio.to_thread(evidence_tap, None)
+    bundle.writer.tap = tap
     redactor = Redactor(enabled=opts.redact)
     objects = ClusterObjects(session, bundle, redactor, inv, opts.since)
     pods = CollectorPods(session, opts)
@@ -137,6 +144,7 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         files=objects.files,
         items_failed=failures,
     )
+    diagnosis = await write_findings(bundle, tap, output)
     manifest = Manifest(
         tool_version=__version__,
         scope=ClusterScope(
@@ -168,4 +176,5 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         await asyncio.to_thread(target.abandon)
         raise
     await asyncio.to_thread(target.commit)
-    return ClusterResult(output, context, ordered, failures, redactor.counts, interrupted)
+    signals.output_complete()
+    return ClusterResult(target.path, context, ordered, failures, redactor.counts, interrupted, diagnosis)

@@ -16,6 +16,8 @@ from collections.abc import Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
+from kata_debug.collect import signals
+
 _T = TypeVar("_T")
 
 
@@ -29,18 +31,28 @@ async def run_interruptible(tasks: Collection[asyncio.Task[object]], deadline: f
     stop = asyncio.Event()
     reason: list[str] = []
 
-    def _on_signal(sig: signal.Signals) -> None:
+    def _stop(name: str) -> None:
         if not reason:
-            reason.append(f"interrupted by {sig.name}")
+            reason.append(f"interrupted by {name}")
         stop.set()
 
     installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, _on_signal, sig)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            pass
+    if signals.installed():
+        # The process records signals from its first instant (kata_debug.cli.entry): one that
+        # came before this wait stops it at once, and none is lost after it returns.
+        def _from_handler(name: str) -> None:  # runs in the signal handler: hand over to the loop
+            loop.call_soon_threadsafe(_stop, name)
+
+        signals.listen(_from_handler)
+        if (early := signals.received()) is not None:
+            _stop(early)
+    else:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, _stop, sig.name)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
     stopper = asyncio.create_task(stop.wait())
     deadline_at = None if deadline is None else loop.time() + deadline
     try:
@@ -58,6 +70,7 @@ async def run_interruptible(tasks: Collection[asyncio.Task[object]], deadline: f
         await asyncio.gather(*unfinished, return_exceptions=True)
     finally:
         stopper.cancel()
+        signals.listen(None)
         for sig in installed:
             loop.remove_signal_handler(sig)
     return reason[0] if reason else None
@@ -98,6 +111,7 @@ def exit_process(code: int) -> NoReturn:
     The interpreter's exit joins every executor thread, so one blocked read would hang the
     command after it has printed its result.
     """
+    signals.ignore_from_now()
     stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
     if stuck:
         sys.stdout.flush()

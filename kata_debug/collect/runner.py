@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 from kata_debug import __version__
+from kata_debug.analyze.collecting import evidence_tap, write_findings
+from kata_debug.analyze.diagnose import Diagnosis
 from kata_debug.bundle.manifest import FAILING, CollectorEntry, Manifest, NodeScope, Status
 from kata_debug.bundle.writer import (
     SUFFIXES,
@@ -28,6 +30,7 @@ from kata_debug.bundle.writer import (
     bundle_stem,
     compression_for,
 )
+from kata_debug.collect import signals
 from kata_debug.collect.interrupts import run_interruptible
 from kata_debug.collectors import REGISTRY
 from kata_debug.collectors.base import (
@@ -39,6 +42,7 @@ from kata_debug.collectors.base import (
 )
 from kata_debug.errors import OutputError, UsageError
 from kata_debug.node.hostroot import HostRoot
+from kata_debug.node.oci import SPEC_PARSE_CAP
 from kata_debug.redact.redactor import Redactor
 
 
@@ -56,6 +60,10 @@ class CollectOptions:
     compression: Compression | None = None
     all_runtimes: bool = False
     max_log_bytes: int = DEFAULT_LOG_CAP
+    #: Spec and state files larger than this are kept raw, cut, instead of parsed.
+    max_parse_bytes: int = SPEC_PARSE_CAP
+    #: Execute the node's binaries (containerd, kata-runtime)? None: only when host_root is `/`.
+    run_host_tools: bool | None = None
     options: CollectorOptions = field(default_factory=CollectorOptions)
 
 
@@ -66,6 +74,8 @@ class CollectResult:
     collectors: list[CollectorEntry]
     redactions: dict[str, int]
     interrupted: str | None
+    #: What the analyzers found in the collected evidence (also in analysis/findings.json).
+    diagnosis: Diagnosis | None = None
 
     @property
     def exit_code(self) -> int:
@@ -108,7 +118,22 @@ def validate(opts: CollectOptions) -> None:
         raise UsageError(f"--timeout {opts.timeout}: must be a positive number of seconds")
     if opts.deadline is not None and not (math.isfinite(opts.deadline) and opts.deadline > 0):
         raise UsageError(f"--deadline {opts.deadline}: must be a positive number of seconds")
+    check_since(opts.since)
     OutputTarget.check(opts.output)
+
+
+def check_since(since: timedelta) -> None:
+    """Refuse a `--since` that reaches before 1900: no log is that old, and the date
+    arithmetic (`now - since`, timestamps) would overflow in the middle of a run.
+
+    A century (`36500d`) stays valid: it is the way to say "everything".
+    """
+    try:
+        start = datetime.now(UTC) - since
+    except OverflowError:
+        start = None
+    if start is None or start.year < 1900:
+        raise UsageError(f"--since {since.total_seconds():g}s: reaches before 1900; give a shorter duration")
 
 
 def default_output(node: str, started: datetime, compression: Compression) -> str:
@@ -125,10 +150,13 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     top = bundle_stem(node, started)
     compression = opts.compression or compression_for(opts.output)
     output = opts.output or default_output(node, started, compression)
-    target = OutputTarget(output)
+    target = OutputTarget(output, unique_suffix=None if opts.output else SUFFIXES[compression])
     sink = await asyncio.to_thread(target.open)
+    output = target.path
     redactor = Redactor(enabled=opts.redact)
     bundle = AsyncBundle(BundleWriter(sink, top, compression))
+    tap = await asyncio.to_thread(evidence_tap, node)
+    bundle.writer.tap = tap
     ctx = CollectContext(
         host=host,
         node=node,
@@ -137,6 +165,8 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         redactor=redactor,
         max_log_bytes=opts.max_log_bytes,
         all_runtimes=opts.all_runtimes,
+        max_parse_bytes=opts.max_parse_bytes,
+        run_host_tools=opts.run_host_tools if opts.run_host_tools is not None else str(host.root) == "/",
         options=opts.options,
     )
     selected = list(dict.fromkeys(opts.collectors or REGISTRY))  # `-c host -c host` runs it once
@@ -176,6 +206,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     ordered = [results[n] for n in selected] + [
         CollectorEntry(n, "skipped", 0.0, "not selected (--collector)", []) for n in REGISTRY if n not in selected
     ]
+    diagnosis = await write_findings(bundle, tap, output)
     finished = datetime.now(UTC)
     manifest = Manifest(
         tool_version=__version__,
@@ -190,6 +221,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     )
     try:
         await bundle.close(manifest)
+        await asyncio.to_thread(target.commit)  # closes and renames the file
     except OSError as exc:
         await asyncio.to_thread(target.abandon)
         kept = f"; what was written is in {target.partial}" if target.partial is not None else ""
@@ -197,8 +229,8 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     except BaseException:
         await asyncio.to_thread(target.abandon)
         raise
-    await asyncio.to_thread(target.commit)  # closes and renames the file
-    return CollectResult(output, node, ordered, redactor.counts, interrupted)
+    signals.output_complete()
+    return CollectResult(target.path, node, ordered, redactor.counts, interrupted, diagnosis)
 
 
 def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorEntry:

@@ -112,7 +112,7 @@ def load_config(host: HostRoot, path: str) -> KataConfig:
 
 def effective_config_path(host: HostRoot) -> str | None:
     for p in SEARCH_PATHS:
-        if host.resolve(p).is_file():
+        if host.is_file(p):
             return p
     return None
 

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from kata_debug.node.hostroot import HostRoot
+from kata_debug.node.hostroot import HostDir, HostItemError, HostRoot, describe
 
 CONTAINERD_TASK_ROOT = "/run/containerd/io.containerd.runtime.v2.task"
 CRIO_ROOT = "/run/containers/storage/overlay-containers"
 
 KATA_RUNTIME_MARKERS = ("kata",)
+
+#: Spec and state files larger than this are kept raw instead of parsed (`collect --max-parse-size`).
+SPEC_PARSE_CAP = 16 << 20
 
 # CRI annotation names (containerd first, CRI-O second).
 A_CONTAINER_TYPE = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
@@ -108,15 +112,18 @@ class OciEntry:
 @dataclass
 class OciBundle:
     entry: OciEntry
-    config_path: Path  # real path under the host root
+    config_path: Path  # where config.json is under the host root (for display and `node_path`)
     spec: dict[str, Any] | None
+    #: Bytes of config.json when it was too large to parse (kept raw instead); None otherwise.
+    oversize: int | None = None
 
 
-def runtime_of(host: HostRoot, bundle_dir: Path, spec: dict[str, Any] | None) -> str | None:
+def runtime_of(bundle: HostDir, spec: dict[str, Any] | None) -> str | None:
     """The runtime a bundle runs under, as containerd names it (`io.containerd.kata.v2`)."""
     for name in ("runtime", "shim-binary-path"):
         try:
-            text = host.read_text(bundle_dir / name, 4096).strip()
+            with bundle.open(name) as fh:
+                text = fh.read(4096).decode("utf-8", "replace").strip()
         except OSError:
             continue
         if not text:
@@ -132,7 +139,7 @@ def runtime_of(host: HostRoot, bundle_dir: Path, spec: dict[str, Any] | None) ->
         ann = spec.get("annotations") or {}
         for key in ("io.kubernetes.cri-o.RuntimeHandler", "io.kubernetes.cri.runtime-handler"):
             if ann.get(key):
-                return ann[key]
+                return str(ann[key])
     return None
 
 
@@ -144,14 +151,32 @@ def is_kata_runtime(runtime: str | None, spec: dict[str, Any] | None = None) -> 
     return any(k.startswith("io.katacontainers.") for k in ann)
 
 
-def _entry(host: HostRoot, engine: str, ns: str | None, bundle_dir: Path, cid: str) -> OciBundle:
-    config = bundle_dir / "config.json"
+def read_json_capped(fh: BinaryIO, cap: int) -> tuple[Any, int | None]:
+    """Parse an open JSON file unless it is larger than `cap` bytes: (value, None) or (None, its size).
+
+    Parsing holds the whole document several times over in Python objects (a 200 MiB
+    config.json took 1.28 GB), so a file over the cap is not parsed at all; callers keep it
+    raw, cut, instead. The size is the open file's own, so it is the file that was read.
+    """
+    size = os.fstat(fh.fileno()).st_size
+    if size > cap:
+        return None, size
+    data = fh.read(cap + 1)
+    if len(data) > cap:  # grew since fstat (a /proc-like file reports 0)
+        return None, len(data)
+    return json.loads(data), None
+
+
+def _entry(host: HostRoot, engine: str, ns: str | None, bundle: HostDir, cid: str, cap: int) -> OciBundle:
     spec: dict[str, Any] | None = None
     error: str | None = None
+    oversize: int | None = None
     try:
-        with host.open(config) as fh:
-            spec = json.load(fh)
-        if not isinstance(spec, dict):
+        with bundle.open("config.json") as fh:
+            spec, oversize = read_json_capped(fh, cap)
+        if oversize is not None:
+            error = f"config.json is {oversize} bytes, over the {cap} byte parse cap: kept raw, cut"
+        elif not isinstance(spec, dict):
             raise ValueError("top level is not a JSON object")
     except FileNotFoundError:
         error = "config.json missing"
@@ -160,19 +185,19 @@ def _entry(host: HostRoot, engine: str, ns: str | None, bundle_dir: Path, cid: s
         error = f"malformed config.json: {exc}"
         spec = None
     except OSError as exc:
-        error = f"cannot read config.json: {exc.strerror}"
+        error = f"cannot read config.json: {describe(exc)}"
         spec = None
     ann: dict[str, str] = {str(k): str(v) for k, v in ((spec or {}).get("annotations") or {}).items()}
     ctype = (_first(ann, A_CONTAINER_TYPE) or "unknown").lower()
     if ctype not in ("sandbox", "container"):
         ctype = "unknown"
     sandbox_id = _first(ann, A_SANDBOX_ID) or (cid if ctype == "sandbox" else None)
-    runtime = runtime_of(host, bundle_dir, spec)
+    runtime = runtime_of(bundle, spec)
     entry = OciEntry(
         id=cid,
         engine=engine,
         namespace=ns,
-        bundle=host.node_path(bundle_dir),
+        bundle=bundle.path,
         runtime=runtime,
         kata=is_kata_runtime(runtime, spec),
         type=ctype,
@@ -191,22 +216,56 @@ def _entry(host: HostRoot, engine: str, ns: str | None, bundle_dir: Path, cid: s
         kata_annotations={k: v for k, v in ann.items() if k.startswith("io.katacontainers.")},
         error=error,
     )
-    return OciBundle(entry=entry, config_path=config, spec=spec)
+    config_path = host.root.joinpath(bundle.path.lstrip("/"), "config.json")
+    return OciBundle(entry=entry, config_path=config_path, spec=spec, oversize=oversize)
 
 
-def iter_bundles(host: HostRoot) -> Iterator[OciBundle]:
-    """Every containerd task bundle and CRI-O userdata dir on the node (blocking I/O)."""
-    task_root = host.resolve(CONTAINERD_TASK_ROOT)
-    for ns in host.listdir(CONTAINERD_TASK_ROOT):
-        for cid in host.listdir(f"{CONTAINERD_TASK_ROOT}/{ns}"):
-            bundle = task_root / ns / cid
-            if bundle.is_dir() and not bundle.is_symlink():
-                yield _entry(host, "containerd", ns, bundle, cid)
-    crio_root = host.resolve(CRIO_ROOT)
-    for cid in host.listdir(CRIO_ROOT):
-        userdata = crio_root / cid / "userdata"
-        if userdata.is_dir() and not userdata.is_symlink():
-            yield _entry(host, "cri-o", None, userdata, cid)
+def _subdirs(d: HostDir, failed: list[HostItemError]) -> Iterator[tuple[str, HostDir]]:
+    """Each real subdirectory of `d`, open; one that cannot be opened is a failed item, not the end."""
+    for name in d.names():
+        try:
+            if not stat.S_ISDIR(d.lstat(name).st_mode):
+                continue  # a link or a file where a bundle should be: not a task bundle
+            with d.open_dir(name) as sub:
+                yield name, sub
+        except OSError as exc:
+            failed.append(HostItemError(d.child(name), describe(exc)))
+
+
+def _root(host: HostRoot, path: str, failed: list[HostItemError]) -> Iterator[HostDir]:
+    try:
+        with host.open_dir(path) as d:
+            yield d
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        failed.append(HostItemError(path, describe(exc)))
+
+
+def iter_bundles(
+    host: HostRoot, failed: list[HostItemError] | None = None, parse_cap: int = SPEC_PARSE_CAP
+) -> Iterator[OciBundle]:
+    """Every containerd task bundle and CRI-O userdata dir on the node (blocking I/O).
+
+    A directory that cannot be read (a link loop, no permission) is appended to `failed`
+    and the walk goes on: one bad namespace does not hide the others, nor CRI-O's bundles.
+    """
+    failed = [] if failed is None else failed
+    for root in _root(host, CONTAINERD_TASK_ROOT, failed):
+        for ns, ns_dir in _subdirs(root, failed):
+            for cid, bundle in _subdirs(ns_dir, failed):
+                yield _entry(host, "containerd", ns, bundle, cid, parse_cap)
+    for root in _root(host, CRIO_ROOT, failed):
+        for cid, ctr in _subdirs(root, failed):
+            try:
+                if not stat.S_ISDIR(ctr.lstat("userdata").st_mode):
+                    continue
+                with ctr.open_dir("userdata") as userdata:
+                    yield _entry(host, "cri-o", None, userdata, cid, parse_cap)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                failed.append(HostItemError(ctr.child("userdata"), describe(exc)))
 
 
 def find_sandbox(host: HostRoot, sandbox_id: str) -> OciEntry | None:
@@ -217,6 +276,7 @@ def find_sandbox(host: HostRoot, sandbox_id: str) -> OciEntry | None:
     return None
 
 
-def read_bundle(host: HostRoot, engine: str, ns: str | None, bundle_dir: Path, cid: str) -> OciBundle:
-    """One task bundle (`bundle_dir` under the root), read now: the node agent reads each new one once."""
-    return _entry(host, engine, ns, bundle_dir, cid)
+def read_bundle(host: HostRoot, engine: str, ns: str | None, node_dir: str, cid: str) -> OciBundle:
+    """One task bundle (a node path), read now: the node agent reads each new one once. OSError if it is gone."""
+    with host.open_dir(node_dir) as d:
+        return _entry(host, engine, ns, d, cid, SPEC_PARSE_CAP)

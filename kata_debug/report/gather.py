@@ -1,0 +1,521 @@
+"""One streaming pass over a bundle, keeping what the report shows and nothing more.
+
+A bundle is a gzip/zstd tarball read front to back exactly once (`kata_debug.bundle.reader`):
+small structured members (manifest, facts, OCI index, sizing, findings) are kept and parsed,
+log members go past `LogScanner` (bounded buckets per sandbox and member), span spools are
+read line by line into bounded per-sandbox lists, and node bundles nested in a cluster bundle
+are read from the same stream into their own `NodeReport`. Nothing waits for the manifest,
+which is the last member.
+
+Blocking: callers on an event loop run `gather` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from kata_debug.bundle.reader import BundleError, Member, iter_members
+from kata_debug.report.lines import LogScanner, entry_from_line, parse_ts
+from kata_debug.report.model import (
+    CollectorStatus,
+    Entry,
+    Finding,
+    Level,
+    NodeReport,
+    Omission,
+    Report,
+    SandboxReport,
+    Sizing,
+    Span,
+)
+
+FINDINGS_MEMBER = "analysis/findings.json"
+#: Spans kept per sandbox while reading (the page trims further).
+MAX_SPANS = 2000
+#: Structured members parsed whole; anything larger is named as not read.
+MAX_JSON = 16 << 20
+_STRUCTURED = (
+    "manifest.json",
+    FINDINGS_MEMBER,
+    "host/facts.json",
+    "kata-config/summary.json",
+    "kata-config/kata-env.json",
+    "oci-specs/index.json",
+    "sandboxes/sandboxes.json",
+    "resource-limits/sizing.json",
+    "shim-logs/summary.json",
+    "shim-logs/sandboxes.json",
+    "cluster/pods.json",
+)
+_NOT_LOG_SUFFIXES = (".json", ".jsonl", ".gz", ".zst", ".idx", ".index", ".tsv", ".txt")
+
+
+def is_log_member(path: str) -> bool:
+    """Raw log text; per-sandbox copies (older bundles) are left out so no line counts twice."""
+    return path.startswith("shim-logs/") and not path.endswith(_NOT_LOG_SUFFIXES) and "/sandboxes/" not in path
+
+
+@dataclass
+class _NodePass:
+    """What one node bundle's pass kept, before it becomes a `NodeReport`."""
+
+    label: str
+    json: dict[str, Any] = field(default_factory=dict)
+    pods: dict[str, Any] = field(default_factory=dict)
+    scanner: LogScanner = field(default_factory=LogScanner)
+    spans: dict[str, list[Span]] = field(default_factory=dict)
+    span_counts: dict[str, int] = field(default_factory=dict)
+    span_paths: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    nested: list[_NodePass] = field(default_factory=list)
+    members: int = 0
+
+
+#: Bytes of timeline (log lines, spans, events) on the whole page; shared out among sandboxes.
+PAGE_BYTES = 7_000_000
+#: Bytes of timeline a sandbox keeps however many sandboxes share the page.
+MIN_PER_SANDBOX = 24_000
+#: What the markup around one entry's text costs on the page (time, offset, source, pointer).
+ENTRY_MARKUP = 230
+
+
+def gather(source: str | Path, *, label: str | None = None, page_bytes: int = PAGE_BYTES) -> Report:
+    """Read a bundle (file or directory) once; BundleError (exit 2) when it is not a bundle.
+
+    `page_bytes` bounds the timeline of the whole page: each sandbox gets an equal share
+    (at least `MIN_PER_SANDBOX`), turned into a number of entries by the size of its own
+    lines, and what does not fit is summarised as an `Omission` (how many, which member,
+    which lines) instead of being dropped silently.
+    """
+    name = label or str(source)
+    top = _read(str(source), name, prefix="")
+    if "manifest.json" not in top.json:
+        raise BundleError(f"{name}: not a kata-debug bundle (no manifest.json)")
+    nodes = [_node_report(top, prefix="")]
+    for nested in top.nested:
+        nodes.append(_node_report(nested, prefix=nested.label + "!/"))
+    cluster = bool(top.nested) or "nodes" in top.json["manifest.json"]
+    _attach_pod_events(top, nodes)
+    sandboxes = [sb for n in nodes for sb in n.sandboxes]
+    share = max(MIN_PER_SANDBOX, page_bytes // max(1, len(sandboxes)))
+    for sb in sandboxes:
+        sizes = [len(e.text) + len(e.path) for e in sb.entries[:500]]
+        cost = ENTRY_MARKUP + (sum(sizes) // len(sizes) if sizes else 60)
+        _trim(sb, max(20, share // cost))
+    findings, findings_source = _findings(top)
+    return Report(
+        bundle=name,
+        cluster=cluster,
+        findings=findings,
+        findings_source=findings_source,
+        nodes=nodes,
+        generated_at=datetime.now(UTC),
+        lines_read=top.scanner.lines + sum(n.scanner.lines for n in top.nested),
+        members_read=top.members + sum(n.members for n in top.nested),
+    )
+
+
+def _read(source: str | IO[bytes], label: str, prefix: str) -> _NodePass:
+    state = _NodePass(label=label)
+    for member in iter_members(source, label=label):
+        state.members += 1
+        path = member.path
+        shown = prefix + path
+        if path.startswith("nodes/") and member.is_nested_bundle:
+            try:  # the reader decompresses a nested tarball by its first bytes
+                nested = _read(member.fileobj, shown, prefix=f"{shown}!/")
+            except BundleError as exc:
+                state.problems.append(f"{shown}: not read: {exc}")
+                continue
+            if "manifest.json" not in nested.json:
+                state.problems.append(f"{shown}: no manifest.json (the node's collection broke off?)")
+            state.nested.append(nested)
+            continue
+        if is_log_member(path):
+            state.scanner.scan(shown, member.fileobj)
+            continue
+        if path.startswith("agent-traces/spans.jsonl"):
+            _read_spans(state, member, shown)
+            continue
+        if path in _STRUCTURED or (path.startswith("cluster/pods/") and path.endswith(".json")):
+            value = _load_json(member, shown, state.problems)
+            if value is None:
+                continue
+            if path.startswith("cluster/pods/"):
+                _keep_pod_events(state, value)
+            else:
+                state.json[path] = value
+    return state
+
+
+def _load_json(member: Member, shown: str, problems: list[str]) -> Any:
+    try:
+        return json.loads(member.read_bytes(MAX_JSON))
+    except BundleError as exc:
+        problems.append(f"{shown}: not read ({exc})")
+    except ValueError as exc:
+        problems.append(f"{shown}: not valid JSON ({exc})")
+    return None
+
+
+# -- spans ------------------------------------------------------------------------------------
+
+
+def _attr(attrs: Any, key: str) -> str | None:
+    for a in attrs if isinstance(attrs, list) else []:
+        if isinstance(a, dict) and a.get("key") == key:
+            value = a.get("value") or {}
+            if isinstance(value, dict):
+                for v in value.values():
+                    return str(v)
+    return None
+
+
+def _ns_time(value: Any) -> datetime | None:
+    try:
+        ns = int(value)
+    except (TypeError, ValueError):
+        return None
+    if ns <= 0:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, UTC)
+
+
+def _read_spans(state: _NodePass, member: Member, shown: str) -> None:
+    """OTLP/JSON export requests, one per line (the forwarder's spool), spans by sandbox."""
+    for lineno, text in member.lines():
+        if not text.strip():
+            continue
+        try:
+            request = json.loads(text)
+        except ValueError:
+            state.problems.append(f"{shown}:{lineno}: not an OTLP/JSON line")
+            continue
+        for rs in request.get("resourceSpans") or [] if isinstance(request, dict) else []:
+            resource = (rs or {}).get("resource") or {}
+            sid = _attr(resource.get("attributes"), "kata.sandbox.id") or "unknown"
+            for ss in rs.get("scopeSpans") or []:
+                for raw in (ss or {}).get("spans") or []:
+                    _keep_span(state, sid, raw, shown, lineno)
+
+
+def _keep_span(state: _NodePass, sid: str, raw: Any, shown: str, lineno: int) -> None:
+    if not isinstance(raw, dict):
+        return
+    start, end = _ns_time(raw.get("startTimeUnixNano")), _ns_time(raw.get("endTimeUnixNano"))
+    if start is None:
+        return
+    state.span_counts[sid] = state.span_counts.get(sid, 0) + 1
+    state.span_paths.setdefault(sid, shown)
+    kept = state.spans.setdefault(sid, [])
+    if len(kept) >= MAX_SPANS:
+        return
+    status = raw.get("status") or {}
+    kept.append(
+        Span(
+            trace_id=str(raw.get("traceId") or ""),
+            span_id=str(raw.get("spanId") or ""),
+            parent_id=str(raw.get("parentSpanId") or ""),
+            name=str(raw.get("name") or "?"),
+            start=start,
+            end=end if end is not None and end >= start else start,
+            error=isinstance(status, dict) and status.get("code") == 2,
+            path=shown,
+            line=lineno,
+        )
+    )
+
+
+def _nest(spans: list[Span]) -> list[Span]:
+    """Spans by start time, each with its depth under its parents (the waterfall's indent)."""
+    by_id = {s.span_id: s for s in spans if s.span_id}
+    depth: dict[str, int] = {}
+
+    def depth_of(s: Span, seen: int = 0) -> int:
+        if s.span_id in depth:
+            return depth[s.span_id]
+        parent = by_id.get(s.parent_id)
+        d = 0 if parent is None or seen > 32 else depth_of(parent, seen + 1) + 1
+        depth[s.span_id] = d
+        return d
+
+    out = [Span(**{**s.__dict__, "depth": depth_of(s)}) for s in spans]
+    return sorted(out, key=lambda s: (s.start, s.depth))
+
+
+# -- cluster pod events -----------------------------------------------------------------------
+
+
+def _keep_pod_events(state: _NodePass, value: Any) -> None:
+    if not isinstance(value, dict):
+        return
+    pod = value.get("pod") or {}
+    meta = pod.get("metadata") or {} if isinstance(pod, dict) else {}
+    key = f"{meta.get('namespace')}/{meta.get('name')}"
+    events = [e for e in value.get("events") or [] if isinstance(e, dict)]
+    state.pods[key] = {"uid": meta.get("uid"), "events": events[-200:], "total": len(events)}
+
+
+def _attach_pod_events(top: _NodePass, nodes: list[NodeReport]) -> None:
+    """Kubernetes events of a pod (cluster bundles) go on the timeline of its sandbox."""
+    if not top.pods:
+        return
+    for node in nodes:
+        for sb in node.sandboxes:
+            rec = top.pods.get(sb.pod or "")
+            if rec is None:
+                continue
+            path = f"cluster/pods/{sb.pod_namespace}/{sb.pod_name}.json"
+            for e in rec["events"]:
+                when = str(e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp") or "")
+                text = f"{e.get('type') or ''} {e.get('reason') or ''}: {e.get('message') or ''}".strip()
+                level: Level = "warning" if e.get("type") == "Warning" else "info"
+                sb.entries.append(Entry("event", parse_ts(when), "kubernetes", level, text, path, None))
+            sb.entries.sort(key=_entry_key)
+
+
+# -- findings ---------------------------------------------------------------------------------
+
+
+def _findings(top: _NodePass) -> tuple[list[Finding], str | None]:
+    """Findings from `analysis/findings.json` of the bundle (and of each nested node bundle)."""
+    out: list[Finding] = []
+    sources = []
+    for state in (top, *top.nested):
+        raw = state.json.get(FINDINGS_MEMBER)
+        if raw is None:
+            continue
+        sources.append(state.label if state is not top else FINDINGS_MEMBER)
+        node = _manifest_node(state)
+        items = raw.get("findings") if isinstance(raw, dict) else raw
+        for item in items if isinstance(items, list) else []:
+            f = Finding.from_json(item, node)
+            if f is not None:
+                out.append(f)
+    order = {"error": 0, "warning": 1, "info": 2}
+    out.sort(key=lambda f: order.get(f.severity, 3))
+    return out, ", ".join(sources) if sources else None
+
+
+def _manifest_node(state: _NodePass) -> str | None:
+    m = state.json.get("manifest.json")
+    return str(m.get("node")) if isinstance(m, dict) and m.get("node") else None
+
+
+# -- node and sandboxes -----------------------------------------------------------------------
+
+
+def _entry_key(e: Any) -> tuple[int, datetime, str, int]:
+    ts = e.ts or datetime.min.replace(tzinfo=UTC)
+    return (0 if e.ts else 1, ts, e.path, e.line or 0)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(value: Any) -> Iterator[dict[str, Any]]:
+    for v in value if isinstance(value, list) else []:
+        if isinstance(v, dict):
+            yield v
+
+
+def _node_report(state: _NodePass, prefix: str) -> NodeReport:
+    j = state.json
+    manifest = j.get("manifest.json") if isinstance(j.get("manifest.json"), dict) else {}
+    assert isinstance(manifest, dict)
+    node = NodeReport(
+        label=state.label,
+        node=_manifest_node(state),
+        started_at=_opt(manifest.get("started_at")),
+        finished_at=_opt(manifest.get("finished_at")),
+        redacted=manifest.get("redacted") if isinstance(manifest.get("redacted"), bool) else None,
+        interrupted=_opt(manifest.get("interrupted")),
+        facts=_dict(j.get("host/facts.json")),
+        kata=_kata_facts(j),
+        collectors=[_collector(c) for c in _dicts(manifest.get("collectors"))],
+        cluster_nodes=list(_dicts(manifest.get("nodes"))),
+        problems=list(state.problems),
+        has_manifest="manifest.json" in j,
+    )
+    if state.scanner.unfollowed:
+        node.problems.append(f"{state.scanner.unfollowed} log lines name more sandbox ids than the report follows")
+    node.sandboxes = _sandboxes(state)
+    return node
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _collector(c: dict[str, Any]) -> CollectorStatus:
+    failed = tuple(
+        f"{i.get('item')}: {i.get('reason')}" if isinstance(i, dict) else str(i) for i in c.get("items_failed") or []
+    )
+    truncated = c.get("truncated") if isinstance(c.get("truncated"), dict) else {}
+    assert isinstance(truncated, dict)
+    duration = c.get("duration_s")
+    return CollectorStatus(
+        name=str(c.get("name") or "?"),
+        status=str(c.get("status") or "?"),
+        duration_s=float(duration) if isinstance(duration, (int, float)) else None,
+        error=_opt(c.get("error")),
+        items_failed=failed,
+        truncated=tuple((str(k), int(v)) for k, v in truncated.items() if isinstance(v, int)),
+    )
+
+
+def _kata_facts(j: dict[str, Any]) -> dict[str, Any]:
+    summary = j.get("kata-config/summary.json") if isinstance(j.get("kata-config/summary.json"), dict) else {}
+    assert isinstance(summary, dict)
+    sizing = summary.get("sizing") if isinstance(summary.get("sizing"), dict) else {}
+    assert isinstance(sizing, dict)
+    env = j.get("kata-config/kata-env.json")
+    version = None
+    if isinstance(env, dict):
+        runtime = env.get("Runtime") or {}
+        ver = runtime.get("Version") if isinstance(runtime, dict) else None
+        version = ver.get("Semver") if isinstance(ver, dict) else None
+    tools = summary.get("tools") if isinstance(summary.get("tools"), dict) else {}
+    return {
+        "version": version,
+        "tools": tools,
+        "config": summary.get("in_effect"),
+        "hypervisor": sizing.get("hypervisor"),
+        "handlers": list(_dicts(summary.get("handlers"))),
+    }
+
+
+def _sandboxes(state: _NodePass) -> list[SandboxReport]:
+    """Every sandbox the bundle knows of, from any collector; log ids only if a collector listed them."""
+    j = state.json
+    found: dict[str, SandboxReport] = {}
+
+    def sb(sid: Any) -> SandboxReport | None:
+        if not isinstance(sid, str) or not sid:
+            return None
+        return found.setdefault(sid, SandboxReport(id=sid))
+
+    index = j.get("oci-specs/index.json") if isinstance(j.get("oci-specs/index.json"), dict) else {}
+    assert isinstance(index, dict)
+    for sid in index.get("kata_sandboxes") or []:
+        sb(sid)
+    for e in _dicts(index.get("entries")):
+        if e.get("type") == "sandbox" and (r := sb(e.get("sandbox_id") or e.get("id"))) is not None:
+            r.pod_namespace = r.pod_namespace or _opt(e.get("pod_namespace"))
+            r.pod_name = r.pod_name or _opt(e.get("pod_name"))
+            r.pod_uid = r.pod_uid or _opt(e.get("pod_uid"))
+            r.runtime = r.runtime or _opt(e.get("runtime"))
+    state_doc = j.get("sandboxes/sandboxes.json")
+    for e in _dicts(state_doc.get("sandboxes") if isinstance(state_doc, dict) else None):
+        if (r := sb(e.get("id"))) is not None:
+            r.state = e
+    sizing = j.get("resource-limits/sizing.json")
+    for e in _dicts(sizing.get("sandboxes") if isinstance(sizing, dict) else None):
+        if (r := sb(e.get("sandbox_id"))) is None:
+            continue
+        pod = e.get("pod") if isinstance(e.get("pod"), dict) else {}
+        assert isinstance(pod, dict)
+        r.pod_namespace = r.pod_namespace or _opt(pod.get("namespace"))
+        r.pod_name = r.pod_name or _opt(pod.get("name"))
+        r.pod_uid = r.pod_uid or _opt(pod.get("uid"))
+        r.runtime_handler = _opt(e.get("runtime_handler"))
+        r.sizing = Sizing(
+            containers=list(_dicts(e.get("containers"))),
+            computed=_dict(e.get("computed")),
+            observed=_dict(e.get("observed")),
+            findings=[_finding_text(f) for f in e.get("findings") or []],
+            config=_opt(e.get("config")),
+        )
+    summary = j.get("shim-logs/summary.json")
+    for sid in summary.get("sandboxes") or [] if isinstance(summary, dict) else []:
+        sb(sid)
+    index_doc = j.get("shim-logs/sandboxes.json")
+    listed = index_doc.get("sandboxes") if isinstance(index_doc, dict) else None
+    for sid in listed if isinstance(listed, (dict, list)) else []:
+        sb(sid)
+    for sid in state.spans:
+        if sid != "unknown":
+            sb(sid)
+    for sid, r in found.items():
+        for bucket in state.scanner.buckets.get(sid, {}).values():
+            kept = bucket.kept()
+            r.entries.extend(entry_from_line(raw, bucket.path, n, bucket.source) for n, raw in kept)
+            if bucket.count > len(kept):
+                omitted_lines = _omitted_range(kept)
+                r.omitted.append(Omission(bucket.source, bucket.path, bucket.count - len(kept), *omitted_lines))
+        r.entries.sort(key=_entry_key)
+        r.spans = _nest(state.spans.get(sid, []))
+        dropped = state.span_counts.get(sid, 0) - len(r.spans)
+        if dropped > 0:
+            r.omitted.append(Omission("agent-traces", state.span_paths[sid], dropped, None, None))
+    # Sandboxes in trouble first: that is what the page is opened for.
+    return sorted(found.values(), key=lambda r: (not any(e.level == "error" for e in r.entries), r.pod or "~", r.id))
+
+
+def _trim(sb: SandboxReport, share: int) -> None:
+    """Cut a sandbox to its share of the page: errors and warnings first, then the first
+    lines (how it started) and the newest (how it ended); the rest becomes `Omission`s."""
+    span_share = share // 3 if sb.spans else 0
+    if len(sb.spans) > span_share:
+        dropped = len(sb.spans) - span_share
+        kept_spans = sorted(sb.spans, key=lambda s: (not s.error, s.depth, s.start))[:span_share]
+        path = sb.spans[0].path
+        sb.spans = sorted(kept_spans, key=lambda s: (s.start, s.depth))
+        _add_omission(sb, Omission("agent-traces", path, dropped, None, None))
+    share -= min(len(sb.spans), span_share)
+    if len(sb.entries) <= share:
+        return
+    order = list(range(len(sb.entries)))
+    loud = [i for i in order if sb.entries[i].level in ("error", "warning")][: share // 3]
+    rest = share - len(loud)
+    chosen = set(loud)
+    quiet = [i for i in order if i not in chosen]
+    head = quiet[: rest // 5]
+    tail = quiet[len(quiet) - (rest - len(head)) :] if rest - len(head) > 0 else []
+    chosen.update(head, tail)
+    dropped_by_path: dict[tuple[str, str], list[int]] = {}
+    for i in order:
+        if i not in chosen:
+            e = sb.entries[i]
+            dropped_by_path.setdefault((e.source, e.path), []).append(e.line or 0)
+    sb.entries = [sb.entries[i] for i in sorted(chosen)]
+    for (source, path), lines in dropped_by_path.items():
+        known = [n for n in lines if n]
+        _add_omission(sb, Omission(source, path, len(lines), min(known, default=None), max(known, default=None)))
+
+
+def _add_omission(sb: SandboxReport, new: Omission) -> None:
+    for i, old in enumerate(sb.omitted):
+        if old.path == new.path and old.source == new.source:
+            lows = [n for n in (old.first_line, new.first_line) if n is not None]
+            highs = [n for n in (old.last_line, new.last_line) if n is not None]
+            sb.omitted[i] = Omission(
+                old.source, old.path, old.count + new.count, min(lows, default=None), max(highs, default=None)
+            )
+            return
+    sb.omitted.append(new)
+
+
+def _omitted_range(kept: list[tuple[int, bytes]]) -> tuple[int | None, int | None]:
+    """The line range the omitted lines sit in: the widest gap between kept line numbers."""
+    best: tuple[int | None, int | None] = (None, None)
+    width = 0
+    for (a, _), (b, _) in zip(kept, kept[1:]):
+        if b - a - 1 > width:
+            width = b - a - 1
+            best = (a + 1, b - 1)
+    if best == (None, None) and kept:
+        return (kept[-1][0] + 1, None)
+    return best
+
+
+def _finding_text(f: Any) -> str:
+    if isinstance(f, dict):
+        return str(f.get("message") or f.get("text") or json.dumps(f, sort_keys=True))
+    return str(f)
