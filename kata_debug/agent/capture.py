@@ -38,6 +38,8 @@ from kata_debug.agent.watch import (
     spawn,
     state_files,
 )
+from kata_debug.analyze.base import Signature
+from kata_debug.analyze.diagnose import all_signatures, diagnose, load_analyzers
 from kata_debug.bundle.manifest import CollectorEntry, Manifest, NodeScope, Status, Trigger
 from kata_debug.bundle.writer import AsyncBundle, BundleWriter, OutputTarget
 from kata_debug.collectors import REGISTRY
@@ -169,6 +171,7 @@ class CaptureService:
         #: counts as a duplicate, not as another failure refused. Bounded: oldest forgotten first.
         self.refused: dict[str, None] = {}
         self._inflight: set[asyncio.Task[None]] = set()
+        self.signatures: list[Signature] = []  # diagnose's per-line matchers, loaded by `run`
 
     def _already(self, sid: str) -> bool:
         return sid in self.captured or any(
@@ -199,6 +202,7 @@ class CaptureService:
 
     async def run(self) -> None:
         self.captured |= await asyncio.to_thread(prepare_dir, self.dir)
+        self.signatures = await asyncio.to_thread(_signatures)
         follower = await asyncio.to_thread(FileFollower, self.host, LOG_FILES)
         loops = [
             asyncio.create_task(self._poll(follower), name="capture-poll"),
@@ -221,7 +225,7 @@ class CaptureService:
                 known = self.watcher.known_ids()
                 now = datetime.now(UTC)
                 for line in lines:
-                    seen = failure_in_line(line, now, known)
+                    seen = failure_in_line(line, now, known, signatures=self.signatures)
                     if seen is not None:
                         self.trigger(seen)
             await asyncio.sleep(self.cfg.poll_interval)
@@ -230,7 +234,7 @@ class CaptureService:
         # aclosing: a cancelled agent kills journalctl now, not when the generator is collected.
         async with contextlib.aclosing(follow_journal(self.host.root)) as entries:
             async for message, when, priority in entries:
-                f = failure_in_line(message, when, self.watcher.known_ids(), priority)
+                f = failure_in_line(message, when, self.watcher.known_ids(), priority, self.signatures)
                 if f is not None:
                     self.trigger(f)
 
@@ -380,7 +384,32 @@ class CaptureService:
                 await asyncio.to_thread(sidecar(path).unlink)
             raise
         record.bytes = (await asyncio.to_thread(path.stat)).st_size
+        record.top_finding = await asyncio.to_thread(_top_finding, path)
+        if record.top_finding is not None:
+            await asyncio.to_thread(_write_sidecar, path, record)
         return record
+
+
+def _signatures() -> list[Signature]:
+    """Every analyzer's per-line log signatures; none (and one warning) if they cannot load."""
+    try:
+        return all_signatures(load_analyzers())
+    except Exception as exc:  # capturing goes on with error-level lines and the vanish rule
+        log.warning("capture: diagnose signatures unavailable: %s: %s", type(exc).__name__, exc)
+        return []
+
+
+def _top_finding(path: Path) -> str | None:
+    """`diagnose`'s top finding for the capture (`severity id: title`), None when it finds nothing."""
+    try:
+        result = diagnose(str(path), label=path.name)
+    except Exception as exc:  # the capture is kept whatever diagnose thinks of it
+        log.warning("capture %s: diagnose failed: %s: %s", path.name, type(exc).__name__, exc)
+        return None
+    if not result.findings:
+        return None
+    top = result.findings[0]
+    return f"{top.severity} {top.id}: {top.title}"
 
 
 def _abandon(target: OutputTarget) -> None:

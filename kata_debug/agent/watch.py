@@ -26,13 +26,14 @@ import os
 import re
 import stat
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from time import monotonic
 from typing import Any, Literal
 
+from kata_debug.analyze.base import Signature
 from kata_debug.collectors.sandboxes import STATE_ROOTS
 from kata_debug.collectors.shim_logs import IDENTIFIERS, LOG_FILES
 from kata_debug.logs.logfmt import parse_line, sandbox_of
@@ -254,19 +255,31 @@ def _task_id(node_dir: str) -> str:
     return parts[-2] if parts[-1] == "userdata" else parts[-1]
 
 
-def failure_in_line(message: str, when: datetime, known: dict[str, str], priority: int | None = None) -> Failure | None:
+def failure_in_line(
+    message: str,
+    when: datetime,
+    known: dict[str, str],
+    priority: int | None = None,
+    signatures: Sequence[Signature] = (),
+) -> Failure | None:
     """A failure when `message` is an error-level runtime line naming a sandbox or one of its containers.
 
+    A line at another level is a failure too when it matches one of `signatures` (the
+    diagnose analyzers' per-line matchers): reason `diagnose`.
     The level is the line's own (`level=error`, JSON `"level":"error"`) or, for lines that
     carry none, the journal priority (err or worse). The sandbox is the line's own field
     (`sandbox=`, runtime-rs `source=`) or a known sandbox/container id anywhere in the line.
     """
     fields = parse_line(message)
     level = fields.get("level")
-    if isinstance(level, str):
-        if level.lower() not in ERROR_LEVELS:
-            return None
-    elif priority is None or priority > 3:
+    reason: Reason = "error-line"
+    if isinstance(level, str) and level.lower() in ERROR_LEVELS:
+        pass
+    elif not isinstance(level, str) and priority is not None and priority <= 3:
+        pass
+    elif any(sig.match(message) for sig in signatures):
+        reason = "diagnose"  # a known failure signature, whatever level it was logged at
+    else:
         return None
     sid = sandbox_of(fields)
     if sid is not None:
@@ -284,7 +297,7 @@ def failure_in_line(message: str, when: datetime, known: dict[str, str], priorit
                 break
     if sid is None:
         return None
-    return Failure("error-line", when, sid, message)
+    return Failure(reason, when, sid, message)
 
 
 async def spawn(argv: list[str], **kwargs: Any) -> asyncio.subprocess.Process:
@@ -357,10 +370,16 @@ async def follow_journal(host_root: Path) -> AsyncGenerator[tuple[str, datetime,
             if entry is not None:
                 yield entry
     finally:
-        if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
             proc.kill()
         with contextlib.suppress(ProcessLookupError):
             await proc.communicate()  # to EOF: the pipes close now, not when the loop is gone
+        if proc.returncode not in (0, -9):
+            log.warning(
+                "capture: journalctl --follow ended (exit %s): failures are seen from log files "
+                "and state directories only",
+                proc.returncode,
+            )
 
 
 class FileFollower:
