@@ -7,6 +7,7 @@ and a synthetic host root whose sandbox state the test deletes, as the runtime w
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -52,6 +53,15 @@ def with_node_journal(root: Path) -> None:
         if Path("/" + d).is_dir() and any(Path("/" + d).iterdir()):
             (root / d).parent.mkdir(parents=True, exist_ok=True)
             (root / d).symlink_to("/" + d)
+
+
+async def stop(runner: asyncio.Task[None]) -> None:
+    """Cancel a running service and collect what it dropped while this loop still runs
+    (a subprocess transport finalised after the loop closed warns at a later test)."""
+    runner.cancel()
+    await asyncio.gather(runner, return_exceptions=True)
+    gc.collect()
+    await asyncio.sleep(0)
 
 
 def sid_() -> str:
@@ -179,8 +189,7 @@ async def test_an_error_line_in_the_journal_captures_the_state_the_runtime_remov
         runtime_removes(root, sid)
         found = await wait_captures(svc, 1, sandbox=sid)
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        await stop(runner)
     rec = next(r for r in found if r.sandbox == sid)  # the journal is shared: others may log errors too
     assert (rec.reason, rec.pod) == ("error-line", "default/crash-0")
     bundle = read_bundle(svc.dir / rec.id)
@@ -208,8 +217,7 @@ async def test_the_vanish_rule_captures_without_any_error_line_and_only_once_per
         svc.trigger(failure_in_line(f"level=error sandbox={sid}", datetime.now(UTC), {}))  # type: ignore[arg-type]
         await asyncio.sleep(0.3)
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        await stop(runner)
     assert len(found) == 1 and found[0].reason == "vanished" and svc.counters.duplicate == 1
     bundle = read_bundle(svc.dir / found[0].id)
     assert f"/run/vc/sbs/{sid}/persist.json" in bundle.manifest["trigger"]["from_copy"]
@@ -219,8 +227,7 @@ async def test_the_vanish_rule_captures_without_any_error_line_and_only_once_per
     runner = asyncio.create_task(again.run())
     await asyncio.sleep(0.5)
     again.trigger(failure_in_line(f"level=error sandbox={sid}", datetime.now(UTC), {}))  # type: ignore[arg-type]
-    runner.cancel()
-    await asyncio.gather(runner, return_exceptions=True)
+    await stop(runner)
     assert again.counters.duplicate == 1 and len(list_captures(again.dir)) == 1
 
 
@@ -239,8 +246,7 @@ async def test_a_burst_is_cut_by_the_rate_limit_and_the_rest_counted(tmp_path: P
         await asyncio.sleep(1.0)
         found = await wait_captures(svc, 2)
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        await stop(runner)
     assert len(found) == 2 and svc.counters.rate_limited == 3 and svc.counters.failures_seen == 5
 
 
@@ -258,6 +264,7 @@ async def test_sigterm_mid_capture_leaves_no_capture_and_the_cli_lists_and_expor
     captures = root / "var/lib/kata-debug/traces/captures"
     try:
         await agent.ready()
+        await asyncio.sleep(2)
         runtime_removes(root, sid)
         deadline = time.monotonic() + 60  # the state file is rewritten every 10 s
         while json.loads((tmp_path / "state.json").read_text())["capture"]["failures_seen"] < 1:
@@ -274,8 +281,9 @@ async def test_sigterm_mid_capture_leaves_no_capture_and_the_cli_lists_and_expor
     agent = await start_agent(root, tmp_path / "state.json", "--capture-after", "0s", "--vsock-port", str(vsock_port()))
     try:
         await agent.ready()
+        await asyncio.sleep(2)  # the capture service has had its first look at the node
         runtime_removes(root, sid2)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not list_captures(captures):
             assert time.monotonic() < deadline, "no capture written"
             await asyncio.sleep(0.2)
@@ -367,8 +375,7 @@ async def test_an_error_line_in_a_log_file_rotated_mid_run_captures_the_sandbox(
         runtime_removes(root, sid)
         found = await wait_captures(svc, 1)
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        await stop(runner)
     assert found[0].reason == "error-line" and "vhost-vsock" in (found[0].line or "")
     bundle = read_bundle(svc.dir / found[0].id)
     lines = bundle.members["logs/files/var_log_containerd.log"].decode()

@@ -202,6 +202,9 @@ class CaptureService:
 
     async def run(self) -> None:
         self.captured |= await asyncio.to_thread(prepare_dir, self.dir)
+        # Sandboxes first (they vanish in seconds), then the signatures (importing the analyzers).
+        for f in await asyncio.to_thread(self.watcher.poll):
+            self.trigger(f)
         self.signatures = await asyncio.to_thread(_signatures)
         follower = await asyncio.to_thread(FileFollower, self.host, LOG_FILES)
         loops = [
@@ -476,8 +479,9 @@ async def _journal_lines(out: CollectorOutput, host: HostRoot, since: datetime, 
         code = await proc.wait()
     finally:
         if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.communicate()  # drained: its pipes close now, even when cancelled
     if code != 0:
         out.item_failed("journal", f"journalctl exit {code}: {err.decode(errors='replace').strip()[:300]}")
     await out.add_bytes("journal.log", b"".join(kept))
