@@ -30,6 +30,7 @@ _CLASSES = (
     "resource_limits:ResourceLimitsCollector",
     "shim_logs:ShimLogsCollector",
     "agent_traces:AgentTracesCollector",
+    "captures:CapturesCollector",
 )
 
 

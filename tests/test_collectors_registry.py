@@ -14,7 +14,7 @@ from kata_debug.collectors import _CLASSES, REGISTRY, CollectorRegistry
 from tests.bundles import read_bundle
 from tests.hostroots import kata_node
 
-ORDER = ["host", "kata-config", "oci-specs", "sandboxes", "resource-limits", "shim-logs", "agent-traces"]
+ORDER = ["host", "kata-config", "oci-specs", "sandboxes", "resource-limits", "shim-logs", "agent-traces", "captures"]
 
 
 def test_registry_is_keyed_by_each_class_name_in_bundle_order() -> None:

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kata_debug.agent.capture import CaptureConfig, CaptureService
 from kata_debug.errors import UsageError
 from kata_debug.forwarder.limits import ListenerLimits
 from kata_debug.forwarder.listeners import TRACE_PORT
 from kata_debug.forwarder.server import Forwarder, ForwarderConfig, ForwarderStats
 from kata_debug.forwarder.targets import ExportTarget, parse_export, target_from_env
+from kata_debug.node.hostroot import HostRoot
 from kata_debug.node.paths import TRACE_SPOOL_DIR
 
 log = logging.getLogger("kata_debug.agent")
@@ -55,6 +57,7 @@ class AgentConfig:
     stats_interval: float = 60.0
     shutdown_timeout: float = 10.0
     discover_interval: float = 0.5
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     #: What guests' trace connections may hold (`--max-connections`, `--idle-timeout`, `--buffer-budget`).
     limits: ListenerLimits = field(default_factory=ListenerLimits)
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -175,6 +178,10 @@ class NodeAgent:
                 limits=cfg.limits,
             )
         )
+        self.capture: CaptureService | None = None
+        if cfg.capture.enabled:
+            node = cfg.node_name or cfg.environ.get("NODE_NAME") or socket.gethostname()
+            self.capture = CaptureService(HostRoot.at(cfg.host_root), cfg.spool, node, cfg.capture)
         self._started = False
         self._stopping = False
 
@@ -199,6 +206,7 @@ class NodeAgent:
             "vsock": self.vsock_problem or "listening",
             "spool": str(self.spool.path),
             "counters": fwd.stats.as_dict(),
+            "capture": self.capture.counters.as_dict() if self.capture is not None else None,
         }
 
     async def _keep_state(self) -> None:
@@ -209,6 +217,13 @@ class NodeAgent:
             except OSError as exc:
                 log.warning("cannot write state file %s: %s", self.cfg.state_file, exc)
             await asyncio.sleep(STATE_INTERVAL)
+
+    async def _run_capture(self, service: CaptureService) -> None:
+        """Capturing is an addition: if it cannot run, spans still flow (one warning says why)."""
+        try:
+            await service.run()
+        except OSError as exc:
+            log.warning("capture off: %s: %s", service.dir, exc.strerror or exc)
 
     async def run(self) -> ForwarderStats:
         """Until stop() (SIGTERM/SIGINT when run by `main`): then flush and return the counters."""
@@ -225,6 +240,16 @@ class NodeAgent:
         )
         task = asyncio.create_task(self.forwarder.run(), name="forwarder")
         keeper: asyncio.Task[None] | None = None
+        capture: asyncio.Task[None] | None = None
+        if self.capture is not None:
+            log.info(
+                "capturing failed sandboxes into %s (at most %d per %gs, %d bytes)",
+                self.capture.dir,
+                self.capture.cfg.rate.count,
+                self.capture.cfg.rate.seconds,
+                self.capture.cfg.size,
+            )
+            capture = asyncio.create_task(self._run_capture(self.capture), name="capture")
         try:
             await self.forwarder.wait_started()
             self._started = not task.done()
@@ -232,6 +257,10 @@ class NodeAgent:
                 keeper = asyncio.create_task(self._keep_state(), name="state")
             return await task
         finally:
+            if capture is not None:  # an unfinished capture is removed, never left half-written
+                capture.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await capture
             if keeper is not None:
                 keeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -147,6 +147,33 @@ class ClusterScope:
 
 
 @dataclass
+class Trigger:
+    """Why a capture bundle exists: the failure the node agent saw (absent from other bundles)."""
+
+    reason: str  # error-line | vanished | diagnose
+    time: datetime
+    sandbox: str
+    line: str | None
+    pod: str | None = None
+    #: Node paths the runtime had removed before the capture looked: they come from the
+    #: agent's own copy, taken while the sandbox was young.
+    from_copy: list[str] = field(default_factory=list)
+    #: Node paths read at the start of the capture that the runtime removed before it ended.
+    vanished_during_capture: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "time": self.time.isoformat(),
+            "sandbox": self.sandbox,
+            "line": self.line,
+            "pod": self.pod,
+            "from_copy": list(self.from_copy),
+            "vanished_during_capture": list(self.vanished_during_capture),
+        }
+
+
+@dataclass
 class Manifest:
     """Everything `manifest.json` says except the file list, which the bundle writer adds."""
 
@@ -159,6 +186,7 @@ class Manifest:
     interrupted: str | None
     collectors: list[CollectorEntry]
     redactions: dict[str, int]
+    trigger: Trigger | None = None  # capture bundles only
 
 
 def to_json(manifest: Manifest) -> dict[str, Any]:
@@ -176,6 +204,8 @@ def to_json(manifest: Manifest) -> dict[str, Any]:
         redacted=manifest.redacted,
         interrupted=manifest.interrupted,
     )
+    if manifest.trigger is not None:
+        doc["trigger"] = manifest.trigger.to_json()
     if isinstance(scope, ClusterScope):
         sel = scope.node_selection
         doc["node_selection"] = {

@@ -10,6 +10,7 @@ and imports its library lazily, so `kata-debug --help` and an option error stay 
     cluster.py     `collect --cluster`: per-node progress and the cluster summary
     limits.py      `limits`: the VM each Kata workload gets; `--fix`
     node_agent.py  `node-agent`: the DaemonSet's long-running process
+    captures.py    `captures`: list and export the node agent's capture bundles
     trace.py       `trace decode` and `forward`: agent traces to OpenTelemetry
     upload.py      `upload`, and the upload step of `collect --upload`
     options.py     shared option parsing: durations, sizes, "was this option given"

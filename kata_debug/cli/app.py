@@ -492,6 +492,9 @@ def _register_commands() -> None:
     from kata_debug.cli import upload as cli_upload
 
     cli_upload.register(app)
+    from kata_debug.cli import captures as cli_captures
+
+    cli_captures.register(app)
     from kata_debug.cli import diagnose as cli_diagnose
 
     cli_diagnose.register(app)

@@ -50,6 +50,16 @@ def node_agent(
     shutdown_timeout: str = typer.Option(
         "10s", "--shutdown-timeout", metavar="DURATION", help="On SIGTERM, time allowed to flush queued spans."
     ),
+    capture: bool = typer.Option(
+        True, "--capture/--no-capture", help="Keep a capture bundle of each sandbox that fails (README: Capture)."
+    ),
+    capture_window: str = typer.Option(
+        "120s", "--capture-window", help="A Kata sandbox gone this soon, before any app container, failed to start."
+    ),
+    capture_after: str = typer.Option("5s", "--capture-after", help="Log time kept after the failure."),
+    capture_before: str = typer.Option("10m", "--capture-before", help="Log time kept before the failure."),
+    capture_rate: str = typer.Option("6/10m", "--capture-rate", help="At most N captures per DURATION on this node."),
+    capture_size: str = typer.Option("256M", "--capture-size", help="Disk cap of the captures, oldest removed first."),
     max_connections: int = _LIMITS["max_connections"],
     idle_timeout: str = _LIMITS["idle_timeout"],
     buffer_budget: str = _LIMITS["buffer_budget"],
@@ -60,6 +70,8 @@ def node_agent(
     Attaches to sandboxes as they appear (hybrid vsock) and listens on vsock; runs until
     SIGTERM/SIGINT, then flushes and exits 0. Opens no network port.
     """
+    from kata_debug.agent.capture import CaptureConfig
+    from kata_debug.agent.ring import Rate
     from kata_debug.agent.service import AgentConfig, main
     from kata_debug.cli.options import parse_duration, parse_size
     from kata_debug.cli.trace import check_file_exports, configure_logging, listener_limits, node_name_option
@@ -84,6 +96,14 @@ def node_agent(
         node_name=node_name_option(ctx, node_name),
         stats_interval=parse_duration(stats_interval, "--stats-interval").total_seconds(),
         shutdown_timeout=parse_duration(shutdown_timeout, "--shutdown-timeout").total_seconds(),
+        capture=CaptureConfig(
+            enabled=capture,
+            window=_positive(capture_window, "--capture-window"),
+            after=parse_duration(capture_after, "--capture-after").total_seconds(),
+            before=parse_duration(capture_before, "--capture-before").total_seconds(),
+            rate=Rate.parse(capture_rate),
+            size=parse_size(capture_size, "--capture-size"),
+        ),
         limits=listener_limits(max_connections, idle_timeout, buffer_budget, DEFAULT_MAX_FRAME_BYTES),
     )
     configure_logging(log_level.value)
@@ -94,6 +114,16 @@ def node_agent(
         asyncio.run(main(cfg))
     except ForwarderError as exc:
         raise KataDebugError(str(exc)) from None
+
+
+def _positive(text: str, option: str) -> float:
+    from kata_debug.cli.options import parse_duration
+    from kata_debug.errors import UsageError
+
+    seconds = parse_duration(text, option).total_seconds()
+    if seconds <= 0:
+        raise UsageError(f"{option} {text!r}: must be longer than 0s")
+    return seconds
 
 
 def register(app: typer.Typer) -> None:

@@ -274,3 +274,9 @@ def find_sandbox(host: HostRoot, sandbox_id: str) -> OciEntry | None:
         if b.entry.id == sandbox_id or (b.entry.type == "sandbox" and b.entry.sandbox_id == sandbox_id):
             return b.entry
     return None
+
+
+def read_bundle(host: HostRoot, engine: str, ns: str | None, node_dir: str, cid: str) -> OciBundle:
+    """One task bundle (a node path), read now: the node agent reads each new one once. OSError if it is gone."""
+    with host.open_dir(node_dir) as d:
+        return _entry(host, engine, ns, d, cid, SPEC_PARSE_CAP)

@@ -8,3 +8,6 @@ from __future__ import annotations
 
 #: The node agent's span spool (OTLP/JSON lines, size-capped and rotated by the agent).
 TRACE_SPOOL_DIR = "/var/lib/kata-debug/traces"
+
+#: Where the node agent keeps capture bundles of failed sandboxes, inside the span spool dir.
+CAPTURES_SUBDIR = "captures"

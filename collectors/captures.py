@@ -1,0 +1,144 @@
+"""Capture bundles the node agent kept of failed sandboxes, and the record beside each.
+
+The node agent writes a capture when a sandbox fails (see `kata_debug.agent.capture`): a
+normal, already redacted bundle `<spool>/captures/<UTC time>-<sandbox prefix>.tar.gz`, and
+next to it `<same name>.json`, the record `kata-debug captures` lists without opening the
+tarball. This collector puts the captures of the `--since` window into the bundle, newest
+first, so the evidence of a start that failed an hour ago travels with today's bundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, CollectorSkipped
+from kata_debug.node.paths import CAPTURES_SUBDIR, TRACE_SPOOL_DIR
+
+SUFFIX = ".tar.gz"
+
+
+@dataclass
+class CaptureRecord:
+    """What one capture is about: the sidecar `<id minus .tar.gz>.json`, and the manifest's `trigger`."""
+
+    id: str  # the capture's file name
+    time: str  # ISO 8601 UTC: when the failure was seen
+    sandbox: str
+    reason: str  # error-line | vanished | diagnose
+    line: str | None  # the log line that triggered it (None for `vanished`)
+    pod: str | None = None  # namespace/name from the sandbox's OCI annotations
+    top_finding: str | None = None
+    bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Any, name: str) -> CaptureRecord:
+        """The record from a sidecar's JSON; ValueError names what is wrong."""
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        try:
+            return cls(
+                id=name,
+                time=str(doc["time"]),
+                sandbox=str(doc["sandbox"]),
+                reason=str(doc["reason"]),
+                line=None if doc.get("line") is None else str(doc["line"]),
+                pod=None if doc.get("pod") is None else str(doc["pod"]),
+                top_finding=None if doc.get("top_finding") is None else str(doc["top_finding"]),
+                bytes=int(doc.get("bytes") or 0),
+            )
+        except KeyError as exc:
+            raise ValueError(f"no {exc.args[0]!r} field") from None
+
+    @property
+    def when(self) -> datetime:
+        t = datetime.fromisoformat(self.time)
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(SUFFIX) + ".json")
+
+
+def list_captures(directory: Path) -> list[CaptureRecord]:
+    """Every finished capture in `directory`, newest first (blocking I/O).
+
+    A capture whose sidecar is missing or unreadable is still listed, with what its name
+    says (time and sandbox prefix) and `reason` "unknown": the tarball is the evidence.
+    """
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    records: list[CaptureRecord] = []
+    for name in names:
+        if not name.endswith(SUFFIX) or name.startswith("."):
+            continue
+        path = directory / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        try:
+            with open(sidecar(path), "rb") as fh:
+                rec = CaptureRecord.from_json(json.loads(fh.read(1 << 20)), name)
+        except (OSError, ValueError):
+            rec = _from_name(name)
+        rec.bytes = size
+        records.append(rec)
+    records.sort(key=lambda r: (r.time, r.id), reverse=True)
+    return records
+
+
+def _from_name(name: str) -> CaptureRecord:
+    stamp, _, sid = name.removesuffix(SUFFIX).partition("-")
+    try:
+        when = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).isoformat()
+    except ValueError:
+        when = datetime.fromtimestamp(0, UTC).isoformat()
+    return CaptureRecord(id=name, time=when, sandbox=sid, reason="unknown", line=None)
+
+
+class CapturesCollector(Collector):
+    name = "captures"
+    summary = "capture bundles the node agent kept of failed sandboxes (newest first, within --since)"
+    reads = (f"{TRACE_SPOOL_DIR}/{CAPTURES_SUBDIR}/*.tar.gz and their .json records",)
+
+    async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
+        node_dir = f"{ctx.options.trace_spool_dir.rstrip('/')}/{CAPTURES_SUBDIR}"
+        real = await asyncio.to_thread(ctx.host.resolve, node_dir)
+        if not await asyncio.to_thread(real.is_dir):
+            raise CollectorSkipped(f"no captures directory {node_dir} (the node agent has not captured anything)")
+        records = await asyncio.to_thread(list_captures, real)
+        since = ctx.since_time
+        kept: list[dict[str, Any]] = []
+        budget = ctx.max_log_bytes
+        left_out = 0
+        for rec in records:
+            if rec.when < since:
+                continue
+            if rec.bytes > budget:
+                left_out += 1
+                continue
+            # Already redacted when the agent wrote it, and compressed: copied as it is.
+            if await out.add_host_file(rec.id, f"{node_dir}/{rec.id}", redact=False):
+                budget -= rec.bytes
+                kept.append(rec.to_json())
+        await out.add_json(
+            "index.json",
+            {
+                "since": since.isoformat(),
+                "captures": kept,
+                "left_out_over_cap": left_out,
+                "missing": [] if kept else ["no capture within --since"],
+            },
+            redact=False,
+        )
