@@ -46,7 +46,7 @@ def test_listing_and_validating_names_imports_no_collector_module() -> None:
     code = (
         "import sys\n"
         "from kata_debug.collectors import REGISTRY\n"
-        "assert list(REGISTRY) and 'shim-logs' in REGISTRY and len(REGISTRY) == 7\n"
+        "assert list(REGISTRY) and 'shim-logs' in REGISTRY and len(REGISTRY) == 8\n"
         "REGISTRY.load('host')\n"
         "print(sorted(m for m in sys.modules if m.startswith('kata_debug.collectors.') and m != 'kata_debug.collectors.base'))\n"
     )
