@@ -55,8 +55,11 @@ DEBIAN_SUITE = "bookworm"
 DEBIAN_BASE_IMAGE = "docker.io/library/debian:bookworm-slim"  # the Containerfile's equivalent base
 # python3: the interpreter the venv uses. systemd: journalctl (the collectors run
 # `journalctl --root /host`). usr-is-merged: satisfies init-system-helpers without `usrmerge`,
-# which would pull in perl (mmdebstrap's merged-usr hook merges /usr itself).
-DEBIAN_PACKAGES = ("python3", "systemd")
+# which would pull in perl (mmdebstrap's merged-usr hook merges /usr itself). libstdc++6: the
+# C++ runtime that binary wheels' extensions link against (google-re2, grpcio, protobuf's upb,
+# frozenlist) and that manylinux wheels may not bundle; check_shared_libraries() proves the
+# list complete on every build.
+DEBIAN_PACKAGES = ("python3", "systemd", "libstdc++6")
 DEBIAN_BUILD_ONLY = ("usr-is-merged",)
 VENV = "/opt/kata-debug"
 RECORD = f"{VENV}/image-packages.json"
@@ -374,6 +377,37 @@ def installed_python(root: Path) -> dict[str, str]:
     return dict(sorted(pkgs.items(), key=lambda kv: kv[0].lower()))
 
 
+def check_shared_libraries(root: Path) -> None:
+    """Every native extension in the venv loads with the image's own libraries.
+
+    Why: a wheel's extension that needs a Debian library the image lacks (libstdc++ for
+    google-re2) imports fine on the build machine and fails only inside the container, and
+    only when that module is first imported. The image's dynamic loader (`ld.so --list`, run
+    in the root) resolves each one as the container would, without running Python code.
+    """
+    venv = root / VENV.lstrip("/")
+    missing: list[str] = []
+    for so in sorted(venv.rglob("*.so*")):
+        if not re.search(r"\.so(\.[0-9]+)*$", so.name) or not so.is_file() or so.is_symlink():
+            continue
+        inside = "/" + str(so.relative_to(root))
+        proc = subprocess.run(
+            ["chroot", str(root), "/lib64/ld-linux-x86-64.so.2", "--list", inside],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        text = proc.stdout + proc.stderr
+        if proc.returncode != 0 or "not found" in text:
+            problem = (text.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            missing.append(f"{inside}: {problem.removeprefix(inside + ': ')}")
+    if missing:
+        raise BuildError(
+            "a Python extension needs a library the image lacks (add its Debian package to "
+            f"DEBIAN_PACKAGES): {'; '.join(missing)}"
+        )
+
+
 def check_no_compilers(root: Path, debian: dict[str, str]) -> None:
     found = [f"/usr/bin/{c}" for c in COMPILERS if (root / "usr/bin" / c).exists()]
     found += [
@@ -595,6 +629,7 @@ def build_uncached(inputs: Inputs, output: Path, reference: str, ihash: str) -> 
         build_rootfs(root, wheels, inputs)
         debian, python = installed_debian(root), installed_python(root)
         check_no_compilers(root, debian)
+        check_shared_libraries(root)
         record = {
             "reference": reference,
             "source_date_epoch": inputs.source_date_epoch,
