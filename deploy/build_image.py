@@ -55,8 +55,11 @@ DEBIAN_SUITE = "bookworm"
 DEBIAN_BASE_IMAGE = "docker.io/library/debian:bookworm-slim"  # the Containerfile's equivalent base
 # python3: the interpreter the venv uses. systemd: journalctl (the collectors run
 # `journalctl --root /host`). usr-is-merged: satisfies init-system-helpers without `usrmerge`,
-# which would pull in perl (mmdebstrap's merged-usr hook merges /usr itself).
-DEBIAN_PACKAGES = ("python3", "systemd")
+# which would pull in perl (mmdebstrap's merged-usr hook merges /usr itself). libstdc++6: the
+# C++ runtime that binary wheels' extensions link against (google-re2, grpcio, protobuf's upb,
+# frozenlist) and that manylinux wheels may not bundle; check_shared_libraries() proves the
+# list complete on every build.
+DEBIAN_PACKAGES = ("python3", "systemd", "libstdc++6")
 DEBIAN_BUILD_ONLY = ("usr-is-merged",)
 VENV = "/opt/kata-debug"
 RECORD = f"{VENV}/image-packages.json"
@@ -102,6 +105,7 @@ class Inputs:
     version: str
     source_date_epoch: int
     debian_sources: Path
+    sources: Path  # the snapshot of the project's sources (snapshot_sources)
 
 
 @dataclass
@@ -228,13 +232,28 @@ def debian_release_urls(sources: Path) -> list[str]:
     return urls
 
 
-def source_files() -> Iterator[Path]:
+def source_files(tree: Path = REPO) -> Iterator[Path]:
     for name in SOURCE_FILES:
-        yield REPO / name
+        yield tree / name
     for d in SOURCE_DIRS:
-        for p in sorted((REPO / d).rglob("*")):
+        for p in sorted((tree / d).rglob("*")):
             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
                 yield p
+
+
+def snapshot_sources(dest: Path) -> None:
+    """Copy exactly the files the input hash covers; the wheel is built from this copy.
+
+    Why: building in the working tree made the image depend on more than its inputs. A tree
+    that moves during a build (a merge, an edit) gave the first build and the
+    --verify-reproducible rebuild different sources under one input hash (seen: an image whose
+    package matched a commit two minutes newer than its SOURCE_DATE_EPOCH); setuptools' in-tree
+    build/ kept modules deleted from the sources; and two builds of one tree collided there.
+    """
+    for p in source_files():
+        target = dest / p.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, target)
 
 
 def input_hash(inputs: Inputs) -> str:
@@ -247,8 +266,8 @@ def input_hash(inputs: Inputs) -> str:
 
     add("builder", Path(__file__).read_bytes())
     add("epoch", str(inputs.source_date_epoch).encode())
-    for p in source_files():
-        add(str(p.relative_to(REPO)), p.read_bytes())
+    for p in source_files(inputs.sources):
+        add(str(p.relative_to(inputs.sources)), p.read_bytes())
     add("debian-sources", inputs.debian_sources.read_bytes())
     for url in debian_release_urls(inputs.debian_sources):
         try:
@@ -282,11 +301,14 @@ def run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
     print(f"build-image:   ({time.monotonic() - started:.0f}s)", file=sys.stderr, flush=True)
 
 
-def fetch_wheels(dest: Path, epoch: int) -> None:
+def fetch_wheels(dest: Path, epoch: int, sources: Path) -> None:
     """The project's wheel and every dependency as binary wheels for the image's Python."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "PYTHONHASHSEED": "0"}
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    run([*pip, "wheel", "--no-deps", "-w", str(dest), str(REPO)], "building the kata-debug wheel", env)
+    # A fresh copy per build: setuptools builds in the tree it is given (build/, *.egg-info).
+    tree = dest.parent / "src"
+    shutil.copytree(sources, tree)
+    run([*pip, "wheel", "--no-deps", "-w", str(dest), str(tree)], "building the kata-debug wheel", env)
     (wheel,) = dest.glob("kata_debug-*.whl")
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     run(
@@ -372,6 +394,37 @@ def installed_python(root: Path) -> dict[str, str]:
         )
         pkgs[fields["Name"]] = fields["Version"]
     return dict(sorted(pkgs.items(), key=lambda kv: kv[0].lower()))
+
+
+def check_shared_libraries(root: Path) -> None:
+    """Every native extension in the venv loads with the image's own libraries.
+
+    Why: a wheel's extension that needs a Debian library the image lacks (libstdc++ for
+    google-re2) imports fine on the build machine and fails only inside the container, and
+    only when that module is first imported. The image's dynamic loader (`ld.so --list`, run
+    in the root) resolves each one as the container would, without running Python code.
+    """
+    venv = root / VENV.lstrip("/")
+    missing: list[str] = []
+    for so in sorted(venv.rglob("*.so*")):
+        if not re.search(r"\.so(\.[0-9]+)*$", so.name) or not so.is_file() or so.is_symlink():
+            continue
+        inside = "/" + str(so.relative_to(root))
+        proc = subprocess.run(
+            ["chroot", str(root), "/lib64/ld-linux-x86-64.so.2", "--list", inside],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        text = proc.stdout + proc.stderr
+        if proc.returncode != 0 or "not found" in text:
+            problem = (text.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            missing.append(f"{inside}: {problem.removeprefix(inside + ': ')}")
+    if missing:
+        raise BuildError(
+            "a Python extension needs a library the image lacks (add its Debian package to "
+            f"DEBIAN_PACKAGES): {'; '.join(missing)}"
+        )
 
 
 def check_no_compilers(root: Path, debian: dict[str, str]) -> None:
@@ -591,10 +644,11 @@ def build_uncached(inputs: Inputs, output: Path, reference: str, ihash: str) -> 
     with tempfile.TemporaryDirectory(prefix="kata-debug-image-") as tmp:
         wheels, root = Path(tmp) / "wheels", Path(tmp) / "root"
         wheels.mkdir()
-        fetch_wheels(wheels, inputs.source_date_epoch)
+        fetch_wheels(wheels, inputs.source_date_epoch, inputs.sources)
         build_rootfs(root, wheels, inputs)
         debian, python = installed_debian(root), installed_python(root)
         check_no_compilers(root, debian)
+        check_shared_libraries(root)
         record = {
             "reference": reference,
             "source_date_epoch": inputs.source_date_epoch,
@@ -613,11 +667,20 @@ def build(
     output: Path, *, use_cache: bool = True, verify: bool = False, debian_sources: Path | None = None
 ) -> BuildResult:
     """Build (or reuse) the image at output; with verify, prove a second build is identical."""
-    inputs = Inputs(
-        version=project_version(),
-        source_date_epoch=default_source_date_epoch(),
-        debian_sources=debian_sources or default_debian_sources(),
-    )
+    with tempfile.TemporaryDirectory(prefix="kata-debug-src-") as snapshot:
+        epoch = default_source_date_epoch()
+        snapshot_sources(Path(snapshot))
+        inputs = Inputs(
+            version=project_version(),
+            source_date_epoch=epoch,
+            debian_sources=debian_sources or default_debian_sources(),
+            sources=Path(snapshot),
+        )
+        return build_inputs(inputs, output, use_cache=use_cache, verify=verify)
+
+
+def build_inputs(inputs: Inputs, output: Path, *, use_cache: bool, verify: bool) -> BuildResult:
+    """build() for fixed inputs: the first build and the verifying rebuild use the same snapshot."""
     if not inputs.debian_sources.is_file():
         raise BuildError(f"--debian-sources {inputs.debian_sources}: no such file")
     reference = f"localhost/kata-debug:{inputs.version}"

@@ -260,6 +260,9 @@ def synthetic_node(root: Path) -> Path:
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     (root / "etc/os-release").write_text('PRETTY_NAME="Synthetic Kata node"\nID=debian\n')
+    # A regular file, as the DaemonSet's File volume bind-mounts it (a node's symlink is resolved
+    # by the kubelet): the collector inside and outside the container reads the same zone.
+    shutil.copyfile("/usr/share/zoneinfo/UTC", root / "etc/localtime")
     (root / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro\n")
     (root / "proc/meminfo").write_text("MemTotal:       16384000 kB\nMemAvailable:   12000000 kB\n")
     (root / "lib/modules/6.1.0/modules.builtin").write_text("kernel/arch/x86/kvm/kvm.ko\n")
