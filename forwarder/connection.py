@@ -81,6 +81,8 @@ class TraceConnection(asyncio.BufferedProtocol):
         self.frames = FrameReader(hub.max_frame_bytes)
         self.sniffer = FormatSniffer(hub.fmt)
         self.origin: Origin | None = None
+        #: Whole frames read before the origin was known (see `_feed`).
+        self._early: list[bytes] = []
         self.who = f"sandbox={peer.sandbox_id or 'unknown'}"
         self.reserved = 0  # bytes of the budget this connection's current frame holds
         self.waiting = False  # paused until the budget can hold its frame
@@ -136,6 +138,9 @@ class TraceConnection(asyncio.BufferedProtocol):
         if cid is not None:
             self.who += f" cid={cid}"
         log.info("%s: trace stream connected via %s", self.who, self.peer.source)
+        if self._early:
+            early, self._early = self._early, []
+            self._decode(early)
         self._update_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -269,7 +274,14 @@ class TraceConnection(asyncio.BufferedProtocol):
         except FrameTooLarge as exc:
             too_large, payloads = exc, exc.frames
         if payloads:
-            self._decode(payloads)
+            if self.origin is None:
+                # Read before the stream's origin was known: reading is paused from
+                # connection_made on, but a transport may still deliver the read it had
+                # already scheduled (seen with Debian's Python 3.11.2). Held, decoded once
+                # the origin is known; bounded by that one read.
+                self._early.extend(payloads)
+            else:
+                self._decode(payloads)
         if too_large is not None:
             st.oversized_frames += 1
             log.warning("%s: closing connection: %s (--max-frame-bytes)", self.who, too_large)
