@@ -166,7 +166,8 @@ class TraceConnection(asyncio.BufferedProtocol):
         hub.stats.open_connections -= 1
         was_closed = self.closed
         self.closed = True
-        if self._start is not None and not self._start.done():
+        if self._start is not None and not self._start.done() and not self._early:
+            # Frames that arrived before the origin was known still go out once it is.
             self._start.cancel()
         if exc is not None and not was_closed:
             log.warning("%s: connection error: %s", self.who, exc)

@@ -371,7 +371,10 @@ async def test_node_agent_attaches_hybrid_vsock_and_spools_spans(pod: Pod) -> No
     try:
         await asyncio.wait_for(guest_sends(Path(f"{clh}_10240"), JSON_STREAM), 60)
         spool = pod.root / "var/lib/kata-debug/traces"
-        await until(lambda: len(spooled_spans(spool)) >= JSON_SPANS, timeout=60)
+        try:
+            await until(lambda: len(spooled_spans(spool)) >= JSON_SPANS, timeout=60)
+        except AssertionError:
+            raise AssertionError(f"spans not spooled; agent log:\n{pod.log.read_text()[-4000:]}") from None
     finally:
         vmm.close()
     spans = spooled_spans(spool)
