@@ -16,6 +16,7 @@ decoded per entry, so the collector runs at close to journalctl's own speed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -106,7 +107,10 @@ async def read_reverse(argv: Sequence[str], cap: int, timeout: float) -> Journal
                     rest += more
                 lead_in = rest[: _entry_cut(rest, LEAD_IN)] if len(rest) > LEAD_IN else rest
                 cut_bytes = len(rest)
-                proc.kill()  # what is older is not wanted: stop journalctl reading it
+                # What is older is not wanted: stop journalctl reading it (it may have
+                # finished on its own meanwhile, when the window held little more).
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
                 return b""
             cut = _entry_cut(pending, len(pending))
             if cut:
@@ -126,7 +130,8 @@ async def read_reverse(argv: Sequence[str], cap: int, timeout: float) -> Journal
         raise
     finally:
         if proc.returncode is None:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+                proc.kill()
             await proc.wait()
     if code != 0 and not capped:
         tmp.close()
