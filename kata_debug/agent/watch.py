@@ -51,6 +51,11 @@ COPY_SANDBOX_MAX = 2 << 20
 _ID_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{5,127}")
 
 
+#: A followed log file is read at most this much per poll, and a line kept at most this long.
+_READ_PER_POLL = 4 << 20
+_MAX_LINE = 64 << 10
+
+
 @dataclass(frozen=True)
 class Failure:
     """One sandbox failure as the watcher saw it: the capture's `trigger`."""
@@ -416,7 +421,9 @@ class FileFollower:
                 if state is None:
                     continue
             fh, ino, partial = state
-            data = partial + fh.read()
+            # Bounded per poll: a file that appears whole or a burst is read over several polls,
+            # and a "line" with no newline is kept to _MAX_LINE bytes, never grown without end.
+            data = partial[-_MAX_LINE:] + fh.read(_READ_PER_POLL)
             try:
                 st = self.host.resolve(path).stat()
                 rotated = st.st_ino != ino
@@ -434,7 +441,7 @@ class FileFollower:
                 fresh = self._open.get(path)
                 if fresh is not None:  # the new file's lines, in this same poll
                     nfh, nino, _ = fresh
-                    *complete, rest = nfh.read().split(b"\n")
+                    *complete, rest = nfh.read(_READ_PER_POLL).split(b"\n")
                     lines += [ln.decode("utf-8", "replace") for ln in complete if ln]
                     self._open[path] = (nfh, nino, rest)
             else:
