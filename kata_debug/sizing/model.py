@@ -567,24 +567,7 @@ def _go_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
     steps.append(f"vCPUs = ceil({fmt_cpus(base.vcpus)} + {fmt_cpus(cpus)}) = {raw}{capped}")
     mem_bytes = _sum_memory_bytes(steady)
     steps.append(f"memory = {base.memory} + floor({mem_bytes} B / MiB) = {m} MiB")
-    if mem_peak > m:
-        steps.append(
-            f"an init container raised memory to {mem_peak} MiB; memory is never hot-unplugged, so the VM keeps it"
-        )
-    m = max(m, mem_peak)
-    return VmSize(
-        runtime=GO,
-        mode=DYNAMIC,
-        boot_vcpus=boot_v,
-        boot_memory_mib=base.memory,
-        vcpus=v,
-        memory_mib=m,
-        max_vcpus=base.max_vcpus,
-        containers=[],
-        steps=steps,
-        peak_vcpus=vcpu_peak if vcpu_peak > v else None,
-        init_peak=peak,
-    )
+    return _dynamic_size(GO, base, boot_v, (v, m), (vcpu_peak, mem_peak), peak, steps)
 
 
 def _init_peaks(
@@ -611,6 +594,42 @@ def _init_peak(who: str | None, vcpu_peak: int, mem_peak: int, v: int, m: int) -
     if who is None or (vcpu_peak <= v and mem_peak <= m):
         return None
     return InitPeak(who, max(vcpu_peak, v), max(mem_peak, m), v, m)
+
+
+def _dynamic_size(
+    runtime: str,
+    base: _Base,
+    boot_vcpus: int,
+    steady: tuple[int, int],
+    peaks: tuple[int, int],
+    init_peak: InitPeak | None,
+    steps: list[str],
+) -> VmSize:
+    """The VM a dynamically sized sandbox ends with, for both runtimes.
+
+    Memory an init container made the runtime hot-plug stays (neither runtime hot-unplugs
+    memory), so the steady memory is the larger of the two; vCPUs are hot-removed, so the
+    init peak is reported apart (`peak_vcpus`) and the steady count is what runs.
+    """
+    v, m = steady
+    vcpu_peak, mem_peak = peaks
+    if mem_peak > m:
+        steps.append(
+            f"an init container raised memory to {mem_peak} MiB; memory is never hot-unplugged, so the VM keeps it"
+        )
+    return VmSize(
+        runtime=runtime,
+        mode=DYNAMIC,
+        boot_vcpus=boot_vcpus,
+        boot_memory_mib=base.memory,
+        vcpus=v,
+        memory_mib=max(m, mem_peak),
+        max_vcpus=base.max_vcpus,
+        containers=[],
+        steps=steps,
+        peak_vcpus=vcpu_peak if vcpu_peak > v else None,
+        init_peak=init_peak,
+    )
 
 
 def exited_init_stand_in(inp: SandboxInput) -> ContainerInput | None:
@@ -847,19 +866,4 @@ def _rs_dynamic(inp: SandboxInput, base: _Base, steps: list[str]) -> VmSize:
         _describe_container(c, steps)
     steps.append(f"vCPUs = ceil({fmt_cpus(want_f)}) = {v} ({note})")
     steps.append(f"memory = {base.memory} + floor({_sum_memory_bytes(steady)} B / MiB) = {m} MiB")
-    if mem_peak > m:
-        steps.append(f"an init container raised memory to {mem_peak} MiB; memory is not hot-unplugged")
-    m = max(m, mem_peak)
-    return VmSize(
-        runtime=RS,
-        mode=DYNAMIC,
-        boot_vcpus=boot_v,
-        boot_memory_mib=base.memory,
-        vcpus=v,
-        memory_mib=m,
-        max_vcpus=base.max_vcpus,
-        containers=[],
-        steps=steps,
-        peak_vcpus=vcpu_peak if vcpu_peak > v else None,
-        init_peak=peak,
-    )
+    return _dynamic_size(RS, base, boot_v, (v, m), (vcpu_peak, mem_peak), peak, steps)
