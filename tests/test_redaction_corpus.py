@@ -106,7 +106,8 @@ def test_a_key_split_by_rotation_or_cut_by_the_size_cap_is_masked_in_every_file(
     body_in_rotated = len("".join(block[1 : cut + 1]))  # the cap starts the copy at the first body line
     for name, cap in (("kata.log.1", 1 << 20), ("kata.log", 1 << 20), ("kata.log.1", body_in_rotated)):
         spool = Spool()
-        copy_log(str(tmp_path / name), cap, spool, SandboxIndex(), name, Redactor().stream(), SourceStats(name))
+        with open(tmp_path / name, "rb") as src:
+            copy_log(src, cap, spool, SandboxIndex(), name, Redactor().stream(), SourceStats(name))
         reader, size, _ = spool.tail()
         outs.append(reader.read(size).decode())
         spool.close()
