@@ -68,6 +68,9 @@ NODE_LOGS = (
     ("/var/log/kubelet.log", "klog"),
     ("/var/log/audit/audit.log", "audit"),
 )
+#: Rotations read per log, the newest: each is held open from measuring to copying, so a node
+#: with thousands of `kern.log.N` cannot exhaust our descriptors (logrotate keeps 4-52).
+MAX_ROTATIONS = 64
 # Below this many bytes of log files to read, a scanner process costs more than it saves.
 SCANNER_MIN_BYTES = 16 << 20
 
@@ -352,7 +355,12 @@ def _log_files(ctx: CollectContext, zone: NodeZone) -> tuple[list[LogFile], list
     try:
         for base, kind in [(p, "") for p in LOG_FILES] + list(NODE_LOGS):
             stamp = _stamp(kind, zone, now)
-            for path, rotated in _with_rotations(ctx.host, base):
+            paths = _with_rotations(ctx.host, base)
+            older = len(paths) - 1 - MAX_ROTATIONS
+            if older > 0:
+                unreadable.append((f"{base}.*", f"{older} older rotations not read (the newest {MAX_ROTATIONS} are)"))
+                paths = paths[older:]
+            for path, rotated in paths:
                 try:
                     fh = ctx.host.open(path)
                 except FileNotFoundError:

@@ -681,3 +681,25 @@ async def test_a_log_swapped_for_an_outside_link_after_it_was_measured_is_read_a
     for marker in ("inside-live", "inside-rotated", "inside-syslog", "inside-kubelet"):
         assert marker.encode() in raw, marker
     assert bundle.collector("shim-logs")["status"] == "ok"
+
+
+async def test_rotations_past_the_newest_few_are_named_not_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every log read is held open from measuring to copying: a node with endless `.N`
+    rotations gets its newest MAX_ROTATIONS read and the rest named as not read."""
+    monkeypatch.setattr(shim_logs, "MAX_ROTATIONS", 3)
+    root = kata_node(tmp_path / "host")
+    live = root / shim_logs.LOG_FILES[0].lstrip("/")
+    live.parent.mkdir(parents=True)
+    live.write_text("level=info sandbox=sb-live msg=rotation-live\n")
+    for n in range(1, 6):  # .5 is the oldest
+        live.with_name(f"{live.name}.{n}").write_text(f"level=info sandbox=sb-{n} msg=rotation-{n}\n")
+    bundle, _ = await _collect(root, tmp_path / "b.tgz", False, monkeypatch)
+    stored = {name.rsplit("/", 1)[-1] for name in bundle.members if "/files/" in name}
+    assert stored == {live.name, f"{live.name}.1", f"{live.name}.2", f"{live.name}.3"}
+    entry = bundle.collector("shim-logs")
+    assert entry["status"] == "partial"
+    assert entry["items_failed"] == [
+        {"item": f"{shim_logs.LOG_FILES[0]}.*", "reason": "2 older rotations not read (the newest 3 are)"}
+    ]
