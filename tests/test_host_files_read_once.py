@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from kata_debug.collect.runner import CollectOptions, run_collection
 from kata_debug.collectors.captures import list_captures
@@ -53,3 +56,49 @@ async def test_capture_records_and_tarballs_planted_as_outside_links_are_never_r
         ("sbside", "unknown", None),
     }
     assert bundle.members[f"captures/{stamp}-sbgood.tar.gz"] == b"inside-capture"
+
+
+def test_the_capture_watch_never_follows_a_log_swapped_for_an_outside_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node agent follows log files across rotation, reopening them by node path. Here,
+    right after every lookup the agent makes, the log becomes a link to a file outside the
+    root (the worst moment a rotation or an attacker could pick): what it reads is the
+    node's lines or nothing, never the outside file's."""
+    from kata_debug.agent.watch import FileFollower
+    from kata_debug.node.hostroot import HostRoot
+
+    root = tmp_path / "host"
+    log = root / "var/log/containerd.log"
+    log.parent.mkdir(parents=True)
+    secret = tmp_path / "secret.log"
+    secret.write_bytes(b"OUTSIDE\n" * 10)
+
+    def swap() -> None:
+        if not log.is_symlink():
+            log.unlink()
+            log.symlink_to(secret)
+
+    for name in ("open", "resolve", "stat"):
+        real = getattr(HostRoot, name)
+
+        def then_swap(self: HostRoot, path: Any, _real: Any = real) -> Any:
+            try:
+                return _real(self, path)
+            finally:
+                swap()
+
+        monkeypatch.setattr(HostRoot, name, then_swap)
+    seen: list[str] = []
+    log.write_bytes(b"start\n")
+    follower = FileFollower(HostRoot.at(root), ["/var/log/containerd.log"])
+    try:
+        for i in range(5):
+            log.unlink()
+            log.write_bytes(f"inside {i}\n".encode())  # rotated: a new file, then a link again
+            seen += follower.poll()
+            seen += follower.poll()
+    finally:
+        follower.close()
+    assert "OUTSIDE" not in seen
+    assert seen and all(line.startswith("inside") for line in seen), seen  # the node's lines do come through
