@@ -10,8 +10,10 @@ first, so the evidence of a start that failed an hour ago travels with today's b
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,27 +77,49 @@ def list_captures(directory: Path) -> list[CaptureRecord]:
     says (time and sandbox prefix) and `reason` "unknown": the tarball is the evidence.
     """
     try:
-        names = os.listdir(directory)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return []
+    try:
+        return list_captures_at(fd)
+    finally:
+        os.close(fd)
+
+
+def list_captures_at(dir_fd: int) -> list[CaptureRecord]:
+    """`list_captures` of a directory held open (a node directory walked inside the host root).
+
+    Entries are looked at and sidecars read relative to the descriptor, never following a
+    link: captures and records are regular files the agent wrote, and a symlink planted in
+    their place (or swapped in while we list) is skipped, not followed out of the root.
+    """
     records: list[CaptureRecord] = []
-    for name in names:
-        if not name.endswith(SUFFIX) or name.startswith("."):
+    for name in os.listdir(dir_fd):
+        if not name.endswith(SUFFIX) or name.startswith(".") or "/" in name:
             continue
-        path = directory / name
         try:
-            size = path.stat().st_size
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
         try:
-            with open(sidecar(path), "rb") as fh:
-                rec = CaptureRecord.from_json(json.loads(fh.read(1 << 20)), name)
+            rec = CaptureRecord.from_json(json.loads(_read_sidecar(dir_fd, sidecar(Path(name)).name)), name)
         except (OSError, ValueError):
             rec = _from_name(name)
-        rec.bytes = size
+        rec.bytes = st.st_size
         records.append(rec)
     records.sort(key=lambda r: (r.time, r.id), reverse=True)
     return records
+
+
+def _read_sidecar(dir_fd: int, name: str) -> bytes:
+    """A record's bytes (at most 1 MiB) if it is a regular file in the directory; OSError if not."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", name)
+        return fh.read(1 << 20)
 
 
 def _from_name(name: str) -> CaptureRecord:
@@ -114,10 +138,17 @@ class CapturesCollector(Collector):
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
         node_dir = f"{ctx.options.trace_spool_dir.rstrip('/')}/{CAPTURES_SUBDIR}"
-        real = await asyncio.to_thread(ctx.host.resolve, node_dir)
-        if not await asyncio.to_thread(real.is_dir):
+
+        def listing() -> list[CaptureRecord] | None:
+            try:
+                with ctx.host.open_dir(node_dir) as d:
+                    return list_captures_at(d.fd)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+
+        records = await asyncio.to_thread(listing)
+        if records is None:
             raise CollectorSkipped(f"no captures directory {node_dir} (the node agent has not captured anything)")
-        records = await asyncio.to_thread(list_captures, real)
         since = ctx.since_time
         kept: list[dict[str, Any]] = []
         budget = ctx.max_log_bytes

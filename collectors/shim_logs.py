@@ -12,6 +12,10 @@ size of the logs themselves. Parsed views are `diagnose`'s job, on demand.
 
 Redacting and indexing is pure Python on every byte; for large log files it runs in a
 scanner process (`kata_debug.logs.scan_client`) so the bundle's compressor keeps its core.
+
+Each log file is opened once, component by component inside the host root (`HostRoot.open`),
+and that descriptor is what is measured, filtered, copied, or handed to the scanner process:
+a log swapped for a symlink while we work can never lead a read outside the root.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from kata_debug.logs.nodelogs import (
 from kata_debug.logs.scan import SandboxIndex, SourceStats, copy_log, write_indexed
 from kata_debug.logs.scan_client import Progress, ScannerGone, ScannerProcess
 from kata_debug.logs.since import Stamp, first_offset_since, line_time
-from kata_debug.node.hostroot import HostRoot, open_regular
+from kata_debug.node.hostroot import HostRoot
 
 IDENTIFIERS = ("kata", "kata-runtime", "containerd", "crio", "kubelet")
 JOURNAL_DIRS = ("/var/log/journal", "/run/log/journal")
@@ -64,6 +68,9 @@ NODE_LOGS = (
     ("/var/log/kubelet.log", "klog"),
     ("/var/log/audit/audit.log", "audit"),
 )
+#: Rotations read per log, the newest: each is held open from measuring to copying, so a node
+#: with thousands of `kern.log.N` cannot exhaust our descriptors (logrotate keeps 4-52).
+MAX_ROTATIONS = 64
 # Below this many bytes of log files to read, a scanner process costs more than it saves.
 SCANNER_MIN_BYTES = 16 << 20
 
@@ -117,6 +124,7 @@ class ShimLogsCollector(Collector):
                     ahead = await asyncio.to_thread(DeflateAhead, out.deflate_level, _ahead_threads())
                 sources += await self._scanned(ctx, out, files, index, scanner, ahead)
         finally:
+            await asyncio.to_thread(_close_all, files)
             if ahead is not None:
                 await ahead.close()
             if scanner is not None:
@@ -194,7 +202,7 @@ class ShimLogsCollector(Collector):
         member = f"{out.collector}/files{f.path}"
         try:
             skipped = await asyncio.to_thread(
-                copy_log, f.real, f.cap, spool, index, member, ctx.redactor.stream(), stats
+                copy_log, f.file, f.cap, spool, index, member, ctx.redactor.stream(), stats
             )
         except OSError as exc:
             spool.close()
@@ -231,10 +239,11 @@ class ShimLogsCollector(Collector):
 
         try:
             await scanner.send(
-                [(f.real, f.cap, f"{out.collector}/files{f.path}") for f in files],
+                [(f.file, f.cap, f"{out.collector}/files{f.path}") for f in files],
                 known=index.known,
                 redact=ctx.redactor.enabled,
             )
+            await asyncio.to_thread(_close_all, files)  # the scanner holds its own copies
             for f, stats in zip(files, sources):
                 path = f.path
                 result = await scanner.next_file(progress if ahead is not None else None)
@@ -284,10 +293,11 @@ def _record_cut(out: CollectorOutput, name: str, f: LogFile, skipped: int) -> No
 
 @dataclass(frozen=True)
 class LogFile:
-    """A log file on the node, and how much of its end to read."""
+    """A log file on the node, open, and how much of its end to read."""
 
     path: str  # node path
-    real: str
+    #: The file as opened inside the host root and measured; read only through this, never reopened.
+    file: BinaryIO
     size: int
     #: Bytes before the first entry within `--since` (not read; not "truncated" either).
     before_since: int
@@ -342,24 +352,46 @@ def _log_files(ctx: CollectContext, zone: NodeZone) -> tuple[list[LogFile], list
     found: list[LogFile] = []
     unreadable: list[tuple[str, str]] = []
     now = datetime.now(UTC)
-    for base, kind in [(p, "") for p in LOG_FILES] + list(NODE_LOGS):
-        stamp = _stamp(kind, zone, now)
-        for path, rotated in _with_rotations(ctx.host, base):
-            try:
-                real = ctx.host.resolve(path)
-                with open_regular(real) as fh:
+    try:
+        for base, kind in [(p, "") for p in LOG_FILES] + list(NODE_LOGS):
+            stamp = _stamp(kind, zone, now)
+            paths = _with_rotations(ctx.host, base)
+            older = len(paths) - 1 - MAX_ROTATIONS
+            if older > 0:
+                unreadable.append((f"{base}.*", f"{older} older rotations not read (the newest {MAX_ROTATIONS} are)"))
+                paths = paths[older:]
+            for path, rotated in paths:
+                try:
+                    fh = ctx.host.open(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    unreadable.append((path, exc.strerror or str(exc)))
+                    continue
+                try:
                     size = os.fstat(fh.fileno()).st_size
                     before = first_offset_since(fh, size, ctx.since_time, stamp)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                unreadable.append((path, exc.strerror or str(exc)))
-                continue
-            if rotated and before >= size:
-                continue
-            cap = size - before if kind in _FILTERS else min(ctx.max_log_bytes, size - before)
-            found.append(LogFile(path, str(real), size, before, cap, kind))
+                except OSError as exc:
+                    fh.close()
+                    unreadable.append((path, exc.strerror or str(exc)))
+                    continue
+                except BaseException:
+                    fh.close()
+                    raise
+                if rotated and before >= size:
+                    fh.close()
+                    continue
+                cap = size - before if kind in _FILTERS else min(ctx.max_log_bytes, size - before)
+                found.append(LogFile(path, fh, size, before, cap, kind))
+    except BaseException:
+        _close_all(found)
+        raise
     return found, unreadable
+
+
+def _close_all(files: list[LogFile]) -> None:
+    for f in files:
+        f.file.close()
 
 
 _FILTERS: dict[str, Callable[[BinaryIO, int, BinaryIO], int]] = {
@@ -377,21 +409,34 @@ def _prefilter(files: list[LogFile], directory: str, max_bytes: int) -> tuple[li
     """
     kept: list[LogFile] = []
     unreadable: list[tuple[str, str]] = []
-    for i, f in enumerate(files):
-        pick = _FILTERS.get(f.kind)
-        if pick is None:
-            kept.append(f)
-            continue
-        target = os.path.join(directory, f"{i}.log")
-        try:
-            with open_regular(f.real) as src, open(target, "xb") as dst:
-                pick(src, f.before_since, dst)
-                size = dst.tell()
-        except OSError as exc:
-            unreadable.append((f.path, exc.strerror or str(exc)))
-            continue
-        if size:
-            kept.append(replace(f, real=target, size=size, before_since=0, cap=min(max_bytes, size), kind=""))
+    try:
+        for i, f in enumerate(files):
+            pick = _FILTERS.get(f.kind)
+            if pick is None:
+                kept.append(f)
+                continue
+            # Read through the node file's descriptor into a file of ours, which is kept
+            # open and read back through its own descriptor: nothing is reopened by path.
+            dst: BinaryIO | None = None
+            try:
+                with f.file:
+                    dst = open(os.path.join(directory, f"{i}.log"), "x+b")
+                    pick(f.file, f.before_since, dst)
+                    dst.flush()
+                    size = dst.tell()
+            except OSError as exc:
+                if dst is not None:
+                    dst.close()
+                unreadable.append((f.path, exc.strerror or str(exc)))
+                continue
+            if size:
+                kept.append(replace(f, file=dst, size=size, before_since=0, cap=min(max_bytes, size), kind=""))
+            else:
+                dst.close()
+    except BaseException:  # closing twice is harmless: close all there is
+        _close_all(files)
+        _close_all(kept)
+        raise
     return kept, unreadable
 
 

@@ -3,6 +3,12 @@
 Every length is checked against the bytes actually present before anything is sliced or
 looped over, so a hostile frame can never make the decoder allocate more than a small
 multiple of the frame itself, and `DecodeError` is the only exception a payload can raise.
+
+A string that is not valid UTF-8 (any invalid byte, or an encoded surrogate such as
+`ED A0 80`) does not cost the span: the payload is decoded a second time with every string
+read leniently (see `_Lenient`), and each bad byte then becomes U+FFFD through
+`repair_strings`, counted in `span.repaired` like the JSON decoder's lone surrogates. The
+common, valid span pays nothing for this: its one pass is the strict code, unchanged.
 Written for speed (precompiled `struct.Struct`s, direct field access) because a node
 forwards every span of every sandbox.
 """
@@ -10,6 +16,7 @@ forwards every span of every sandbox.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from kata_debug.forwarder.spans import (
     NS_PER_S,
@@ -21,6 +28,7 @@ from kata_debug.forwarder.spans import (
     Link,
     Span,
     SpanKind,
+    repair_strings,
 )
 
 __all__ = ["decode_bincode"]
@@ -55,6 +63,27 @@ _U64_MAX = U64_MAX
 
 class _Short(Exception):
     """Internal: the payload ended inside a field."""
+
+
+class _NotUtf8(Exception):
+    """Internal: a string is not valid UTF-8; `decode_bincode` decodes again, leniently."""
+
+
+class _Lenient(bytes):
+    """A payload whose slices decode leniently: each invalid byte becomes a lone surrogate
+    (U+DC80..U+DCFF, `surrogateescape`), which `repair_strings` then replaces and counts.
+
+    The decoder reads strings as `buf[o:e].decode()`; passing an error handler to every one
+    of those calls would cost the valid span ~60 ns a string. Given this payload instead,
+    the same code decodes leniently, and only the rare damaged span pays for the second pass.
+    """
+
+    def __getitem__(self, key: Any) -> Any:
+        got = bytes.__getitem__(self, key)
+        return _Lenient(got) if isinstance(key, slice) else got
+
+    def decode(self, encoding: str = "utf-8", errors: str = "surrogateescape") -> str:
+        return bytes.decode(self, encoding, errors)
 
 
 def _b_str(buf: bytes, o: int, n: int) -> tuple[str, int]:
@@ -244,8 +273,20 @@ def decode_bincode(payload: bytes) -> Span:
     """Decode a bincode 1.x opentelemetry 0.14 `SpanData` (agents <= 3.28).
 
     The whole payload must be one span: trailing bytes are an error, which is what lets
-    `FormatSniffer` confirm a format instead of guessing it.
+    `FormatSniffer` confirm a format instead of guessing it. Strings that are not UTF-8 are
+    repaired (U+FFFD, counted in `span.repaired`), not a reason to drop the span: the guest
+    is untrusted, and one bad byte in an attribute must not lose the rest of what it says.
     """
+    try:
+        return _decode(payload)
+    except _NotUtf8:
+        span = _decode(_Lenient(payload))
+        repair_strings(span)
+        return span
+
+
+def _decode(payload: bytes) -> Span:
+    """The decoder proper: `_NotUtf8` when a string is not UTF-8 (never for a `_Lenient` payload)."""
     buf = payload
     n = len(buf)
     try:
@@ -352,7 +393,7 @@ def decode_bincode(payload: bytes) -> Span:
         )
     except (_Short, struct.error):
         raise DecodeError(f"bincode: payload ends inside a field ({n} bytes)") from None
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"bincode: string is not UTF-8 at byte {exc.start}") from None
+    except UnicodeDecodeError:
+        raise _NotUtf8 from None
     except (OverflowError, MemoryError, IndexError) as exc:
         raise DecodeError(f"bincode: malformed payload ({exc})") from None

@@ -824,3 +824,180 @@ LOOKALIKES: list[Case] = [
         keep=("tls-cert", "tls.key"),
     ),
 ]
+
+# -- /var/log/kubelet.log: klog lines, read by shim-logs -----------------------------------
+# Place "kubelet-log": the content is written to the node's /var/log/kubelet.log and a real
+# shim-logs collection reads it (klog stamps, `--since`, the stream redactor).
+
+
+def klog(rest: str, level: str = "I") -> str:
+    return f"{level}1201 10:00:00.123456    2345 {rest}\n"
+
+
+for cid, text, parts, keep in [
+    (
+        "registry-basic-auth-header",
+        klog(
+            'docker_credentials.go:88] "Pulling image" image="reg.example.com/app:1" auth="Authorization: Basic cm9ib3Q6aHVudGVyMg=="'
+        ),
+        ("cm9ib3Q6aHVudGVyMg",),
+        ("Pulling image", "reg.example.com/app:1"),
+    ),
+    (
+        "round-tripper-bearer",
+        klog(
+            f'round_trippers.go:466] curl -v -XGET  -H "Accept: application/json" -H "Authorization: Bearer {JWT}" \'https://10.96.0.1:443/api/v1/nodes/n1\''
+        ),
+        (JWT[:40], JWT[-20:]),
+        ("round_trippers.go:466", "https://10.96.0.1:443/api/v1/nodes/n1"),
+    ),
+    (
+        "round-tripper-header-line",
+        klog(f"round_trippers.go:473]     Authorization: Bearer {GHP}"),
+        (GHP,),
+        ("round_trippers.go:473",),
+    ),
+    (
+        "pull-url-userinfo",
+        klog(
+            'remote_image.go:180] "PullImage from image service failed" err="rpc error: code = Unknown desc = failed to resolve reference: '
+            'failed to do request: Head \\"https://robot:Pu11S3cr3t@registry.example.com/v2/app/manifests/1.0\\": dial tcp: i/o timeout"',
+            "E",
+        ),
+        ("Pu11S3cr3t",),
+        ("PullImage from image service failed", "registry.example.com/v2/app/manifests/1.0"),
+    ),
+    (
+        "dockerconfigjson-auth",
+        klog(
+            'kuberuntime_image.go:52] "Image pull secret" config={"auths":{"reg.example.com":{"username":"robot","password":"DockerCfgPw9","auth":"cm9ib3Q6RG9ja2VyQ2ZnUHc5"}}}',
+            "W",
+        ),
+        ("DockerCfgPw9", "cm9ib3Q6RG9ja2VyQ2ZnUHc5"),
+        ("reg.example.com",),
+    ),
+    (
+        "flag-token",
+        klog('flags.go:64] FLAG: --token="07401b.f395accd246ae52d"'),
+        ("f395accd246ae52d",),
+        ("FLAG: --token=",),
+    ),
+    (
+        "structured-token-kv",
+        klog(f'csi_attacher.go:360] "NodeStageVolume" volume="pv-1" token="{AWS_SECRET}" secretKey={AKID}'),
+        (AWS_SECRET, AKID),
+        ("NodeStageVolume", 'volume="pv-1"'),
+    ),
+    (
+        "exec-probe-password-arg",
+        klog(
+            'prober.go:107] "Probe failed" probeType="Liveness" pod="db/pg-0" output="psql: error" command=[pg_isready --password Pr0beSecret -h localhost]',
+            "E",
+        ),
+        ("Pr0beSecret",),
+        ("Probe failed", "pg_isready", "db/pg-0"),
+    ),
+    (
+        "signed-url",
+        klog(
+            'kubelet.go:2100] "Fetching" url="https://b.s3.amazonaws.com/o?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential='
+            + AKID
+            + '%2F20261201%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=9d1e5f2a7c3b8e4f6a0d2c9b7e5f3a1d"'
+        ),
+        (AKID, "9d1e5f2a7c3b8e4f6a0d2c9b7e5f3a1d"),
+        ("b.s3.amazonaws.com/o",),
+    ),
+]:
+    _L(Case(f"kubelet-{cid}", "kubelet-log", text, parts, keep))
+
+# -- audit.log: AVC events whose PROCTITLE (hex argv) shim-logs decodes -----------------------
+# Place "audit-proctitle": the content is an argv, logged hex-encoded in an AVC event's
+# PROCTITLE record; a real shim-logs collection decodes it to text and redacts that.
+for cid, argv, parts, keep in [
+    ("password-flag", ["mysql", "--password", "AuditPw0rd1", "-h", "db"], ("AuditPw0rd1",), ("mysql", "-h db")),
+    ("password-attached", ["mysql", "-pAuditPw0rd2", "-u", "root"], ("AuditPw0rd2",), ("mysql", "-u root")),
+    (
+        "token-equals",
+        ["kata-agent-ctl", "--token=AuditTok3n33", "connect"],
+        ("AuditTok3n33",),
+        ("kata-agent-ctl", "connect"),
+    ),
+    (
+        "curl-user",
+        ["curl", "-u", "robot:AuditCurlPw4", "https://reg.example.com/v2/"],
+        ("AuditCurlPw4",),
+        ("curl", "https://reg.example.com/v2/"),
+    ),
+    (
+        "url-userinfo",
+        ["skopeo", "copy", "docker://robot:AuditUrlPw5@reg.example.com/app"],
+        ("AuditUrlPw5",),
+        ("skopeo", "reg.example.com/app"),
+    ),
+    (
+        # Decoded argv is joined by spaces: a header value masks to the end of the record,
+        # so the header is the last argument here (a URL after it would be masked too).
+        "bearer-header",
+        ["curl", "https://api.example.com", "-H", f"Authorization: Bearer {GHP}"],
+        (GHP,),
+        ("curl https://api.example.com -H",),
+    ),
+    (
+        "env-aws-secret",
+        ["env", f"AWS_SECRET_ACCESS_KEY={AWS_SECRET}", "aws", "s3", "ls"],
+        (AWS_SECRET,),
+        ("aws s3 ls",),
+    ),
+    (
+        "podman-login",
+        ["podman", "login", "-u", "robot", "-p", "AuditLoginPw6", "reg.example.com"],
+        ("AuditLoginPw6",),
+        ("podman login", "reg.example.com"),
+    ),
+]:
+    _L(Case(f"audit-{cid}", "audit-proctitle", argv, parts, keep))
+
+# -- the node agent's capture manifest: `trigger.line` ---------------------------------------
+# Place "trigger-line": the one log line that triggered a capture, as the agent writes it into
+# the capture's manifest (and its listing record) through `Redactor.text`. Every one-line
+# log form above, as a trigger line.
+for _c in list(CASES):
+    if _c.place == "log" and _c.content.count("\n") == 1 and _c.content.endswith("\n"):
+        _L(Case(f"trigger-{_c.id}", "trigger-line", _c.content[:-1], _c.secrets, _c.keep))
+
+LOOKALIKES += [
+    Case(
+        "kubelet-token-volume",
+        "kubelet-log",
+        klog(
+            'operation_generator.go:721] "MountVolume.SetUp succeeded for volume \\"kube-api-access-x8f2k\\"" pod="default/token-rotator-0"'
+        ),
+        keep=("kube-api-access-x8f2k", "default/token-rotator-0"),
+    ),
+    Case(
+        "kubelet-secret-ref",
+        "kubelet-log",
+        klog('kubelet_pods.go:980] "Secret key reference" secretKeyRef="db-creds" key="password" optional=false', "W"),
+        keep=('secretKeyRef="db-creds"', 'key="password"'),
+    ),
+    Case(
+        "kubelet-probe-auth-failed",
+        "kubelet-log",
+        klog(
+            'prober.go:107] "Probe failed" probeType="Readiness" output="HTTP probe failed with statuscode: 401 (Unauthorized)"'
+        ),
+        keep=("statuscode: 401 (Unauthorized)",),
+    ),
+    Case(
+        "audit-harmless-argv",
+        "audit-proctitle",
+        ["/opt/kata/bin/qemu-system-x86_64", "-name", "sandbox-4f2c9e1a0b7d", "-m", "2048M", "-smp", "1"],
+        keep=("/opt/kata/bin/qemu-system-x86_64 -name sandbox-4f2c9e1a0b7d -m 2048M -smp 1",),
+    ),
+    Case(
+        "trigger-harmless",
+        "trigger-line",
+        'time="2026-12-01T10:00:00Z" level=error msg="failed to get token: connection refused" sandbox=4f2c9e1a0b7d',
+        keep=('msg="failed to get token: connection refused" sandbox=4f2c9e1a0b7d',),
+    ),
+]

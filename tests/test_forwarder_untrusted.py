@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,18 @@ import pytest
 
 from kata_debug.forwarder.file_sink import FileSink
 from kata_debug.forwarder.limits import BufferBudget, ListenerLimits
+from kata_debug.forwarder.otlp_sink import OtlpSink
 from kata_debug.forwarder.pipeline import ExportPipeline
-from kata_debug.forwarder.spans import DecodeError, Origin, QueuedSpan
+from kata_debug.forwarder.spans import Origin, QueuedSpan
 from kata_debug.forwarder.targets import parse_export
 from kata_debug.forwarder.wire_bincode import decode_bincode
 from kata_debug.forwarder.wire_json import decode_json
 from tests.agent_wire import frames, sample_span, to_bincode, to_json, to_json_obj
 from tests.conftest import kata_debug
 from tests.hostroots import kata_node
+from tests.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
 from tests.test_forwarder import SID, running, send_unix, short_tmp, until  # noqa: F401  (fixture)
+from tests.test_trace_wire import fixture_payloads
 
 LONE = "\ud800"
 ORIGIN = Origin.make("sb", "test", (("service.name", "kata-agent"),), ())
@@ -65,12 +69,97 @@ def test_json_decoder_replaces_lone_surrogates_and_counts_the_strings() -> None:
     assert ok.name == "smile \U0001f600" and ok.repaired == 0
 
 
-def test_bincode_strings_are_strict_utf8_so_a_surrogate_is_one_undecodable_frame() -> None:
-    # Rust strings are UTF-8; a hostile guest's UTF-8-encoded surrogate (ED A0 80) is not, and
-    # strict decoding can never hand a sink a string it cannot encode.
-    payload = to_bincode(sample_span(1, name="ABC")).replace(b"ABC", b"\xed\xa0\x80")
-    with pytest.raises(DecodeError, match="not UTF-8"):
-        decode_bincode(payload)
+def _fixture_frame_with_invalid_utf8() -> tuple[bytes, Any]:
+    """A real kata-agent bincode frame (the shared fixture) whose span name starts with an
+    encoded surrogate (ED A0 80) and whose first string attribute value holds a 0xFF byte:
+    same lengths, so only the strings' bytes change. Also returns the span as it decoded."""
+    for payload in fixture_payloads("bincode"):
+        span = decode_bincode(payload)
+        text = [(k, v) for k, v in span.attributes if isinstance(v, str) and len(v.encode()) >= 2]
+        if len(span.name) >= 3 and span.name.isascii() and text:
+            break
+    name = span.name.encode()
+    key, value = text[0]
+    name_at = payload.index(struct.pack("<Q", len(name)) + name) + 8
+    value_field = struct.pack("<Q", len(key)) + key.encode() + struct.pack("<IQ", 3, len(value.encode()))
+    value_at = payload.index(value_field + value.encode()) + len(value_field)
+    bad = bytearray(payload)
+    bad[name_at : name_at + 3] = b"\xed\xa0\x80"
+    bad[value_at] = 0xFF
+    return bytes(bad), span
+
+
+def test_bincode_strings_with_invalid_utf8_are_repaired_and_counted_not_the_frame_dropped() -> None:
+    payload, clean = _fixture_frame_with_invalid_utf8()
+    span = decode_bincode(payload)
+    assert span.name == "\ufffd" * 3 + clean.name[3:]
+    key, value = next((k, v) for k, v in clean.attributes if isinstance(v, str) and len(v.encode()) >= 2)
+    assert (key, "\ufffd" + value.encode()[1:].decode()) in span.attributes
+    assert span.repaired == 2  # two strings changed, however many bytes each
+    assert (span.span_id, span.trace_id, len(span.attributes)) == (clean.span_id, clean.trace_id, len(clean.attributes))
+    assert decode_bincode(to_bincode(sample_span(2, name="smile \U0001f600"))).repaired == 0
+
+
+def test_bincode_invalid_utf8_in_every_kind_of_string_is_repaired() -> None:
+    span = sample_span(1, name="N0")
+    span.attributes.append(("K1", "V1"))
+    span.attributes.append(("L", ("A1", "b")))
+    span.events[0].name = "E1"
+    span.status_message = "S1"
+    payload = to_bincode(span)
+    for marker in (b"N0", b"K1", b"V1", b"A1", b"E1", b"S1"):
+        assert marker in payload, marker  # (keys appear in the evict list too: not decoded)
+        payload = payload.replace(marker, marker[:1] + b"\x80")
+    got = decode_bincode(payload)
+    assert got.name == "N\ufffd" and got.status_message == "S\ufffd" and got.events[0].name == "E\ufffd"
+    assert ("K\ufffd", "V\ufffd") in got.attributes and ("L", ("A\ufffd", "b")) in got.attributes
+    assert got.repaired == 6
+
+
+async def test_a_bincode_span_with_invalid_utf8_over_hvsock_reaches_the_file_spool_counted(
+    short_tmp: Path,  # noqa: F811
+) -> None:
+    root = kata_node(short_tmp / "h")
+    spool = short_tmp / "spool.jsonl"
+    bad, clean = _fixture_frame_with_invalid_utf8()
+    good = fixture_payloads("bincode")[:20]
+    async with running(
+        listen=[f"hvsock:///run/vc/vm/{SID}/clh.sock"], exports=[parse_export(f"file://{spool}")], host_root=str(root)
+    ) as fwd:
+        await send_unix(root / f"run/vc/vm/{SID}/clh.sock_10240", frames(good[:10] + [bad] + good[10:]))
+        await until(lambda: fwd.stats.per_exporter[f"file://{spool}"][0].exported == 21)
+        assert fwd.stats.repaired_strings == 2 and fwd.stats.decode_errors == 0
+    names = [s["name"] for s in spool_spans(spool)]
+    assert len(names) == 21 and names[10] == "\ufffd" * 3 + clean.name[3:]
+
+
+@pytest.mark.parametrize("receiver", [OtlpGrpcReceiver, OtlpHttpReceiver])
+async def test_a_repaired_bincode_span_is_accepted_by_the_otlp_sinks(receiver: type) -> None:
+    bad, clean = _fixture_frame_with_invalid_utf8()
+    span = decode_bincode(bad)
+    rx = await receiver().start()
+    try:
+        sink = OtlpSink(parse_export(rx.export_uri))
+        try:
+            assert await asyncio.to_thread(sink.export, [(span, ORIGIN)]) == 1
+            (got,) = await rx.wait_for_spans(1)
+        finally:
+            sink.shutdown()
+    finally:
+        await rx.stop()
+    assert got.span.name == "\ufffd" * 3 + clean.name[3:]
+
+
+def test_trace_decode_repairs_a_bincode_frame_with_invalid_utf8_and_exits_0(tmp_path: Path) -> None:
+    bad, clean = _fixture_frame_with_invalid_utf8()
+    good = fixture_payloads("bincode")[:2]
+    stream = tmp_path / "hostile.bincode.bin"
+    stream.write_bytes(frames([good[0], bad, good[1]]))
+    res = kata_debug("trace", "decode", str(stream), "--wire-format", "bincode")
+    assert res.returncode == 0, res.stderr
+    assert b"internal error" not in res.stderr
+    names = [s["name"] for line in res.stdout.decode().splitlines() for s in _spans(line)]
+    assert names == [decode_bincode(good[0]).name, "\ufffd" * 3 + clean.name[3:], decode_bincode(good[1]).name]
 
 
 async def test_a_lone_surrogate_span_over_hvsock_reaches_the_file_spool_with_everything_around_it(

@@ -13,6 +13,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -321,14 +322,16 @@ def _scanner_pid() -> int:
 async def test_a_log_that_cannot_be_read_fails_alone_with_the_reason_in_process_reading_gives(tmp_path: Path) -> None:
     good = tmp_path / "good.log"
     good.write_bytes(b"level=info sandbox=sb-a msg=x\n")
+    unreadable = open(tmp_path / "write-only.log", "wb")  # a descriptor that cannot be read
+    unreadable.write(b"level=info sandbox=sb-b msg=y\n")
+    unreadable.flush()
     with pytest.raises(OSError) as in_process:
-        open(tmp_path / "gone.log", "rb")
+        os.read(unreadable.fileno(), 1)
     scanner = await ScannerProcess.start()
     assert scanner is not None
     try:
-        await scanner.send(
-            [(str(tmp_path / "gone.log"), 1 << 20, "gone"), (str(good), 1 << 20, "good")], known=[], redact=True
-        )
+        with unreadable, good.open("rb") as fh:
+            await scanner.send([(unreadable, 1 << 20, "gone"), (fh, 1 << 20, "good")], known=[], redact=True)
         gone, ok = await scanner.next_file(), await scanner.next_file()
         await scanner.finish()
         assert (gone.error, gone.output, gone.lines) == (in_process.value.strerror, None, 0)
@@ -346,8 +349,8 @@ async def test_a_scanner_that_dies_is_reported_not_waited_for(tmp_path: Path) ->
     assert scanner is not None
     try:
         os.kill(_scanner_pid(), signal.SIGKILL)
-        with pytest.raises(ScannerGone, match="exited with code -9"):
-            await scanner.send([(str(log), 1 << 30, "a")], known=[], redact=True)
+        with pytest.raises(ScannerGone, match="exited with code -9"), log.open("rb") as fh:
+            await scanner.send([(fh, 1 << 30, "a")], known=[], redact=True)
             await scanner.next_file()
     finally:
         await scanner.close()
@@ -369,7 +372,8 @@ async def test_ctrl_c_in_the_terminal_leaves_the_decision_to_the_collector(tmp_p
                 break
             await asyncio.sleep(0.05)
         os.kill(pid, signal.SIGINT)
-        await scanner.send([(str(log), 1 << 30, "a")], known=[], redact=True)
+        with log.open("rb") as fh:
+            await scanner.send([(fh, 1 << 30, "a")], known=[], redact=True)
         result = await scanner.next_file()
         await scanner.finish()
         assert (result.lines, result.error, result.redactions) == (1000, None, {"secret-value": 1000})
@@ -388,12 +392,14 @@ def test_a_scanner_whose_collector_died_removes_its_files(tmp_path: Path) -> Non
     log.write_bytes(b"level=info sandbox=sb-a msg=x\n" * 100_000)
     workdir = tmp_path / "scan"
     workdir.mkdir()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     proc = subprocess.Popen(
         [sys.executable, "-S", "-P", "-m", "kata_debug.logs.scan_worker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + logscan_client._RE2_ROOT},
+        pass_fds=(theirs.fileno(),),
     )
     assert proc.stdin and proc.stdout
     proc.stdout.close()  # the reading end is gone, as when the collector is SIGKILLed
@@ -402,10 +408,13 @@ def test_a_scanner_whose_collector_died_removes_its_files(tmp_path: Path) -> Non
         "dir": str(workdir),
         "known": [],
         "progress_every": 1 << 20,
-        "files": [{"real": str(log), "cap": 1 << 30, "member": "a"}],
+        "fds": theirs.fileno(),
+        "files": [{"cap": 1 << 30, "member": "a"}],
     }
     proc.stdin.write(json.dumps(job).encode() + b"\n")
     proc.stdin.close()
+    with ours, theirs, log.open("rb") as fh:
+        socket.send_fds(ours, [b"f"], [fh.fileno()])
     assert proc.wait(timeout=60) == 1
     assert proc.stderr is not None and proc.stderr.read() == b""
     assert not workdir.exists()
@@ -626,3 +635,71 @@ async def test_a_key_block_cut_by_the_cap_when_read_newest_first_is_masked_whole
     stream.feed(lead_in_forward(cut))  # what the collector does before the kept entries
     redacted = stream.feed(kept)
     assert b"secretkeymaterial" not in redacted and redacted.endswith(b"after\n")
+
+
+# -- logs are read through the descriptor that was measured ---------------------------------
+
+
+@pytest.mark.parametrize("scanner", [False, True], ids=["in process", "scanner process"])
+async def test_a_log_swapped_for_an_outside_link_after_it_was_measured_is_read_as_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scanner: bool
+) -> None:
+    """Between measuring a log and copying it, every log (a runtime's, a rotation, a filtered
+    syslog, the kubelet's) becomes a symlink to a file outside the host root: what is stored
+    is the node's content as it was opened, never the outside file's."""
+    root = kata_node(tmp_path / "host")
+    outside = tmp_path / "outside-secret"
+    outside.write_text("OUTSIDE level=info sandbox=sb-out msg=leak\n" * 100)
+    logs = {
+        shim_logs.LOG_FILES[0]: "level=info sandbox=sb-live msg=inside-live\n",
+        shim_logs.LOG_FILES[0] + ".1": "level=info sandbox=sb-rot msg=inside-rotated\n",
+        "/var/log/syslog": "Nov 28 10:00:00 node kernel: inside-syslog\n",
+        "/var/log/kubelet.log": "I1128 10:00:00.000000    1 kubelet.go:1] inside-kubelet\n",
+    }
+    for node_path, text in logs.items():
+        path = root / node_path.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text * 50)
+    real_log_files = shim_logs._log_files
+    swapped: list[str] = []
+
+    def measure_then_swap(*args: Any) -> Any:
+        found = real_log_files(*args)
+        for f in found[0]:
+            path = root / f.path.lstrip("/")
+            path.unlink()
+            path.symlink_to(outside)
+            swapped.append(f.path)
+        return found
+
+    monkeypatch.setattr(shim_logs, "_log_files", measure_then_swap)
+    bundle, started = await _collect(root, tmp_path / "b.tgz", scanner, monkeypatch)
+    assert sorted(swapped) == sorted(logs)
+    assert started == (["scanner", "file:0", "file:1", "file:2", "file:3"] if scanner else [])
+    raw = b"".join(bundle.members.values())
+    assert b"OUTSIDE" not in raw and b"sb-out" not in raw
+    for marker in ("inside-live", "inside-rotated", "inside-syslog", "inside-kubelet"):
+        assert marker.encode() in raw, marker
+    assert bundle.collector("shim-logs")["status"] == "ok"
+
+
+async def test_rotations_past_the_newest_few_are_named_not_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every log read is held open from measuring to copying: a node with endless `.N`
+    rotations gets its newest MAX_ROTATIONS read and the rest named as not read."""
+    monkeypatch.setattr(shim_logs, "MAX_ROTATIONS", 3)
+    root = kata_node(tmp_path / "host")
+    live = root / shim_logs.LOG_FILES[0].lstrip("/")
+    live.parent.mkdir(parents=True)
+    live.write_text("level=info sandbox=sb-live msg=rotation-live\n")
+    for n in range(1, 6):  # .5 is the oldest
+        live.with_name(f"{live.name}.{n}").write_text(f"level=info sandbox=sb-{n} msg=rotation-{n}\n")
+    bundle, _ = await _collect(root, tmp_path / "b.tgz", False, monkeypatch)
+    stored = {name.rsplit("/", 1)[-1] for name in bundle.members if "/files/" in name}
+    assert stored == {live.name, f"{live.name}.1", f"{live.name}.2", f"{live.name}.3"}
+    entry = bundle.collector("shim-logs")
+    assert entry["status"] == "partial"
+    assert entry["items_failed"] == [
+        {"item": f"{shim_logs.LOG_FILES[0]}.*", "reason": "2 older rotations not read (the newest 3 are)"}
+    ]

@@ -37,7 +37,7 @@ from kata_debug.analyze.base import Signature
 from kata_debug.collectors.sandboxes import STATE_ROOTS
 from kata_debug.collectors.shim_logs import IDENTIFIERS, LOG_FILES
 from kata_debug.logs.logfmt import parse_line, sandbox_of
-from kata_debug.node.hostroot import HostRoot, open_regular
+from kata_debug.node.hostroot import HostRoot
 from kata_debug.node.oci import CONTAINERD_TASK_ROOT, CRIO_ROOT, read_bundle
 
 log = logging.getLogger("kata_debug.agent.capture")
@@ -99,9 +99,11 @@ class _Task:
     spec: bytes | None
 
 
-def _read_small(real: Path, limit: int = COPY_FILE_MAX) -> bytes | None:
+def _read_small(host: HostRoot, real: Path, limit: int = COPY_FILE_MAX) -> bytes | None:
+    """A small node file found under the root (walked again from the root: a file swapped
+    for a link since it was listed is read inside the root, never outside it)."""
     try:
-        with open_regular(real) as fh:
+        with host.open(real) as fh:
             data = fh.read(limit + 1)
     except OSError:
         return None
@@ -125,7 +127,7 @@ def state_files(host: HostRoot, sid: str) -> dict[str, bytes]:
                         continue
                 except OSError:
                     continue
-                data = _read_small(real)
+                data = _read_small(host, real)
                 if data is None or total + len(data) > COPY_SANDBOX_MAX:
                     continue
                 found[host.node_path(real)] = data
@@ -403,7 +405,7 @@ class FileFollower:
 
     def _reopen(self, path: str, at_end: bool) -> None:
         try:
-            fh = open_regular(self.host.resolve(path))
+            fh = self.host.open(path)  # one descriptor, walked inside the root
         except OSError:
             return
         if at_end:
@@ -425,7 +427,7 @@ class FileFollower:
             # and a "line" with no newline is kept to _MAX_LINE bytes, never grown without end.
             data = partial[-_MAX_LINE:] + fh.read(_READ_PER_POLL)
             try:
-                st = self.host.resolve(path).stat()
+                st = self.host.stat(path)
                 rotated = st.st_ino != ino
                 truncated = not rotated and st.st_size < fh.tell()
             except OSError:

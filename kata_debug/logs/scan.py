@@ -17,13 +17,14 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from kata_debug.logs.logfmt import parse_line, sandbox_of
-from kata_debug.node.hostroot import open_regular
 from kata_debug.redact.redactor import StreamRedactor
 
 BATCH = 1 << 20
+#: The most read past the measured end to finish the last line copied.
+LINE_TAIL_MAX = 1 << 20
 MAX_SANDBOXES = 512
 _SANDBOX_FIELD = re.compile(rb'sandbox="?([A-Za-z0-9][A-Za-z0-9_.-]*)')
 
@@ -155,7 +156,7 @@ def sandbox_lines(chunk: bytes) -> tuple[int, dict[str, tuple[int, int, int]]]:
 
 
 def copy_log(
-    real_path: str,
+    src: BinaryIO,
     cap: int,
     out: Sink,
     index: SandboxIndex,
@@ -164,7 +165,12 @@ def copy_log(
     stats: SourceStats,
     after_chunk: Callable[[], None] | None = None,
 ) -> int:
-    """Copy the newest `cap` bytes of a log file, redacted, indexing its sandbox lines under `member`.
+    """Copy the newest `cap` bytes of log file `src`, redacted, indexing its sandbox lines under `member`.
+
+    `src` is the file as it was opened and measured (a node file: opened once, component by
+    component inside the host root): it is read from wherever its position is left, never
+    reopened by path, so a log swapped for a symlink since cannot lead the copy elsewhere.
+    The caller closes it.
 
     Starts on a line boundary and reads whole lines, so redaction and indexing never see a
     line cut in two. `stats` is updated as chunks go, so a read error part-way still reports
@@ -172,18 +178,23 @@ def copy_log(
     skipped at the start.
     """
     skipped = 0
-    with open_regular(real_path) as src:  # a FIFO swapped in since it was measured: an error, not a hang
-        size = os.fstat(src.fileno()).st_size
-        if size > cap:
-            src.seek(size - cap - 1)
-            src.readline()
-            skipped = src.tell()
-        while chunk := src.read(BATCH):
-            chunk += src.readline()
-            chunk = redact.feed(chunk)
-            write_indexed(chunk, out, index, member, stats)
-            if after_chunk is not None:
-                after_chunk()
+    size = os.fstat(src.fileno()).st_size
+    if size > cap:
+        src.seek(size - cap - 1)
+        src.readline()
+        skipped = src.tell()
+    else:
+        src.seek(0)
+    # Up to the size measured, plus the rest of the line it ends in: a log still being
+    # written (or a newline-less line appended meanwhile) cannot keep the copy going.
+    left = size - skipped
+    while left > 0 and (chunk := src.read(min(BATCH, left))):
+        chunk += src.readline(LINE_TAIL_MAX)
+        left -= len(chunk)
+        chunk = redact.feed(chunk)
+        write_indexed(chunk, out, index, member, stats)
+        if after_chunk is not None:
+            after_chunk()
     return skipped
 
 

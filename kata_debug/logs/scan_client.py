@@ -5,6 +5,10 @@ threads that compress the bundle. In one separate process it uses its own core w
 process only compresses. It says how far it got as it goes, so what it has written can be
 compressed while it scans on (`deflate_ahead`). Its output files live in a private temp
 directory; they are read from there or handed to the bundle as spools, never copied.
+
+The logs themselves are handed over as open descriptors (SCM_RIGHTS over a socket pair made
+at start), never as paths: the collector opened and measured each one inside the host root,
+and a path reopened in another process could by then be a symlink leading out of it.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import re2
 
@@ -33,6 +38,8 @@ _IMPORT_ROOT = str(Path(__file__).resolve().parents[2])
 # The worker runs with -S (no site-packages): the one installed package it imports, RE2
 # (redaction's prefilter), goes on its path by the directory it is installed in.
 _RE2_ROOT = str(Path(re2.__file__).resolve().parents[1])
+#: Descriptors per message on the socket (the kernel's SCM_MAX_FD is 253).
+FDS_PER_MESSAGE = 200
 
 
 class ScannerGone(Exception):
@@ -100,10 +107,15 @@ async def _remove(workdir: str, stderr: IO[bytes] | None) -> None:
 class ScannerProcess:
     """One scanner process for one collection: start early, send the files once, read in order."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, workdir: str, stderr: IO[bytes]) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, workdir: str, stderr: IO[bytes], fds: socket.socket, their_fds: int
+    ) -> None:
         self._proc = proc
         self.workdir = workdir
         self._stderr = stderr
+        #: Our end of the socket the logs' descriptors go through; `their_fds` is its peer's number in the scanner.
+        self._fds = fds
+        self._their_fds = their_fds
 
     @classmethod
     async def start(cls) -> ScannerProcess | None:
@@ -118,6 +130,13 @@ class ScannerProcess:
             if not making.cancelled() and making.exception() is None:
                 await _remove(*making.result())
             raise
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:  # out of descriptors: scan in process
+            await _remove(workdir, stderr)
+            return None
+        ours.setblocking(False)
+        their_number = theirs.fileno()  # pass_fds keeps a descriptor's number in the child
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": _IMPORT_ROOT + os.pathsep + _RE2_ROOT + (os.pathsep + path if path else "")}
         try:
@@ -137,32 +156,60 @@ class ScannerProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
                 limit=_MAX_MESSAGE,
+                pass_fds=(theirs.fileno(),),
             )
         except OSError:
+            ours.close()
             await _remove(workdir, stderr)
             return None
         except BaseException:  # cancelled while starting: nobody else knows the directory
+            ours.close()
             await _remove(workdir, stderr)
             raise
-        return cls(proc, workdir, stderr)
+        finally:
+            theirs.close()  # the scanner holds its own copy
+        return cls(proc, workdir, stderr, ours, their_number)
 
-    async def send(self, files: Sequence[tuple[str, int, str]], *, known: Iterable[str], redact: bool) -> None:
-        """Hand over the files: (real path, cap, bundle member its sandbox lines are indexed under),
-        and the sandboxes already indexed (they count towards the limit)."""
+    async def send(self, files: Sequence[tuple[BinaryIO, int, str]], *, known: Iterable[str], redact: bool) -> None:
+        """Hand over the files: (open log file, cap, bundle member its sandbox lines are indexed
+        under), and the sandboxes already indexed (they count towards the limit).
+
+        The scanner gets its own copies of the descriptors; the caller still closes its files
+        (once this returns, closing them no longer matters to the scanner).
+        """
         job = {
             "redact": redact,
             "known": sorted(known),
             "dir": self.workdir,
             "progress_every": PROGRESS_EVERY,
-            "files": [{"real": real, "cap": cap, "member": member} for real, cap, member in files],
+            "fds": self._their_fds,
+            "files": [{"cap": cap, "member": member} for _, cap, member in files],
         }
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(job).encode() + b"\n")
         try:
             await self._proc.stdin.drain()
             self._proc.stdin.close()
+            fds = [fh.fileno() for fh, _, _ in files]
+            for at in range(0, len(fds), FDS_PER_MESSAGE):
+                await self._send_fds(fds[at : at + FDS_PER_MESSAGE])
         except (BrokenPipeError, ConnectionResetError):
             raise ScannerGone(await self._why_gone()) from None
+
+    async def _send_fds(self, fds: list[int]) -> None:
+        """One message carrying `fds`, waiting (on the loop, not in a thread) while the socket is full."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                socket.send_fds(self._fds, [b"f"], fds)
+                return
+            except BlockingIOError:
+                writable: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(self._fds, _wake, writable)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(self._fds)
 
     async def next_file(self, progress: Callable[[Progress], None] | None = None) -> ScannedFile:
         """The next file's result, in the order sent; `progress` hears of what is flushed meanwhile
@@ -224,7 +271,13 @@ class ScannerProcess:
                     pass
                 await self._proc.wait()
         finally:
+            self._fds.close()
             await _remove(self.workdir, self._stderr)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _last_line(path: str) -> str:

@@ -5,8 +5,11 @@ multiprocessing: `python -m kata_debug` runs the CLI at import, and a plain chil
 line protocol needs nothing pickled and imports only what it uses (redact, logfmt).
 
 Protocol, one JSON object per line:
-  stdin  <- {"redact": bool, "dir": str, "files": [{"real": str, "cap": int, "member": str}, ...],
-             "known": [sid, ...], "progress_every": bytes}
+  stdin  <- {"redact": bool, "dir": str, "files": [{"cap": int, "member": str}, ...],
+             "known": [sid, ...], "progress_every": bytes, "fds": n}
+  socket `fds` (inherited, SOCK_SEQPACKET) <- the files' open descriptors, in order, up to
+             200 per message. The worker reads only through them: it never opens a log by
+             path, so a log swapped for a symlink after the collector measured it changes nothing.
   stdout -> per file, in order, every `progress_every` bytes read:
               {"progress": i, "out": name, "size": n}
             and when it is done:
@@ -25,6 +28,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 from typing import IO, Any
 
@@ -55,10 +59,20 @@ class _Job:
         self._reported_counts: dict[str, int] = {}
         #: Sandboxes indexed so far (the collector's, then each file's): the limit counts them all.
         self._known: set[str] = set(spec.get("known", ()))
+        self.fds_socket = int(spec["fds"])
+        self.fds: list[int] = []
+
+    def receive_fds(self, sock: socket.socket) -> None:
+        """Take the files' descriptors, all before scanning any: the collector sends them at once."""
+        while len(self.fds) < len(self.files):
+            msg, fds, flags, _ = socket.recv_fds(sock, 1, len(self.files) - len(self.fds))
+            self.fds += fds
+            if flags & socket.MSG_CTRUNC or not msg:
+                raise RuntimeError(f"received {len(self.fds)} of {len(self.files)} log file descriptors")
 
     def scan(self, i: int) -> dict[str, Any]:
         spec = self.files[i]
-        stats = SourceStats(source=spec["real"])
+        stats = SourceStats(source=spec["member"])
         name = f"f{i}.log"
         skipped = 0
         index = SandboxIndex(self._known)
@@ -74,10 +88,11 @@ class _Job:
                 out.fh.flush()
                 _send({"progress": i, "out": name, "size": out.size})
 
+        fd, self.fds[i] = self.fds[i], -1
         try:
-            with out.fh:
+            with out.fh, os.fdopen(fd, "rb") as src:
                 skipped = copy_log(
-                    spec["real"], int(spec["cap"]), out, index, spec["member"], self.redactor.stream(), stats, progress
+                    src, int(spec["cap"]), out, index, spec["member"], self.redactor.stream(), stats, progress
                 )
         except OSError as exc:
             stats.error = exc.strerror or str(exc)
@@ -113,6 +128,8 @@ def main() -> int:
         return 0
     job = _Job(json.loads(line))
     try:
+        with socket.socket(fileno=job.fds_socket) as sock:
+            job.receive_fds(sock)
         for i in range(len(job.files)):
             _send(job.scan(i))
         _send({"done": True})

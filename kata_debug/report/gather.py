@@ -16,7 +16,7 @@ import json
 import tarfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +24,7 @@ from typing import IO, Any
 import zstandard
 
 from kata_debug.bundle.reader import BundleError, Member, iter_members
+from kata_debug.redact.redactor import Redactor
 from kata_debug.report.lines import LogScanner, entry_from_line, parse_ts
 from kata_debug.report.model import (
     CollectorStatus,
@@ -112,6 +113,7 @@ def gather(source: str | Path, *, label: str | None = None, page_bytes: int = PA
         cost = ENTRY_MARKUP + (sum(sizes) // len(sizes) if sizes else 60)
         _trim(sb, max(20, share // cost))
     findings, findings_source = _findings(top)
+    findings = _redact_shown(nodes, findings)
     return Report(
         bundle=name,
         cluster=cluster,
@@ -122,6 +124,36 @@ def gather(source: str | Path, *, label: str | None = None, page_bytes: int = PA
         lines_read=top.scanner.lines + sum(n.scanner.lines for n in top.nested),
         members_read=top.members + sum(n.members for n in top.nested),
     )
+
+
+def _redact_shown(nodes: list[NodeReport], findings: list[Finding]) -> list[Finding]:
+    """Redact the text the page shows of any node whose bundle was not redacted; the findings too.
+
+    A report is passed around more widely than a bundle (pasted into tickets, mailed), so it
+    must not re-expose what `collect` would have masked: a bundle collected with
+    `--no-redact` (or one whose manifest does not say) has its log lines, span names and
+    findings' evidence redacted for the page, line by line, after the page's cap (so at most
+    a few thousand short strings). A redacted bundle's text is shown as it is.
+    """
+    if all(n.redacted is True for n in nodes):
+        return findings
+    redactor = Redactor()
+    text = redactor.text
+    for node in nodes:
+        if node.redacted is True:
+            continue
+        for sb in node.sandboxes:
+            sb.entries = [replace(e, text=text(e.text)) for e in sb.entries]
+            sb.spans = [replace(sp, name=text(sp.name)) for sp in sb.spans]
+    return [
+        replace(
+            f,
+            title=text(f.title),
+            explanation=text(f.explanation),
+            evidence=tuple(replace(ev, text=text(ev.text)) for ev in f.evidence),
+        )
+        for f in findings
+    ]
 
 
 def _read(source: str | IO[bytes], label: str, prefix: str) -> _NodePass:
