@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from kata_debug.node.containerd_config import (
     MAX_CONFIG_FILES,
@@ -44,17 +45,13 @@ ENOENT = (
 )
 
 
-def _ids(d: object) -> list[tuple[str, str]]:
-    return [(f.id, f.severity) for f in d.findings]  # type: ignore[attr-defined]
-
-
 # -- merge rules -----------------------------------------------------------------------
 
 
 def test_containerd_1x_import_replaces_the_whole_plugin_section() -> None:
     """containerd#5837: in 1.x an imported plugins."<id>" replaces the main file's."""
-    main = {"plugins": {"io.containerd.grpc.v1.cri": {"containerd": {"runtimes": {"runc": {}}}}}}
-    drop = {"plugins": {"io.containerd.grpc.v1.cri": {"containerd": {"runtimes": {"kata": {}}}}}}
+    main: dict[str, Any] = {"plugins": {"io.containerd.grpc.v1.cri": {"containerd": {"runtimes": {"runc": {}}}}}}
+    drop: dict[str, Any] = {"plugins": {"io.containerd.grpc.v1.cri": {"containerd": {"runtimes": {"kata": {}}}}}}
     merged = merge_config(main, drop, v2=False)
     assert list(merged["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]) == ["kata"]
 

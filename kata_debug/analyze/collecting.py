@@ -44,7 +44,7 @@ class EvidenceTap:
 
     def member(self, path: str, size: int) -> Callable[[bytes], None] | None:
         ev = self.evidence
-        ev.members.append(path)
+        ev.list_member(path)
         if is_log_member(path):
             feeder = self._feeders[path] = self._scanner.feeder(path, ev.hits)
             ev.log_members.append(path)
@@ -52,7 +52,7 @@ class EvidenceTap:
         if not any(fnmatch.fnmatchcase(path, p) for p in self._keep):
             return None
         if size > MAX_STRUCTURED_BYTES or self._kept + size > MAX_STRUCTURED_TOTAL:
-            ev.skipped.append(f"{path}: {size} bytes, not kept for analysis")
+            ev.skip(path, f"{size} bytes, not kept for analysis")
             return None
         self._kept += size
         buf = self._buffers[path] = bytearray()

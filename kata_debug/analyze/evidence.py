@@ -31,13 +31,20 @@ from kata_debug.analyze.base import (
     pod_on_line,
     sandbox_on_line,
 )
-from kata_debug.bundle.reader import BundleError, Member, iter_members
+from kata_debug.bundle.reader import MAX_STRUCTURED_BYTES, BundleError, Member, iter_members
 
 _BLOCK = 1 << 20
 #: A "line" longer than this is matched on its first part only (a log is not a blob store).
 _MAX_LINE = 64 << 10
-#: Structured members kept in memory per bundle, in total.
-MAX_STRUCTURED_TOTAL = 64 << 20
+#: Structured members kept in memory for one diagnosis, in total: a cluster bundle's own
+#: part and all its nested node bundles share it, so an attacker-sized bundle (thousands of
+#: 16 MiB members, or of nested nodes) cannot take unbounded memory. What is past it is not
+#: read, and each analyzer that declared it in `reads` gets a note saying so.
+MAX_STRUCTURED_TOTAL = 256 << 20
+#: Member names remembered per bundle (each a short string; a bundle has a few thousand).
+MAX_MEMBERS_LISTED = 200_000
+#: Skipped structured members named per bundle; the rest are counted.
+MAX_SKIPPED_LISTED = 200
 
 #: Members whose lines are matched: the raw log text of the log collectors. Per-sandbox
 #: copies and parsed JSON views of the same lines are left out so nothing counts twice.
@@ -165,29 +172,74 @@ class NodeEvidence:
     log_members: list[str] = field(default_factory=list)
     log_lines: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: Structured members the analyzers asked for but did not get (member paths, first
+    #: MAX_SKIPPED_LISTED), and how many there were in all.
+    skipped_members: list[str] = field(default_factory=list)
+    skipped_count: int = 0
+    #: Member names past MAX_MEMBERS_LISTED (not listed, still read).
+    members_unlisted: int = 0
+    #: The total structured bytes this read was allowed (MAX_STRUCTURED_TOTAL unless a caller chose).
+    structured_limit: int = MAX_STRUCTURED_TOTAL
     nested: list[NodeEvidence] = field(default_factory=list)
+
+    def skip(self, path: str, why: str) -> None:
+        """A structured member not kept: named (bounded) and counted."""
+        self.skipped_count += 1
+        if len(self.skipped_members) < MAX_SKIPPED_LISTED:
+            self.skipped_members.append(path)
+            self.skipped.append(f"{self.path_prefix}{path}: {why}")
+
+    def list_member(self, path: str) -> None:
+        if len(self.members) < MAX_MEMBERS_LISTED:
+            self.members.append(path)
+        else:
+            self.members_unlisted += 1
+
+
+@dataclass
+class StructuredBudget:
+    """Bytes of structured members kept so far in one diagnosis (all nested bundles)."""
+
+    limit: int = MAX_STRUCTURED_TOTAL
+    kept: int = 0
+
+    def take(self, size: int) -> bool:
+        if self.kept + size > self.limit:
+            return False
+        self.kept += size
+        return True
 
 
 def read_bundle_evidence(
-    source: str | IO[bytes], signatures: Sequence[Signature], reads: Sequence[str], *, label: str | None = None
+    source: str | IO[bytes],
+    signatures: Sequence[Signature],
+    reads: Sequence[str],
+    *,
+    label: str | None = None,
+    limit: int = MAX_STRUCTURED_TOTAL,
 ) -> NodeEvidence:
     """Read a bundle (file, directory or tar stream) once; raises BundleError for bad input."""
     scanner = LineScanner(signatures)
     keep = (*BASE_READS, *reads)
-    return _read(source, scanner, keep, "", label)
+    return _read(source, scanner, keep, "", label, StructuredBudget(limit))
 
 
 def _read(
-    source: str | IO[bytes], scanner: LineScanner, keep: Sequence[str], prefix: str, label: str | None
+    source: str | IO[bytes],
+    scanner: LineScanner,
+    keep: Sequence[str],
+    prefix: str,
+    label: str | None,
+    budget: StructuredBudget,
 ) -> NodeEvidence:
-    ev = NodeEvidence(path_prefix=prefix)
+    ev = NodeEvidence(path_prefix=prefix, structured_limit=budget.limit)
     name = label or (source if isinstance(source, str) else "<stream>")
     saw_manifest = False
     for member in iter_members(source, label=label):
-        ev.members.append(member.path)
+        ev.list_member(member.path)
         saw_manifest = saw_manifest or member.path == "manifest.json"
         try:
-            _take(ev, member, scanner, keep, prefix)
+            _take(ev, member, scanner, keep, prefix, budget)
         except (tarfile.TarError, OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
             # A member's data ends early (a truncated download, a collection killed mid-write).
             raise BundleError(f"{name}: damaged bundle (reading {member.path}: {exc})") from None
@@ -196,12 +248,14 @@ def _read(
     return ev
 
 
-def _take(ev: NodeEvidence, member: Member, scanner: LineScanner, keep: Sequence[str], prefix: str) -> None:
+def _take(
+    ev: NodeEvidence, member: Member, scanner: LineScanner, keep: Sequence[str], prefix: str, budget: StructuredBudget
+) -> None:
     """One member: a nested node bundle, a log to scan, structured data to keep, or nothing."""
     shown = prefix + member.path
     if member.is_nested_bundle and member.path.startswith("nodes/"):
         try:
-            ev.nested.append(_read(member.fileobj, scanner, keep, f"{shown}!/", shown))
+            ev.nested.append(_read(member.fileobj, scanner, keep, f"{shown}!/", shown, budget))
         except BundleError as exc:
             ev.skipped.append(f"{shown}: {exc}")
         return
@@ -211,14 +265,16 @@ def _take(ev: NodeEvidence, member: Member, scanner: LineScanner, keep: Sequence
         return
     if not any(fnmatch.fnmatchcase(member.path, pattern) for pattern in keep):
         return
-    kept = sum(len(v) for v in ev.structured.values())
-    if kept + member.size > MAX_STRUCTURED_TOTAL:
-        ev.skipped.append(f"{shown}: not read, structured members past {MAX_STRUCTURED_TOTAL >> 20} MiB")
+    if member.size > MAX_STRUCTURED_BYTES:
+        ev.skip(member.path, f"{member.size} bytes, larger than {MAX_STRUCTURED_BYTES >> 20} MiB: not read")
+        return
+    if not budget.take(member.size):
+        ev.skip(member.path, f"not read: structured members past {budget.limit >> 20} MiB in total")
         return
     try:
         ev.structured[member.path] = member.read_bytes()
     except BundleError as exc:
-        ev.skipped.append(str(exc))
+        ev.skip(member.path, str(exc))
 
 
 class EvidenceView:
