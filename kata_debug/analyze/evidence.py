@@ -18,7 +18,9 @@ import tomllib
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import IO, Any
+from zoneinfo import ZoneInfo
 
 import re2  # google-re2, as the redactor uses
 import zstandard
@@ -32,6 +34,8 @@ from kata_debug.analyze.base import (
     sandbox_on_line,
 )
 from kata_debug.bundle.reader import MAX_STRUCTURED_BYTES, BundleError, Member, iter_members
+from kata_debug.logs.nodelogs import audit_stamp, klog_stamp, syslog_stamp
+from kata_debug.logs.since import line_time as since_line_time
 
 _BLOCK = 1 << 20
 #: A "line" longer than this is matched on its first part only (a log is not a blob store).
@@ -52,7 +56,13 @@ _LOG_PREFIXES = ("shim-logs/",)
 _NOT_LOG_SUFFIXES = (".json", ".jsonl", ".stderr", ".gz", ".zst", ".idx", ".index", ".tsv")
 _NOT_LOG_PARTS = ("/sandboxes/", "/per-sandbox/", "/index/")
 #: Always kept: what every analyzer may need to say which node and sandbox it is about.
-BASE_READS = ("manifest.json", "oci-specs/index.json", "host/facts.json", "kata-config/summary.json")
+BASE_READS = (
+    "manifest.json",
+    "oci-specs/index.json",
+    "host/facts.json",
+    "kata-config/summary.json",
+    "shim-logs/summary.json",  # the node's time zone, for year-less log stamps
+)
 
 
 def is_log_member(path: str) -> bool:
@@ -394,6 +404,41 @@ class EvidenceView:
         return None
 
     # -- logs ---------------------------------------------------------------------
+    def _clock(self) -> tuple[tzinfo, datetime]:
+        """The node's zone and the collection time: what year-less syslog and klog stamps
+        are read with (the bundle's own record of both; UTC and now when it has none)."""
+        if "clock" not in self._parsed:
+            summary = self.json("shim-logs/summary.json")
+            summary = summary if isinstance(summary, dict) else {}
+            zone: tzinfo = UTC
+            offset = summary.get("node_utc_offset_seconds")
+            try:  # a zone name knows each date's offset (daylight saving time)
+                zone = ZoneInfo(str(summary.get("node_time_zone")))
+            except (ValueError, KeyError, OSError):  # not a key ("/etc/localtime", "UTC (...)"): the offset
+                if isinstance(offset, int) and abs(offset) < 86400:
+                    zone = timezone(timedelta(seconds=offset))
+            manifest = self.json("manifest.json")
+            now = datetime.now(UTC)
+            if isinstance(manifest, dict) and isinstance(manifest.get("finished_at"), str):
+                try:
+                    now = datetime.fromisoformat(manifest["finished_at"])
+                except ValueError:
+                    pass
+            self._parsed["clock"] = (zone, now if now.tzinfo else now.replace(tzinfo=UTC))
+        clock: tuple[tzinfo, datetime] = self._parsed["clock"]
+        return clock
+
+    def line_time(self, m: LineMatch) -> datetime | None:
+        """When a matched line was logged (aware), from the stamp it starts with: RFC 3339
+        (journal, logrus `time="..."`), audit's epoch, or syslog/klog wall clock in the
+        node's zone. None when the line carries no time (a pasted kubectl event)."""
+        raw = m.text.encode()
+        t = since_line_time(raw) or audit_stamp(raw)
+        if t is None:
+            zone, now = self._clock()
+            t = syslog_stamp(zone, now)(raw) or klog_stamp(zone, now)(raw)
+        return t
+
     def hits(self, name: str) -> SignatureHits:
         return self._ev.hits.get(name) or SignatureHits()
 
