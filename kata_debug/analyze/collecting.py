@@ -17,7 +17,7 @@ from kata_debug.analyze.analyzer import Analyzer
 from kata_debug.analyze.diagnose import Diagnosis, all_signatures, analyze_evidence, load_analyzers
 from kata_debug.analyze.evidence import (
     BASE_READS,
-    MAX_STRUCTURED_TOTAL,
+    MAX_STRUCTURED_PER_BUNDLE,
     LineFeeder,
     LineScanner,
     NodeEvidence,
@@ -51,7 +51,7 @@ class EvidenceTap:
             return feeder.feed
         if not any(fnmatch.fnmatchcase(path, p) for p in self._keep):
             return None
-        if size > MAX_STRUCTURED_BYTES or self._kept + size > MAX_STRUCTURED_TOTAL:
+        if size > MAX_STRUCTURED_BYTES or self._kept + size > MAX_STRUCTURED_PER_BUNDLE:
             ev.skip(path, f"{size} bytes, not kept for analysis")
             return None
         self._kept += size

@@ -19,7 +19,6 @@ from kata_debug.analyze.evidence import (
     read_bundle_evidence,
 )
 from kata_debug.analyze.ranking import rank
-from kata_debug.bundle.reader import MAX_STRUCTURED_BYTES
 
 AnalyzerState = Literal["ok", "failed"]
 
@@ -41,25 +40,26 @@ class AnalyzerStatus:
 
 
 def _notes(analyzers: list[Analyzer], evs: list[NodeEvidence], statuses: dict[str, AnalyzerStatus]) -> None:
-    """Tell each analyzer which of the members it declared in `reads` were not read."""
+    """Tell each analyzer which of the members it declared in `reads` were not read, and why."""
     unnamed = sum(ev.skipped_count - len(ev.skipped_members) for ev in evs)
     for analyzer in analyzers:
         patterns = (*BASE_READS, *analyzer.reads)
         missed = [
-            ev.path_prefix + p
+            (ev.path_prefix + p, why)
             for ev in evs
-            for p in ev.skipped_members
+            for p, why in ev.skipped_members
             if any(fnmatch.fnmatchcase(p, r) for r in patterns)
         ]
         if not missed and not unnamed:
             continue
-        shown = ", ".join(missed[:3]) + (f" and {len(missed) - 3} more" if len(missed) > 3 else "")
+        reasons = "; ".join(dict.fromkeys(why for _, why in missed))
+        shown = ", ".join(p for p, _ in missed[:3]) + (f" and {len(missed) - 3} more" if len(missed) > 3 else "")
         if unnamed:
             # Past the named ones only a count is kept: any of them may be one it reads.
-            shown += f"{'; ' if shown else ''}{unnamed} more skipped member(s) not named"
+            shown += f"{', ' if shown else ''}{unnamed} more skipped member(s) not named"
         statuses[analyzer.name].note = (
-            f"not read (over {MAX_STRUCTURED_BYTES >> 20} MiB each, or past {evs[0].structured_limit >> 20} MiB "
-            f"of structured members in total), findings may be incomplete: {shown}"
+            f"{len(missed) + unnamed if unnamed else len(missed)} member(s) it reads were skipped"
+            f"{f' ({reasons})' if reasons else ''}, findings may be incomplete: {shown}"
         )
 
 

@@ -40,10 +40,12 @@ from kata_debug.logs.since import line_time as since_line_time
 _BLOCK = 1 << 20
 #: A "line" longer than this is matched on its first part only (a log is not a blob store).
 _MAX_LINE = 64 << 10
-#: Structured members kept in memory for one diagnosis, in total: a cluster bundle's own
-#: part and all its nested node bundles share it, so an attacker-sized bundle (thousands of
-#: 16 MiB members, or of nested nodes) cannot take unbounded memory. What is past it is not
-#: read, and each analyzer that declared it in `reads` gets a note saying so.
+#: Structured members kept in memory per bundle (a node's, or a cluster bundle's own part).
+MAX_STRUCTURED_PER_BUNDLE = 64 << 20
+#: ... and for one whole diagnosis: a cluster bundle and all its nested node bundles share
+#: it, so an attacker-sized bundle (thousands of 16 MiB members, or of nested nodes) cannot
+#: take unbounded memory. What is past either is not read, and each analyzer that declared
+#: it in `reads` gets a note saying so.
 MAX_STRUCTURED_TOTAL = 256 << 20
 #: Member names remembered per bundle (each a short string; a bundle has a few thousand).
 MAX_MEMBERS_LISTED = 200_000
@@ -184,19 +186,18 @@ class NodeEvidence:
     skipped: list[str] = field(default_factory=list)
     #: Structured members the analyzers asked for but did not get (member paths, first
     #: MAX_SKIPPED_LISTED), and how many there were in all.
-    skipped_members: list[str] = field(default_factory=list)
+    skipped_members: list[tuple[str, str]] = field(default_factory=list)
     skipped_count: int = 0
     #: Member names past MAX_MEMBERS_LISTED (not listed, still read).
     members_unlisted: int = 0
-    #: The total structured bytes this read was allowed (MAX_STRUCTURED_TOTAL unless a caller chose).
-    structured_limit: int = MAX_STRUCTURED_TOTAL
+    structured_bytes: int = 0
     nested: list[NodeEvidence] = field(default_factory=list)
 
     def skip(self, path: str, why: str) -> None:
         """A structured member not kept: named (bounded) and counted."""
         self.skipped_count += 1
         if len(self.skipped_members) < MAX_SKIPPED_LISTED:
-            self.skipped_members.append(path)
+            self.skipped_members.append((path, why))
             self.skipped.append(f"{self.path_prefix}{path}: {why}")
 
     def list_member(self, path: str) -> None:
@@ -211,13 +212,18 @@ class StructuredBudget:
     """Bytes of structured members kept so far in one diagnosis (all nested bundles)."""
 
     limit: int = MAX_STRUCTURED_TOTAL
+    per_bundle: int = MAX_STRUCTURED_PER_BUNDLE
     kept: int = 0
 
-    def take(self, size: int) -> bool:
+    def take(self, ev: NodeEvidence, size: int) -> str | None:
+        """Count a member in; or why it is not read."""
+        if ev.structured_bytes + size > self.per_bundle:
+            return f"not read: structured members past {self.per_bundle >> 20} MiB in this bundle"
         if self.kept + size > self.limit:
-            return False
+            return f"not read: structured members past {self.limit >> 20} MiB in total"
         self.kept += size
-        return True
+        ev.structured_bytes += size
+        return None
 
 
 def read_bundle_evidence(
@@ -227,11 +233,12 @@ def read_bundle_evidence(
     *,
     label: str | None = None,
     limit: int = MAX_STRUCTURED_TOTAL,
+    per_bundle: int = MAX_STRUCTURED_PER_BUNDLE,
 ) -> NodeEvidence:
     """Read a bundle (file, directory or tar stream) once; raises BundleError for bad input."""
     scanner = LineScanner(signatures)
     keep = (*BASE_READS, *reads)
-    return _read(source, scanner, keep, "", label, StructuredBudget(limit))
+    return _read(source, scanner, keep, "", label, StructuredBudget(limit, per_bundle))
 
 
 def _read(
@@ -242,7 +249,7 @@ def _read(
     label: str | None,
     budget: StructuredBudget,
 ) -> NodeEvidence:
-    ev = NodeEvidence(path_prefix=prefix, structured_limit=budget.limit)
+    ev = NodeEvidence(path_prefix=prefix)
     name = label or (source if isinstance(source, str) else "<stream>")
     saw_manifest = False
     for member in iter_members(source, label=label):
@@ -278,8 +285,9 @@ def _take(
     if member.size > MAX_STRUCTURED_BYTES:
         ev.skip(member.path, f"{member.size} bytes, larger than {MAX_STRUCTURED_BYTES >> 20} MiB: not read")
         return
-    if not budget.take(member.size):
-        ev.skip(member.path, f"not read: structured members past {budget.limit >> 20} MiB in total")
+    refused = budget.take(ev, member.size)
+    if refused:
+        ev.skip(member.path, refused)
         return
     try:
         ev.structured[member.path] = member.read_bytes()
