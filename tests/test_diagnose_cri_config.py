@@ -267,3 +267,25 @@ async def test_docker_runtime_type_with_its_shim_installed_is_healthy(tmp_path: 
     write(root, "usr/local/bin/containerd-shim-kata-v2", "")
     d, _ = await collect_and_diagnose(root, tmp_path)
     assert not {"shim-not-found", "legacy-runtime-cli"} & {f.id for f in d.findings}
+
+
+async def test_guest_pull_handler_without_nydus_is_named_with_its_snapshotter(tmp_path: Path) -> None:
+    """kata-containers#8407: a CoCo handler whose layers the CRI default (overlayfs) unpacks."""
+    root = healthy_node(tmp_path / "host")
+    sid = "e451326df87ad20cbe9f2c6827d34ea0571690810f676d4df81be6445a7a25f8"
+    write(
+        root,
+        "etc/containerd/config.toml",
+        'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n',
+    )
+    write(
+        root,
+        "etc/containerd/conf.d/coco.toml",
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata-qemu-snp]\n'
+        'runtime_type = "io.containerd.kata-qemu-snp.v2"\n',
+    )
+    add_log(root, CONTAINERD_LOG, ENOENT.format(sid=sid))
+    d, _ = await collect_and_diagnose(root, tmp_path)
+    top = d.findings[0]
+    assert (top.id, top.confirmed) == ("guest-pull-misconfigured", True)
+    assert any("kata-qemu-snp (guest-pull): snapshotter = the CRI default, not nydus" in e.text for e in top.evidence)
