@@ -13,7 +13,7 @@ import stat
 from typing import Any
 
 from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, host_tool_note
-from kata_debug.node.containerd_config import CONTAINERD_CONFIGS, runtime_handlers
+from kata_debug.node.containerd_config import CONTAINERD_CONFIGS, containerd_configs, docker_runtimes
 from kata_debug.node.hostroot import HostItemError, HostRoot, describe
 
 _MODULES = (
@@ -132,19 +132,18 @@ def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> d
     enforce = (_read(host, SELINUX_ENFORCE) or "").strip()
     facts["selinux"] = {"enforce": int(enforce) if enforce in ("0", "1") else None}
 
-    handlers = runtime_handlers(host)
+    # Imports (conf.d drop-ins) merged as containerd merges them; k3s/RKE2 templates apart.
+    configs = containerd_configs(host)
+    handlers = [h for c in configs if not c.template for h in c.handlers]
     facts["containerd"] = {
-        "configs": [p for p in CONTAINERD_CONFIGS if host.is_file(p)],
-        "runtime_handlers": [
-            {
-                "name": h.name,
-                "runtime_type": h.runtime_type,
-                "config_path": h.config_path,
-                "kata": h.kata,
-                "source": h.source,
-            }
-            for h in handlers
-        ],
+        "configs": list(dict.fromkeys(f for c in configs for f in c.files)),
+        "runtime_handlers": [h.to_json() for h in handlers],
+        "merged": [c.to_json() for c in configs],
+    }
+    docker_problems: list[str] = []
+    facts["docker"] = {
+        "runtimes": [r.to_json() for r in docker_runtimes(host, docker_problems)],
+        "problems": docker_problems,
     }
     if not any(h.kata for h in handlers):
         missing.append("no Kata runtime handler in the containerd config")
@@ -187,6 +186,9 @@ class HostCollector(Collector):
         *_DEVICES,
         "/sys/kernel/mm/hugepages",
         *CONTAINERD_CONFIGS,
+        "/etc/containerd/conf.d/*.toml (containerd `imports`, wherever they point)",
+        "/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl",
+        "/var/lib/rancher/rke2/agent/etc/containerd/config.toml.tmpl",
         *CRIO_CONFIGS,
         f"{CRIO_DROP_INS}/*.conf",
         DOCKER_CONFIG,

@@ -148,6 +148,9 @@ class ShimLogsCollector(Collector):
             {
                 "since": ctx.since_time.isoformat(),
                 "node_time_zone": zone.name,
+                # diagnose reads year-less syslog/klog stamps with this (the zone's name is
+                # not always known: a mounted /etc/localtime is a file, not a link).
+                "node_utc_offset_seconds": _utc_offset(zone),
                 "cap_bytes": ctx.max_log_bytes,
                 "journal_dirs": journal_dirs,
                 "sources": [s.__dict__ for s in sources],
@@ -328,6 +331,12 @@ def _with_rotations(host: HostRoot, path: str) -> list[tuple[str, bool]]:
         + [(f"{directory}/{prefix}{n}", True) for n in numbers]
         + [(path, False)]
     )
+
+
+def _utc_offset(zone: NodeZone) -> int:
+    """The node zone's offset from UTC now, in seconds."""
+    offset = datetime.now(UTC).astimezone(zone.zone).utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
 
 
 def _stamp(kind: str, zone: NodeZone, now: datetime) -> Stamp:

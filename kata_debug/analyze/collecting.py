@@ -17,7 +17,7 @@ from kata_debug.analyze.analyzer import Analyzer
 from kata_debug.analyze.diagnose import Diagnosis, all_signatures, analyze_evidence, load_analyzers
 from kata_debug.analyze.evidence import (
     BASE_READS,
-    MAX_STRUCTURED_TOTAL,
+    MAX_STRUCTURED_PER_BUNDLE,
     LineFeeder,
     LineScanner,
     NodeEvidence,
@@ -44,15 +44,15 @@ class EvidenceTap:
 
     def member(self, path: str, size: int) -> Callable[[bytes], None] | None:
         ev = self.evidence
-        ev.members.append(path)
+        ev.list_member(path)
         if is_log_member(path):
             feeder = self._feeders[path] = self._scanner.feeder(path, ev.hits)
             ev.log_members.append(path)
             return feeder.feed
         if not any(fnmatch.fnmatchcase(path, p) for p in self._keep):
             return None
-        if size > MAX_STRUCTURED_BYTES or self._kept + size > MAX_STRUCTURED_TOTAL:
-            ev.skipped.append(f"{path}: {size} bytes, not kept for analysis")
+        if size > MAX_STRUCTURED_BYTES or self._kept + size > MAX_STRUCTURED_PER_BUNDLE:
+            ev.skip(path, f"{size} bytes, not kept for analysis")
             return None
         self._kept += size
         buf = self._buffers[path] = bytearray()

@@ -5,13 +5,19 @@ Blocking (it reads the bundle): callers on an event loop run it in a worker thre
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
 from kata_debug import analyze as registry
 from kata_debug.analyze.analyzer import Analyzer
 from kata_debug.analyze.base import Finding, Signature
-from kata_debug.analyze.evidence import EvidenceView, NodeEvidence, read_bundle_evidence
+from kata_debug.analyze.evidence import (
+    BASE_READS,
+    EvidenceView,
+    NodeEvidence,
+    read_bundle_evidence,
+)
 from kata_debug.analyze.ranking import rank
 
 AnalyzerState = Literal["ok", "failed"]
@@ -22,9 +28,39 @@ class AnalyzerStatus:
     id: str
     status: AnalyzerState
     error: str | None = None
+    #: What the analyzer did not get to see (members the read caps left out): its findings
+    #: may be incomplete. In the JSON only when there is one.
+    note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "status": self.status, "error": self.error}
+        out: dict[str, Any] = {"id": self.id, "status": self.status, "error": self.error}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def _notes(analyzers: list[Analyzer], evs: list[NodeEvidence], statuses: dict[str, AnalyzerStatus]) -> None:
+    """Tell each analyzer which of the members it declared in `reads` were not read, and why."""
+    unnamed = sum(ev.skipped_count - len(ev.skipped_members) for ev in evs)
+    for analyzer in analyzers:
+        patterns = (*BASE_READS, *analyzer.reads)
+        missed = [
+            (ev.path_prefix + p, why)
+            for ev in evs
+            for p, why in ev.skipped_members
+            if any(fnmatch.fnmatchcase(p, r) for r in patterns)
+        ]
+        if not missed and not unnamed:
+            continue
+        reasons = "; ".join(dict.fromkeys(why for _, why in missed))
+        shown = ", ".join(p for p, _ in missed[:3]) + (f" and {len(missed) - 3} more" if len(missed) > 3 else "")
+        if unnamed:
+            # Past the named ones only a count is kept: any of them may be one it reads.
+            shown += f"{', ' if shown else ''}{unnamed} more skipped member(s) not named"
+        statuses[analyzer.name].note = (
+            f"{len(missed) + unnamed if unnamed else len(missed)} member(s) it reads were skipped"
+            f"{f' ({reasons})' if reasons else ''}, findings may be incomplete: {shown}"
+        )
 
 
 @dataclass
@@ -88,6 +124,9 @@ def analyze_evidence(ev: NodeEvidence, analyzers: list[Analyzer], bundle: str) -
     findings: list[Finding] = []
     for view in views:
         findings.extend(run_analyzers(analyzers, view, statuses))
+    for a in analyzers:
+        statuses.setdefault(a.name, AnalyzerStatus(a.name, "ok"))
+    _notes(analyzers, [ev, *ev.nested], statuses)
     nodes = [v.node for v in views[1:] if v.node] if cluster else [v.node for v in views[:1] if v.node]
     return Diagnosis(
         bundle=bundle,

@@ -18,7 +18,9 @@ import tomllib
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import IO, Any
+from zoneinfo import ZoneInfo
 
 import re2  # google-re2, as the redactor uses
 import zstandard
@@ -31,13 +33,24 @@ from kata_debug.analyze.base import (
     pod_on_line,
     sandbox_on_line,
 )
-from kata_debug.bundle.reader import BundleError, Member, iter_members
+from kata_debug.bundle.reader import MAX_STRUCTURED_BYTES, BundleError, Member, iter_members
+from kata_debug.logs.nodelogs import audit_stamp, klog_stamp, syslog_stamp
+from kata_debug.logs.since import line_time as since_line_time
 
 _BLOCK = 1 << 20
 #: A "line" longer than this is matched on its first part only (a log is not a blob store).
 _MAX_LINE = 64 << 10
-#: Structured members kept in memory per bundle, in total.
-MAX_STRUCTURED_TOTAL = 64 << 20
+#: Structured members kept in memory per bundle (a node's, or a cluster bundle's own part).
+MAX_STRUCTURED_PER_BUNDLE = 64 << 20
+#: ... and for one whole diagnosis: a cluster bundle and all its nested node bundles share
+#: it, so an attacker-sized bundle (thousands of 16 MiB members, or of nested nodes) cannot
+#: take unbounded memory. What is past either is not read, and each analyzer that declared
+#: it in `reads` gets a note saying so.
+MAX_STRUCTURED_TOTAL = 256 << 20
+#: Member names remembered per bundle (each a short string; a bundle has a few thousand).
+MAX_MEMBERS_LISTED = 200_000
+#: Skipped structured members named per bundle; the rest are counted.
+MAX_SKIPPED_LISTED = 200
 
 #: Members whose lines are matched: the raw log text of the log collectors. Per-sandbox
 #: copies and parsed JSON views of the same lines are left out so nothing counts twice.
@@ -45,7 +58,13 @@ _LOG_PREFIXES = ("shim-logs/",)
 _NOT_LOG_SUFFIXES = (".json", ".jsonl", ".stderr", ".gz", ".zst", ".idx", ".index", ".tsv")
 _NOT_LOG_PARTS = ("/sandboxes/", "/per-sandbox/", "/index/")
 #: Always kept: what every analyzer may need to say which node and sandbox it is about.
-BASE_READS = ("manifest.json", "oci-specs/index.json", "host/facts.json", "kata-config/summary.json")
+BASE_READS = (
+    "manifest.json",
+    "oci-specs/index.json",
+    "host/facts.json",
+    "kata-config/summary.json",
+    "shim-logs/summary.json",  # the node's time zone, for year-less log stamps
+)
 
 
 def is_log_member(path: str) -> bool:
@@ -165,29 +184,79 @@ class NodeEvidence:
     log_members: list[str] = field(default_factory=list)
     log_lines: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: Structured members the analyzers asked for but did not get (member paths, first
+    #: MAX_SKIPPED_LISTED), and how many there were in all.
+    skipped_members: list[tuple[str, str]] = field(default_factory=list)
+    skipped_count: int = 0
+    #: Member names past MAX_MEMBERS_LISTED (not listed, still read).
+    members_unlisted: int = 0
+    structured_bytes: int = 0
     nested: list[NodeEvidence] = field(default_factory=list)
+
+    def skip(self, path: str, why: str) -> None:
+        """A structured member not kept: named (bounded) and counted."""
+        self.skipped_count += 1
+        if len(self.skipped_members) < MAX_SKIPPED_LISTED:
+            self.skipped_members.append((path, why))
+            self.skipped.append(f"{self.path_prefix}{path}: {why}")
+
+    def list_member(self, path: str) -> None:
+        if len(self.members) < MAX_MEMBERS_LISTED:
+            self.members.append(path)
+        else:
+            self.members_unlisted += 1
+
+
+@dataclass
+class StructuredBudget:
+    """Bytes of structured members kept so far in one diagnosis (all nested bundles)."""
+
+    limit: int = MAX_STRUCTURED_TOTAL
+    per_bundle: int = MAX_STRUCTURED_PER_BUNDLE
+    kept: int = 0
+
+    def take(self, ev: NodeEvidence, size: int) -> str | None:
+        """Count a member in; or why it is not read."""
+        if ev.structured_bytes + size > self.per_bundle:
+            return f"not read: structured members past {self.per_bundle >> 20} MiB in this bundle"
+        if self.kept + size > self.limit:
+            return f"not read: structured members past {self.limit >> 20} MiB in total"
+        self.kept += size
+        ev.structured_bytes += size
+        return None
 
 
 def read_bundle_evidence(
-    source: str | IO[bytes], signatures: Sequence[Signature], reads: Sequence[str], *, label: str | None = None
+    source: str | IO[bytes],
+    signatures: Sequence[Signature],
+    reads: Sequence[str],
+    *,
+    label: str | None = None,
+    limit: int = MAX_STRUCTURED_TOTAL,
+    per_bundle: int = MAX_STRUCTURED_PER_BUNDLE,
 ) -> NodeEvidence:
     """Read a bundle (file, directory or tar stream) once; raises BundleError for bad input."""
     scanner = LineScanner(signatures)
     keep = (*BASE_READS, *reads)
-    return _read(source, scanner, keep, "", label)
+    return _read(source, scanner, keep, "", label, StructuredBudget(limit, per_bundle))
 
 
 def _read(
-    source: str | IO[bytes], scanner: LineScanner, keep: Sequence[str], prefix: str, label: str | None
+    source: str | IO[bytes],
+    scanner: LineScanner,
+    keep: Sequence[str],
+    prefix: str,
+    label: str | None,
+    budget: StructuredBudget,
 ) -> NodeEvidence:
     ev = NodeEvidence(path_prefix=prefix)
     name = label or (source if isinstance(source, str) else "<stream>")
     saw_manifest = False
     for member in iter_members(source, label=label):
-        ev.members.append(member.path)
+        ev.list_member(member.path)
         saw_manifest = saw_manifest or member.path == "manifest.json"
         try:
-            _take(ev, member, scanner, keep, prefix)
+            _take(ev, member, scanner, keep, prefix, budget)
         except (tarfile.TarError, OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
             # A member's data ends early (a truncated download, a collection killed mid-write).
             raise BundleError(f"{name}: damaged bundle (reading {member.path}: {exc})") from None
@@ -196,12 +265,14 @@ def _read(
     return ev
 
 
-def _take(ev: NodeEvidence, member: Member, scanner: LineScanner, keep: Sequence[str], prefix: str) -> None:
+def _take(
+    ev: NodeEvidence, member: Member, scanner: LineScanner, keep: Sequence[str], prefix: str, budget: StructuredBudget
+) -> None:
     """One member: a nested node bundle, a log to scan, structured data to keep, or nothing."""
     shown = prefix + member.path
     if member.is_nested_bundle and member.path.startswith("nodes/"):
         try:
-            ev.nested.append(_read(member.fileobj, scanner, keep, f"{shown}!/", shown))
+            ev.nested.append(_read(member.fileobj, scanner, keep, f"{shown}!/", shown, budget))
         except BundleError as exc:
             ev.skipped.append(f"{shown}: {exc}")
         return
@@ -211,14 +282,17 @@ def _take(ev: NodeEvidence, member: Member, scanner: LineScanner, keep: Sequence
         return
     if not any(fnmatch.fnmatchcase(member.path, pattern) for pattern in keep):
         return
-    kept = sum(len(v) for v in ev.structured.values())
-    if kept + member.size > MAX_STRUCTURED_TOTAL:
-        ev.skipped.append(f"{shown}: not read, structured members past {MAX_STRUCTURED_TOTAL >> 20} MiB")
+    if member.size > MAX_STRUCTURED_BYTES:
+        ev.skip(member.path, f"{member.size} bytes, larger than {MAX_STRUCTURED_BYTES >> 20} MiB: not read")
+        return
+    refused = budget.take(ev, member.size)
+    if refused:
+        ev.skip(member.path, refused)
         return
     try:
         ev.structured[member.path] = member.read_bytes()
     except BundleError as exc:
-        ev.skipped.append(str(exc))
+        ev.skip(member.path, str(exc))
 
 
 class EvidenceView:
@@ -338,6 +412,41 @@ class EvidenceView:
         return None
 
     # -- logs ---------------------------------------------------------------------
+    def _clock(self) -> tuple[tzinfo, datetime]:
+        """The node's zone and the collection time: what year-less syslog and klog stamps
+        are read with (the bundle's own record of both; UTC and now when it has none)."""
+        if "clock" not in self._parsed:
+            summary = self.json("shim-logs/summary.json")
+            summary = summary if isinstance(summary, dict) else {}
+            zone: tzinfo = UTC
+            offset = summary.get("node_utc_offset_seconds")
+            try:  # a zone name knows each date's offset (daylight saving time)
+                zone = ZoneInfo(str(summary.get("node_time_zone")))
+            except (ValueError, KeyError, OSError):  # not a key ("/etc/localtime", "UTC (...)"): the offset
+                if isinstance(offset, int) and abs(offset) < 86400:
+                    zone = timezone(timedelta(seconds=offset))
+            manifest = self.json("manifest.json")
+            now = datetime.now(UTC)
+            if isinstance(manifest, dict) and isinstance(manifest.get("finished_at"), str):
+                try:
+                    now = datetime.fromisoformat(manifest["finished_at"])
+                except ValueError:
+                    pass
+            self._parsed["clock"] = (zone, now if now.tzinfo else now.replace(tzinfo=UTC))
+        clock: tuple[tzinfo, datetime] = self._parsed["clock"]
+        return clock
+
+    def line_time(self, m: LineMatch) -> datetime | None:
+        """When a matched line was logged (aware), from the stamp it starts with: RFC 3339
+        (journal, logrus `time="..."`), audit's epoch, or syslog/klog wall clock in the
+        node's zone. None when the line carries no time (a pasted kubectl event)."""
+        raw = m.text.encode()
+        t = since_line_time(raw) or audit_stamp(raw)
+        if t is None:
+            zone, now = self._clock()
+            t = syslog_stamp(zone, now)(raw) or klog_stamp(zone, now)(raw)
+        return t
+
     def hits(self, name: str) -> SignatureHits:
         return self._ev.hits.get(name) or SignatureHits()
 

@@ -99,7 +99,11 @@ class RootfsAnalyzer(Analyzer):
                     confirmed=confirmed,
                 )
             )
-        elif "firecracker" in hypervisors(view) or any("fc" in str(h.get("name")) for h in self._handlers(view)):
+        elif "firecracker" in hypervisors(view) or self._fc_handlers(view):
+            block, facts = self._fc_snapshotters(view)
+            if block:
+                # Every Firecracker runtime already gets devmapper: the ENOENT has another cause.
+                return out
             out.append(
                 finding(
                     view,
@@ -118,11 +122,43 @@ class RootfsAnalyzer(Analyzer):
                         fact(view, f"kata-config/files{p}", f"[hypervisor.{n}]")
                         for p, n, _ in view.hypervisor_sections()
                         if n == "firecracker"
-                    ],
-                    confirmed="firecracker" in hypervisors(view),
+                    ]
+                    + facts,
+                    confirmed="firecracker" in hypervisors(view) or bool(facts),
                 )
             )
         return out
+
+    def _fc_handlers(self, view: EvidenceView) -> list[dict[str, object]]:
+        return [h for h in self._handlers(view) if h.get("kata") and "fc" in str(h.get("name"))]
+
+    def _fc_snapshotters(self, view: EvidenceView) -> tuple[bool, list[Evidence]]:
+        """(every Firecracker runtime uses devmapper and the plugin is configured, facts saying
+        which runtime uses which snapshotter). Per-runtime `snapshotter` wins over the CRI default."""
+        merged = [c for c in (view.facts.get("containerd") or {}).get("merged") or [] if isinstance(c, dict)]
+        live = [c for c in merged if not c.get("template")]
+        default = next((c.get("default_snapshotter") for c in live if c.get("default_snapshotter")), None)
+        devmapper = any(c.get("devmapper") for c in live)
+        facts: list[Evidence] = []
+        block = bool(self._fc_handlers(view))
+        for h in self._fc_handlers(view):
+            snap = str(h.get("snapshotter") or default or "overlayfs")
+            member = f"host/files{h.get('source')}"
+            where = member if view.has(member) else "host/facts.json"
+            if snap != "devmapper":
+                block = False
+                how = "" if h.get("snapshotter") else " (the CRI default: no per-runtime snapshotter)"
+                facts.append(fact(view, where, f"runtimes.{h.get('name')} snapshotter = {snap}{how}"))
+        if block and not devmapper:
+            block = False
+            facts.append(
+                fact(
+                    view,
+                    "host/facts.json",
+                    'snapshotter = "devmapper" but no [plugins."io.containerd.snapshotter.v1.devmapper"]',
+                )
+            )
+        return block, facts
 
     @staticmethod
     def _handlers(view: EvidenceView) -> list[dict[str, object]]:
@@ -133,7 +169,15 @@ class RootfsAnalyzer(Analyzer):
         for h in self._handlers(view):
             name = str(h.get("name"))
             if h.get("kata") and _COCO.search(name):
-                out.append(fact(view, "host/facts.json", f"containerd runtime handler {name} (guest-pull)"))
+                snap = h.get("snapshotter")
+                out.append(
+                    fact(
+                        view,
+                        "host/facts.json",
+                        f"containerd runtime handler {name} (guest-pull): snapshotter = {snap or 'the CRI default'}"
+                        + ("" if snap == "nydus" else ", not nydus: its layers are unpacked on the host"),
+                    )
+                )
         for path, name, section in view.hypervisor_sections():
             if section.get("shared_fs") == "none" or (view.runtime_section().get("experimental_force_guest_pull")):
                 out.append(fact(view, f"kata-config/files{path}", f"[hypervisor.{name}] shared_fs = none (guest pull)"))

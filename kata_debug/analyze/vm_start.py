@@ -9,8 +9,11 @@ apart is in other logs: kernel OOM records, audit AVCs, the guest console, QEMU'
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
 from kata_debug.analyze.analyzer import Analyzer
-from kata_debug.analyze.base import Finding, LineMatch, Signature
+from kata_debug.analyze.base import Finding, LineMatch, Severity, Signature
 from kata_debug.analyze.common import DOCS, ISSUES, RUNTIME_ISSUES, fact, finding, is_vmm_comm
 from kata_debug.analyze.evidence import EvidenceView
 
@@ -71,6 +74,58 @@ AVC = Signature.of(
 _CONSOLE_HINTS = ("vmconsole", "vm console", "kata-proxy", "console.log", "source=agent")
 
 
+#: An OOM kill of the VM explains a runtime failure logged at most this long after it: the
+#: runtime sees the ttrpc connection close at once, or its vsock dial fail within seconds.
+OOM_WINDOW = timedelta(seconds=30)
+
+
+@dataclass
+class OomTiming:
+    """How the VM OOM kills and the runtime failures line up in time."""
+
+    #: (kill, failure, seconds from kill to failure) within OOM_WINDOW, closest first.
+    pairs: list[tuple[LineMatch, LineMatch, float]] = field(default_factory=list)
+    #: Nothing paired but both sides have times: the closest (kill, seconds apart, kill is
+    #: after the failure, failure).
+    apart: tuple[LineMatch, float, bool, LineMatch] | None = None
+    times: dict[int, datetime] = field(default_factory=dict)
+
+
+def oom_timing(view: EvidenceView, kills: list[LineMatch], failures: list[LineMatch]) -> OomTiming:
+    """Pair each timed failure with a timed kill shortly before it. Lines without a time
+    (pasted events) pair with nothing and rule nothing out: without times the scope rule
+    in `ranking` decides, as before."""
+    out = OomTiming()
+    timed_kills = [(k, t) for k in kills if (t := view.line_time(k)) is not None]
+    timed_fails = [(f, t) for f in failures if (t := view.line_time(f)) is not None]
+    for m, t in timed_kills + timed_fails:
+        out.times[id(m)] = t
+    closest: tuple[LineMatch, float, bool, LineMatch] | None = None
+    for f, tf in timed_fails:
+        for k, tk in timed_kills:
+            gap = (tf - tk).total_seconds()
+            if 0 <= gap <= OOM_WINDOW.total_seconds():
+                out.pairs.append((k, f, gap))
+            elif closest is None or abs(gap) < closest[1]:
+                closest = (k, abs(gap), gap < 0, f)
+    out.pairs.sort(key=lambda p: p[2])
+    out.apart = None if out.pairs else closest
+    return out
+
+
+def _clock(timing: OomTiming, m: LineMatch) -> str:
+    t = timing.times.get(id(m))
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "?"
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _comm(m: LineMatch) -> str:
     return m.groups.get("task") or m.groups.get("comm") or m.groups.get("comm2") or ""
 
@@ -89,9 +144,27 @@ class VmStartAnalyzer(Analyzer):
     signatures = (AGENT, *VIRTIOFSD, *FEATURE, OOM, PANIC, AVC)
 
     def analyze(self, view: EvidenceView) -> list[Finding]:
-        found = [self._selinux(view), self._oom(view), self._panic(view), self._virtiofsd(view), self._feature(view)]
-        found.append(self._agent(view))
+        timing = oom_timing(view, self._kills(view), self._failures(view))
+        found = [
+            self._selinux(view),
+            self._oom(view, timing),
+            self._panic(view),
+            self._virtiofsd(view),
+            self._feature(view),
+        ]
+        found.append(self._agent(view, timing))
         return [f for f in found if f is not None]
+
+    @staticmethod
+    def _kills(view: EvidenceView) -> list[LineMatch]:
+        return [m for m in view.matches(OOM.name) if is_vmm_comm(_comm(m))]
+
+    @staticmethod
+    def _failures(view: EvidenceView) -> list[LineMatch]:
+        """The runtime's side of a VM death: the agent dial and vhost-user-fs failures."""
+        agent = [m for m in view.matches(AGENT.name) if m.groups.get("port") not in ("1026",)]
+        fs = [m for m in view.matches(*(s.name for s in VIRTIOFSD)) if "Property '" not in m.text]
+        return agent + fs
 
     def _selinux(self, view: EvidenceView) -> Finding | None:
         denials = [
@@ -122,8 +195,8 @@ class VmStartAnalyzer(Analyzer):
             occurrences=len(denials),
         )
 
-    def _oom(self, view: EvidenceView) -> Finding | None:
-        kills = [m for m in view.matches(OOM.name) if is_vmm_comm(_comm(m))]
+    def _oom(self, view: EvidenceView, timing: OomTiming) -> Finding | None:
+        kills = self._kills(view)
         if not kills:
             return None
         victims = sorted({_comm(m) for m in kills})
@@ -137,20 +210,47 @@ class VmStartAnalyzer(Analyzer):
                     f"[runtime] sandbox_cgroup_only = {str(rt['sandbox_cgroup_only']).lower()}",
                 )
             )
+        when = ""
+        severity: Severity = "error"
+        lines = list(kills)
+        if timing.pairs:
+            kill, failure, gap = timing.pairs[0]
+            # The failures the kill explains join its evidence: one finding for one death.
+            lines = kills + [f for _, f, _ in timing.pairs if f not in kills]
+            when = (
+                f" The kill ({_clock(timing, kill)}) came {gap:.0f} s before the runtime's failure "
+                f"({_clock(timing, failure)}, within the {OOM_WINDOW.seconds} s window), so that failure is the VM's "
+                "death seen from the runtime: not agent-unreachable, not virtiofsd-failed, and no guest kernel panic "
+                "is needed to explain it."
+            )
+        elif timing.apart:
+            severity = "warning"
+            kill, gap, after, failure = timing.apart
+            when = (
+                f" The kill ({_clock(timing, kill)}) is {_span(gap)} {'after' if after else 'before'} the runtime's "
+                f"failure ({_clock(timing, failure)}): "
+                + (
+                    "a kill after the failure cannot have caused it"
+                    if after
+                    else f"outside the {OOM_WINDOW.seconds} s window, it is from an earlier incident"
+                )
+                + ", so that failure is analysed on its own."
+            )
         return finding(
             view,
             "vm-oom-killed",
-            "error",
-            f"The kernel OOM-killed the VM ({', '.join(victims)}) in the pod's memory cgroup",
+            severity,
+            f"The kernel OOM-killed the VM ({', '.join(victims)}) in the pod's memory cgroup"
+            + (" (not when the sandbox failed)" if severity == "warning" else ""),
             "A memory-cgroup OOM record names the hypervisor or virtiofsd: the VM (default_memory + hot-plugged "
             "limits + hypervisor overhead) does not fit in the pod limit + RuntimeClass overhead. The runtime then "
             "reports 'grpc server is working: ttrpc: closed' or a vsock timeout, which is not agent-unreachable "
-            "and not a guest problem (a guest OOM shows in the console, not in the host's kernel log).",
+            "and not a guest problem (a guest OOM shows in the console, not in the host's kernel log)." + when,
             "Give the VM room: raise the pod's memory limit and the RuntimeClass overhead.podFixed.memory so that "
             "limit + overhead >= VM memory + hypervisor overhead, or lower default_memory. Refs: "
             f"{ISSUES}7470, {ISSUES}6129, {DOCS}design/host-cgroups.md, "
             "https://kubernetes.io/docs/concepts/scheduling-eviction/pod-overhead/",
-            kills,
+            lines,
             facts,
             confirmed=True,
             occurrences=len(kills),
@@ -227,7 +327,7 @@ class VmStartAnalyzer(Analyzer):
             occurrences=view.count(*(s.name for s in FEATURE)),
         )
 
-    def _agent(self, view: EvidenceView) -> Finding | None:
+    def _agent(self, view: EvidenceView, timing: OomTiming) -> Finding | None:
         lines = [m for m in view.matches(AGENT.name) if m.groups.get("port") not in ("1026",)]
         if not lines:
             return None
@@ -243,6 +343,10 @@ class VmStartAnalyzer(Analyzer):
         nested = (view.facts.get("cpu") or {}).get("nested_hint")
         if nested:
             notes.append("the host is itself a VM: nested guests boot slowly")
+        if timing.apart and not timing.pairs:
+            notes.append(
+                f"the OOM kill in the kernel log is {_span(timing.apart[1])} away from this failure: ruled out by time"
+            )
         return finding(
             view,
             "agent-unreachable",

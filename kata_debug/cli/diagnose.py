@@ -74,6 +74,9 @@ def format_text(diagnosis: object, out: TextIO, *, limit: int | None = None) -> 
     failed = [a for a in diagnosis.analyzers if a.status != "ok"]
     for a in failed:
         print(f"analyzer {a.id} failed: {a.error}", file=out)
+    for a in diagnosis.analyzers:
+        if a.note:
+            print(f"analyzer {a.id}: {a.note}", file=out)
     if limit is not None and len(diagnosis.findings) > limit:
         print(f"\n... {len(diagnosis.findings) - limit} more: kata-debug diagnose {diagnosis.bundle}", file=out)
 
