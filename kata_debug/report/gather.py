@@ -23,7 +23,7 @@ import fnmatch
 import json
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,7 +114,7 @@ class _Analysis:
 class _Tee:
     """A member's stream that hands every block it gives the report's scanner to the analyzers' too."""
 
-    def __init__(self, stream: IO[bytes], feed: Any) -> None:
+    def __init__(self, stream: IO[bytes], feed: Callable[[bytes], None]) -> None:
         self._stream = stream
         self._feed = feed
 
@@ -232,7 +232,7 @@ def _take(state: _NodePass, member: Member, prefix: str, analysis: _Analysis) ->
     node_bundle = path.startswith("nodes/") and member.is_nested_bundle and state.kind == "node"
     capture = is_capture_member(path) and state.kind == "node"
     if node_bundle or capture:
-        what = "capture" if capture else "node"
+        what: PassKind = "capture" if capture else "node"
         try:  # the reader decompresses a nested tarball by its first bytes
             nested = _read(member.fileobj, shown, f"{shown}!/", analysis, what)
         except BundleError as exc:
@@ -706,7 +706,8 @@ def _cap_sections(nodes: list[NodeReport], findings: list[Finding], limit: int) 
 
     keep = {id(sb) for _, sb in sorted(every, key=rank_key)[:limit]}
     for node in nodes:
-        shown, rest = [], []
+        shown: list[SandboxReport] = []
+        rest: list[SandboxReport] = []
         for sb in node.sandboxes:
             (shown if id(sb) in keep else rest).append(sb)
         node.sandboxes = shown

@@ -199,7 +199,8 @@ def _capture(c: CaptureReport) -> Iterator[str]:
     """One capture: what triggered it, its top findings, its sandboxes as they were then."""
     anchor = f"cap-{c.file}-sb-"
     yield f'<section class="capture" data-capture="{_e(c.file)}" id="cap-{_e(c.file)}">'
-    yield f'<h3>Capture <code>{_e(c.file)}</code> <span class="meta">{_e(c.label)}</span></h3>'
+    where = f' <span class="meta">{_e(c.label)}</span>' if c.label != f"captures/{c.file}" else ""
+    yield f"<h3>Capture <code>{_e(c.file)}</code>{where}</h3>"
     t = c.trigger
     if t is not None:
         sandbox = f'<a href="#{_e(anchor)}{_e(t.sandbox)}">{_e(t.sandbox)}</a>' if t.sandbox else "not known"
