@@ -360,3 +360,22 @@ async def test_in_chromium_the_capture_section_reads_right(capture_bundle: Path,
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     if ARTIFACTS:
         shutil.copy(shot, ARTIFACTS / shot.name)
+
+
+def test_a_node_bundle_nested_in_a_nested_node_bundle_is_not_opened(capture_bundle: Path, tmp_path: Path) -> None:
+    """Only the depths kata-debug writes are read: each level would stack another decompressor."""
+    manifest = json.dumps({"schema_version": 1, "node": None, "collectors": [], "nodes": [], "files": []}).encode()
+    inner = _tar(
+        tmp_path / "inner.tar.gz",
+        "kata-debug-a-1",
+        {"nodes/b/bundle.tar.gz": capture_bundle.read_bytes(), "manifest.json": manifest},
+    )
+    outer = _tar(
+        tmp_path / "outer.tar.gz",
+        "kata-debug-cluster-1",
+        {"nodes/a/bundle.tar.gz": inner.read_bytes(), "manifest.json": manifest},
+    )
+    out = tmp_path / "r.html"
+    write_report(outer, out)
+    assert _tree(out).sandboxes == []
+    assert "nodes/a/bundle.tar.gz!/nodes/b/bundle.tar.gz: not read (a node bundle nested this deep" in out.read_text()

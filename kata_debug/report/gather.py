@@ -131,6 +131,10 @@ class _NodePass:
 
     label: str
     kind: PassKind = "node"
+    #: 0 the bundle, 1 a node bundle in a cluster bundle or a capture in a node bundle, 2 a
+    #: capture in a nested node bundle. Nothing deeper is opened: each level stacks a
+    #: decompressor (zstd's long window is 128 MiB) and no collector writes deeper.
+    depth: int = 0
     ev: NodeEvidence = field(default_factory=NodeEvidence)
     captures: list[_NodePass] = field(default_factory=list)
     json: dict[str, Any] = field(default_factory=dict)
@@ -209,8 +213,10 @@ def gather(
     )
 
 
-def _read(source: str | IO[bytes], label: str, prefix: str, analysis: _Analysis, kind: PassKind) -> _NodePass:
-    state = _NodePass(label=label, kind=kind, ev=NodeEvidence(path_prefix=prefix))
+def _read(
+    source: str | IO[bytes], label: str, prefix: str, analysis: _Analysis, kind: PassKind, depth: int = 0
+) -> _NodePass:
+    state = _NodePass(label=label, kind=kind, ev=NodeEvidence(path_prefix=prefix), depth=depth)
     for member in iter_members(source, label=label):
         try:
             _take(state, member, prefix, analysis)
@@ -233,8 +239,11 @@ def _take(state: _NodePass, member: Member, prefix: str, analysis: _Analysis) ->
     capture = is_capture_member(path) and state.kind == "node"
     if node_bundle or capture:
         what: PassKind = "capture" if capture else "node"
+        if (node_bundle and state.depth > 0) or state.depth > 1:
+            state.problems.append(f"{shown}: not read (a {what} bundle nested this deep is not one kata-debug writes)")
+            return
         try:  # the reader decompresses a nested tarball by its first bytes
-            nested = _read(member.fileobj, shown, f"{shown}!/", analysis, what)
+            nested = _read(member.fileobj, shown, f"{shown}!/", analysis, what, state.depth + 1)
         except BundleError as exc:
             state.problems.append(f"{shown}: not read: {exc}")
             return
