@@ -29,6 +29,7 @@ from kata_debug.analyze.diagnose import diagnose
 from kata_debug.report import gather, write_report
 from kata_debug.report.gather import ANALYZED_HERE, MAX_SANDBOX_SECTIONS
 from tests.chromium import chromium
+from tests.conftest import kata_debug
 from tests.test_report import SB1, SB2, _cluster, _collect, _node, _ts
 
 CAPTURE = "20261205T100003Z-sb98765432.tar.gz"
@@ -175,6 +176,10 @@ def test_a_capture_gets_its_own_section_with_trigger_findings_and_sandbox(captur
     assert t.entries.count((CAPTURE, SB2)) == 3
     assert f"captures/{CAPTURE}!/logs/journal.log:2" in html
     assert f'href="#cap-{CAPTURE}-sb-{SB2}"' in html and f'id="cap-{CAPTURE}-sb-{SB2}"' in html
+    r = kata_debug("report", str(capture_bundle), "-o", str(tmp_path / "cli.html"), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert (summary["sandboxes"], summary["sandbox_sections"], summary["captures"]) == (2, 2, 1)
 
 
 def test_a_cluster_bundle_shows_each_node_and_the_captures_in_it(capture_bundle: Path, tmp_path: Path) -> None:
@@ -305,7 +310,7 @@ async def test_3000_sandboxes_stay_under_10_mb_and_load_cleanly(tmp_path: Path) 
     out = tmp_path / "r.html"
     done = await asyncio.to_thread(write_report, bundle, out)
     assert done.bytes == out.stat().st_size < 10_000_000
-    assert done.sandboxes == MAX_SANDBOX_SECTIONS
+    assert (done.sandboxes, done.sandbox_sections) == (n, MAX_SANDBOX_SECTIONS)
     t = _tree(out)
     shown = {int(sid[:6]) for _, _, sid in t.sandboxes}
     assert len(shown) == MAX_SANDBOX_SECTIONS
