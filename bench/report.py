@@ -122,7 +122,9 @@ def run_measured(
     """Wall seconds, CPU seconds (rusage, children included) and peak RSS (bytes, sampled)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
+        # Not in the repository: `python -m` puts the working directory first on sys.path,
+        # which would run this tree's code whatever PYTHONPATH says (`--compare-with`).
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=tempfile.gettempdir())
         ps = psutil.Process(proc.pid)
         peak = 0
         done = threading.Event()

@@ -269,16 +269,17 @@ def _sid(i: int) -> str:
     return f"{i:06d}" + "c3" * 29
 
 
-def _many(tmp_path: Path, n: int, troubled: set[int]) -> Path:
-    """A node bundle with `n` Kata sandboxes, each named by a few containerd lines; the
+def _many(tmp_path: Path, n: int, troubled: set[int], per: int = 20) -> Path:
+    """A node bundle with `n` Kata sandboxes, each named by `per` containerd lines (few enough
+    that no per-sandbox cap cuts them: only the section cap keeps the page small); the
     `troubled` ones log an error; sandbox i was last active at minute i."""
     start = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
     lines = []
     for i in range(n):
         sid = _sid(i)
-        for k in range(4):
+        for k in range(per):
             ts = (start + timedelta(minutes=i, seconds=k)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            level = "error" if k == 3 and i in troubled else "info"
+            level = "error" if k == per - 1 and i in troubled else "info"
             lines.append(
                 f'time="{ts}" level={level} msg="sandbox step {k} of pod app-{i}" sandbox={sid} '
                 "source=virtcontainers name=containerd-shim-v2"
