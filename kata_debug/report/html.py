@@ -188,8 +188,8 @@ def _sandboxes_omitted(refs: list[SandboxRef]) -> str:
     )
     return (
         f'<details class="omitted-sandboxes" data-count="{len(refs)}"><summary class="omit">{len(refs)} more '
-        "sandbox(es) without a section (no finding or error line, least recently active; the page "
-        "shows a bounded number): ids and the bundle members that name them; "
+        "sandbox(es) without a section (sections go to those a finding names or with error lines "
+        "first, then to the most recently active): ids and the bundle members that name them; "
         "<code>grep -n -F ID</code> on a member lists its lines</summary>"
         f'<ul class="refs">{rows}</ul></details>'
     )
