@@ -11,8 +11,15 @@ collects it with the real `kata-debug collect` (zstd, log cap above the input), 
     the load event, and to the first frame painted after it (two animation frames).
 Targets (issue 14): page < 10 MB, first render < 5 s.
 
+`--without-findings` repacks the bundle without `analysis/findings.json` (a bundle from an
+older version, or collected with analysis off): the report then runs diagnose's analyzers
+over the same read. `--compare-with DIR` also runs the report of another kata-debug source
+tree (e.g. `git archive` of an older commit) on the same bundle, for old/new figures from
+one session.
+
     python bench/report.py                       # 200 sandboxes, 1024 MiB of logs
     python bench/report.py --sandboxes 50 --log-mib 100
+    python bench/report.py --without-findings --compare-with /tmp/kata-debug-old
 """
 
 from __future__ import annotations
@@ -91,11 +98,33 @@ def build_node(root: Path, sandboxes: int, log_mib: int) -> int:
     return lines
 
 
-def run_measured(argv: list[str]) -> tuple[float, float, int, subprocess.CompletedProcess[bytes]]:
+def without_findings(bundle: Path, out: Path) -> Path:
+    """The bundle repacked (zstd, streamed) without `analysis/findings.json`."""
+    import tarfile
+
+    import zstandard
+
+    with open(bundle, "rb") as raw, open(out, "wb") as sink:
+        src_stream = zstandard.ZstdDecompressor().stream_reader(raw)
+        dst_stream = zstandard.ZstdCompressor(level=3).stream_writer(sink)
+        with tarfile.open(fileobj=src_stream, mode="r|") as src, tarfile.open(fileobj=dst_stream, mode="w|") as dst:
+            for info in src:
+                if info.name.endswith("/analysis/findings.json"):
+                    continue
+                dst.addfile(info, src.extractfile(info) if info.isreg() else None)
+        dst_stream.close()
+    return out
+
+
+def run_measured(
+    argv: list[str], env: dict[str, str] | None = None
+) -> tuple[float, float, int, subprocess.CompletedProcess[bytes]]:
     """Wall seconds, CPU seconds (rusage, children included) and peak RSS (bytes, sampled)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err)
+        # Not in the repository: `python -m` puts the working directory first on sys.path,
+        # which would run this tree's code whatever PYTHONPATH says (`--compare-with`).
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=tempfile.gettempdir())
         ps = psutil.Process(proc.pid)
         peak = 0
         done = threading.Event()
@@ -144,6 +173,10 @@ def main() -> None:
     ap.add_argument("--log-mib", type=int, default=1024)
     ap.add_argument("--keep", type=Path, help="Keep the host root, bundle and page in this directory.")
     ap.add_argument("--reuse", action="store_true", help="With --keep: use the host root built by an earlier run.")
+    ap.add_argument(
+        "--without-findings", action="store_true", help="Report on the bundle minus analysis/findings.json."
+    )
+    ap.add_argument("--compare-with", type=Path, metavar="DIR", help="Also run the report of this source tree.")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="kata-debug-bench-report-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -166,8 +199,23 @@ def main() -> None:
     if r.returncode != 0:
         raise SystemExit(f"collect did not complete (exit {r.returncode}): {(r.stdout + r.stderr).decode()[-800:]}")
     print(f"collect: {wall:.1f}s, bundle {bundle.stat().st_size / 2**20:.1f} MiB (zstd)")
+    if args.without_findings:
+        bundle = without_findings(bundle, work / "bundle-without-findings.tar.zst")
+        print(f"without analysis/findings.json: {bundle}")
 
-    wall, cpu, peak, r = run_measured([*kd, "report", str(bundle), "-o", str(page), "--force"])
+    if args.compare_with is not None:
+        env = {**os.environ, "PYTHONPATH": str(args.compare_with.resolve())}
+        other = work / "report-compared.html"
+        wall, cpu, peak, r = run_measured([*kd, "report", str(bundle), "-o", str(other), "--force"], env=env)
+        if r.returncode != 0:
+            raise SystemExit(f"report of {args.compare_with} failed: {r.stderr.decode()[-500:]}")
+        size = other.stat().st_size
+        print(
+            f"report ({args.compare_with}): {wall:.1f}s wall, {cpu:.1f}s CPU, peak RSS {peak / 2**20:.0f} MiB, "
+            f"page {size / 1e6:.2f} MB\n  {r.stdout.decode().strip()}"
+        )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    wall, cpu, peak, r = run_measured([*kd, "report", str(bundle), "-o", str(page), "--force"], env=env)
     if r.returncode != 0:
         raise SystemExit(f"report failed: {r.stderr.decode()[-500:]}")
     size = page.stat().st_size

@@ -62,6 +62,8 @@ def report(
         "output": str(done.path),
         "bytes": done.bytes,
         "sandboxes": done.sandboxes,
+        "sandbox_sections": done.sandbox_sections,
+        "captures": done.captures,
         "findings": done.findings,
         "entries": done.entries,
     }
@@ -69,8 +71,9 @@ def report(
         typer.echo(json.dumps(summary))
     else:
         typer.echo(
-            f"wrote {done.path} ({done.bytes / (1 << 20):.1f} MiB): {done.sandboxes} sandbox(es), "
-            f"{done.findings} finding(s), {done.entries} timeline entries"
+            f"wrote {done.path} ({done.bytes / (1 << 20):.1f} MiB): {done.sandboxes} sandbox(es)"
+            f"{f' ({done.sandbox_sections} with a section)' if done.sandbox_sections < done.sandboxes else ''}, "
+            f"{done.captures} capture(s), {done.findings} finding(s), {done.entries} timeline entries"
         )
 
 

@@ -26,6 +26,9 @@ class ReportWritten:
     sandboxes: int
     findings: int
     entries: int
+    #: Sandboxes with a section of their own (the rest are listed by id past the cap).
+    sandbox_sections: int = 0
+    captures: int = 0
 
 
 def write_report(bundle: Path, output: Path, *, force: bool = False) -> ReportWritten:
@@ -59,10 +62,13 @@ def write_report(bundle: Path, output: Path, *, force: bool = False) -> ReportWr
         Path(tmp).unlink(missing_ok=True)
         raise
     sandboxes = [sb for n in report.nodes for sb in n.sandboxes]
+    in_captures = [sb for n in report.nodes for c in n.captures for sb in c.sandboxes]
     return ReportWritten(
         path=output,
         bytes=size,
-        sandboxes=len(sandboxes),
+        sandboxes=len(sandboxes) + sum(len(n.sandboxes_omitted) for n in report.nodes),
         findings=len(report.findings),
-        entries=sum(len(sb.entries) + len(sb.spans) for sb in sandboxes),
+        entries=sum(len(sb.entries) + len(sb.spans) for sb in sandboxes + in_captures),
+        sandbox_sections=len(sandboxes),
+        captures=sum(len(n.captures) + len(n.captures_omitted) for n in report.nodes),
     )

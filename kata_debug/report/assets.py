@@ -52,6 +52,11 @@ code,pre,.tl{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .bar{grid-column:4;height:7px;background:#7b74d6;border-radius:2px;min-width:2px;margin:1px 0}
 .e[data-level=error] .bar{background:var(--err)}
 .none{color:var(--mute);font-style:italic}
+.capture{border:1px solid #d9c6f0;border-left:5px solid #7b4fc4;background:#fbf8ff;padding:6px 10px;margin:12px 0}
+.capture>h3{color:#4b2a86}
+.capture .trigger{margin:2px 0}
+.capture .tline{white-space:pre-wrap;word-break:break-all;color:var(--err)}
+.omitted-sandboxes ul{max-height:320px;overflow:auto;font-size:12px;margin:4px 0;padding-left:18px}
 """
 
 JS = """

@@ -4,29 +4,43 @@ A bundle is a gzip/zstd tarball read front to back exactly once (`kata_debug.bun
 small structured members (manifest, facts, OCI index, sizing, findings) are kept and parsed,
 log members go past `LogScanner` (bounded buckets per sandbox and member), span spools are
 read line by line into bounded per-sandbox lists, and node bundles nested in a cluster bundle
-are read from the same stream into their own `NodeReport`. Nothing waits for the manifest,
-which is the last member.
+and capture bundles (`captures/*.tar.gz` of a node bundle) are read from the same stream into
+their own `NodeReport` / `CaptureReport`. Nothing waits for the manifest, which is the last
+member.
+
+The same pass feeds diagnose's analyzers (`kata_debug.analyze`): the members they declare are
+kept as `NodeEvidence` and every log block the report scans is also pushed through their
+`LineScanner`. Whether a bundle carries `analysis/findings.json` is only known near its end,
+so the evidence is always gathered; the analyzers run only for a bundle (or nested bundle,
+or capture) that has no findings of its own: one decompression of the bundle either way.
 
 Blocking: callers on an event loop run `gather` in a worker thread.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import zstandard
 
+from kata_debug.analyze.analyzer import Analyzer
+from kata_debug.analyze.diagnose import AnalyzerStatus, all_signatures, load_analyzers, run_analyzers
+from kata_debug.analyze.evidence import BASE_READS, MAX_STRUCTURED_TOTAL, EvidenceView, LineScanner, NodeEvidence
+from kata_debug.analyze.evidence import is_log_member as is_analyzed_log
+from kata_debug.analyze.ranking import rank
 from kata_debug.bundle.reader import BundleError, Member, iter_members
 from kata_debug.redact.redactor import Redactor
 from kata_debug.report.lines import LogScanner, entry_from_line, parse_ts
 from kata_debug.report.model import (
+    CaptureReport,
     CollectorStatus,
     Entry,
     Finding,
@@ -34,9 +48,11 @@ from kata_debug.report.model import (
     NodeReport,
     Omission,
     Report,
+    SandboxRef,
     SandboxReport,
     Sizing,
     Span,
+    Trigger,
 )
 
 FINDINGS_MEMBER = "analysis/findings.json"
@@ -58,11 +74,56 @@ _STRUCTURED = (
     "cluster/pods.json",
 )
 _NOT_LOG_SUFFIXES = (".json", ".jsonl", ".gz", ".zst", ".idx", ".index", ".tsv", ".txt")
+#: Where a capture bundle keeps the sandbox's log lines (`journal.log`, `files/<node path>`).
+CAPTURE_LOGS = "logs/"
+#: Label of findings the analyzers made from this read (no `analysis/findings.json`).
+ANALYZED_HERE = "analyzers run by report"
+
+PassKind = Literal["node", "capture"]
 
 
-def is_log_member(path: str) -> bool:
+def is_log_member(path: str, kind: PassKind = "node") -> bool:
     """Raw log text; per-sandbox copies (older bundles) are left out so no line counts twice."""
+    if kind == "capture" and path.startswith(CAPTURE_LOGS):
+        return not path.endswith(_NOT_LOG_SUFFIXES)
     return path.startswith("shim-logs/") and not path.endswith(_NOT_LOG_SUFFIXES) and "/sandboxes/" not in path
+
+
+def is_capture_member(path: str) -> bool:
+    """A capture tarball the `captures` collector copied: `captures/<time>-<sandbox>.tar.gz`."""
+    return path.startswith("captures/") and path.count("/") == 1 and path.endswith(".tar.gz")
+
+
+@dataclass
+class _Analysis:
+    """diagnose's analyzers and one `LineScanner` over all their signatures, for the whole read."""
+
+    analyzers: list[Analyzer]
+    scanner: LineScanner
+    keep: tuple[str, ...]
+
+    @classmethod
+    def load(cls) -> _Analysis:
+        analyzers = load_analyzers()
+        keep = (*BASE_READS, *(r for a in analyzers for r in a.reads))
+        return cls(analyzers, LineScanner(all_signatures(analyzers)), keep)
+
+    def wants(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.keep)
+
+
+class _Tee:
+    """A member's stream that hands every block it gives the report's scanner to the analyzers' too."""
+
+    def __init__(self, stream: IO[bytes], feed: Callable[[bytes], None]) -> None:
+        self._stream = stream
+        self._feed = feed
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        if data:
+            self._feed(data)
+        return data
 
 
 @dataclass
@@ -70,6 +131,13 @@ class _NodePass:
     """What one node bundle's pass kept, before it becomes a `NodeReport`."""
 
     label: str
+    kind: PassKind = "node"
+    #: 0 the bundle, 1 a node bundle in a cluster bundle or a capture in a node bundle, 2 a
+    #: capture in a nested node bundle. Nothing deeper is opened: each level stacks a
+    #: decompressor (zstd's long window is 128 MiB) and no collector writes deeper.
+    depth: int = 0
+    ev: NodeEvidence = field(default_factory=NodeEvidence)
+    captures: list[_NodePass] = field(default_factory=list)
     json: dict[str, Any] = field(default_factory=dict)
     pods: dict[str, Any] = field(default_factory=dict)
     scanner: LogScanner = field(default_factory=LogScanner)
@@ -89,31 +157,52 @@ MIN_PER_SANDBOX = 24_000
 ENTRY_MARKUP = 230
 
 
-def gather(source: str | Path, *, label: str | None = None, page_bytes: int = PAGE_BYTES) -> Report:
+#: Sandbox sections on one page. Each keeps at least `MIN_PER_SANDBOX` bytes of timeline plus
+#: its heading and sizing table, so thousands of sandboxes would pass the 10 MB page before
+#: any per-sandbox cap applied; the rest are listed by id with the members that name them.
+MAX_SANDBOX_SECTIONS = 200
+#: Capture sections per node (newest first); the rest are named by file.
+MAX_CAPTURE_SECTIONS = 20
+
+
+def gather(
+    source: str | Path,
+    *,
+    label: str | None = None,
+    page_bytes: int = PAGE_BYTES,
+    max_sections: int = MAX_SANDBOX_SECTIONS,
+    max_captures: int = MAX_CAPTURE_SECTIONS,
+) -> Report:
     """Read a bundle (file or directory) once; BundleError (exit 2) when it is not a bundle.
 
     `page_bytes` bounds the timeline of the whole page: each sandbox gets an equal share
     (at least `MIN_PER_SANDBOX`), turned into a number of entries by the size of its own
     lines, and what does not fit is summarised as an `Omission` (how many, which member,
-    which lines) instead of being dropped silently.
+    which lines) instead of being dropped silently. `max_sections` bounds the number of
+    sandbox sections the same way (sandboxes with findings or errors first, then the most
+    recently active), `max_captures` the capture sections of each node.
     """
     name = label or str(source)
-    top = _read(str(source), name, prefix="")
+    analysis = _Analysis.load()
+    top = _read(str(source), name, "", analysis, "node")
     if "manifest.json" not in top.json:
         raise BundleError(f"{name}: not a kata-debug bundle (no manifest.json)")
-    nodes = [_node_report(top, prefix="")]
-    for nested in top.nested:
-        nodes.append(_node_report(nested, prefix=nested.label + "!/"))
     cluster = bool(top.nested) or "nodes" in top.json["manifest.json"]
+    passes = [top, *top.nested]
+    findings, findings_source = _findings(passes, analysis, cluster)
+    nodes = [_node_report(state, analysis, max_captures) for state in passes]
     _attach_pod_events(top, nodes)
-    sandboxes = [sb for n in nodes for sb in n.sandboxes]
+    _cap_sections(nodes, findings, max_sections)
+    sandboxes = [sb for n in nodes for sb in n.sandboxes] + [
+        sb for n in nodes for c in n.captures for sb in c.sandboxes
+    ]
     share = max(MIN_PER_SANDBOX, page_bytes // max(1, len(sandboxes)))
     for sb in sandboxes:
         sizes = [len(e.text) + len(e.path) for e in sb.entries[:500]]
         cost = ENTRY_MARKUP + (sum(sizes) // len(sizes) if sizes else 60)
         _trim(sb, max(20, share // cost))
-    findings, findings_source = _findings(top)
     findings = _redact_shown(nodes, findings)
+    every = [*passes, *(c for p in passes for c in p.captures)]
     return Report(
         bundle=name,
         cluster=cluster,
@@ -121,8 +210,8 @@ def gather(source: str | Path, *, label: str | None = None, page_bytes: int = PA
         findings_source=findings_source,
         nodes=nodes,
         generated_at=datetime.now(UTC),
-        lines_read=top.scanner.lines + sum(n.scanner.lines for n in top.nested),
-        members_read=top.members + sum(n.members for n in top.nested),
+        lines_read=sum(p.scanner.lines for p in every),
+        members_read=sum(p.members for p in every),
     )
 
 
@@ -142,7 +231,7 @@ def _redact_shown(nodes: list[NodeReport], findings: list[Finding]) -> list[Find
     for node in nodes:
         if node.redacted is True:
             continue
-        for sb in node.sandboxes:
+        for sb in [*node.sandboxes, *(sb for c in node.captures for sb in c.sandboxes)]:
             sb.entries = [replace(e, text=text(e.text)) for e in sb.entries]
             sb.spans = [replace(sp, name=text(sp.name)) for sp in sb.spans]
     return [
@@ -156,11 +245,13 @@ def _redact_shown(nodes: list[NodeReport], findings: list[Finding]) -> list[Find
     ]
 
 
-def _read(source: str | IO[bytes], label: str, prefix: str) -> _NodePass:
-    state = _NodePass(label=label)
+def _read(
+    source: str | IO[bytes], label: str, prefix: str, analysis: _Analysis, kind: PassKind, depth: int = 0
+) -> _NodePass:
+    state = _NodePass(label=label, kind=kind, ev=NodeEvidence(path_prefix=prefix), depth=depth)
     for member in iter_members(source, label=label):
         try:
-            _take(state, member, prefix)
+            _take(state, member, prefix, analysis)
         except (tarfile.TarError, OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
             # A member's data ends early (a truncated download, a collection killed mid-write):
             # one line naming the bundle and the member, exit 2, as `diagnose` says it.
@@ -168,42 +259,89 @@ def _read(source: str | IO[bytes], label: str, prefix: str) -> _NodePass:
     return state
 
 
-def _take(state: _NodePass, member: Member, prefix: str) -> None:
-    """One member into the pass: a nested node bundle, a log, agent spans or structured JSON."""
+def _take(state: _NodePass, member: Member, prefix: str, analysis: _Analysis) -> None:
+    """One member into the pass, read once: a nested node or capture bundle, a log (for the
+    timeline and the analyzers' signatures), agent spans, or structured JSON (for the page
+    and/or the analyzers)."""
     state.members += 1
     path = member.path
     shown = prefix + path
-    if path.startswith("nodes/") and member.is_nested_bundle:
+    state.ev.members.append(path)
+    node_bundle = path.startswith("nodes/") and member.is_nested_bundle and state.kind == "node"
+    capture = is_capture_member(path) and state.kind == "node"
+    if node_bundle or capture:
+        what: PassKind = "capture" if capture else "node"
+        if (node_bundle and state.depth > 0) or state.depth > 1:
+            state.problems.append(f"{shown}: not read (a {what} bundle nested this deep is not one kata-debug writes)")
+            return
         try:  # the reader decompresses a nested tarball by its first bytes
-            nested = _read(member.fileobj, shown, prefix=f"{shown}!/")
+            nested = _read(member.fileobj, shown, f"{shown}!/", analysis, what, state.depth + 1)
         except BundleError as exc:
             state.problems.append(f"{shown}: not read: {exc}")
             return
         if "manifest.json" not in nested.json:
-            state.problems.append(f"{shown}: no manifest.json (the node's collection broke off?)")
-        state.nested.append(nested)
-    elif is_log_member(path):
-        state.scanner.scan(shown, member.fileobj)
+            state.problems.append(f"{shown}: no manifest.json (the {what}'s collection broke off?)")
+        if capture:
+            state.captures.append(nested)
+        else:
+            state.nested.append(nested)
+            state.ev.nested.append(nested.ev)
+        return
+    timeline_log = is_log_member(path, state.kind)
+    analyzed_log = is_analyzed_log(path) or (state.kind == "capture" and timeline_log)
+    if timeline_log or analyzed_log:
+        _scan_log(state, member, shown, analysis, timeline_log, analyzed_log)
     elif path.startswith("agent-traces/spans.jsonl"):
         _read_spans(state, member, shown)
-    elif path in _STRUCTURED or (path.startswith("cluster/pods/") and path.endswith(".json")):
-        value = _load_json(member, shown, state.problems)
-        if value is None:
-            return
-        if path.startswith("cluster/pods/"):
-            _keep_pod_events(state, value)
+    else:
+        _take_structured(state, member, shown, analysis)
+
+
+def _scan_log(
+    state: _NodePass, member: Member, shown: str, analysis: _Analysis, timeline: bool, analyzed: bool
+) -> None:
+    """One read of a log member, each block to the timeline's scanner and the analyzers'."""
+    if analyzed:
+        state.ev.log_members.append(member.path)
+        feeder = analysis.scanner.feeder(shown, state.ev.hits)
+        if timeline:
+            state.scanner.scan(shown, _Tee(member.fileobj, feeder.feed))
         else:
-            state.json[path] = value
+            while chunk := member.fileobj.read(1 << 20):
+                feeder.feed(chunk)
+        state.ev.log_lines += feeder.close()
+    else:
+        state.scanner.scan(shown, member.fileobj)
 
 
-def _load_json(member: Member, shown: str, problems: list[str]) -> Any:
+def _take_structured(state: _NodePass, member: Member, shown: str, analysis: _Analysis) -> None:
+    path = member.path
+    for_page = path in _STRUCTURED or (path.startswith("cluster/pods/") and path.endswith(".json"))
+    for_analyzers = analysis.wants(path)
+    if not (for_page or for_analyzers):
+        return
     try:
-        return json.loads(member.read_bytes(MAX_JSON))
+        data = member.read_bytes(MAX_JSON)
     except BundleError as exc:
-        problems.append(f"{shown}: not read ({exc})")
+        state.problems.append(f"{shown}: not read ({exc})")
+        return
+    if for_analyzers:
+        kept = sum(len(v) for v in state.ev.structured.values())
+        if kept + len(data) > MAX_STRUCTURED_TOTAL:
+            state.ev.skipped.append(f"{shown}: not read, structured members past {MAX_STRUCTURED_TOTAL >> 20} MiB")
+        else:
+            state.ev.structured[path] = data
+    if not for_page:
+        return
+    try:
+        value = json.loads(data)
     except ValueError as exc:
-        problems.append(f"{shown}: not valid JSON ({exc})")
-    return None
+        state.problems.append(f"{shown}: not valid JSON ({exc})")
+        return
+    if path.startswith("cluster/pods/"):
+        _keep_pod_events(state, value)
+    else:
+        state.json[path] = value
 
 
 # -- spans ------------------------------------------------------------------------------------
@@ -325,24 +463,56 @@ def _attach_pod_events(top: _NodePass, nodes: list[NodeReport]) -> None:
 # -- findings ---------------------------------------------------------------------------------
 
 
-def _findings(top: _NodePass) -> tuple[list[Finding], str | None]:
-    """Findings from `analysis/findings.json` of the bundle (and of each nested node bundle)."""
+def _findings(passes: list[_NodePass], analysis: _Analysis, cluster: bool) -> tuple[list[Finding], str | None]:
+    """Findings of the bundle and of each nested node bundle: from its `analysis/findings.json`
+    when it has one, else from the analyzers over the evidence this same read kept."""
     out: list[Finding] = []
     sources = []
-    for state in (top, *top.nested):
-        raw = state.json.get(FINDINGS_MEMBER)
-        if raw is None:
-            continue
-        sources.append(state.label if state is not top else FINDINGS_MEMBER)
-        node = _manifest_node(state)
-        items = raw.get("findings") if isinstance(raw, dict) else raw
-        for item in items if isinstance(items, list) else []:
-            f = Finding.from_json(item, node)
-            if f is not None:
-                out.append(f)
+    analyzed = False
+    for i, state in enumerate(passes):
+        if FINDINGS_MEMBER in state.json:
+            sources.append(state.label if i else FINDINGS_MEMBER)
+            out.extend(_findings_of_member(state))
+        else:
+            analyzed = True
+            out.extend(_analyze(state, analysis, cluster=cluster and i == 0))
+    if analyzed:
+        sources.append(ANALYZED_HERE)
     order = {"error": 0, "warning": 1, "info": 2}
     out.sort(key=lambda f: order.get(f.severity, 3))
-    return out, ", ".join(sources) if sources else None
+    return out, ", ".join(sources)
+
+
+def _findings_of_member(state: _NodePass) -> list[Finding]:
+    raw = state.json.get(FINDINGS_MEMBER)
+    node = _manifest_node(state)
+    items = raw.get("findings") if isinstance(raw, dict) else raw
+    out = []
+    for item in items if isinstance(items, list) else []:
+        f = Finding.from_json(item, node)
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def _analyze(state: _NodePass, analysis: _Analysis, *, cluster: bool = False) -> list[Finding]:
+    """diagnose's analyzers over one pass's evidence; a broken analyzer becomes a node problem."""
+    statuses: dict[str, AnalyzerStatus] = {}
+    nested, state.ev.nested = state.ev.nested, []  # each nested bundle is analysed on its own
+    try:
+        found = rank(run_analyzers(analysis.analyzers, EvidenceView(state.ev, cluster=cluster), statuses))
+    finally:
+        state.ev.nested = nested
+    for s in statuses.values():
+        if s.status == "failed":
+            state.problems.append(f"analyzer {s.id} failed: {s.error}")
+    node = _manifest_node(state)
+    out = []
+    for f in found:
+        converted = Finding.from_json(f.to_json(with_node=True), node)
+        if converted is not None:
+            out.append(converted)
+    return out
 
 
 def _manifest_node(state: _NodePass) -> str | None:
@@ -368,7 +538,7 @@ def _dicts(value: Any) -> Iterator[dict[str, Any]]:
             yield v
 
 
-def _node_report(state: _NodePass, prefix: str) -> NodeReport:
+def _node_report(state: _NodePass, analysis: _Analysis, max_captures: int) -> NodeReport:
     j = state.json
     manifest = j.get("manifest.json") if isinstance(j.get("manifest.json"), dict) else {}
     assert isinstance(manifest, dict)
@@ -389,7 +559,50 @@ def _node_report(state: _NodePass, prefix: str) -> NodeReport:
     if state.scanner.unfollowed:
         node.problems.append(f"{state.scanner.unfollowed} log lines name more sandbox ids than the report follows")
     node.sandboxes = _sandboxes(state)
+    captures = sorted(state.captures, key=_capture_time, reverse=True)
+    node.captures = [_capture_report(c, analysis) for c in captures[:max_captures]]
+    node.captures_omitted = [c.label for c in captures[max_captures:]]
     return node
+
+
+def _trigger(state: _NodePass) -> Trigger | None:
+    manifest = _dict(state.json.get("manifest.json"))
+    raw = manifest.get("trigger")
+    if not isinstance(raw, dict):
+        return None
+    return Trigger(
+        reason=str(raw.get("reason") or "unknown"),
+        time=_opt(raw.get("time")),
+        sandbox=_opt(raw.get("sandbox")),
+        line=_opt(raw.get("line")),
+        pod=_opt(raw.get("pod")),
+    )
+
+
+def _capture_time(state: _NodePass) -> str:
+    t = _trigger(state)
+    return (t.time if t else None) or state.label
+
+
+def _capture_report(state: _NodePass, analysis: _Analysis) -> CaptureReport:
+    """A capture: its trigger, its own findings (file or analyzers), its sandboxes as they were."""
+    trigger = _trigger(state)
+    if FINDINGS_MEMBER in state.json:
+        findings, source = _findings_of_member(state), FINDINGS_MEMBER
+    else:
+        findings, source = _analyze(state, analysis), ANALYZED_HERE
+    if trigger is None:
+        state.problems.append("no trigger in the capture's manifest.json")
+    sandboxes = _sandboxes(state, trigger)
+    return CaptureReport(
+        file=state.label.rsplit("/", 1)[-1],
+        label=state.label,
+        trigger=trigger,
+        findings=findings,
+        findings_source=source,
+        sandboxes=sandboxes,
+        problems=list(state.problems),
+    )
 
 
 def _opt(value: Any) -> str | None:
@@ -434,33 +647,45 @@ def _kata_facts(j: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sandboxes(state: _NodePass) -> list[SandboxReport]:
-    """Every sandbox the bundle knows of, from any collector; log ids only if a collector listed them."""
+def _sandboxes(state: _NodePass, trigger: Trigger | None = None) -> list[SandboxReport]:
+    """Every sandbox the bundle knows of, from any collector; log ids only if a collector listed them.
+
+    A capture names its sandbox in the trigger, with the pod the agent saw."""
     j = state.json
     found: dict[str, SandboxReport] = {}
+    shown = state.ev.path_prefix
 
-    def sb(sid: Any) -> SandboxReport | None:
+    def sb(sid: Any, member: str | None = None) -> SandboxReport | None:
         if not isinstance(sid, str) or not sid:
             return None
-        return found.setdefault(sid, SandboxReport(id=sid))
+        r = found.setdefault(sid, SandboxReport(id=sid))
+        if member is not None and shown + member not in r.listed_in:
+            r.listed_in.append(shown + member)
+        return r
 
+    if trigger is not None and (r := sb(trigger.sandbox, "manifest.json")) is not None and trigger.pod:
+        namespace, _, name = trigger.pod.partition("/")
+        r.pod_namespace, r.pod_name = (namespace, name) if name else (None, namespace)
     index = j.get("oci-specs/index.json") if isinstance(j.get("oci-specs/index.json"), dict) else {}
     assert isinstance(index, dict)
     for sid in index.get("kata_sandboxes") or []:
-        sb(sid)
+        sb(sid, "oci-specs/index.json")
     for e in _dicts(index.get("entries")):
-        if e.get("type") == "sandbox" and (r := sb(e.get("sandbox_id") or e.get("id"))) is not None:
+        if (
+            e.get("type") == "sandbox"
+            and (r := sb(e.get("sandbox_id") or e.get("id"), "oci-specs/index.json")) is not None
+        ):
             r.pod_namespace = r.pod_namespace or _opt(e.get("pod_namespace"))
             r.pod_name = r.pod_name or _opt(e.get("pod_name"))
             r.pod_uid = r.pod_uid or _opt(e.get("pod_uid"))
             r.runtime = r.runtime or _opt(e.get("runtime"))
     state_doc = j.get("sandboxes/sandboxes.json")
     for e in _dicts(state_doc.get("sandboxes") if isinstance(state_doc, dict) else None):
-        if (r := sb(e.get("id"))) is not None:
+        if (r := sb(e.get("id"), "sandboxes/sandboxes.json")) is not None:
             r.state = e
     sizing = j.get("resource-limits/sizing.json")
     for e in _dicts(sizing.get("sandboxes") if isinstance(sizing, dict) else None):
-        if (r := sb(e.get("sandbox_id"))) is None:
+        if (r := sb(e.get("sandbox_id"), "resource-limits/sizing.json")) is None:
             continue
         pod = e.get("pod") if isinstance(e.get("pod"), dict) else {}
         assert isinstance(pod, dict)
@@ -477,14 +702,14 @@ def _sandboxes(state: _NodePass) -> list[SandboxReport]:
         )
     summary = j.get("shim-logs/summary.json")
     for sid in summary.get("sandboxes") or [] if isinstance(summary, dict) else []:
-        sb(sid)
+        sb(sid, "shim-logs/summary.json")
     index_doc = j.get("shim-logs/sandboxes.json")
     listed = index_doc.get("sandboxes") if isinstance(index_doc, dict) else None
     for sid in listed if isinstance(listed, (dict, list)) else []:
-        sb(sid)
+        sb(sid, "shim-logs/sandboxes.json")
     for sid in state.spans:
         if sid != "unknown":
-            sb(sid)
+            sb(sid, None)
     for sid, r in found.items():
         for bucket in state.scanner.buckets.get(sid, {}).values():
             kept = bucket.kept()
@@ -499,6 +724,48 @@ def _sandboxes(state: _NodePass) -> list[SandboxReport]:
             r.omitted.append(Omission("agent-traces", state.span_paths[sid], dropped, None, None))
     # Sandboxes in trouble first: that is what the page is opened for.
     return sorted(found.values(), key=lambda r: (not any(e.level == "error" for e in r.entries), r.pod or "~", r.id))
+
+
+def _last_seen(sb: SandboxReport) -> datetime:
+    times = [e.ts for e in sb.entries if e.ts] + [s.end for s in sb.spans]
+    return max(times, default=datetime.min.replace(tzinfo=UTC))
+
+
+def _cap_sections(nodes: list[NodeReport], findings: list[Finding], limit: int) -> None:
+    """Keep `limit` sandbox sections over the whole page: sandboxes a finding names or whose
+    timeline has errors first, then the most recently active; the others become `SandboxRef`s
+    (id, pod, the members that name them) listed under their node."""
+    every = [(n, sb) for n in nodes for sb in n.sandboxes]
+    if len(every) <= limit:
+        return
+    named = {f.sandbox for f in findings if f.sandbox}
+
+    def rank_key(item: tuple[NodeReport, SandboxReport]) -> tuple[bool, float, str]:
+        sb = item[1]
+        trouble = sb.id in named or any(e.level == "error" for e in sb.entries) or any(s.error for s in sb.spans)
+        return (not trouble, -_last_seen(sb).timestamp(), sb.id)
+
+    keep = {id(sb) for _, sb in sorted(every, key=rank_key)[:limit]}
+    for node in nodes:
+        shown: list[SandboxReport] = []
+        rest: list[SandboxReport] = []
+        for sb in node.sandboxes:
+            (shown if id(sb) in keep else rest).append(sb)
+        node.sandboxes = shown
+        node.sandboxes_omitted = [
+            SandboxRef(
+                id=sb.id,
+                pod=sb.pod,
+                members=_members_of(sb),
+                errors=sum(1 for e in sb.entries if e.level == "error"),
+            )
+            for sb in sorted(rest, key=lambda r: r.id)
+        ]
+
+
+def _members_of(sb: SandboxReport) -> tuple[str, ...]:
+    paths = [*sb.listed_in, *(e.path for e in sb.entries), *(s.path for s in sb.spans), *(o.path for o in sb.omitted)]
+    return tuple(dict.fromkeys(paths))
 
 
 def _trim(sb: SandboxReport, share: int) -> None:

@@ -9,6 +9,10 @@ CSS and script are inline, and a Content-Security-Policy allows exactly those tw
 Contract the tests rely on (stable): `<section class="sandbox" data-sandbox="ID">` per
 sandbox; `data-kind="log|console|span|event"` and `data-ts` (RFC 3339, UTC) on every
 timeline entry; `<article class="finding" data-id="ID" data-severity="…">` per finding.
+A capture (the node agent's bundle of a failure, carried in a node bundle) is
+`<section class="capture" data-capture="FILE">` inside its node's section, holding its own
+findings and sandbox sections: a sandbox section inside a capture is the sandbox as it was
+at the failure, one outside is the live one (the same id can be in both).
 """
 
 from __future__ import annotations
@@ -22,7 +26,17 @@ from typing import Any
 
 from kata_debug import __version__
 from kata_debug.report.assets import CSS, JS
-from kata_debug.report.model import LEVELS, Entry, Finding, NodeReport, Report, SandboxReport, Span
+from kata_debug.report.model import (
+    LEVELS,
+    CaptureReport,
+    Entry,
+    Finding,
+    NodeReport,
+    Report,
+    SandboxRef,
+    SandboxReport,
+    Span,
+)
 
 
 def _e(value: object) -> str:
@@ -47,12 +61,14 @@ def rfc3339(ts: datetime) -> str:
 
 def render(report: Report) -> Iterator[str]:
     """The page, in pieces (it can be megabytes: written out as it is made)."""
+    every = [sb for n in report.nodes for sb in n.sandboxes]
+    every += [sb for n in report.nodes for c in n.captures for sb in c.sandboxes]
     sources = sorted(
-        {e.source for n in report.nodes for sb in n.sandboxes for e in sb.entries}
-        | ({"agent"} if any(sb.spans for n in report.nodes for sb in n.sandboxes) else set())
+        {e.source for sb in every for e in sb.entries} | ({"agent"} if any(sb.spans for sb in every) else set())
     )
-    total = sum(len(sb.entries) + len(sb.spans) for n in report.nodes for sb in n.sandboxes)
-    n_sandboxes = sum(len(n.sandboxes) for n in report.nodes)
+    total = sum(len(sb.entries) + len(sb.spans) for sb in every)
+    n_sandboxes = sum(len(n.sandboxes) + len(n.sandboxes_omitted) for n in report.nodes)
+    n_captures = sum(len(n.captures) + len(n.captures_omitted) for n in report.nodes)
     title = f"kata-debug report: {report.bundle}"
     yield (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -65,7 +81,7 @@ def render(report: Report) -> Iterator[str]:
     yield (
         f'<header><h1>kata-debug report <code>{_e(report.bundle)}</code></h1><p class="sum">'
         f"{kind} · {len(report.findings)} finding(s) · {len(report.nodes) - (1 if report.cluster else 0)} node(s) · "
-        f"{n_sandboxes} sandbox(es) · {total} timeline entries of {report.lines_read} log lines read · "
+        f"{n_sandboxes} sandbox(es) · {n_captures} capture(s) · {total} timeline entries of {report.lines_read} log lines read · "
         f"generated {_e(rfc3339(report.generated_at))} by kata-debug {_e(__version__)} · times in UTC</p>"
         '<nav id="toolbar"><input type="search" id="q" placeholder="search the timelines" aria-label="search">'
     )
@@ -88,24 +104,21 @@ def _checks(name: str, group: str, values: Iterable[str]) -> str:
 
 def _findings(report: Report) -> Iterator[str]:
     yield f'<section id="findings"><h2>Findings ({len(report.findings)})</h2>'
-    if report.findings_source is None:
-        yield (
-            '<p class="none">This bundle has no diagnose findings (<code>analysis/findings.json</code>); '
-            "run <code>kata-debug diagnose BUNDLE</code> for them.</p>"
-        )
-    elif not report.findings:
+    if report.findings_source is not None:
+        yield f'<p class="meta" id="findings-source">from {_e(report.findings_source)}</p>'
+    if not report.findings:
         yield '<p class="none">diagnose found nothing wrong.</p>'
     for f in report.findings:
         yield _finding(f)
     yield "</section>\n"
 
 
-def _finding(f: Finding) -> str:
+def _finding(f: Finding, anchor: str = "sb-") -> str:
     where = []
     if f.node:
         where.append(f"node {_e(f.node)}")
     if f.sandbox:
-        where.append(f'sandbox <a href="#sb-{_e(f.sandbox)}">{_e(f.sandbox)}</a>')
+        where.append(f'sandbox <a href="#{_e(anchor)}{_e(f.sandbox)}">{_e(f.sandbox)}</a>')
     if f.pod:
         where.append(f"pod {_e(f.pod)}")
     evidence = "".join(
@@ -153,8 +166,65 @@ def _node(node: NodeReport, cluster_top: bool) -> Iterator[str]:
         yield '<p class="bad">No manifest.json: this bundle is incomplete.</p>'
     for sb in node.sandboxes:
         yield from _sandbox(sb)
-    if not node.sandboxes and not cluster_top:
+    if node.sandboxes_omitted:
+        yield _sandboxes_omitted(node.sandboxes_omitted)
+    if not node.sandboxes and not node.sandboxes_omitted and not cluster_top:
         yield '<p class="none">No Kata sandbox in this bundle.</p>'
+    for capture in node.captures:
+        yield from _capture(capture)
+    if node.captures_omitted:
+        names = ", ".join(f"<code>{_e(c)}</code>" for c in node.captures_omitted)
+        yield f'<p class="omit">{len(node.captures_omitted)} older capture(s) not shown: {names}</p>'
+    yield "</section>\n"
+
+
+def _sandboxes_omitted(refs: list[SandboxRef]) -> str:
+    """Sandboxes past the section cap: a count, then each id with the members to read it in."""
+    rows = "".join(
+        f'<li data-sandbox="{_e(r.id)}"><code>{_e(r.id)}</code> {_e(r.pod or "")}'
+        f"{f' <span class=bad>{r.errors} error line(s)</span>' if r.errors else ''}: "
+        f"{', '.join(f'<code>{_e(m)}</code>' for m in r.members) or '<span class=none>no member</span>'}</li>"
+        for r in refs
+    )
+    return (
+        f'<details class="omitted-sandboxes" data-count="{len(refs)}"><summary class="omit">{len(refs)} more '
+        "sandbox(es) without a section (sections go to those a finding names or with error lines "
+        "first, then to the most recently active): ids and the bundle members that name them; "
+        "<code>grep -n -F ID</code> on a member lists its lines</summary>"
+        f'<ul class="refs">{rows}</ul></details>'
+    )
+
+
+def _capture(c: CaptureReport) -> Iterator[str]:
+    """One capture: what triggered it, its top findings, its sandboxes as they were then."""
+    anchor = f"cap-{c.file}-sb-"
+    yield f'<section class="capture" data-capture="{_e(c.file)}" id="cap-{_e(c.file)}">'
+    where = f' <span class="meta">{_e(c.label)}</span>' if c.label != f"captures/{c.file}" else ""
+    yield f"<h3>Capture <code>{_e(c.file)}</code>{where}</h3>"
+    t = c.trigger
+    if t is not None:
+        sandbox = f'<a href="#{_e(anchor)}{_e(t.sandbox)}">{_e(t.sandbox)}</a>' if t.sandbox else "not known"
+        yield (
+            f'<p class="trigger" data-reason="{_e(t.reason)}" data-ts="{_e(t.time or "")}">'
+            f'<span class="sev error">{_e(t.reason)}</span> at {_e(t.time or "?")} · sandbox {sandbox}'
+            f"{' · pod ' + _e(t.pod) if t.pod else ''}</p>"
+        )
+        if t.line:
+            yield f'<p class="meta">trigger line: <code class="tline">{_e(t.line)}</code></p>'
+    for problem in c.problems:
+        yield f'<p class="omit">{_e(problem)}</p>'
+    yield (
+        f'<p class="meta">{len(c.findings)} finding(s) of this capture'
+        f"{' (from ' + _e(c.findings_source) + ')' if c.findings_source else ''}</p>"
+    )
+    for f in c.findings[:3]:
+        yield _finding(f, anchor)
+    if len(c.findings) > 3:
+        yield f'<p class="omit">{len(c.findings) - 3} more finding(s): <code>kata-debug diagnose</code> on the capture</p>'
+    for sb in c.sandboxes:
+        yield from _sandbox(sb, anchor)
+    if not c.sandboxes:
+        yield '<p class="none">No sandbox named in this capture.</p>'
     yield "</section>\n"
 
 
@@ -218,10 +288,10 @@ def _collectors(node: NodeReport) -> str:
     return f"<table><tr><th>collector</th><th>status</th><th>s</th><th>notes</th></tr>{''.join(rows)}</table>"
 
 
-def _sandbox(sb: SandboxReport) -> Iterator[str]:
+def _sandbox(sb: SandboxReport, anchor: str = "sb-") -> Iterator[str]:
     total = len(sb.entries) + len(sb.spans)
     yield (
-        f'<section class="sandbox" data-sandbox="{_e(sb.id)}" id="sb-{_e(sb.id)}">'
+        f'<section class="sandbox" data-sandbox="{_e(sb.id)}" id="{_e(anchor)}{_e(sb.id)}">'
         f'<h3>{_e(sb.pod or "(no pod)")} <code class="meta">{_e(sb.id)}</code></h3>'
     )
     facts = [

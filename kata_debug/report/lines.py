@@ -14,7 +14,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO
+from typing import Protocol
 
 from kata_debug.report.model import Entry, EntryKind, Level
 
@@ -158,6 +158,12 @@ class Bucket:
         return sorted(seen.items())
 
 
+class ByteSource(Protocol):
+    """What a log member is read from: a bundle member's stream, or one teed to the analyzers."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class LogScanner:
     """Lines naming sandboxes, per (sandbox, member), from log members read once in blocks."""
 
@@ -166,7 +172,7 @@ class LogScanner:
         self.lines = 0
         self.unfollowed = 0
 
-    def scan(self, path: str, stream: IO[bytes], block_size: int = 1 << 20) -> int:
+    def scan(self, path: str, stream: ByteSource, block_size: int = 1 << 20) -> int:
         """Every line of one log member; returns its number of lines."""
         source = member_source(path)
         carry = b""

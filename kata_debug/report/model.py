@@ -144,10 +144,50 @@ class SandboxReport:
     entries: list[Entry] = field(default_factory=list)
     spans: list[Span] = field(default_factory=list)
     omitted: list[Omission] = field(default_factory=list)
+    #: Bundle members that list the sandbox (index, state, sizing), in the order read.
+    listed_in: list[str] = field(default_factory=list)
 
     @property
     def pod(self) -> str | None:
         return f"{self.pod_namespace}/{self.pod_name}" if self.pod_name else None
+
+
+@dataclass(frozen=True)
+class SandboxRef:
+    """A sandbox past the page's section cap: its id and the bundle members that name it."""
+
+    id: str
+    pod: str | None
+    members: tuple[str, ...]
+    errors: int
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Why a capture exists: the failure the node agent saw (the capture manifest's `trigger`)."""
+
+    reason: str
+    time: str | None
+    sandbox: str | None
+    line: str | None
+    pod: str | None
+
+
+@dataclass
+class CaptureReport:
+    """A capture bundle the node agent wrote, carried inside a node bundle (`captures/FILE`).
+
+    Its sandboxes are the state at the failure, not the live state at collection time, so
+    they sit in their own section and never merge with the node's sandbox of the same id.
+    """
+
+    file: str
+    label: str
+    trigger: Trigger | None
+    findings: list[Finding] = field(default_factory=list)
+    findings_source: str | None = None
+    sandboxes: list[SandboxReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -167,6 +207,11 @@ class NodeReport:
     sandboxes: list[SandboxReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     has_manifest: bool = False
+    captures: list[CaptureReport] = field(default_factory=list)
+    #: Captures past the page's cap: file names only (they stay in the bundle).
+    captures_omitted: list[str] = field(default_factory=list)
+    #: Sandboxes past the page's section cap (`MAX_SANDBOX_SECTIONS` over the whole page).
+    sandboxes_omitted: list[SandboxRef] = field(default_factory=list)
 
 
 @dataclass
@@ -176,6 +221,8 @@ class Report:
     bundle: str
     cluster: bool
     findings: list[Finding]
+    #: Where the findings came from: `analysis/findings.json`, or the analyzers run over this
+    #: read of the bundle (older bundles, collected with analysis off); None: no findings.
     findings_source: str | None
     nodes: list[NodeReport]
     generated_at: datetime
