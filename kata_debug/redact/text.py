@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import re2  # google-re2: see pyproject for why
 
@@ -16,6 +17,9 @@ from kata_debug.redact import keys
 from kata_debug.redact.counts import MASK_B, RuleCounts, looks_secret
 from kata_debug.redact.credentials import CREDENTIAL_RULES, redact_headers, redact_otlp_attributes
 from kata_debug.redact.tokens import ASSIGNMENT_RULE, SECRET_NAME, TOKEN_RULES, LineRule
+
+if TYPE_CHECKING:
+    from kata_debug.redact.user_rules import UserRedaction
 
 HEADER_RULE = "auth-header"
 # Order matters: headers keep their scheme word, so they run before assignments could
@@ -115,14 +119,21 @@ def _line_rules(data: bytes, hits: list[tuple[int, int]], counts: RuleCounts) ->
     return b"".join(parts)
 
 
-def redact_text(data: bytes, counts: RuleCounts, state: TextState | None = None) -> bytes:
+def redact_text(
+    data: bytes, counts: RuleCounts, state: TextState | None = None, *, user: UserRedaction | None = None
+) -> bytes:
     """Redact text; `state` carries what spans chunks when `data` is one chunk of a stream.
+
+    The operator's rules (`user`) go first, so a value they name is counted under their rule
+    even where a built-in rule would also have masked it.
 
     One RE2 pass finds both the lines the line rules must see and the rare markers of
     multi-line secrets (key blocks, TOML triple quotes); only when those occur, or a stream
     is inside one, does the text get a second look.
     """
     state = state if state is not None else TextState()
+    if user is not None:
+        data = user.apply(data, counts)
     hits: list[tuple[int, int]] = []
     special = False
     for m in _TRIGGER.finditer(data):
