@@ -27,6 +27,8 @@ from tests.conftest import kata_debug
 from tests.fake_kube_exec import ClusterFake
 from tests.hostroots import add_task, kata_node, oci_spec
 from tests.kata_cluster import AGENT_NS, build
+from tests.redaction_corpus import CASES, LOOKALIKES, USER_CASES, USER_LOOKALIKES, USER_RULES, Case
+from tests.test_redaction_corpus import run_place
 
 RULES = """\
 version: 1
@@ -384,3 +386,43 @@ async def test_captures_written_by_the_node_agent_apply_the_rules(tmp_path: Path
     bundle = read_bundle(svc.dir / rec.id)
     assert b"TCK-482913" not in everything(bundle)
     assert bundle.manifest["redactions"]["user:ticket"] >= 1
+
+
+# -- the redaction corpus, with operator rules -------------------------------------------
+
+
+def with_user_rules() -> Redactor:
+    return Redactor(rules=parse_rules(USER_RULES, "corpus"))
+
+
+@pytest.mark.parametrize("case", USER_CASES, ids=[c.id for c in USER_CASES])
+def test_a_value_a_user_rule_names_does_not_reach_the_bundle_from_any_place(case: Case) -> None:
+    for out in run_place(case, with_user_rules):
+        leaked = [s for s in case.secrets if s in out]
+        assert not leaked, f"leaked {leaked} in:\n{out}"
+        destroyed = [k for k in case.keep if k not in out]
+        assert not destroyed, f"destroyed {destroyed} in:\n{out}"
+
+
+@pytest.mark.parametrize("case", USER_LOOKALIKES, ids=[c.id for c in USER_LOOKALIKES])
+def test_text_close_to_a_user_rule_survives(case: Case) -> None:
+    for out in run_place(case, with_user_rules):
+        assert out == case.content
+
+
+@pytest.mark.parametrize("case", CASES + LOOKALIKES, ids=[c.id for c in CASES + LOOKALIKES])
+def test_user_rules_change_nothing_the_defaults_decide(case: Case) -> None:
+    """Rules that match nothing in the built-in corpus leave every output as the defaults made it."""
+    assert run_place(case, with_user_rules) == run_place(case)
+
+
+def test_the_readme_example_is_a_valid_rules_file(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("#### Your own rules: `--redact-config FILE`") :]
+    example = section[section.index("```yaml\n") + 8 : section.index("```\n", section.index("```yaml\n") + 8)]
+    rules = load_user_rules(rules_file(tmp_path, example))
+    assert [r.name for r in rules.rules] == ["ticket", "tenant", "corp-session", "lab-password"]
+    r = Redactor(rules=rules)
+    assert r.text("TCK-123456 tenant/acme-1 X-Corp-Session: s3ss Winter2026!lab") == (
+        "*** tenant/*** X-Corp-Session: *** ***"
+    )
