@@ -299,9 +299,11 @@ def test_every_command_refuses_a_bad_rules_file_in_one_line_exit_2_before_writin
         ["collect", "--cluster", "--kubeconfig", str(tmp_path / "kc"), "--redact-config", str(bad)],
         ["diagnose", "--host-root", str(root), "-o", str(work / "d.tar.gz"), "--redact-config", str(bad)],
         ["node-agent", "--host-root", str(root), "--redact-config", str(bad)],
+        # a bundle is already redacted: rules for a collection that will not happen are refused
+        ["diagnose", str(root), "--redact-config", str(rules_file(tmp_path, name="good.yaml"))],
     ]
     for args in cases:
-        res = kata_debug(*args, cwd=work, timeout=60)
+        res = kata_debug(*args, cwd=work, timeout=120)
         err = res.stderr.decode()
         assert res.returncode == 2, (args, err)
         assert "--redact-config" in err and "Traceback" not in err
@@ -426,3 +428,10 @@ def test_the_readme_example_is_a_valid_rules_file(tmp_path: Path) -> None:
     assert r.text("TCK-123456 tenant/acme-1 X-Corp-Session: s3ss Winter2026!lab") == (
         "*** tenant/*** X-Corp-Session: *** ***"
     )
+
+
+def test_an_anchored_rule_matches_at_the_start_of_every_line_of_a_chunk() -> None:
+    r = Redactor(rules=load_rules_text("rules:\n  - name: banner\n    regex: '^BANNER ([0-9]+)$'\n"))
+    text = b"BANNER 1\nok BANNER 2\nBANNER 3\nBANNER 4 tail\n"
+    assert r.stream().feed(text) == b"BANNER ***\nok BANNER 2\nBANNER ***\nBANNER 4 tail\n"
+    assert r.counts["user:banner"] == 2

@@ -15,7 +15,7 @@ from typing import Any
 
 from kata_debug.redact.counts import MASK, MASK_B, RuleCounts, looks_secret
 from kata_debug.redact.structured import JsonRedactor
-from kata_debug.redact.text import TextState, redact_text
+from kata_debug.redact.text import TRIGGER_SOURCE, TextState, redact_text
 from kata_debug.redact.user_rules import UserRedaction, UserRules
 
 __all__ = ["MASK", "Redactor", "StreamRedactor", "looks_secret"]
@@ -38,7 +38,7 @@ class Redactor:
     def __init__(self, enabled: bool = True, rules: UserRules | None = None) -> None:
         self.enabled = enabled
         self.rules = rules
-        self._user = UserRedaction(rules) if rules is not None and enabled else None
+        self._user = UserRedaction(rules, TRIGGER_SOURCE) if rules is not None and enabled else None
         self._counts = RuleCounts()
         self._json = JsonRedactor(self.text, self._counts, self._user.key_counter if self._user else None)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -259,12 +259,13 @@ def _kind_of(value: Any) -> str:
 
 
 class UserRedaction:
-    """The compiled rules: one RE2 pass finds the lines any rule could touch, then each rule
-    masks them, counting under `user:<name>`. Clean text costs that one pass and no copy."""
+    """The compiled rules. `trigger` is the built-in prefilter (`base_trigger`, text.py) with
+    every rule added, so the one RE2 pass over the text finds their lines too; `line` masks
+    one flagged line, counting under `user:<name>`."""
 
-    def __init__(self, rules: UserRules) -> None:
+    def __init__(self, rules: UserRules, base_trigger: bytes) -> None:
         self.rules = rules
-        self._literals: list[tuple[str, list[bytes]]] = []
+        self._literals: list[tuple[str, Any]] = []
         self._regexes: list[tuple[str, Any]] = []
         self._keys: list[tuple[str, re.Pattern[bytes], frozenset[str]]] = []
         #: Lower-case key name -> the counter of its rule (JSON keys, argv flags, span attributes).
@@ -272,13 +273,17 @@ class UserRedaction:
         triggers: list[bytes] = []
         for rule in rules.rules:
             if rule.kind == "literals":
+                # One RE2 alternation per rule (longest first wins at a position): linear in
+                # the line however many literals the file lists.
                 lits = sorted((v.encode("utf-8") for v in rule.values), key=len, reverse=True)
-                self._literals.append((rule.counter, lits))
-                triggers += [re2.escape(v) for v in lits]
+                alternation = b"|".join(re2.escape(v) for v in lits)
+                self._literals.append((rule.counter, _re2(alternation)))
+                triggers.append(alternation)
             elif rule.kind == "regex":
                 pattern = rule.values[0].encode("utf-8")
                 self._regexes.append((rule.counter, _re2(pattern)))
-                triggers.append(b"(?:" + pattern + b")")
+                # (?m): `^`/`$` anchor at each line of a chunk, as they do on the one line masked.
+                triggers.append(b"(?m:" + pattern + b")")
             else:
                 names = [v.encode("utf-8") for v in rule.values]
                 alternation = b"|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
@@ -286,32 +291,16 @@ class UserRedaction:
                 for v in rule.values:
                     self.key_names.setdefault(v.lower(), rule.counter)
                 triggers.append(b"(?i:" + b"|".join(re2.escape(n) for n in names) + b")")
-        self._trigger = _re2(b"|".join(triggers))
+        options = re2.Options()
+        options.log_errors = False
+        self.trigger: Any = re2.compile(base_trigger + b"|" + b"|".join(triggers), options=options)
 
     def key_counter(self, name: str) -> str | None:
         """The counter of the rule naming this key (case-insensitive), if one does."""
         return self.key_names.get(name.lower()) if self.key_names else None
 
-    def apply(self, data: bytes, counts: RuleCounts) -> bytes:
-        parts: list[bytes] = []
-        pos = 0
-        for start, end in _hit_lines(data, self._trigger):
-            parts.append(data[pos:start])
-            parts.append(self.line(data[start:end], counts))
-            pos = end
-        if not parts:
-            return data
-        parts.append(data[pos:])
-        return b"".join(parts)
-
     def line(self, line: bytes, counts: RuleCounts) -> bytes:
-        for counter, lits in self._literals:
-            for lit in lits:
-                n = line.count(lit)
-                if n:
-                    line = line.replace(lit, MASK_B)
-                    counts.add(counter, n)
-        for counter, rx in self._regexes:
+        for counter, rx in [*self._literals, *self._regexes]:
             line, n = _mask_regex(rx, line)
             counts.add(counter, n)
         for counter, pattern, names in self._keys:
@@ -383,29 +372,3 @@ def _merge(spans: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int]]:
         cur = (s, e)
     if cur is not None:
         yield cur
-
-
-def _hit_lines(data: bytes, trigger: Any) -> Iterator[tuple[int, int]]:
-    """(start, end) of each line holding a trigger hit, in order, each once."""
-    done = 0
-    pos = 0
-    while True:
-        m = trigger.search(data, pos)
-        if m is None:
-            return
-        start = data.rfind(b"\n", 0, m.start()) + 1
-        end = data.find(b"\n", m.end())
-        end = len(data) if end < 0 else end
-        if start >= done:
-            yield start, end
-        done = end
-        pos = end + 1 if end < len(data) else len(data)
-        if pos >= len(data):
-            return
-
-
-def counts_of(rules: UserRules | None, counts: Mapping[str, int]) -> dict[str, int]:
-    """The manifest's counts of the user rules (every rule listed, zero included)."""
-    if rules is None:
-        return {}
-    return {r.counter: counts.get(r.counter, 0) for r in rules.rules}
