@@ -205,7 +205,8 @@ async def test_the_log_scanner_process_applies_the_rules_it_is_passed(tmp_path: 
     scanner = await ScannerProcess.start()
     assert scanner is not None
     try:
-        await scanner.send([(str(log), 1 << 30, "a")], known=[], redact=True, rules=rules)
+        with log.open("rb") as fh:
+            await scanner.send([(fh, 1 << 30, "a")], known=[], redact=True, rules=rules)
         result = await scanner.next_file()
         await scanner.finish()
         assert result.output is not None
