@@ -3,6 +3,7 @@ the one on another git revision (default `main`), measured in the same session.
 
     python bench/redact.py                     # 64 MiB, 3 runs each, vs main
     python bench/redact.py --mib 256 --base HEAD~3
+    python bench/redact.py --redact-config rules.yaml   # also: this tree with operator rules
 
 Text: Kata shim debug lines (console output, container events, 64-hex sandbox ids), with
 one line in a thousand carrying a credential (so the slow path is measured too). Streamed in
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--base", default="main", help="git revision to compare with")
+    ap.add_argument("--redact-config", metavar="FILE", help="also measure this tree with these operator rules")
     args = ap.parse_args()
     parts = chunks(shim_log(args.mib))
     old = load_redactor(args.base)
@@ -124,6 +126,15 @@ def main() -> None:
     print(f"redactor at {args.base}: {old_wall:7.1f} MB/s wall, {old_cpu:7.1f} MB/s per CPU-second")
     print(f"redactor here: {new_wall:7.1f} MB/s wall, {new_cpu:7.1f} MB/s per CPU-second (target >= 100)")
     print(f"planted secrets left in this tree's output: {leaks}")
+    if args.redact_config:
+        from kata_debug.redact.user_rules import load_user_rules
+
+        rules = load_user_rules(args.redact_config)
+        user_wall, user_cpu, _ = measure(lambda: Redactor(rules=rules), parts, args.repeat)
+        print(
+            f"redactor here + {len(rules.rules)} --redact-config rules: {user_wall:7.1f} MB/s wall, "
+            f"{user_cpu:7.1f} MB/s per CPU-second"
+        )
 
 
 if __name__ == "__main__":

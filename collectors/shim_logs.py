@@ -245,6 +245,7 @@ class ShimLogsCollector(Collector):
                 [(f.file, f.cap, f"{out.collector}/files{f.path}") for f in files],
                 known=index.known,
                 redact=ctx.redactor.enabled,
+                rules=ctx.redactor.rules,
             )
             await asyncio.to_thread(_close_all, files)  # the scanner holds its own copies
             for f, stats in zip(files, sources):

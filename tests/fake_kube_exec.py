@@ -142,17 +142,30 @@ class ExecAPI:
             return error_status(400, "BadRequest", f"unable to upgrade: no supported subprotocol in {offered}")
         ws = web.WebSocketResponse(protocols=SUBPROTOCOLS, autoping=True, max_msg_size=0)
         await ws.prepare(request)
-        self.sessions.append(
-            {"namespace": ns, "pod": name, "container": container, "command": command, "protocol": ws.ws_protocol}
-        )
+        session: dict[str, object] = {
+            "namespace": ns,
+            "pod": name,
+            "container": container,
+            "command": command,
+            "protocol": ws.ws_protocol,
+            "stdin": b"" if request.query.get("stdin") == "true" else None,
+        }
+        self.sessions.append(session)
         try:
             await ws.send_bytes(bytes([STDOUT]))  # "streams are ready"
-            await self._run(ws, request, behaviour, command)
+            await self._run(ws, request, behaviour, command, session)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         return ws
 
-    async def _run(self, ws: web.WebSocketResponse, request: web.Request, b: ExecBehaviour, command: list[str]) -> None:
+    async def _run(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        b: ExecBehaviour,
+        command: list[str],
+        session: dict[str, object],
+    ) -> None:
         if b.kind == "hang":
             await ws.send_bytes(bytes([STDOUT]) + b"\x1f\x8b")
             # A node that never answers; stop when the client gives up on us.
@@ -169,7 +182,7 @@ class ExecAPI:
             *local_argv(command, b.host_root),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if session["stdin"] is None else asyncio.subprocess.PIPE,
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO), **self.env},
         )
@@ -186,6 +199,7 @@ class ExecAPI:
                 if channel == STDOUT:
                     sent += len(chunk)
 
+        feeding = asyncio.create_task(self._feed_stdin(ws, proc, session)) if proc.stdin is not None else None
         try:
             await asyncio.gather(pump(proc.stdout, STDOUT), pump(proc.stderr, STDERR))
             code = await proc.wait()
@@ -197,10 +211,36 @@ class ExecAPI:
                 transport.abort()  # the node went away: no status, no close frame
             return
         finally:
+            if feeding is not None:
+                feeding.cancel()
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
         await self._finish(ws, code, command)
+
+    async def _feed_stdin(
+        self, ws: web.WebSocketResponse, proc: asyncio.subprocess.Process, session: dict[str, object]
+    ) -> None:
+        """Channel 0 frames to the process's stdin (recorded in the session); v5's close frame closes it."""
+        assert proc.stdin is not None
+        try:
+            await self._pipe_stdin(ws, proc.stdin, session)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the command is done reading
+
+    async def _pipe_stdin(
+        self, ws: web.WebSocketResponse, stdin: asyncio.StreamWriter, session: dict[str, object]
+    ) -> None:
+        async for msg in ws:
+            if msg.type is not WSMsgType.BINARY or not msg.data:
+                continue
+            data: bytes = msg.data
+            if data[0] == 0:
+                session["stdin"] = bytes(session["stdin"] or b"") + data[1:]  # type: ignore[arg-type]
+                stdin.write(data[1:])
+                await stdin.drain()
+            elif data[0] == 255 and data[1:] == b"\x00":
+                stdin.close()
 
     async def _send_file(self, ws: web.WebSocketResponse, path: Path) -> None:
         with open(path, "rb") as fh:

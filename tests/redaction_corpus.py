@@ -1001,3 +1001,88 @@ LOOKALIKES += [
         keep=('msg="failed to get token: connection refused" sandbox=4f2c9e1a0b7d',),
     ),
 ]
+
+# -- operator rules (`--redact-config`): what only the site knows is secret ------------------
+# USER_RULES is the rules document the USER_CASES are redacted with, on top of the defaults.
+USER_RULES: dict[str, Any] = {
+    "rules": [
+        {"name": "employee-id", "regex": r"\bEMP-[0-9]{6}\b"},
+        {"name": "tenant", "regex": r"tenant/([a-z]+-[0-9]{2,})"},
+        {"name": "corp-session", "keys": ["X-Corp-Session", "corp.session", "corpSessionId"]},
+        {"name": "lab-password", "literals": ["Lab!Pw-2026", "ZebraOrbit77"]},
+    ]
+}
+USER_CASES: list[Case] = [
+    Case("user-log-regex", "log", log("audit by EMP-004217 done"), ("EMP-004217",), ("audit by", "done")),
+    Case("user-log-group", "log", log("GET /v1/tenant/acme-42/pods"), ("acme-42",), ("/v1/tenant/", "/pods")),
+    Case("user-log-key", "log", log("proxy", **{"X-Corp-Session": "sQ9xT2v"}), ("sQ9xT2v",), ("X-Corp-Session=",)),
+    Case("user-log-key-colon", "log", "X-Corp-Session: sQ9xT2v\n", ("sQ9xT2v",), ("X-Corp-Session: ",)),
+    Case("user-log-literal", "log", log("mysql -pLab!Pw-2026 ok"), ("Lab!Pw-2026",), ("mysql", " ok")),
+    Case("user-log-literal-anywhere", "log", "xZebraOrbit77x\n", ("ZebraOrbit77",), ("x***x",)),
+    Case("user-config-key", "config", 'corp.session = "c0nfSess"\nmode = "fast"\n', ("c0nfSess",), ('mode = "fast"',)),
+    Case(
+        "user-oci",
+        "oci",
+        {
+            "process": {"args": ["/app", "--corpSessionId", "ArgSess1", "EMP-000777"], "env": ["X=ZebraOrbit77"]},
+            "annotations": {"corp.session": "AnnSess2", "owner": "EMP-123456"},
+        },
+        ("ArgSess1", "EMP-000777", "ZebraOrbit77", "AnnSess2", "EMP-123456"),
+        ("/app", "--corpSessionId"),
+    ),
+    Case(
+        "user-oci-raw",
+        "oci-raw",
+        '{"process":{"args":["/app","--corp.session=RawSess3"]},"annotations":{"owner":"EMP-654321"',
+        ("RawSess3", "EMP-654321"),
+        ("--corp.session=",),
+    ),
+    Case(
+        "user-persist",
+        "persist",
+        {"Cmd": {"Args": ["sh", "-c", "login -u bob -p ZebraOrbit77"], "Envs": [{"Var": "A", "Value": "b"}]}},
+        ("ZebraOrbit77",),
+        ("login -u bob",),
+    ),
+    Case(
+        "user-k8s",
+        "k8s",
+        {
+            "metadata": {"annotations": {"corp.session": "K8sSess4"}, "labels": {"owner": "EMP-111111"}},
+            "spec": {"tolerations": [{"key": "corp.session", "operator": "Exists"}]},
+        },
+        ("K8sSess4", "EMP-111111"),
+        ('"key": "corp.session"', "Exists"),
+    ),
+    Case(
+        "user-span",
+        "span",
+        {
+            "attributes": [
+                {"key": "corp.session", "value": {"arrayValue": {"values": [{"stringValue": "SpanSess5"}]}}},
+                {"key": "db.statement", "value": {"stringValue": "select * where pw='Lab!Pw-2026'"}},
+            ]
+        },
+        ("SpanSess5", "Lab!Pw-2026"),
+        ("select * where pw=",),
+    ),
+    Case(
+        "user-span-text",
+        "span-text",
+        '{"attributes":[{"key":"corp.session","value":{"stringValue":"SpanSess6"}},'
+        '{"key":"enduser.id","value":{"stringValue":"EMP-222222"}}]}\n',
+        ("SpanSess6", "EMP-222222"),
+        ('"enduser.id"',),
+    ),
+]
+# Text the user rules are close to and must leave alone.
+USER_LOOKALIKES: list[Case] = [
+    Case("user-lookalike-short-id", "log", log("EMP-12 and EMP-1234567x"), keep=("EMP-12 ", "EMP-1234567x")),
+    Case("user-lookalike-tenant", "log", log("tenant/ACME listed"), keep=("tenant/ACME listed",)),
+    Case(
+        "user-lookalike-key-prose", "log", log("corp session renewed; X-Corp-Sessions=3"), keep=("X-Corp-Sessions=3",)
+    ),
+    Case(
+        "user-lookalike-literal-part", "log", log("Lab!Pw rotated; ZebraOrbit7"), keep=("Lab!Pw rotated", "ZebraOrbit7")
+    ),
+]

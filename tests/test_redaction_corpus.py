@@ -13,6 +13,7 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,28 +25,29 @@ from kata_debug.redact.redactor import Redactor
 from tests.redaction_corpus import CASES, LOOKALIKES, Case
 
 
-def run_place(case: Case) -> list[str]:
-    """The bundle text(s) the content becomes, one per way the place can be read."""
+def run_place(case: Case, make: Callable[[], Redactor] = Redactor) -> list[str]:
+    """The bundle text(s) the content becomes, one per way the place can be read (`make`:
+    the redactor a collection would use, e.g. one with `--redact-config` rules)."""
     c: Any = case.content
     if case.place in ("log", "config", "span-text"):
         data = c.encode()
-        whole = Redactor().stream().feed(data)
-        stream = Redactor().stream()
+        whole = make().stream().feed(data)
+        stream = make().stream()
         by_line = b"".join(stream.feed(line) for line in data.splitlines(keepends=True))
-        outs = [whole.decode(), Redactor().bytes(data).decode()]
+        outs = [whole.decode(), make().bytes(data).decode()]
         return [*outs, by_line.decode()] if case.by_line else outs
     if case.place == "upload":  # kata_debug.upload quotes a refusal through Redactor.text
-        return [Redactor().text(c)]
+        return [make().text(c)]
     if case.place == "oci-raw":
-        return [Redactor().oci_text(c.encode()).decode()]
+        return [make().oci_text(c.encode()).decode()]
     if case.place in ("oci", "persist", "span"):
-        return [json.dumps(Redactor().json_value(c, oci=case.place == "oci"), indent=2)]
+        return [json.dumps(make().json_value(c, oci=case.place == "oci"), indent=2)]
     if case.place == "k8s":
-        return [json.dumps(redact_object(Redactor(), c), indent=2)]
+        return [json.dumps(redact_object(make(), c), indent=2)]
     if case.place in ("kubelet-log", "audit-proctitle"):
         return [_node_logs(True).texts[case.id]]
     if case.place == "trigger-line":  # kata_debug.agent.capture writes `trigger.line` this way
-        return [Redactor().text(c)]
+        return [make().text(c)]
     raise AssertionError(case.place)
 
 

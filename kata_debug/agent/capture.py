@@ -49,6 +49,7 @@ from kata_debug.collectors.shim_logs import IDENTIFIERS, LOG_FILES
 from kata_debug.node.hostroot import HostRoot
 from kata_debug.node.paths import CAPTURES_SUBDIR
 from kata_debug.redact.redactor import Redactor
+from kata_debug.redact.user_rules import UserRules
 
 log = logging.getLogger("kata_debug.agent.capture")
 
@@ -72,6 +73,8 @@ class CaptureConfig:
     size: int = 256 << 20  # --capture-size
     poll_interval: float = 0.5
     redact: bool = True
+    #: `node-agent --redact-config` rules, applied to captures on top of the built-in ones.
+    redact_rules: UserRules | None = None
 
 
 @dataclass
@@ -295,7 +298,7 @@ class CaptureService:
         target = OutputTarget(str(path))
         sink = await asyncio.to_thread(target.open)
         try:
-            redactor = Redactor(enabled=self.cfg.redact)
+            redactor = Redactor(enabled=self.cfg.redact, rules=self.cfg.redact_rules)
             bundle = AsyncBundle(BundleWriter(sink, name.removesuffix(SUFFIX), "gzip"))
             ctx = CollectContext(
                 host=self.host,

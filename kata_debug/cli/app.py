@@ -19,6 +19,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from kata_debug import __version__
+from kata_debug.cli import redact_config
 from kata_debug.errors import KataDebugError, UsageError
 from kata_debug.node.paths import TRACE_SPOOL_DIR
 
@@ -96,6 +97,8 @@ def collect(
         help="Seconds for the whole collection; unfinished collectors are marked timeout.",
     ),
     no_redact: bool = typer.Option(False, "--no-redact", help="Keep secrets in the bundle (prints a warning)."),
+    redact_config_file: Path | None = redact_config.option(),
+    redact_rules_stdin: bool = redact_config.stdin_option(),
     compression: CompressionChoice | None = typer.Option(
         None,
         "--compression",
@@ -231,6 +234,7 @@ def collect(
     given_compression: CompressionName | None = compression.value if compression else None
     bundle_compression(output, given_compression, default="zstd")  # refuse a contradiction before any work
     since_span = parse_since(since)
+    redact_rules = redact_config.load(redact_config_file, redact=not no_redact, from_stdin=redact_rules_stdin)
 
     upload_target = parse_collect_upload(
         ctx,
@@ -259,6 +263,7 @@ def collect(
                 collectors=collector or [],
                 timeout=timeout,
                 no_redact=no_redact,
+                redact_rules=redact_rules,
                 compression=bundle_compression(output, given_compression, default="gzip"),
                 json_output=output_format is OutputFormat.json,
                 all_runtimes=all_runtimes,
@@ -305,6 +310,7 @@ def collect(
         timeout=timeout,
         deadline=deadline,
         redact=not no_redact,
+        redact_rules=redact_rules,
         compression=bundle_compression(output, given_compression, default="zstd"),
         all_runtimes=all_runtimes,
         max_log_bytes=parse_size(max_log_size, "--max-log-size"),

@@ -27,6 +27,7 @@ from kata_debug.cluster.options import AGENT_NAMESPACE, ClusterOptions
 from kata_debug.cluster.result import ClusterResult, result_json
 from kata_debug.cluster.run import run_cluster_collection
 from kata_debug.errors import UsageError
+from kata_debug.redact.user_rules import UserRules
 from kata_debug.upload import UploadTarget
 
 human_bytes = human_size  # the cluster views' name for it
@@ -165,6 +166,7 @@ def collect_cluster(
     timeout: float,
     no_redact: bool,
     compression: CompressionName,
+    redact_rules: UserRules | None = None,
     json_output: bool,
     all_runtimes: bool,
     max_log_size: str,
@@ -222,6 +224,7 @@ def collect_cluster(
         output=output,
         compression=compression,
         redact=not no_redact,
+        redact_rules=redact_rules,
         node_args=node_args,
         ephemeral=ephemeral,
         image=DEFAULT_IMAGE if image is None else image,

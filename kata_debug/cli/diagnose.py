@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from kata_debug.cli import redact_config
 from kata_debug.errors import KataDebugError, UsageError
 
 if TYPE_CHECKING:
@@ -207,6 +208,7 @@ def register(app: typer.Typer) -> None:
             "50M", "--max-log-size", metavar="SIZE", help="Without BUNDLE: cap per log source."
         ),
         node_name: str | None = typer.Option(None, "--node-name", metavar="NAME", help="Without BUNDLE: node name."),
+        redact_config_file: Path | None = redact_config.option(),
     ) -> None:
         """Name the root cause of failed Kata sandboxes, from a bundle or (without BUNDLE) this node."""
         if bundle is not None:
@@ -219,6 +221,7 @@ def register(app: typer.Typer) -> None:
                 "--timeout": "timeout",
                 "--max-log-size": "max_log_size",
                 "--node-name": "node_name",
+                "--redact-config": "redact_config_file",
             }
             for flag, name in collect_only.items():
                 if given(ctx, name):  # silently ignored, `--since 1h` would look like it bounded the bundle
@@ -234,6 +237,7 @@ def register(app: typer.Typer) -> None:
                 since=parse_since(since),
                 timeout=timeout,
                 max_log_bytes=parse_size(max_log_size, "--max-log-size"),
+                redact_rules=redact_config.load(redact_config_file),
             )
             diagnosis = asyncio.run(_collect_then_diagnose(opts, output))
         from kata_debug.analyze.diagnose import Diagnosis

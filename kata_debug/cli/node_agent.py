@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from kata_debug.cli import redact_config
 from kata_debug.cli.trace import _LIMITS, LogLevel
 from kata_debug.errors import KataDebugError
 
@@ -64,6 +65,7 @@ def node_agent(
     idle_timeout: str = _LIMITS["idle_timeout"],
     buffer_budget: str = _LIMITS["buffer_budget"],
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="Log verbosity."),
+    redact_config_file: Path | None = redact_config.option(),
 ) -> None:
     """Forward every Kata sandbox's agent spans on this node to OpenTelemetry, and spool them for bundles.
 
@@ -103,6 +105,7 @@ def node_agent(
             before=parse_duration(capture_before, "--capture-before").total_seconds(),
             rate=Rate.parse(capture_rate),
             size=parse_size(capture_size, "--capture-size"),
+            redact_rules=redact_config.load(redact_config_file),
         ),
         limits=listener_limits(max_connections, idle_timeout, buffer_budget, DEFAULT_MAX_FRAME_BYTES),
     )

@@ -32,6 +32,7 @@ from kata_debug.cluster.progress import ClusterProgress
 from kata_debug.kube.client import KubeSession
 from kata_debug.kube.exec_stream import ExecProtocolError, ExecRefused, exec_stream
 from kata_debug.redact.redactor import Redactor
+from kata_debug.redact.user_rules import RULES_STDIN
 
 #: `kata-debug collect`'s exit code for "bundle written, some collectors failed".
 PARTIAL_EXIT = 3
@@ -67,7 +68,20 @@ def node_command(opts: ClusterOptions, node: str) -> list[str]:
     ]
     if not opts.redact:
         argv.append("--no-redact")
+    elif opts.redact_rules is not None:
+        argv.append(RULES_STDIN)  # the rules follow on stdin (`node_stdin`), never in argv
     return argv + list(opts.node_args)
+
+
+def node_stdin(opts: ClusterOptions) -> bytes | None:
+    """What the node's collect reads on stdin: the `--redact-config` rules, as one JSON line.
+
+    Not in its argv: exec requests (command included) land in the API server's audit log and
+    the node's process list, and a rule may be a literal secret.
+    """
+    if opts.redact and opts.redact_rules is not None:
+        return opts.redact_rules.stdin_line()
+    return None
 
 
 class SpoolSink:
@@ -194,6 +208,7 @@ class NodeCollector:
                         node_command(self.opts, node),
                         sink.write,
                         container=container,
+                        stdin=node_stdin(self.opts),
                     )
                 exit_code, stderr = outcome.exit_code, outcome.stderr
                 if exit_code == 0:

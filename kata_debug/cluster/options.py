@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from kata_debug.bundle.writer import SUFFIXES, Compression, OutputTarget, bundle_stem
 from kata_debug.cluster.collector_pod import DEFAULT_IMAGE
 from kata_debug.errors import UsageError
+from kata_debug.redact.user_rules import UserRules
 
 AGENT_NAMESPACE = "kata-debug"
 AGENT_SELECTOR = "app.kubernetes.io/name=kata-debug-node-agent"
@@ -29,6 +30,9 @@ class ClusterOptions:
     output: str | None = None
     compression: Compression = "gzip"
     redact: bool = True
+    #: `--redact-config` rules: the laptop applies them to what it writes itself, and every
+    #: node gets them on its collect command's stdin.
+    redact_rules: UserRules | None = None
     agent_namespace: str = AGENT_NAMESPACE
     agent_selector: str = AGENT_SELECTOR
     agent_container: str = AGENT_CONTAINER

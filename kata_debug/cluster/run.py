@@ -74,7 +74,7 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
     # node's bundle carries its own analysis/findings.json.
     tap = await asyncio.to_thread(evidence_tap, None)
     bundle.writer.tap = tap
-    redactor = Redactor(enabled=opts.redact)
+    redactor = Redactor(enabled=opts.redact, rules=opts.redact_rules)
     objects = ClusterObjects(session, bundle, redactor, inv, opts.since)
     pods = CollectorPods(session, opts)
     collector = NodeCollector(opts, session, redactor, progress, pods)

@@ -44,6 +44,7 @@ from kata_debug.errors import OutputError, UsageError
 from kata_debug.node.hostroot import HostRoot
 from kata_debug.node.oci import SPEC_PARSE_CAP
 from kata_debug.redact.redactor import Redactor
+from kata_debug.redact.user_rules import UserRules
 
 
 @dataclass
@@ -56,6 +57,8 @@ class CollectOptions:
     timeout: float = 60.0
     deadline: float | None = None
     redact: bool = True
+    #: The operator's `--redact-config` rules, on top of the built-in ones.
+    redact_rules: UserRules | None = None
     #: None: from the output's name (`.tar.gz` gzip, `.tar` none), else zstd.
     compression: Compression | None = None
     all_runtimes: bool = False
@@ -153,7 +156,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     target = OutputTarget(output, unique_suffix=None if opts.output else SUFFIXES[compression])
     sink = await asyncio.to_thread(target.open)
     output = target.path
-    redactor = Redactor(enabled=opts.redact)
+    redactor = Redactor(enabled=opts.redact, rules=opts.redact_rules)
     bundle = AsyncBundle(BundleWriter(sink, top, compression))
     tap = await asyncio.to_thread(evidence_tap, node)
     bundle.writer.tap = tap

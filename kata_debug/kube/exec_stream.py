@@ -26,7 +26,9 @@ from kubernetes.aio.client import CoreV1Api
 from kubernetes.aio.stream import WsApiClient
 
 EXEC_SUBPROTOCOLS = "v5.channel.k8s.io,v4.channel.k8s.io"
-STDOUT, STDERR, STATUS = 1, 2, 3
+STDIN, STDOUT, STDERR, STATUS = 0, 1, 2, 3
+#: v5.channel.k8s.io: a frame on this channel closes the stream named by its one data byte.
+CLOSE = 255
 
 OnStdout = Callable[[bytearray], Awaitable[None]]
 STDOUT_BLOCK = 1 << 20
@@ -107,6 +109,7 @@ async def exec_stream(
     container: str | None = None,
     stderr_limit: int = 1 << 20,
     block: int = STDOUT_BLOCK,
+    stdin: bytes | None = None,
 ) -> ExecOutcome:
     """Run `command` in the pod; stdout goes to `on_stdout` in blocks of about `block` bytes.
 
@@ -115,6 +118,9 @@ async def exec_stream(
     it is given (no copy needed to keep it); the last one may be short. Raises ExecRefused
     when the stream cannot be opened, ExecProtocolError on frames that are not the binary
     channel protocol; everything after the handshake becomes the outcome.
+
+    `stdin`: sent to the command's stdin once the stream is open (small: one frame), then
+    closed where the protocol can say so (v5); the command should not wait for EOF.
     """
     api = CoreV1Api(api_client=client)
     try:
@@ -123,7 +129,7 @@ async def exec_stream(
             namespace,
             command=list(command),
             container=container,
-            stdin=False,
+            stdin=stdin is not None,
             stdout=True,
             stderr=True,
             tty=False,
@@ -136,6 +142,14 @@ async def exec_stream(
     except (OSError, aiohttp.ClientError) as exc:
         raise ExecRefused(0, f"cannot reach the API server: {exc}") from None
 
+    if stdin is not None:
+        try:
+            await ws.send_bytes(bytes([STDIN]) + stdin)
+            if ws.protocol == "v5.channel.k8s.io":
+                await ws.send_bytes(bytes([CLOSE, STDIN]))
+        except (OSError, aiohttp.ClientError, RuntimeError) as exc:
+            await connecting.__aexit__(None, None, None)
+            raise ExecRefused(0, f"cannot send the command its input: {exc}") from None
     stdout_bytes = 0
     pending = bytearray()
     stderr = bytearray()

@@ -29,6 +29,7 @@ import re2
 
 from kata_debug.bundle.writer import Spool
 from kata_debug.logs.scan import SandboxIndex
+from kata_debug.redact.user_rules import UserRules
 
 # A file's result carries its sandbox index: up to 512 ids, each with a line of numbers.
 _MAX_MESSAGE = 32 << 20
@@ -170,15 +171,24 @@ class ScannerProcess:
             theirs.close()  # the scanner holds its own copy
         return cls(proc, workdir, stderr, ours, their_number)
 
-    async def send(self, files: Sequence[tuple[BinaryIO, int, str]], *, known: Iterable[str], redact: bool) -> None:
+    async def send(
+        self,
+        files: Sequence[tuple[BinaryIO, int, str]],
+        *,
+        known: Iterable[str],
+        redact: bool,
+        rules: UserRules | None = None,
+    ) -> None:
         """Hand over the files: (open log file, cap, bundle member its sandbox lines are indexed
-        under), and the sandboxes already indexed (they count towards the limit).
+        under), the sandboxes already indexed (they count towards the limit) and the operator's
+        redaction rules (`--redact-config`), which the scanner applies like the collector's.
 
         The scanner gets its own copies of the descriptors; the caller still closes its files
         (once this returns, closing them no longer matters to the scanner).
         """
         job = {
             "redact": redact,
+            "rules": None if rules is None else rules.to_json(),
             "known": sorted(known),
             "dir": self.workdir,
             "progress_every": PROGRESS_EVERY,

@@ -5,8 +5,8 @@ multiprocessing: `python -m kata_debug` runs the CLI at import, and a plain chil
 line protocol needs nothing pickled and imports only what it uses (redact, logfmt).
 
 Protocol, one JSON object per line:
-  stdin  <- {"redact": bool, "dir": str, "files": [{"cap": int, "member": str}, ...],
-             "known": [sid, ...], "progress_every": bytes, "fds": n}
+  stdin  <- {"redact": bool, "rules": {user redaction rules} | null, "dir": str,
+             "files": [{"cap": int, "member": str}, ...], "known": [sid, ...], "progress_every": bytes, "fds": n}
   socket `fds` (inherited, SOCK_SEQPACKET) <- the files' open descriptors, in order, up to
              200 per message. The worker reads only through them: it never opens a log by
              path, so a log swapped for a symlink after the collector measured it changes nothing.
@@ -34,6 +34,7 @@ from typing import IO, Any
 
 from kata_debug.logs.scan import BATCH, SandboxIndex, SourceStats, copy_log
 from kata_debug.redact.redactor import Redactor
+from kata_debug.redact.user_rules import UserRules
 
 
 class _Counted:
@@ -53,7 +54,11 @@ class _Counted:
 class _Job:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.dir: str = spec["dir"]
-        self.redactor = Redactor(enabled=bool(spec["redact"]))
+        rules = spec.get("rules")
+        self.redactor = Redactor(
+            enabled=bool(spec["redact"]),
+            rules=None if rules is None else UserRules.from_json(rules, "scanner job"),
+        )
         self.files: list[dict[str, Any]] = spec["files"]
         self.progress_every = int(spec["progress_every"])
         self._reported_counts: dict[str, int] = {}

@@ -15,7 +15,8 @@ from typing import Any
 
 from kata_debug.redact.counts import MASK, MASK_B, RuleCounts, looks_secret
 from kata_debug.redact.structured import JsonRedactor
-from kata_debug.redact.text import TextState, redact_text
+from kata_debug.redact.text import TRIGGER_SOURCE, TextState, redact_text
+from kata_debug.redact.user_rules import UserRedaction, UserRules
 
 __all__ = ["MASK", "Redactor", "StreamRedactor", "looks_secret"]
 
@@ -28,16 +29,26 @@ _Bytes = bytes  # `Redactor.bytes` shadows the type inside the class
 
 
 class Redactor:
-    """Applies the rules and counts, per rule, what was removed. Thread-safe counts."""
+    """Applies the rules and counts, per rule, what was removed. Thread-safe counts.
 
-    def __init__(self, enabled: bool = True) -> None:
+    `rules`: the operator's `--redact-config` rules, applied on top of the defaults to every
+    text and JSON value this redactor sees (pass them on wherever another Redactor is made).
+    """
+
+    def __init__(self, enabled: bool = True, rules: UserRules | None = None) -> None:
         self.enabled = enabled
+        self.rules = rules
+        self._user = UserRedaction(rules, TRIGGER_SOURCE) if rules is not None and enabled else None
         self._counts = RuleCounts()
-        self._json = JsonRedactor(self.text, self._counts)
+        self._json = JsonRedactor(self.text, self._counts, self._user.key_counter if self._user else None)
 
     @property
     def counts(self) -> dict[str, int]:
-        return self._counts.snapshot()
+        """Masked values per rule; every user rule is listed, 0 included, so the manifest shows it ran."""
+        counts = self._counts.snapshot()
+        if self._user is None:
+            return counts
+        return dict(sorted({**{r.counter: 0 for r in self._user.rules.rules}, **counts}.items()))
 
     def add_counts(self, counts: Mapping[str, int]) -> None:
         """Fold in what another Redactor removed (a scanner process's), so the manifest counts it."""
@@ -51,7 +62,7 @@ class Redactor:
         """Redact a complete text (a key block cut at its end is masked to the end)."""
         if not self.enabled:
             return data
-        return redact_text(data, self._counts)
+        return redact_text(data, self._counts, user=self._user)
 
     def text(self, data: str) -> str:
         if not self.enabled:
@@ -104,4 +115,4 @@ class StreamRedactor:
     def feed(self, chunk: _Bytes) -> _Bytes:
         if not self._r.enabled:
             return chunk
-        return redact_text(chunk, self._r._counts, self._state)
+        return redact_text(chunk, self._r._counts, self._state, user=self._r._user)

@@ -17,6 +17,8 @@ from typing import Any
 from kata_debug.redact.counts import MASK, RuleCounts, looks_secret
 
 TextFn = Callable[[str], str]
+#: A key name -> the counter of the user rule (`--redact-config`) that names it secret, or None.
+UserKeyFn = Callable[[str], str | None]
 _ENV_KEYS = frozenset({"env", "Env", "Envs", "envs", "Environment"})
 _ARGV_KEYS = frozenset({"args", "Args", "command", "Command", "cmd", "Cmd", "Entrypoint", "entrypoint"})
 _ENV_VALUE_KEYS = ("value", "Value")
@@ -28,11 +30,24 @@ _U_IS_USERPASS = ("curl", "wget")
 
 
 class JsonRedactor:
-    """Walks parsed JSON; `text` redacts a string, `counts` gets one count per masked value."""
+    """Walks parsed JSON; `text` redacts a string, `counts` gets one count per masked value.
 
-    def __init__(self, text: TextFn, counts: RuleCounts) -> None:
+    `user_key` adds the operator's secret key names: wherever the schema asks whether a name
+    (map key, attribute, annotation, flag) is secret, a name it knows is, counted under its rule.
+    """
+
+    def __init__(self, text: TextFn, counts: RuleCounts, user_key: UserKeyFn | None = None) -> None:
         self._text = text
         self._counts = counts
+        self._user_key = user_key
+
+    def _secret(self, name: str, builtin: str) -> str | None:
+        """The counter to charge for masking the value of `name`, or None when it is not secret."""
+        if self._user_key is not None:
+            user = self._user_key(name)
+            if user is not None:
+                return user
+        return builtin if looks_secret(name) else None
 
     def walk(self, value: Any) -> Any:
         if isinstance(value, dict):
@@ -69,8 +84,9 @@ class JsonRedactor:
         attr = value.get("key")
         if isinstance(attr, str) and isinstance(value.get("value"), dict):
             # OTLP attribute {"key": "db.password", "value": {"stringValue" | "arrayValue" | ...}}
-            if looks_secret(attr):
-                self._counts.add("otlp-attribute")
+            counter = self._secret(attr, "otlp-attribute")
+            if counter:
+                self._counts.add(counter)
                 return {**value, "value": self._mask_all(value["value"])}
             return {**value, "value": self.walk(value["value"])}
         if value.get("kind") == "Secret":
@@ -88,12 +104,12 @@ class JsonRedactor:
                 result[k] = self.argv(v)
             elif k == "annotations" and isinstance(v, dict):
                 result[k] = {ak: self._annotation(ak, av) for ak, av in v.items()}
-            elif (looks_secret(k) or k.lower() in _HEADER_KEYS) and _is_secret_scalar(v):
-                self._counts.add("secret-key")
+            elif (counter := self._secret(k, "secret-key") or _header(k)) and _is_secret_scalar(v):
+                self._counts.add(counter)
                 result[k] = MASK
-            elif (looks_secret(k) or k.lower() in _HEADER_KEYS) and isinstance(v, list) and v:
+            elif (counter := self._secret(k, "secret-key") or _header(k)) and isinstance(v, list) and v:
                 if all(_is_secret_scalar(x) for x in v):
-                    self._counts.add("secret-key", len(v))
+                    self._counts.add(counter, len(v))
                     result[k] = [MASK] * len(v)
                 else:
                     result[k] = self.walk(v)
@@ -124,27 +140,29 @@ class JsonRedactor:
         u_userpass = any(p in _U_IS_USERPASS for p in programs)
         out: list[str] = []
         mask_next = False
+        next_counter = "argv-secret"
         for a in args:
             if mask_next:
                 mask_next = False
                 if a and a != MASK and not a.startswith("-"):
-                    self._counts.add("argv-secret")
+                    self._counts.add(next_counter)
                     out.append(MASK)
                     continue
             if a.startswith("-") and len(a) > 1:
                 name, eq, val = a.partition("=")
+                counter = self._secret(name.lstrip("-"), "argv-secret")
                 secret = (
-                    looks_secret(name.lstrip("-"))
+                    counter is not None
                     or name == "--client-key-data"
                     or (p_password and name in ("-p", "--password"))
                     or (u_userpass and name in ("-u", "--user", "--proxy-user"))
                 )
                 if secret and eq:
                     if val and val != MASK:
-                        self._counts.add("argv-secret")
+                        self._counts.add(counter or "argv-secret")
                         a = f"{name}={MASK}"
                 elif secret:
-                    mask_next = True
+                    mask_next, next_counter = True, counter or "argv-secret"
                 elif p_password and name.startswith("-p") and not name.startswith("--") and len(name) > 2:
                     self._counts.add("argv-secret")
                     a = "-p" + MASK
@@ -154,10 +172,15 @@ class JsonRedactor:
     def _annotation(self, key: str, value: Any) -> Any:
         if not isinstance(value, str):
             return self.walk(value)
-        if looks_secret(key) and value:
-            self._counts.add("secret-annotation")
+        counter = self._secret(key, "secret-annotation")
+        if counter and value:
+            self._counts.add(counter)
             return MASK
         return self._string(value)
+
+
+def _header(key: str) -> str | None:
+    return "secret-key" if key.lower() in _HEADER_KEYS else None
 
 
 def _is_secret_scalar(v: Any) -> bool:

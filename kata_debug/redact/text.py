@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import re2  # google-re2: see pyproject for why
 
@@ -16,6 +17,9 @@ from kata_debug.redact import keys
 from kata_debug.redact.counts import MASK_B, RuleCounts, looks_secret
 from kata_debug.redact.credentials import CREDENTIAL_RULES, redact_headers, redact_otlp_attributes
 from kata_debug.redact.tokens import ASSIGNMENT_RULE, SECRET_NAME, TOKEN_RULES, LineRule
+
+if TYPE_CHECKING:
+    from kata_debug.redact.user_rules import UserRedaction
 
 HEADER_RULE = "auth-header"
 # Order matters: headers keep their scheme word, so they run before assignments could
@@ -25,9 +29,10 @@ _HEADER_TRIGGER = (
     rb"\"key\"|(?i:authorization|cookie|x-amz-security-token|x-api-key|x-auth-token|private-token|x-vault-token)"
 )
 _SPECIAL = b"|".join([*keys.MARKERS, b"'''", b'"""'])
-_TRIGGER = re2.compile(
-    b"(" + _SPECIAL + b")|" + b"|".join([_HEADER_TRIGGER, *(t for r in LINE_RULES for t in r.triggers)])
-)
+#: The prefilter's source: group 1 is a multi-line marker. Operator rules extend it
+#: (`UserRedaction.trigger`), so their lines are found in the same single pass.
+TRIGGER_SOURCE = b"(" + _SPECIAL + b")|" + b"|".join([_HEADER_TRIGGER, *(t for r in LINE_RULES for t in r.triggers)])
+_TRIGGER = re2.compile(TRIGGER_SOURCE)
 
 # TOML multi-line strings: `password = '''...'''` / `"""..."""` may span lines.
 _MULTILINE = re.compile(rb"(" + SECRET_NAME + rb")([ \t]*=[ \t]*)('''|\"\"\")(.*?)(\3)", re.S)
@@ -49,8 +54,11 @@ def _multiline(data: bytes, counts: RuleCounts) -> bytes:
     return data
 
 
-def redact_line(line: bytes, counts: RuleCounts) -> bytes:
-    """Every line rule over one line (no newline inside), each counted under its name."""
+def redact_line(line: bytes, counts: RuleCounts, user: UserRedaction | None = None) -> bytes:
+    """Every line rule over one line (no newline inside), each counted under its name; the
+    operator's rules first, so a value they name is counted under their rule."""
+    if user is not None:
+        line = user.line(line, counts)
     line, n = redact_headers(line)
     counts.add(HEADER_RULE, n)
     if b'"key"' in line:
@@ -97,7 +105,9 @@ def _open_multiline(data: bytes, state: TextState, counts: RuleCounts) -> bytes:
     return data
 
 
-def _line_rules(data: bytes, hits: list[tuple[int, int]], counts: RuleCounts) -> bytes:
+def _line_rules(
+    data: bytes, hits: list[tuple[int, int]], counts: RuleCounts, user: UserRedaction | None = None
+) -> bytes:
     parts: list[bytes] = []
     pos = 0
     for hit_start, hit_end in hits:
@@ -107,7 +117,7 @@ def _line_rules(data: bytes, hits: list[tuple[int, int]], counts: RuleCounts) ->
         end = data.find(b"\n", hit_end)
         end = len(data) if end < 0 else end
         parts.append(data[pos:start])
-        parts.append(redact_line(data[start:end], counts))
+        parts.append(redact_line(data[start:end], counts, user))
         pos = end
     if not parts:
         return data
@@ -115,18 +125,22 @@ def _line_rules(data: bytes, hits: list[tuple[int, int]], counts: RuleCounts) ->
     return b"".join(parts)
 
 
-def redact_text(data: bytes, counts: RuleCounts, state: TextState | None = None) -> bytes:
+def redact_text(
+    data: bytes, counts: RuleCounts, state: TextState | None = None, *, user: UserRedaction | None = None
+) -> bytes:
     """Redact text; `state` carries what spans chunks when `data` is one chunk of a stream.
 
     One RE2 pass finds both the lines the line rules must see and the rare markers of
     multi-line secrets (key blocks, TOML triple quotes); only when those occur, or a stream
-    is inside one, does the text get a second look.
+    is inside one, does the text get a second look. The operator's rules (`user`) extend that
+    pass (`user.trigger`) and run first on each line it flags.
     """
     state = state if state is not None else TextState()
+    trigger = _TRIGGER if user is None else user.trigger
     hits: list[tuple[int, int]] = []
     special = False
-    for m in _TRIGGER.finditer(data):
-        if m.lastindex:  # group 1: a multi-line marker
+    for m in trigger.finditer(data):
+        if m.start(1) >= 0:  # group 1: a multi-line marker
             special = True
         hits.append(m.span())
     blocks = state.blocks
@@ -138,5 +152,5 @@ def redact_text(data: bytes, counts: RuleCounts, state: TextState | None = None)
             changed = _open_multiline(changed, state, counts)
         if changed is not data:
             data = changed
-            hits = [m.span() for m in _TRIGGER.finditer(data)]
-    return _line_rules(data, hits, counts)
+            hits = [m.span() for m in trigger.finditer(data)]
+    return _line_rules(data, hits, counts, user)
