@@ -206,7 +206,7 @@ class NodeAgent:
             "vsock": self.vsock_problem or "listening",
             "spool": str(self.spool.path),
             "counters": fwd.stats.as_dict(),
-            "capture": self.capture.counters.as_dict() if self.capture is not None else None,
+            "capture": self.capture.counters.as_dict(self.capture.uploader) if self.capture is not None else None,
         }
 
     async def _keep_state(self) -> None:
@@ -249,6 +249,8 @@ class NodeAgent:
                 self.capture.cfg.rate.seconds,
                 self.capture.cfg.size,
             )
+            if self.capture.uploader is not None:
+                log.info("uploading each capture to %s", self.capture.uploader.shown)
             capture = asyncio.create_task(self._run_capture(self.capture), name="capture")
         try:
             await self.forwarder.wait_started()
