@@ -117,6 +117,8 @@ class Spans:
             self.paths += [f"{clh}_10240"] * CONNECTIONS_PER_SANDBOX
         self.feeder: subprocess.Popen[bytes] | None = None
         self.t0 = 0.0
+        self.sent = 0  # spans written by the feeder, known once it stopped
+        self.rate = 0.0
 
     def __enter__(self) -> Spans:
         self.feeder = subprocess.Popen(
