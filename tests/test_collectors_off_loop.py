@@ -40,20 +40,25 @@ _OURS = (
 )
 
 
-def watch_loop_fs(monkeypatch: pytest.MonkeyPatch, ours: tuple[str, ...]) -> list[str]:
-    """Record filesystem calls made on this (the loop's) thread from a frame whose file path
-    contains one of `ours`; the list fills as they happen. Other threads are not watched."""
+def watch_loop_fs(
+    monkeypatch: pytest.MonkeyPatch, ours: tuple[str, ...], loop_threads: tuple[str, ...] = ()
+) -> list[str]:
+    """Record filesystem calls made on this (the loop's) thread, or on a thread named in
+    `loop_threads` (another event loop's, e.g. the node agent's `capture`), from a frame whose
+    file path contains one of `ours`; the list fills as they happen. Other threads are not watched."""
     loop_thread = threading.get_ident()
     calls: list[str] = []
 
     def watch(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            if threading.get_ident() == loop_thread:
+            if threading.get_ident() == loop_thread or threading.current_thread().name in loop_threads:
                 frame = sys._getframe(1)  # no traceback module: it stats source files itself
                 while frame is not None:
                     code = frame.f_code.co_filename
                     if code.startswith("<frozen importlib"):
                         break  # importing our own modules, not reading the node
+                    if code.endswith(f"asyncio{os.sep}events.py"):
+                        break  # a callback's start: below it is what runs the loop (a thread's entry), not a caller
                     if any(p in code for p in ours):
                         calls.append(f"{name}({args[0] if args else ''!s}) at {Path(code).name}:{frame.f_lineno}")
                         break

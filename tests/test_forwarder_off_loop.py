@@ -106,7 +106,7 @@ async def test_a_node_agent_run_does_its_filesystem_work_in_worker_threads(
         discover_interval=0.05,
         environ={},
     )
-    calls = watch_loop_fs(monkeypatch, _OURS)
+    calls = watch_loop_fs(monkeypatch, _OURS, loop_threads=("capture",))  # capturing has a loop of its own
     vmm = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     task = asyncio.create_task(main(cfg))
     try:

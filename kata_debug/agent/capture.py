@@ -29,6 +29,14 @@ from typing import Any
 
 from kata_debug import __version__
 from kata_debug.agent.ring import Rate, RateLimit, enforce_size
+from kata_debug.agent.uploads import (
+    BACKOFF_INITIAL,
+    DONE,
+    PENDING,
+    CaptureUploader,
+    mark_pending,
+    remove_markers,
+)
 from kata_debug.agent.watch import (
     Failure,
     FileFollower,
@@ -50,6 +58,7 @@ from kata_debug.node.hostroot import HostRoot
 from kata_debug.node.paths import CAPTURES_SUBDIR
 from kata_debug.redact.redactor import Redactor
 from kata_debug.redact.user_rules import UserRules
+from kata_debug.upload import UploadTarget
 
 log = logging.getLogger("kata_debug.agent.capture")
 
@@ -75,6 +84,8 @@ class CaptureConfig:
     redact: bool = True
     #: `node-agent --redact-config` rules, applied to captures on top of the built-in ones.
     redact_rules: UserRules | None = None
+    upload: UploadTarget | None = None  # --capture-upload
+    upload_backoff: float = BACKOFF_INITIAL  # first retry delay, doubled per failure
 
 
 @dataclass
@@ -89,8 +100,8 @@ class CaptureCounters:
     removed_by_size: int = 0
     latency_s: list[float] = field(default_factory=list)  # trigger seen -> capture on disk, last 100
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    def as_dict(self, uploader: CaptureUploader | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
             "failures_seen": self.failures_seen,
             "captured": self.captured,
             "duplicate": self.duplicate,
@@ -98,6 +109,9 @@ class CaptureCounters:
             "failed": self.failed,
             "removed_by_size": self.removed_by_size,
         }
+        if uploader is not None:
+            doc["upload"] = uploader.counters.as_dict(len(uploader.pending))
+        return doc
 
 
 def capture_name(when: datetime, sandbox: str) -> str:
@@ -118,9 +132,10 @@ def prepare_dir(directory: Path) -> set[str]:
             with contextlib.suppress(OSError):
                 path.unlink()
             continue
-        if name.endswith(".json") and not (directory / (name.removesuffix(".json") + SUFFIX)).exists():
+        stem = next((name.removesuffix(s) for s in (".json", PENDING, DONE) if name.endswith(s)), None)
+        if stem is not None and not (directory / (stem + SUFFIX)).exists():
             with contextlib.suppress(OSError):
-                path.unlink()  # the record of a capture that was never committed
+                path.unlink()  # the record or upload marker of a capture that was never committed
             continue
         if not name.endswith(SUFFIX):
             continue
@@ -175,6 +190,9 @@ class CaptureService:
         self.refused: dict[str, None] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self.signatures: list[Signature] = []  # diagnose's per-line matchers, loaded by `run`
+        self.uploader: CaptureUploader | None = None
+        if cfg.upload is not None:
+            self.uploader = CaptureUploader(self.dir, cfg.upload, backoff_initial=cfg.upload_backoff)
 
     def _already(self, sid: str) -> bool:
         return sid in self.captured or any(
@@ -214,6 +232,8 @@ class CaptureService:
             asyncio.create_task(self._poll(follower), name="capture-poll"),
             asyncio.create_task(self._journal(), name="capture-journal"),
         ]
+        if self.uploader is not None:
+            loops.append(asyncio.create_task(self._uploads(self.uploader), name="capture-upload"))
         try:
             await asyncio.gather(*loops)
         finally:
@@ -221,6 +241,13 @@ class CaptureService:
                 t.cancel()
             await asyncio.gather(*loops, *list(self._inflight), return_exceptions=True)
             await asyncio.to_thread(follower.close)
+
+    async def _uploads(self, uploader: CaptureUploader) -> None:
+        """Uploading is an addition: if its queue dies, capturing goes on (one warning says why)."""
+        try:
+            await uploader.run()
+        except Exception as exc:
+            log.warning("capture upload off: %s: %s", type(exc).__name__, exc)
 
     async def _poll(self, follower: FileFollower) -> None:
         while True:
@@ -266,6 +293,10 @@ class CaptureService:
         self.counters.latency_s = [*self.counters.latency_s[-99:], latency]
         removed = await asyncio.to_thread(enforce_size, self.dir, self.cfg.size)
         self.counters.removed_by_size += len(removed)
+        if self.uploader is not None:
+            self.uploader.forget(removed)
+            if record.id not in removed:
+                self.uploader.add(record.id)
         log.info(
             "capture %s: sandbox %s%s failed (%s); %d bytes; top finding: %s",
             record.id,
@@ -381,13 +412,17 @@ class CaptureService:
         )
         # The record first: a listing never shows the capture without it. A record alone is
         # ignored by listings and removed at the next start.
+        # The upload marker too: a capture committed while uploads are on is never missed.
         try:
             await asyncio.to_thread(_write_sidecar, path, record)
+            if self.uploader is not None:
+                await asyncio.to_thread(mark_pending, path)
             await asyncio.to_thread(target.commit)
         except BaseException:
             await asyncio.to_thread(_abandon, target)
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(sidecar(path).unlink)
+            await asyncio.to_thread(remove_markers, path)
             raise
         record.bytes = (await asyncio.to_thread(path.stat)).st_size
         record.top_finding = await asyncio.to_thread(_top_finding, path)

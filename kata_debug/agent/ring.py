@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from kata_debug.agent.uploads import markers
 from kata_debug.errors import UsageError
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -99,7 +100,8 @@ def enforce_size(directory: Path, cap: int) -> list[str]:
     for path, size in rows[:-1]:
         if total <= cap:
             break
-        for victim in (path, path.with_name(path.name.removesuffix(".tar.gz") + ".json")):
+        # With its record and its upload markers: nothing of it is left, not even in the upload queue.
+        for victim in (path, path.with_name(path.name.removesuffix(".tar.gz") + ".json"), *markers(path)):
             try:
                 victim.unlink()
             except FileNotFoundError:

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -206,7 +207,7 @@ class NodeAgent:
             "vsock": self.vsock_problem or "listening",
             "spool": str(self.spool.path),
             "counters": fwd.stats.as_dict(),
-            "capture": self.capture.counters.as_dict() if self.capture is not None else None,
+            "capture": self.capture.counters.as_dict(self.capture.uploader) if self.capture is not None else None,
         }
 
     async def _keep_state(self) -> None:
@@ -219,11 +220,64 @@ class NodeAgent:
             await asyncio.sleep(STATE_INTERVAL)
 
     async def _run_capture(self, service: CaptureService) -> None:
-        """Capturing is an addition: if it cannot run, spans still flow (one warning says why)."""
+        """Run capturing on an event loop of its own, in its own thread, until cancelled.
+
+        Why not on the forwarder's loop: while guests send spans as fast as they can, each of
+        that loop's iterations runs many connections' reads and decodes, and a capture's
+        hundred-odd awaits (file reads, bundle writes, journalctl) each waited behind one:
+        a capture that takes 0.4 s took 9 s (bench/capture.py). On a loop of its own it only
+        shares the interpreter, in the GIL's 5 ms turns. Cancelling this cancels the capture
+        loop's task and waits for it, so an unfinished capture is still removed on SIGTERM.
+        Capturing is an addition: if it cannot run, spans still flow (one warning says why).
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        ready = threading.Event()
+        inner: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
+
+        async def capture_main() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            inner.append((asyncio.get_running_loop(), task))
+            ready.set()
+            try:
+                await service.run()
+            except OSError as exc:
+                log.warning("capture off: %s: %s", service.dir, exc.strerror or exc)
+
+        def finish(exc: BaseException | None) -> None:
+            if done.done():
+                return
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+        def thread_main() -> None:
+            error: BaseException | None = None
+            try:
+                asyncio.run(capture_main())
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:  # reported on the agent's loop, where it is awaited
+                error = exc
+            finally:
+                ready.set()
+                with contextlib.suppress(RuntimeError):  # the agent's loop already closed
+                    loop.call_soon_threadsafe(finish, error)
+
+        threading.Thread(target=thread_main, name="capture", daemon=True).start()
         try:
-            await service.run()
-        except OSError as exc:
-            log.warning("capture off: %s: %s", service.dir, exc.strerror or exc)
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            await asyncio.to_thread(ready.wait)
+            if inner:
+                capture_loop, task = inner[0]
+                with contextlib.suppress(RuntimeError):  # its loop already finished
+                    capture_loop.call_soon_threadsafe(task.cancel)
+            with contextlib.suppress(Exception):
+                await done
+            raise
 
     async def run(self) -> ForwarderStats:
         """Until stop() (SIGTERM/SIGINT when run by `main`): then flush and return the counters."""
@@ -249,6 +303,8 @@ class NodeAgent:
                 self.capture.cfg.rate.seconds,
                 self.capture.cfg.size,
             )
+            if self.capture.uploader is not None:
+                log.info("uploading each capture to %s", self.capture.uploader.shown)
             capture = asyncio.create_task(self._run_capture(self.capture), name="capture")
         try:
             await self.forwarder.wait_started()

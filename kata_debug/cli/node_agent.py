@@ -61,6 +61,13 @@ def node_agent(
     capture_before: str = typer.Option("10m", "--capture-before", help="Log time kept before the failure."),
     capture_rate: str = typer.Option("6/10m", "--capture-rate", help="At most N captures per DURATION on this node."),
     capture_size: str = typer.Option("256M", "--capture-size", help="Disk cap of the captures, oldest removed first."),
+    capture_upload: str | None = typer.Option(
+        None,
+        "--capture-upload",
+        metavar="URL",
+        help="Also send each capture here, in the background, retried until it arrives: PUT to the URL with "
+        "{name} replaced by the capture's file name, else POST. Bearer token: $KATA_DEBUG_UPLOAD_TOKEN.",
+    ),
     max_connections: int = _LIMITS["max_connections"],
     idle_timeout: str = _LIMITS["idle_timeout"],
     buffer_budget: str = _LIMITS["buffer_budget"],
@@ -88,6 +95,13 @@ def node_agent(
             check_file_exports([parse_export(uri)])
         except ValueError:
             pass  # the agent reports a bad URI, naming it
+    upload_target = None
+    if capture_upload is not None:
+        from kata_debug.agent.uploads import parse_capture_target
+
+        if not capture:
+            raise UsageError("--capture-upload: not valid with --no-capture")
+        upload_target = parse_capture_target(capture_upload)
     cfg = AgentConfig(
         host_root=host_root,
         spool_dir=spool_dir,
@@ -106,6 +120,7 @@ def node_agent(
             rate=Rate.parse(capture_rate),
             size=parse_size(capture_size, "--capture-size"),
             redact_rules=redact_config.load(redact_config_file),
+            upload=upload_target,
         ),
         limits=listener_limits(max_connections, idle_timeout, buffer_budget, DEFAULT_MAX_FRAME_BYTES),
     )
