@@ -455,8 +455,11 @@ async def test_a_sandbox_in_the_journal_and_in_a_scanned_file_is_indexed_in_both
     log = root / shim_logs.LOG_FILES[0].lstrip("/")
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("".join(f"msg=from-file-{i} sandbox={sid} token=fpw\n" for i in range(20000)))
-    here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, since=timedelta(minutes=10))
-    there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, since=timedelta(minutes=10))
+    # Both collections start their window at the same instant: they run seconds apart, and a
+    # window relative to each one's own "now" let other tests' journal lines age out in between.
+    edge = datetime.now(UTC) - timedelta(minutes=10)
+    here, _ = await _collect(root, tmp_path / "in.tgz", False, monkeypatch, since=datetime.now(UTC) - edge)
+    there, started = await _collect(root, tmp_path / "out.tgz", True, monkeypatch, since=datetime.now(UTC) - edge)
     assert started[:2] == ["scanner", "file:0"]
     assert there.json("shim-logs/sandboxes.json") == here.json("shim-logs/sandboxes.json")
     members = there.json("shim-logs/sandboxes.json")["sandboxes"][sid]
