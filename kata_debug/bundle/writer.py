@@ -51,10 +51,16 @@ SUFFIXES: dict[str, str] = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar
 #: sandbox, rotations overlapping): the regular match finder finds that within the window.
 ZSTD_WINDOW_LOG = 27
 #: Level 2 without long-distance matching (LDM): on bench/bundle.py's logs level 3 with LDM
-#: cost 2.5x the CPU (6.5 vs 2.6 cpu-s per GiB) and was no smaller (3.17 vs 3.15 MB per 25 MiB); a 12 MiB block
-#: repeated 12 MiB later still compresses to 1.73 MB instead of LDM's 1.50 (3.0 MB unrepeated).
-#: Compression is the largest single cost of a collection, and `tar czf` is the bar.
+#: cost ~2.3x the CPU (5.5-6.1 vs 2.4-2.6 cpu-s per GiB) for the same size (6.31 vs 6.30 MB per 50
+#: MiB). What only LDM finds is an exact repeat many MiB back, across zstd's jobs: a 12 MiB
+#: block repeated 12 MiB later compresses to 2.7 MB instead of 1.5 (3.0 unrepeated); logs
+#: repeat lines, seldom megabytes. Compression is the largest single cost of a collection,
+#: and `tar czf` is the bar.
 ZSTD_LEVEL = 2
+#: zstd's worker threads take jobs of this much input. Without LDM zstd would size them from
+#: the window (512 MiB): it would buffer that much before compressing (348 MiB RSS for 300
+#: MiB of logs); 4 MiB jobs keep the compressor under 100 MiB, as fast.
+ZSTD_JOB_BYTES = 4 << 20
 
 
 def zstd_compressor(level: int | None = None) -> zstandard.ZstdCompressor:
@@ -63,6 +69,7 @@ def zstd_compressor(level: int | None = None) -> zstandard.ZstdCompressor:
         ZSTD_LEVEL if level is None else level,
         window_log=ZSTD_WINDOW_LOG,
         threads=max(1, min(4, os.cpu_count() or 1)),
+        job_size=ZSTD_JOB_BYTES,
     )
     return zstandard.ZstdCompressor(compression_params=params)
 
