@@ -14,6 +14,7 @@ and imports its library lazily, so `kata-debug --help` and an option error stay 
     trace.py       `trace decode` and `forward`: agent traces to OpenTelemetry
     upload.py      `upload`, and the upload step of `collect --upload`
     options.py     shared option parsing: durations, sizes, "was this option given"
+    coercion.py    option values converted without pydantic (typer's own way imports it)
     progress.py    the collectors' progress display on a terminal
 
 Exit codes: 0 success, 1 findings or a failure the output explains, 2 bad input (the

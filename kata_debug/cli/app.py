@@ -13,10 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.measure import Measurement
-from rich.table import Table
 
 from kata_debug import __version__
 from kata_debug.cli import redact_config
@@ -24,6 +20,8 @@ from kata_debug.errors import KataDebugError, UsageError
 from kata_debug.node.paths import TRACE_SPOOL_DIR
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from kata_debug.collect.readiness import NodeReadiness
     from kata_debug.collect.runner import CollectResult
 
@@ -34,7 +32,6 @@ app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
 
 
 class OutputFormat(str, Enum):
@@ -321,7 +318,9 @@ def collect(
     if deadline is not None and deadline <= 0:
         raise UsageError(f"--deadline {deadline:g}: must be a positive number of seconds")
     if no_redact:
-        err_console.print(
+        from rich.console import Console  # not imported by a run that prints no rich text
+
+        Console(stderr=True).print(
             "[yellow]warning:[/] --no-redact: the bundle will contain secrets (env values, tokens); do not share it"
         )
     json_output = output_format is OutputFormat.json
@@ -358,6 +357,8 @@ def collect(
             file=summary_to,
         )
     else:
+        from rich.console import Console
+
         _print_summary(result, Console(file=summary_to), readiness, written, uploaded=sent.summary is not None)
         sent.print_text(summary_to)
     sent.print_error()
@@ -401,6 +402,11 @@ def _print_summary(
     Notes and commands are printed whole on their own lines (soft wrap: the terminal wraps
     them, nothing is cut), never squeezed into a table cell where rich would ellipsize them.
     """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.measure import Measurement
+    from rich.table import Table
+
     from kata_debug.cli.options import human_size
     from kata_debug.cli.progress import STATUS_STYLE
 
@@ -524,10 +530,12 @@ def main(prog_name: str = "kata-debug") -> None:
     Click's own usage errors (unknown option, bad choice) are turned into one line too,
     naming the option, instead of its framed multi-line panel.
     """
+    from kata_debug.cli import coercion
     from kata_debug.cli.options import real_metavars
 
     command = typer.main.get_command(app)
     real_metavars(command)
+    coercion.install(command)  # option values converted without importing pydantic
     try:
         code = command.main(args=sys.argv[1:], prog_name=prog_name, standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):

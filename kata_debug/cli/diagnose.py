@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from kata_debug.cli import redact_config
 from kata_debug.errors import KataDebugError, UsageError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
     from kata_debug.analyze.diagnose import Diagnosis
 
 #: Exit code when diagnose's own collection wrote nothing to diagnose.
@@ -88,6 +89,8 @@ TOP_FINDINGS = 3
 
 def _styled_head(head: str, severity: str, style: str) -> Text:
     """The finding's first lines as plain text, its severity word coloured."""
+    from rich.text import Text
+
     text = Text(head)
     at = head.index(severity)
     text.stylize(style, at, at + len(severity))
@@ -96,6 +99,8 @@ def _styled_head(head: str, severity: str, style: str) -> Text:
 
 def print_top_findings(diagnosis: Diagnosis | None, output: str, console: Console) -> None:
     """The most likely root causes in what was just collected, each with its fix."""
+    from rich.text import Text
+
     if diagnosis is None:
         console.print("findings: not analysed (the analyzers could not run); see `kata-debug diagnose`")
         return

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from kata_debug.cli.options import given
 from kata_debug.errors import UsageError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from kata_debug.sizing.check import LimitsRequest, LimitsResult
     from kata_debug.sizing.fix_files import FixRun
     from kata_debug.sizing.limits import Entry, Report
@@ -144,6 +143,9 @@ def _validate(ctx: typer.Context, req: LimitsRequest) -> None:
 
 
 def _output(req: LimitsRequest, output_format: LimitsFormat, explain: bool, result: LimitsResult) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
     report = result.report
     err = Console(stderr=True, highlight=False)
     for e in report.errors:
@@ -165,6 +167,8 @@ def _output(req: LimitsRequest, output_format: LimitsFormat, explain: bool, resu
 
 
 def _print_fixes(console: Console, err: Console, run: FixRun) -> None:
+    from rich.markup import escape
+
     for f in run.files:
         diff = f.diff()
         for line in diff.splitlines():
@@ -209,6 +213,9 @@ def _who(e: Entry) -> str:
 
 
 def _print_table(console: Console, report: Report, explain: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     from kata_debug.sizing.limits import vm_text
     from kata_debug.sizing.workloads import WORKLOAD_KINDS
 
