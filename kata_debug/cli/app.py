@@ -23,7 +23,6 @@ from kata_debug.errors import KataDebugError, UsageError
 from kata_debug.node.paths import TRACE_SPOOL_DIR
 
 if TYPE_CHECKING:
-    from kata_debug.collect.readiness import NodeReadiness
     from kata_debug.collect.runner import CollectResult
 
 app = typer.Typer(
@@ -328,9 +327,6 @@ def collect(
     sent = upload_after_collect(result.output, upload_target, json_output)
     exit_code = sent.exit_code(result.exit_code)
     summary_to = sys.stderr if output == "-" else sys.stdout
-    from kata_debug.collect.readiness import node_readiness
-
-    readiness = node_readiness(host_root)
     written = _bundle_digest(result.output)
     if json_output:
         print(
@@ -343,7 +339,6 @@ def collect(
                     "collectors": [c.to_json() for c in result.collectors],
                     "redactions": result.redactions,
                     **({"bundle_bytes": written[0], "bundle_sha256": written[1]} if written else {}),
-                    "node_readiness": readiness.to_json(),
                     "findings": [f.to_json() for f in result.diagnosis.findings] if result.diagnosis else None,
                     **({"upload": sent.summary} if sent.summary is not None else {}),
                 },
@@ -352,7 +347,7 @@ def collect(
             file=summary_to,
         )
     else:
-        _print_summary(result, Console(file=summary_to), readiness, written, uploaded=sent.summary is not None)
+        _print_summary(result, Console(file=summary_to), written, uploaded=sent.summary is not None)
         sent.print_text(summary_to)
     sent.print_error()
     exit_process(exit_code)
@@ -386,11 +381,10 @@ def _bundle_digest(output: str) -> tuple[int, str] | None:
 def _print_summary(
     result: CollectResult,
     console: Console,
-    readiness: NodeReadiness,
     written: tuple[int, str] | None,
     uploaded: bool,
 ) -> None:
-    """The end of `collect`: each collector, then what the node lacks, then what to do next.
+    """The end of `collect`: each collector, then the top findings (what is wrong or missing), then what to do next.
 
     Notes and commands are printed whole on their own lines (soft wrap: the terminal wraps
     them, nothing is cut), never squeezed into a table cell where rich would ellipsize them.
@@ -424,12 +418,6 @@ def _print_summary(
             console.print(f"[bold]{c.name}[/]: {escape(c.error)}", soft_wrap=True, highlight=False)
     if result.interrupted:
         console.print(f"[yellow]{result.interrupted}[/]: unfinished collectors are marked timeout")
-    if readiness.missing:
-        console.print("[yellow]This node cannot run Kata sandboxes as it is:[/]")
-        for gap in readiness.missing:
-            console.print(f"  - {escape(gap)}", soft_wrap=True, highlight=False)
-    if readiness.not_root:
-        console.print(f"[yellow]note:[/] {escape(readiness.not_root)}", soft_wrap=True, highlight=False)
     redacted = sum(result.redactions.values())
     console.print(
         f"redacted {redacted} value(s)"
@@ -438,6 +426,14 @@ def _print_summary(
     from kata_debug.cli.diagnose import print_top_findings
 
     print_top_findings(result.diagnosis, result.output, console)
+    # What the node lacks is in the findings above; the one info finding a person running
+    # collect must see is that a root run would have gathered more (said once, as a note).
+    not_root = next(
+        (f for f in result.diagnosis.findings if f.id == "collected-without-root") if result.diagnosis else iter(()),
+        None,
+    )
+    if not_root is not None:
+        console.print(f"[yellow]note:[/] {escape(not_root.fix)}", soft_wrap=True, highlight=False)
     if result.output == "-":
         return
     about = f" ({human_size(written[0])}, sha256 {written[1]})" if written else ""
