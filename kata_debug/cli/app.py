@@ -19,6 +19,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from kata_debug import __version__
+from kata_debug.cli import help_render
 from kata_debug.errors import KataDebugError, UsageError
 from kata_debug.node.paths import TRACE_SPOOL_DIR
 
@@ -33,6 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
+help_render.install()  # --help wraps long words instead of cutting them with "…"
 
 
 class OutputFormat(str, Enum):
