@@ -348,6 +348,23 @@ def test_the_last_lines_give_size_sha256_and_the_next_step(tmp_path: Path) -> No
     assert "diagnose" not in proc.stdout.decode()  # not until the command exists
 
 
+def test_output_dash_prints_the_same_size_and_sha256_line_on_stderr(tmp_path: Path) -> None:
+    """Streamed to stdout, the bundle cannot be read back: its size and sha256 are computed as it is written."""
+    import hashlib
+
+    root = ready_node(tmp_path / "host")
+    proc = kata_debug("collect", "--host-root", str(root), "-o", "-", "-c", "host", env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    data = proc.stdout
+    size = f"{len(data) / 1024:.1f} KiB" if len(data) >= 1024 else f"{len(data)} B"
+    last = proc.stderr.decode().strip().splitlines()[-1]
+    assert last == f"bundle: - ({size}, sha256 {hashlib.sha256(data).hexdigest()})"
+    doc = kata_debug("collect", "--host-root", str(root), "-o", "-", "-c", "host", "--format", "json")
+    summary = json.loads(doc.stderr)
+    assert summary["bundle_bytes"] == len(doc.stdout)
+    assert summary["bundle_sha256"] == hashlib.sha256(doc.stdout).hexdigest()
+
+
 def test_truncation_by_max_log_size_shows_in_the_table(tmp_path: Path) -> None:
     root = ready_node(tmp_path / "host")
     log = root / "var/log/containerd.log"

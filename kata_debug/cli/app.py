@@ -329,7 +329,7 @@ def collect(
     sent = upload_after_collect(result.output, upload_target, json_output)
     exit_code = sent.exit_code(result.exit_code)
     summary_to = sys.stderr if output == "-" else sys.stdout
-    written = _bundle_digest(result.output)
+    written = result.written
     if json_output:
         print(
             json.dumps(
@@ -353,31 +353,6 @@ def collect(
         sent.print_text(summary_to)
     sent.print_error()
     exit_process(exit_code)
-
-
-def _bundle_digest(output: str) -> tuple[int, str] | None:
-    """Size and sha256 of the written bundle (None when it went to stdout, a device or a FIFO): what a vendor is quoted.
-
-    Runs after the collection's event loop has ended, so reading the file back blocks nothing.
-    """
-    import hashlib
-
-    from kata_debug.node.hostroot import open_regular
-
-    if output == "-":
-        return None
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        # Only a regular file: reading back a FIFO (`-o pipe`) would wait forever for a
-        # writer, a device (`-o /dev/null`) holds nothing that was written.
-        with open_regular(output) as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-                size += len(block)
-    except OSError:
-        return None
-    return size, digest.hexdigest()
 
 
 def _print_summary(
@@ -436,10 +411,11 @@ def _print_summary(
     )
     if not_root is not None:
         console.print(f"[yellow]note:[/] {escape(not_root.fix)}", soft_wrap=True, highlight=False)
-    if result.output == "-":
-        return
+    # Hashed as it was written: the same line for a file and for `-o -` (this summary is on stderr then).
     about = f" ({human_size(written[0])}, sha256 {written[1]})" if written else ""
     console.print(f"bundle: [bold]{escape(result.output)}[/]{about}", soft_wrap=True, highlight=False)
+    if result.output == "-":
+        return
     if not uploaded:
         console.print(
             f"next: send it to your Kata vendor or maintainer: kata-debug upload {escape(result.output)} URL "
