@@ -132,3 +132,16 @@ async def test_a_non_root_collection_of_the_node_itself_is_an_info_finding(tmp_p
     (f,) = diagnose(str(facts_of.parent.parent)).findings
     assert f.severity == "info" and f.fix == ROOT_WOULD_ADD
     assert [e.text for e in f.evidence] == ["collected by user id 1000 with --host-root /"]
+
+
+async def test_the_report_shows_unknown_modules_as_unknown_not_as_a_problem(tmp_path: Path) -> None:
+    from kata_debug.report import write_report
+
+    root = healthy_node(tmp_path / "n")
+    (root / "proc/modules").unlink()
+    bundle = await collect(root, tmp_path / "b.tar.gz")
+    page = tmp_path / "r.html"
+    write_report(bundle, page)
+    html = page.read_text()
+    assert 'vhost_vsock <span class="none">unknown</span>' in html
+    assert 'class="bad">absent' not in html
