@@ -167,7 +167,8 @@ def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> d
     }
     # Who collected, and from where: a non-root run on the node itself misses root-only
     # evidence, which a reader of the bundle (not only the person who ran it) must know.
-    facts["collection"] = {"euid": os.geteuid(), "host_root": str(host.root)}
+    # (Whether, not which, host root: the same node read through a pod's mounts gives the same facts.)
+    facts["collection"] = {"euid": os.geteuid(), "host_root_is_slash": str(host.root) == "/"}
     return facts
 
 

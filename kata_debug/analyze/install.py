@@ -141,7 +141,7 @@ class KataInstallAnalyzer(Analyzer):
 
     def _not_root(self, view: EvidenceView) -> Finding | None:
         run: Any = view.facts.get("collection")
-        if not isinstance(run, dict) or run.get("euid") in (0, None) or run.get("host_root") != "/":
+        if not isinstance(run, dict) or run.get("euid") in (0, None) or run.get("host_root_is_slash") is not True:
             return None
         return finding(
             view,
