@@ -405,10 +405,8 @@ def _print_summary(
     print_top_findings(result.diagnosis, result.output, console)
     # What the node lacks is in the findings above; the one info finding a person running
     # collect must see is that a root run would have gathered more (said once, as a note).
-    not_root = next(
-        (f for f in result.diagnosis.findings if f.id == "collected-without-root") if result.diagnosis else iter(()),
-        None,
-    )
+    findings = result.diagnosis.findings if result.diagnosis else []
+    not_root = next((f for f in findings if f.id == "collected-without-root"), None)
     if not_root is not None:
         console.print(f"[yellow]note:[/] {escape(not_root.fix)}", soft_wrap=True, highlight=False)
     # Hashed as it was written: the same line for a file and for `-o -` (this summary is on stderr then).
