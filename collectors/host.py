@@ -15,7 +15,7 @@ from typing import Any
 from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, host_tool_note
 from kata_debug.node.containerd_config import CONTAINERD_CONFIGS, runtime_handlers
 from kata_debug.node.hostroot import HostItemError, HostRoot, describe
-from kata_debug.node.kata_config import effective_config_path
+from kata_debug.node.kata_config import CONFIG_DIRS, effective_config_path
 
 _MODULES = (
     "kvm",
@@ -57,6 +57,18 @@ def _list(host: HostRoot, path: str, failed: list[HostItemError]) -> list[str]:
     except OSError as exc:
         failed.append(HostItemError(path, describe(exc)))
         return []
+
+
+def _kata_configs(host: HostRoot) -> list[str]:
+    """Kata configuration files in the directories Kata installs them to (bounded: the first 64)."""
+    found: list[str] = []
+    for d in CONFIG_DIRS:
+        try:
+            names = host.listdir(d)
+        except OSError:
+            continue
+        found += [f"{d}/{n}" for n in sorted(names) if n.startswith("configuration") and n.endswith(".toml")]
+    return found[:64]
 
 
 def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> dict[str, Any]:
@@ -163,6 +175,9 @@ def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> d
     # a node without Kata from a broken one even in a bundle without the kata-config collector.
     facts["kata"] = {
         "config_in_effect": effective_config_path(host),
+        # kata-deploy's configuration-<hypervisor>.toml under /opt/kata (CRI-O handlers name
+        # them in crio.conf.d, which containerd's handlers do not show).
+        "configs": _kata_configs(host),
         "handler_configs": sorted({h.config_path for h in handlers if h.config_path and host.is_file(h.config_path)}),
     }
     # Who collected, and from where: a non-root run on the node itself misses root-only

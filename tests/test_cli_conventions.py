@@ -297,7 +297,10 @@ def test_collect_on_a_node_without_kata_says_what_is_missing(tmp_path: Path) -> 
     (found,) = doc["findings"]
     assert found["id"] == "kata-not-installed" and found["severity"] == "warning"
     texts = [e["text"] for e in found["evidence"]]
-    assert texts[0] == "no Kata configuration (configuration.toml) in the default search paths"
+    assert texts[0] == (
+        "no Kata configuration (configuration*.toml) in /etc/kata-containers, "
+        "/usr/share/defaults/kata-containers or /opt/kata/share/defaults/kata-containers"
+    )
     assert "/dev/kvm not present" in texts
     assert "not broken" in found["explanation"]
 

@@ -32,7 +32,10 @@ async def test_a_bare_node_is_one_warning_that_says_it_is_not_broken(tmp_path: P
     assert d.exit_code == 0
     assert "A node without Kata that runs no Kata pods is not broken" in f.explanation
     texts = [e.text for e in f.evidence]
-    assert texts[0] == "no Kata configuration (configuration.toml) in the default search paths"
+    assert texts[0] == (
+        "no Kata configuration (configuration*.toml) in /etc/kata-containers, "
+        "/usr/share/defaults/kata-containers or /opt/kata/share/defaults/kata-containers"
+    )
     for gap in (
         "/dev/kvm not present",
         "/dev/vhost-vsock not present",
@@ -51,6 +54,22 @@ async def test_a_kata_handler_without_any_kata_configuration_says_sandboxes_will
     d, _ = await collect_and_diagnose(root, tmp_path / "out")
     assert ids(d) == ["kata-not-installed"]
     assert d.findings[0].title.startswith("containerd has a Kata handler (kata) but Kata has no configuration")
+
+
+async def test_kata_deploy_on_cri_o_is_installed_without_any_containerd_handler(tmp_path: Path) -> None:
+    """kata-deploy on CRI-O: configuration-qemu.toml under /opt/kata, named by crio.conf.d, no containerd."""
+    root = tmp_path / "crio"
+    write(root, "etc/hostname", "crio-node\n")
+    write(root, "opt/kata/share/defaults/kata-containers/configuration-qemu.toml", "[hypervisor.qemu]\n")
+    write(
+        root,
+        "etc/crio/crio.conf.d/99-kata-deploy.conf",
+        '[crio.runtime.runtimes.kata-qemu]\nruntime_config_path = "/opt/kata/share/defaults/kata-containers/'
+        'configuration-qemu.toml"\nruntime_type = "vm"\n',
+    )
+    (tmp_path / "out").mkdir()
+    d, _ = await collect_and_diagnose(root, tmp_path / "out")
+    assert "kata-not-installed" not in ids(d) and "runtime-handler-missing" not in ids(d)
 
 
 async def test_kata_installed_without_a_containerd_handler_is_runtime_handler_missing(tmp_path: Path) -> None:

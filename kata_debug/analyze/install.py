@@ -23,7 +23,10 @@ _FACTS = "host/facts.json"
 #: `cri-config`'s signatures for a CRI refusing a handler (matched for every analyzer).
 CRI_HANDLER_SIGNATURES = ("handler.containerd", "handler.crio")
 _SUMMARY = "kata-config/summary.json"
-NO_CONFIG = "no Kata configuration (configuration.toml) in the default search paths"
+NO_CONFIG = (
+    "no Kata configuration (configuration*.toml) in /etc/kata-containers, /usr/share/defaults/kata-containers "
+    "or /opt/kata/share/defaults/kata-containers"
+)
 
 #: What a root run reads that another user usually cannot: said once, not per failed file.
 ROOT_WOULD_ADD = (
@@ -54,7 +57,7 @@ def kata_installed(view: EvidenceView) -> bool | None:
     """
     kata: Any = view.facts.get("kata")
     if isinstance(kata, dict):
-        return bool(kata.get("config_in_effect") or kata.get("handler_configs"))
+        return bool(kata.get("config_in_effect") or kata.get("configs") or kata.get("handler_configs"))
     s = view.kata_summary
     if not s:
         return None
@@ -94,7 +97,7 @@ class KataInstallAnalyzer(Analyzer):
             "kata-not-installed",
             "warning",
             title,
-            "No Kata configuration file exists in the runtime's search paths or at a path a containerd handler names"
+            "No Kata configuration file exists where Kata installs them or at a path a containerd handler names"
             + (", so the Kata shim cannot start a sandbox" if kata_handlers else "")
             + ". A node without Kata that runs no Kata pods is not broken: this only matters if Kata pods are meant "
             "to run here." + " Not hypervisor-asset-missing: there is no configuration whose paths could be wrong.",
