@@ -15,6 +15,7 @@ from typing import Any
 from kata_debug.collectors.base import CollectContext, Collector, CollectorOutput, host_tool_note
 from kata_debug.node.containerd_config import CONTAINERD_CONFIGS, containerd_configs, docker_runtimes
 from kata_debug.node.hostroot import HostItemError, HostRoot, describe
+from kata_debug.node.kata_config import CONFIG_DIRS, effective_config_path
 
 _MODULES = (
     "kvm",
@@ -58,6 +59,18 @@ def _list(host: HostRoot, path: str, failed: list[HostItemError]) -> list[str]:
         return []
 
 
+def _kata_configs(host: HostRoot) -> list[str]:
+    """Kata configuration files in the directories Kata installs them to (bounded: the first 64)."""
+    found: list[str] = []
+    for d in CONFIG_DIRS:
+        try:
+            names = host.listdir(d)
+        except OSError:
+            continue
+        found += [f"{d}/{n}" for n in sorted(names) if n.startswith("configuration") and n.endswith(".toml")]
+    return found[:64]
+
+
 def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> dict[str, Any]:
     """Blocking: read everything from the host root and interpret it.
 
@@ -76,14 +89,23 @@ def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> d
     cpuinfo = _read(host, "/proc/cpuinfo") or ""
     flags: set[str] = set()
     cpus = 0
+    x86 = False
     for line in cpuinfo.splitlines():
         if line.startswith("processor"):
             cpus += 1
         elif line.startswith(("flags", "Features")) and not flags:
+            # x86 names its feature list "flags"; Arm's "Features" never holds vmx/svm
+            # (virtualization there is EL2, not a cpuinfo flag), so only x86 can lack them.
+            x86 = line.startswith("flags")
             flags = set(line.split(":", 1)[1].split())
     virt = sorted(flags & {"vmx", "svm"})
-    facts["cpu"] = {"count": cpus or os.cpu_count(), "virtualization_flags": virt, "nested_hint": "hypervisor" in flags}
-    if flags and not virt:
+    facts["cpu"] = {
+        "count": cpus or os.cpu_count(),
+        # None: not known (no cpuinfo, or not an x86 CPU); [] : an x86 CPU without vmx/svm.
+        "virtualization_flags": virt if x86 or virt else None,
+        "nested_hint": "hypervisor" in flags,
+    }
+    if x86 and not virt:
         missing.append("CPU virtualization flag (vmx/svm) not exposed")
 
     devices: dict[str, Any] = {}
@@ -102,11 +124,12 @@ def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> d
     loaded = {ln.split()[0] for ln in (modules_text or "").splitlines() if ln.strip()}
     builtin_text = _read(host, f"/lib/modules/{facts['kernel']}/modules.builtin") if facts["kernel"] else None
     builtin = {os.path.basename(ln).removesuffix(".ko").replace("-", "_") for ln in (builtin_text or "").splitlines()}
-    facts["modules"] = {m: ("loaded" if m in loaded else "builtin" if m in builtin else "absent") for m in _MODULES}
-    if modules_text is None:
-        facts["modules"] = None
-        missing.append("/proc/modules not readable")
-    elif facts["modules"]["vhost_vsock"] == "absent" and not devices["/dev/vhost-vsock"]["present"]:
+    # Without /proc/modules (a container's view, a kernel without module support) what is
+    # not built in is "unknown", never "absent": nobody may conclude a module is missing.
+    not_loaded = "absent" if modules_text is not None else "unknown"
+    facts["modules"] = {m: ("loaded" if m in loaded else "builtin" if m in builtin else not_loaded) for m in _MODULES}
+    facts["modules_known"] = modules_text is not None
+    if facts["modules"]["vhost_vsock"] == "absent" and not devices["/dev/vhost-vsock"]["present"]:
         missing.append("vhost_vsock module not loaded")
 
     if host.exists("/sys/fs/cgroup/cgroup.controllers"):
@@ -147,6 +170,19 @@ def gather_facts(host: HostRoot, failed: list[HostItemError] | None = None) -> d
     }
     if not any(h.kata for h in handlers):
         missing.append("no Kata runtime handler in the containerd config")
+    # Whether Kata is installed at all, from the host collector alone: `diagnose` must tell
+    # a node without Kata from a broken one even in a bundle without the kata-config collector.
+    facts["kata"] = {
+        "config_in_effect": effective_config_path(host),
+        # kata-deploy's configuration-<hypervisor>.toml under /opt/kata (CRI-O handlers name
+        # them in crio.conf.d, which containerd's handlers do not show).
+        "configs": _kata_configs(host),
+        "handler_configs": sorted({h.config_path for h in handlers if h.config_path and host.is_file(h.config_path)}),
+    }
+    # Who collected, and from where: a non-root run on the node itself misses root-only
+    # evidence, which a reader of the bundle (not only the person who ran it) must know.
+    # (Whether, not which, host root: the same node read through a pod's mounts gives the same facts.)
+    facts["collection"] = {"euid": os.geteuid(), "host_root_is_slash": str(host.root) == "/"}
     return facts
 
 

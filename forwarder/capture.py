@@ -9,9 +9,10 @@ point), and so does a stream that stops inside a frame. Both are summed up in
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Protocol
 
 from kata_debug.forwarder.formats import FormatSniffer
 from kata_debug.forwarder.frames import HEADER_SIZE, FrameReader, FrameTooLarge
@@ -19,6 +20,12 @@ from kata_debug.forwarder.otlp_json import group_by_resource, request_line
 from kata_debug.forwarder.spans import DecodeError, Origin, Span
 
 _CHUNK = 1 << 20
+
+
+class Readable(Protocol):
+    """What a decode reads from: a binary file, stdin, or `Prefixed`."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +42,7 @@ class DecodeSummary:
 
 
 def decode_capture(
-    src: IO[bytes],
+    src: Readable,
     dst: IO[str],
     *,
     origin: Origin,
@@ -85,3 +92,65 @@ def decode_capture(
     flush()
     dst.flush()
     return DecodeSummary(spans, frames, bad, sniffer.settled or fmt, problem)
+
+
+class NotATraceStream(ValueError):
+    """The input's first frame is not a kata-agent span: it is another kind of file."""
+
+
+def _read_exactly(src: IO[bytes], n: int) -> bytes:
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        chunk = src.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def check_first_frame(src: IO[bytes], max_frame_bytes: int) -> bytes:
+    """Read the first frame of a capture and raise `NotATraceStream` unless it is a span.
+
+    Lets `trace decode` refuse a text file, an archive or an empty pipe from a failed
+    command in one line, before it writes any output; damage later in a real capture is
+    still reported frame by frame. Returns the bytes read (at most one header and
+    `max_frame_bytes`), which the decode must see first (`Prefixed`).
+    """
+    head = _read_exactly(src, HEADER_SIZE)
+    if not head:
+        return head
+    if len(head) < HEADER_SIZE:
+        raise NotATraceStream(f"{len(head)} byte(s), less than one frame header")
+    (length,) = struct.unpack(">Q", head)
+    if length > max_frame_bytes:
+        raise NotATraceStream(
+            f"it starts with {head!r}, not a frame length (a capture is an 8-byte big-endian length, then a "
+            f"bincode or JSON span of at most {max_frame_bytes} bytes, repeated)"
+        )
+    payload = _read_exactly(src, length)
+    if len(payload) < length:
+        raise NotATraceStream(f"the first frame announces {length} bytes but the input ends after {len(payload)}")
+    try:
+        FormatSniffer("auto").decode(payload)
+    except DecodeError as exc:
+        raise NotATraceStream(f"its first frame is neither a bincode nor a JSON span ({exc})") from None
+    return head + payload
+
+
+class Prefixed:
+    """A byte stream with bytes already read from it put back in front."""
+
+    def __init__(self, prefix: bytes, rest: IO[bytes]) -> None:
+        self._prefix = prefix
+        self._rest = rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self._prefix:
+            if n < 0 or n >= len(self._prefix):
+                out, self._prefix = self._prefix, b""
+                return out
+            out, self._prefix = self._prefix[:n], self._prefix[n:]
+            return out
+        return self._rest.read(n)

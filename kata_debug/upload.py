@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import math
 import os
 import random
+import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +173,48 @@ def _ssl_context(target: UploadTarget) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=str(target.cacert))
 
 
+def failure_reason(exc: BaseException, target: UploadTarget) -> str:
+    """What went wrong, in words: aiohttp's text ("Cannot connect to host 127.0.0.1:9
+    ssl:default [Connect call failed ...]") names its own internals, not the problem."""
+    import ssl
+
+    import aiohttp
+
+    host = getattr(exc, "host", None) or urlsplit(target.url).hostname or "the server"
+    port = getattr(exc, "port", None)
+    where = f"{host}:{port}" if port else str(host)
+    cert_error = getattr(exc, "certificate_error", None)
+    if isinstance(cert_error, ssl.SSLCertVerificationError) or isinstance(exc, ssl.SSLCertVerificationError):
+        err = cert_error if cert_error is not None else exc
+        why = getattr(err, "verify_message", None) or getattr(err, "reason", None) or "certificate not trusted"
+        return f"TLS verification failed: {why} (a private CA: --cacert FILE)"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        os_error = getattr(exc, "os_error", None)
+        why = getattr(os_error, "reason", None) or getattr(os_error, "strerror", None) or "handshake failed"
+        return f"TLS failed with {where}: {why}"
+    dns_error = getattr(aiohttp, "ClientConnectorDNSError", None)
+    os_error = getattr(exc, "os_error", None) if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if (dns_error is not None and isinstance(exc, dns_error)) or isinstance(os_error, socket.gaierror):
+        detail = getattr(os_error, "strerror", None)
+        return f"cannot resolve host name {host} (DNS{': ' + detail if detail else ''})"
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        return f"timed out: no progress for {target.timeout:g}s"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"{where} closed the connection before answering"
+    if isinstance(os_error, ConnectionRefusedError):
+        return f"connection refused by {where} (nothing listens there)"
+    if isinstance(os_error, ConnectionResetError):
+        return f"connection reset by {where}"
+    if isinstance(os_error, OSError) and os_error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return f"{where}: {os.strerror(os_error.errno).lower()}"
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return f"cannot connect to {where}: {os_error.strerror.lower()}"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"the connection to {where} broke while sending"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 async def upload_file(
     path: Path,
     target: UploadTarget,
@@ -231,10 +275,9 @@ async def upload_file(
                         raise UploadError(f"upload to {shown} refused: {last}")
                     delay = _retry_after(resp.headers.get("Retry-After"))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                if isinstance(exc, aiohttp.ClientSSLError):
-                    raise UploadError(f"upload to {shown}: TLS: {exc}") from None
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                last = last.replace(target.url, shown)
+                if isinstance(exc, aiohttp.ClientSSLError):  # retrying cannot fix a certificate
+                    raise UploadError(f"upload to {shown} failed: {failure_reason(exc, target)}") from None
+                last = failure_reason(exc, target).replace(target.url, shown)
             if attempts > target.retries:
                 raise UploadError(f"upload to {shown} failed after {attempts} attempt(s): {last}")
             if delay is None:

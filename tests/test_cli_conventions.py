@@ -269,36 +269,54 @@ def ready_node(root: Path) -> Path:
 
 
 def test_collect_on_a_node_without_kata_says_what_is_missing(tmp_path: Path) -> None:
+    """The end of collect states what the node lacks, through diagnose's findings (one mechanism),
+    and `diagnose BUNDLE` gives the same answer from the bundle alone."""
     root = tmp_path / "bare"
     (root / "etc").mkdir(parents=True)
     (root / "etc/hostname").write_text("plain-node\n")
-    proc = kata_debug(
-        "collect", "--host-root", str(root), "-o", str(tmp_path / "b.tar.gz"), "-c", "host", env={"COLUMNS": "120"}
-    )
+    bundle = tmp_path / "b.tar.gz"
+    proc = kata_debug("collect", "--host-root", str(root), "-o", str(bundle), "-c", "host", env={"COLUMNS": "120"})
     assert proc.returncode in (0, 3), proc.stderr
     out = proc.stdout.decode()
-    assert "This node cannot run Kata sandboxes as it is:" in out
+    assert "  warning kata-not-installed: Kata Containers is not installed on this node" in out
+    assert "cannot run Kata sandboxes as it is" not in out  # the old separate list is gone
+    flat = " ".join(line.strip() for line in out.splitlines())
     for gap in (
-        "no Kata configuration (configuration.toml) in the default search paths",
         "/dev/kvm not present",
         "/dev/vhost-vsock not present",
         "no Kata runtime handler in the containerd config",
     ):
-        assert f"  - {gap}" in out
+        assert gap in flat.split("this node also lacks:")[1], gap
 
     doc = json.loads(
         kata_debug(
             "collect", "--host-root", str(root), "-o", str(tmp_path / "j.tar.gz"), "-c", "host", "--format", "json"
         ).stdout
     )
-    assert "/dev/kvm not present" in doc["node_readiness"]["missing"]
+    assert "node_readiness" not in doc
+    (found,) = doc["findings"]
+    assert found["id"] == "kata-not-installed" and found["severity"] == "warning"
+    texts = [e["text"] for e in found["evidence"]]
+    assert texts[0] == (
+        "no Kata configuration (configuration*.toml) in /etc/kata-containers, "
+        "/usr/share/defaults/kata-containers or /opt/kata/share/defaults/kata-containers"
+    )
+    assert "/dev/kvm not present" in texts
+    assert "not broken" in found["explanation"]
+
+    diagnosed = kata_debug("diagnose", str(bundle), "--format", "json")
+    assert diagnosed.returncode == 0, diagnosed.stderr  # a warning: a node without Kata is not broken
+    again = json.loads(diagnosed.stdout)["findings"]
+    assert [(f["id"], f["severity"], f["title"]) for f in again] == [(found["id"], "warning", found["title"])]
 
 
 def test_collect_on_a_ready_node_lists_nothing_missing(tmp_path: Path) -> None:
     root = ready_node(tmp_path / "host")
     proc = kata_debug("collect", "--host-root", str(root), "-o", str(tmp_path / "b.tar.gz"), "-c", "host")
     assert proc.returncode == 0, proc.stderr
-    assert "cannot run Kata" not in proc.stdout.decode()
+    out = proc.stdout.decode()
+    assert "findings: none" in out, out
+    assert "kata-not-installed" not in out and "note:" not in out
 
 
 @pytest.mark.parametrize("width", [40, 200])
@@ -333,6 +351,23 @@ def test_the_last_lines_give_size_sha256_and_the_next_step(tmp_path: Path) -> No
     assert "diagnose" not in proc.stdout.decode()  # not until the command exists
 
 
+def test_output_dash_prints_the_same_size_and_sha256_line_on_stderr(tmp_path: Path) -> None:
+    """Streamed to stdout, the bundle cannot be read back: its size and sha256 are computed as it is written."""
+    import hashlib
+
+    root = ready_node(tmp_path / "host")
+    proc = kata_debug("collect", "--host-root", str(root), "-o", "-", "-c", "host", env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    data = proc.stdout
+    size = f"{len(data) / 1024:.1f} KiB" if len(data) >= 1024 else f"{len(data)} B"
+    last = proc.stderr.decode().strip().splitlines()[-1]
+    assert last == f"bundle: - ({size}, sha256 {hashlib.sha256(data).hexdigest()})"
+    doc = kata_debug("collect", "--host-root", str(root), "-o", "-", "-c", "host", "--format", "json")
+    summary = json.loads(doc.stderr)
+    assert summary["bundle_bytes"] == len(doc.stdout)
+    assert summary["bundle_sha256"] == hashlib.sha256(doc.stdout).hexdigest()
+
+
 def test_truncation_by_max_log_size_shows_in_the_table(tmp_path: Path) -> None:
     root = ready_node(tmp_path / "host")
     log = root / "var/log/containerd.log"
@@ -356,12 +391,33 @@ def test_truncation_by_max_log_size_shows_in_the_table(tmp_path: Path) -> None:
     assert re.search(r"\d+\.\d KiB \(\d+ log\(s\)\)", row), row
 
 
-def test_non_root_runs_say_once_what_root_would_add(tmp_path: Path) -> None:
-    from kata_debug.collect.readiness import ROOT_WOULD_ADD, node_readiness
+def test_non_root_runs_say_once_what_root_would_add() -> None:
+    """The note comes from the `collected-without-root` finding, printed once under the findings."""
+    import io
 
-    assert node_readiness(Path("/"), euid=1000).not_root == ROOT_WOULD_ADD
-    assert node_readiness(Path("/"), euid=0).not_root is None
-    assert node_readiness(ready_node(tmp_path / "host"), euid=1000).not_root is None  # a copied root: root adds nothing
+    from rich.console import Console
+
+    from kata_debug.analyze.base import Evidence, Finding
+    from kata_debug.analyze.diagnose import Diagnosis
+    from kata_debug.analyze.install import ROOT_WOULD_ADD
+    from kata_debug.cli.app import _print_summary
+    from kata_debug.collect.runner import CollectResult
+
+    note = Finding(
+        "collected-without-root",
+        "info",
+        "Collected without root",
+        "why",
+        ROOT_WOULD_ADD,
+        [Evidence("host/facts.json", None, "collected by user id 1000 with --host-root /")],
+    )
+    diagnosis = Diagnosis("b.tar.gz", False, ["n1"], [note], [])
+    result = CollectResult("b.tar.gz", "n1", collectors=[], redactions={}, interrupted=None, diagnosis=diagnosis)
+    buf = io.StringIO()
+    _print_summary(result, Console(file=buf, width=60), None, uploaded=False)
+    text = buf.getvalue()
+    assert text.count("note: run as root for a complete bundle") == 1
+    assert "findings: none" in text  # an info finding is not a problem to fix
 
 
 # ---- upload -------------------------------------------------------------------------------

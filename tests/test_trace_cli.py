@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -269,3 +270,33 @@ def test_node_name_is_the_option_when_given_else_node_name_from_the_environment(
     result = CliRunner().invoke(app, args, env={"NODE_NAME": None, **env})
     assert result.exit_code == 0, result.output
     assert seen == [want]
+
+
+def test_trace_decode_of_a_file_that_is_no_trace_stream_is_one_line_exit_2(tmp_path: Path) -> None:
+    """/etc/passwd, a bundle, a few bytes on stdin: one line naming the input, nothing written."""
+    out = tmp_path / "spans.jsonl"
+    res = kata_debug("trace", "decode", "/etc/passwd", "-o", str(out))
+    assert res.returncode == 2, res.stderr
+    err = res.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith(
+        "kata-debug: error: INPUT /etc/passwd: not a kata-agent trace stream: it starts with b'"
+    ), err
+    assert "frame" not in err.split("stream:")[0] and not out.exists()  # not a per-frame warning, no output file
+    text = tmp_path / "notes.txt"
+    text.write_bytes(frame(b"hello, not a span"))  # a plausible length, then no span
+    res = kata_debug("trace", "decode", str(text))
+    assert res.returncode == 2 and res.stdout == b""
+    err = res.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith(
+        f"kata-debug: error: INPUT {text}: not a kata-agent trace stream: its first frame is neither a bincode "
+        "nor a JSON span ("
+    ), err
+    short = subprocess.run(
+        [sys.executable, "-m", "kata_debug", "trace", "decode", "-"],
+        input=b"abc",
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert short.returncode == 2 and short.stderr.decode() == (
+        "kata-debug: error: INPUT -: not a kata-agent trace stream: 3 byte(s), less than one frame header\n"
+    )

@@ -134,7 +134,10 @@ async def test_https_with_a_private_ca(tmp_path: Path) -> None:
         assert code == 0, err
         assert srv.received[0].sha256 == sha
         code, _, err = await cli("upload", str(path), srv.url(), "--retries", "0")
-        assert code == 1 and "TLS" in err and len(err.strip().splitlines()) == 1
+        assert code == 1 and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"kata-debug: error: upload to {srv.url()} failed: TLS verification failed: "), err
+        assert "self" in err and "signed certificate" in err and err.endswith("(a private CA: --cacert FILE)\n")
+        assert "ssl:default" not in err and "Client" not in err  # no aiohttp internals
     finally:
         await srv.stop()
 
@@ -234,3 +237,45 @@ def test_the_cli_defaults_are_the_upload_modules_own_and_it_is_not_imported_at_s
 async def test_upload_options_without_upload_are_refused(tmp_path: Path) -> None:
     code, _, err = await cli("collect", "-o", str(tmp_path / "b.tar.gz"), "--upload-retries", "9")
     assert code == 2 and "only valid with --upload" in err and not (tmp_path / "b.tar.gz").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_connection_failures_are_one_plain_line_naming_the_url_without_credentials(tmp_path: Path) -> None:
+    """Refused, DNS, timeout: the URL as shown (no user info, no query) and the problem in words,
+    not aiohttp's "Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed ...]"."""
+    path, _ = bundle_file(tmp_path, 1000)
+    port = _free_port()  # nobody listens there
+    code, _, err = await cli("upload", str(path), f"http://user:pw@127.0.0.1:{port}/b?{SIGNED}", "--retries", "0")
+    assert code == 1
+    assert err == (
+        f"kata-debug: error: upload to http://127.0.0.1:{port}/b?… failed after 1 attempt(s): "
+        f"connection refused by 127.0.0.1:{port} (nothing listens there)\n"
+    )
+
+    code, _, err = await cli("upload", str(path), "http://no-such-host.invalid/b", "--retries", "0")
+    assert code == 1 and err.startswith(
+        "kata-debug: error: upload to http://no-such-host.invalid/b failed after 1 attempt(s): "
+        "cannot resolve host name no-such-host.invalid (DNS"
+    ), err
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)  # accepts, reads nothing, answers nothing
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        code, _, err = await cli("upload", str(path), f"http://127.0.0.1:{port}/b", "--retries", "0", "--timeout", "1")
+    finally:
+        server.close()
+    assert code == 1 and err == (
+        f"kata-debug: error: upload to http://127.0.0.1:{port}/b failed after 1 attempt(s): "
+        "timed out: no progress for 1s\n"
+    ), err

@@ -11,6 +11,7 @@ from kata_debug.analyze.base import Evidence, Finding, Signature
 
 # name -> "module:Class"; imported lazily so one broken analyzer cannot break the others.
 REGISTRY: dict[str, str] = {
+    "kata-install": "install:KataInstallAnalyzer",
     "cri-config": "cri:CriConfigAnalyzer",
     "kata-config": "config:KataConfigAnalyzer",
     "host-capability": "host:HostCapabilityAnalyzer",

@@ -83,7 +83,9 @@ def finding(
 def kata_configured(view: EvidenceView) -> bool:
     """The node has Kata installed (a configuration or a Kata handler): host facts matter."""
     s = view.kata_summary
-    return bool(s.get("in_effect") or s.get("handlers") or s.get("found"))
+    kata = view.facts.get("kata")  # the host collector's own answer, when kata-config did not run
+    in_facts = isinstance(kata, dict) and bool(kata.get("config_in_effect") or kata.get("handler_configs"))
+    return in_facts or bool(s.get("in_effect") or s.get("handlers") or s.get("found"))
 
 
 def hypervisors(view: EvidenceView) -> set[str]:

@@ -14,6 +14,9 @@ from kata_debug.analyze.common import DOCS, ISSUES, RUNTIME_ISSUES, fact, findin
 from kata_debug.analyze.evidence import EvidenceView
 
 _FACTS = "host/facts.json"
+#: Hypervisors that reach the agent over vhost-vsock (Cloud Hypervisor and Firecracker use a
+#: hybrid vsock over a unix socket and need no /dev/vhost-vsock).
+VHOST_VSOCK_HYPERVISORS = frozenset({"qemu", "dragonball", "stratovirt"})
 
 KVM_ERRORS = (
     Signature.of(
@@ -251,14 +254,23 @@ class HostCapabilityAnalyzer(Analyzer):
                 confirmed=confirmed,
                 occurrences=view.count(*(s.name for s in VSOCK)),
             )
-        if present is False and vhost == "absent" and hypervisors(view) & {"qemu", "dragonball", "stratovirt"}:
+        if present is False and vhost not in ("loaded", "builtin") and hypervisors(view) & VHOST_VSOCK_HYPERVISORS:
+            # The device is the decisive fact; the module list only adds why when it is known
+            # (no /proc/modules in a container: "unknown", never reported as not loaded).
+            known = vhost == "absent"
             return finding(
                 view,
                 "vhost-vsock-unavailable",
                 "warning",
-                "vhost_vsock is not loaded: QEMU-based Kata sandboxes will fail to start",
+                ("vhost_vsock is not loaded" if known else "/dev/vhost-vsock is not present")
+                + ": QEMU-based Kata sandboxes will fail to start",
                 "The configuration uses a hypervisor that talks to the agent over vhost-vsock, and the host has "
-                "neither /dev/vhost-vsock nor the vhost_vsock module loaded.",
+                + (
+                    "neither /dev/vhost-vsock nor the vhost_vsock module loaded."
+                    if known
+                    else "no /dev/vhost-vsock (whether the module is loaded is not known: the module list was not "
+                    "readable)."
+                ),
                 _VSOCK_FIX,
                 facts=facts,
                 confirmed=True,

@@ -38,6 +38,9 @@ TIER: dict[str, int] = {
     "agent-unreachable": 50,
     "vm-undersized": 60,
     "vm-size-mismatch": 61,
+    # Node-level state, not a sandbox failure: below every failure with evidence.
+    "kata-not-installed": 70,
+    "collected-without-root": 80,
 }
 
 #: symptom -> the causes that explain it when they are present too.

@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, Protocol, TypeVar
+from typing import IO, Any, BinaryIO, Literal, Protocol, TypeVar, cast
 
 import zstandard
 
@@ -197,6 +197,40 @@ def bundle_stem(label: str, started: datetime) -> str:
     return f"kata-debug-{safe_component(label, 'node')}-{started.strftime('%Y%m%dT%H%M%SZ')}"
 
 
+class Sink(Protocol):
+    """Where the compressed bundle goes: a file, a pipe, stdout."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class DigestingSink:
+    """The output, counted and hashed as it is written.
+
+    The size and sha256 a vendor is quoted then exist for every output, stdout and FIFOs
+    included (which cannot be read back), and a regular file is not read a second time.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        self._raw.write(data)
+        self._sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+
 class _CountingWriter:
     """Write-only stream with tell(): all tarfile's "w" mode needs, pipes and stdout included."""
 
@@ -230,7 +264,7 @@ class _GzipMembers:
 
     BLOCK = 1 << 20
 
-    def __init__(self, sink: BinaryIO, level: int, workers: int | None = None) -> None:
+    def __init__(self, sink: Sink, level: int, workers: int | None = None) -> None:
         self._sink = sink
         self.level = level
         self._workers = max(1, min(4, workers or os.cpu_count() or 1))
@@ -298,7 +332,7 @@ class BundleWriter:
 
     def __init__(
         self,
-        sink: BinaryIO,
+        sink: Sink,
         top: str,
         compression: Compression = "gzip",
         level: int | None = None,
@@ -310,7 +344,8 @@ class BundleWriter:
         if compression == "gzip":
             self._compressor = _GzipMembers(sink, GZIP_LEVEL if level is None else level)
         elif compression == "zstd":
-            self._compressor = zstd_compressor(level).stream_writer(sink, closefd=False)
+            # zstandard only calls write() and flush() on it (its stub asks for a whole IO[bytes]).
+            self._compressor = zstd_compressor(level).stream_writer(cast(IO[bytes], sink), closefd=False)
         elif compression == "none":
             self._compressor = sink
         else:
@@ -550,6 +585,8 @@ class OutputTarget:
         self.to_stdout = path == "-"
         self._unique_suffix = unique_suffix
         self._fh: BinaryIO | None = None
+        self._digest: DigestingSink | None = None
+        self._committed = False
         self.direct = False  # a character device or FIFO: written in place
         self.partial = Path(path + ".partial") if not self.to_stdout else None
 
@@ -596,7 +633,19 @@ class OutputTarget:
         for n in range(2, 1000):
             yield f"{stem}-{n}{suffix}"
 
-    def open(self) -> BinaryIO:
+    @property
+    def written(self) -> tuple[int, str] | None:
+        """(bytes, sha256) of the bundle as written, once it is committed; None before."""
+        d = self._digest
+        return (d.size, d.sha256) if d is not None and self._committed else None
+
+    def open(self) -> DigestingSink:
+        """Open the output; what is written through the returned sink is counted and hashed."""
+        self._committed = False
+        self._digest = DigestingSink(self._open())
+        return self._digest
+
+    def _open(self) -> BinaryIO:
         self.check(self.path)
         if self.to_stdout:
             import sys
@@ -641,13 +690,16 @@ class OutputTarget:
             return
         if self.to_stdout:
             self._fh.flush()
+            self._committed = True
             return
         self._fh.close()
         if self.direct:
+            self._committed = True
             return
         assert self.partial is not None
         if self._unique_suffix is None:
             os.replace(self.partial, self.path)
+            self._committed = True
             return
         # A default name: never replace a bundle another run finished meanwhile under it.
         for candidate in self._candidates():
@@ -657,6 +709,7 @@ class OutputTarget:
                 continue
             self.path = candidate
             os.unlink(self.partial)
+            self._committed = True
             return
         raise OutputError(f"--output {self.path}: no free name next to it; the bundle is {self.partial}")
 

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING
 import typer
 
 from kata_debug import __version__
-from kata_debug.cli import redact_config
+from kata_debug.cli import help_render, redact_config
 from kata_debug.errors import KataDebugError, UsageError
 from kata_debug.node.paths import TRACE_SPOOL_DIR
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from kata_debug.collect.readiness import NodeReadiness
     from kata_debug.collect.runner import CollectResult
 
 app = typer.Typer(
@@ -32,6 +31,7 @@ app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
 )
+help_render.install()  # --help wraps long words instead of cutting them with "…"
 
 
 class OutputFormat(str, Enum):
@@ -333,10 +333,7 @@ def collect(
     sent = upload_after_collect(result.output, upload_target, json_output)
     exit_code = sent.exit_code(result.exit_code)
     summary_to = sys.stderr if output == "-" else sys.stdout
-    from kata_debug.collect.readiness import node_readiness
-
-    readiness = node_readiness(host_root)
-    written = _bundle_digest(result.output)
+    written = result.written
     if json_output:
         print(
             json.dumps(
@@ -348,7 +345,6 @@ def collect(
                     "collectors": [c.to_json() for c in result.collectors],
                     "redactions": result.redactions,
                     **({"bundle_bytes": written[0], "bundle_sha256": written[1]} if written else {}),
-                    "node_readiness": readiness.to_json(),
                     "findings": [f.to_json() for f in result.diagnosis.findings] if result.diagnosis else None,
                     **({"upload": sent.summary} if sent.summary is not None else {}),
                 },
@@ -359,45 +355,19 @@ def collect(
     else:
         from rich.console import Console
 
-        _print_summary(result, Console(file=summary_to), readiness, written, uploaded=sent.summary is not None)
+        _print_summary(result, Console(file=summary_to), written, uploaded=sent.summary is not None)
         sent.print_text(summary_to)
     sent.print_error()
     exit_process(exit_code)
 
 
-def _bundle_digest(output: str) -> tuple[int, str] | None:
-    """Size and sha256 of the written bundle (None when it went to stdout, a device or a FIFO): what a vendor is quoted.
-
-    Runs after the collection's event loop has ended, so reading the file back blocks nothing.
-    """
-    import hashlib
-
-    from kata_debug.node.hostroot import open_regular
-
-    if output == "-":
-        return None
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        # Only a regular file: reading back a FIFO (`-o pipe`) would wait forever for a
-        # writer, a device (`-o /dev/null`) holds nothing that was written.
-        with open_regular(output) as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-                size += len(block)
-    except OSError:
-        return None
-    return size, digest.hexdigest()
-
-
 def _print_summary(
     result: CollectResult,
     console: Console,
-    readiness: NodeReadiness,
     written: tuple[int, str] | None,
     uploaded: bool,
 ) -> None:
-    """The end of `collect`: each collector, then what the node lacks, then what to do next.
+    """The end of `collect`: each collector, then the top findings (what is wrong or missing), then what to do next.
 
     Notes and commands are printed whole on their own lines (soft wrap: the terminal wraps
     them, nothing is cut), never squeezed into a table cell where rich would ellipsize them.
@@ -436,12 +406,6 @@ def _print_summary(
             console.print(f"[bold]{c.name}[/]: {escape(c.error)}", soft_wrap=True, highlight=False)
     if result.interrupted:
         console.print(f"[yellow]{result.interrupted}[/]: unfinished collectors are marked timeout")
-    if readiness.missing:
-        console.print("[yellow]This node cannot run Kata sandboxes as it is:[/]")
-        for gap in readiness.missing:
-            console.print(f"  - {escape(gap)}", soft_wrap=True, highlight=False)
-    if readiness.not_root:
-        console.print(f"[yellow]note:[/] {escape(readiness.not_root)}", soft_wrap=True, highlight=False)
     redacted = sum(result.redactions.values())
     console.print(
         f"redacted {redacted} value(s)"
@@ -450,10 +414,17 @@ def _print_summary(
     from kata_debug.cli.diagnose import print_top_findings
 
     print_top_findings(result.diagnosis, result.output, console)
-    if result.output == "-":
-        return
+    # What the node lacks is in the findings above; the one info finding a person running
+    # collect must see is that a root run would have gathered more (said once, as a note).
+    findings = result.diagnosis.findings if result.diagnosis else []
+    not_root = next((f for f in findings if f.id == "collected-without-root"), None)
+    if not_root is not None:
+        console.print(f"[yellow]note:[/] {escape(not_root.fix)}", soft_wrap=True, highlight=False)
+    # Hashed as it was written: the same line for a file and for `-o -` (this summary is on stderr then).
     about = f" ({human_size(written[0])}, sha256 {written[1]})" if written else ""
     console.print(f"bundle: [bold]{escape(result.output)}[/]{about}", soft_wrap=True, highlight=False)
+    if result.output == "-":
+        return
     if not uploaded:
         console.print(
             f"next: send it to your Kata vendor or maintainer: kata-debug upload {escape(result.output)} URL "

@@ -130,7 +130,7 @@ def decode(
     Undecodable frames are reported on stderr and skipped; the exit status is 1 if any were.
     """
     from kata_debug.cli.options import deprecated_alias
-    from kata_debug.forwarder.capture import decode_capture
+    from kata_debug.forwarder.capture import NotATraceStream, Prefixed, check_first_frame, decode_capture
     from kata_debug.forwarder.spans import Origin
 
     if deprecated_alias(ctx, "--wire-format", "wire_format", "--format", wire_format_old):
@@ -149,13 +149,19 @@ def decode(
             raise UsageError(f"INPUT {input}: is a directory") from None
         except OSError as exc:
             raise UsageError(f"INPUT {input}: cannot read: {exc.strerror}") from None
+    if output != "-" and not Path(output).parent.is_dir():
+        raise UsageError(f"--output {output}: directory {Path(output).parent} does not exist")
+    try:
+        # Before any output is opened: a file that is no trace stream at all is one line, exit 2.
+        head = check_first_frame(src, limit)
+    except NotATraceStream as exc:
+        if src is not sys.stdin.buffer:
+            src.close()
+        raise UsageError(f"INPUT {input}: not a kata-agent trace stream: {exc}") from None
     dst: IO[str]
     if output == "-":
         dst = sys.stdout
     else:
-        parent = Path(output).parent
-        if not parent.is_dir():
-            raise UsageError(f"--output {output}: directory {parent} does not exist")
         try:
             dst = open(output, "w", encoding="utf-8")
         except OSError as exc:
@@ -166,7 +172,7 @@ def decode(
     warnings = FrameWarnings()
     try:
         summary = decode_capture(
-            src,
+            Prefixed(head, src),
             dst,
             origin=origin,
             fmt=wire_format.value,

@@ -79,6 +79,8 @@ class CollectResult:
     interrupted: str | None
     #: What the analyzers found in the collected evidence (also in analysis/findings.json).
     diagnosis: Diagnosis | None = None
+    #: (bytes, sha256) of the bundle as it was written, stdout included.
+    written: tuple[int, str] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -240,7 +242,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         await asyncio.to_thread(target.abandon)
         raise
     signals.output_complete()
-    return CollectResult(target.path, node, ordered, redactor.counts, interrupted, diagnosis)
+    return CollectResult(target.path, node, ordered, redactor.counts, interrupted, diagnosis, target.written)
 
 
 def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorEntry:

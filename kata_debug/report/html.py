@@ -228,6 +228,10 @@ def _capture(c: CaptureReport) -> Iterator[str]:
     yield "</section>\n"
 
 
+#: A module not loaded is a problem; one whose state is unknown (no /proc/modules) is not shown as one.
+_MODULE_CLASS = {"absent": "bad", "unknown": "none"}
+
+
 def _facts(node: NodeReport) -> str:
     f = node.facts
     k = node.kata
@@ -239,9 +243,7 @@ def _facts(node: NodeReport) -> str:
     )
     modules = f.get("modules")
     mods = (
-        ", ".join(
-            f'{_e(m)} <span class="{"bad" if v == "absent" else "ok"}">{_e(v)}</span>' for m, v in modules.items()
-        )
+        ", ".join(f'{_e(m)} <span class="{_MODULE_CLASS.get(str(v), "ok")}">{_e(v)}</span>' for m, v in modules.items())
         if isinstance(modules, dict)
         else '<span class="none">not known</span>'
     )
