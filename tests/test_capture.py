@@ -396,3 +396,30 @@ def test_a_line_matching_a_diagnose_signature_is_a_failure_at_any_level() -> Non
     assert failure_in_line(line, now, {}) is None, "without the signature a warning is no failure"
     err = failure_in_line(line.replace("warning", "error"), now, {}, signatures=[sig])
     assert err is not None and err.reason == "error-line"
+
+
+@pytest.mark.asyncio
+async def test_the_capture_names_the_cause_its_own_log_lines_show(tmp_path: Path) -> None:
+    """The top finding the agent records comes from the capture's `logs/` too, not only from
+    its host facts: a capture is where the failing sandbox's lines are kept."""
+    root = tmp_path / "node"
+    sid = sid_()
+    sandbox_only(root, sid)
+    add_task(root, "k8s.io", "ctr" + sid[2:], oci_spec(ctype="container", sandbox_id=sid))  # no vanish
+    log = root / "var/log/containerd.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("")
+    svc = service(root)
+    runner = asyncio.create_task(svc.run())
+    try:
+        await asyncio.sleep(0.6)
+        with open(log, "a") as fh:
+            fh.write(
+                'level=error msg="failed to create sandbox: open /dev/vhost-vsock: no such file or directory" '
+                f"sandbox={sid}\n"
+            )
+        found = await wait_captures(svc, 1)
+    finally:
+        await stop(runner)
+    assert "logs/files/var_log_containerd.log" in read_bundle(svc.dir / found[0].id).members
+    assert found[0].top_finding is not None and "vhost-vsock-unavailable" in found[0].top_finding

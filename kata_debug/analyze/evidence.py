@@ -52,9 +52,10 @@ MAX_MEMBERS_LISTED = 200_000
 #: Skipped structured members named per bundle; the rest are counted.
 MAX_SKIPPED_LISTED = 200
 
-#: Members whose lines are matched: the raw log text of the log collectors. Per-sandbox
-#: copies and parsed JSON views of the same lines are left out so nothing counts twice.
-_LOG_PREFIXES = ("shim-logs/",)
+#: Members whose lines are matched: the raw log text of the log collectors (`shim-logs/` in
+#: a node bundle, `logs/` in a node agent's capture, which is where a failed sandbox's lines
+#: are kept). Per-sandbox copies and parsed JSON views are left out so nothing counts twice.
+_LOG_PREFIXES = ("shim-logs/", "logs/")
 _NOT_LOG_SUFFIXES = (".json", ".jsonl", ".stderr", ".gz", ".zst", ".idx", ".index", ".tsv")
 _NOT_LOG_PARTS = ("/sandboxes/", "/per-sandbox/", "/index/")
 #: Always kept: what every analyzer may need to say which node and sandbox it is about.
