@@ -187,7 +187,7 @@ def bench(
                 f"{size_mib + 64}M",
                 "--timeout",
                 "3600",
-                "--output-format",
+                "--format",
                 "json",
                 "--since",
                 "36500d",  # the generated lines carry fixed dates: keep them all, as tar does
