@@ -234,6 +234,7 @@ class ShimLogsCollector(Collector):
                 [(f.real, f.cap, f"{out.collector}/files{f.path}") for f in files],
                 known=index.known,
                 redact=ctx.redactor.enabled,
+                hosts=ctx.redactor.hosts.spec() if ctx.redactor.hosts is not None else None,
             )
             for f, stats in zip(files, sources):
                 path = f.path
@@ -241,6 +242,7 @@ class ShimLogsCollector(Collector):
                 key = ("file", done)
                 done += 1
                 ctx.redactor.add_counts(result.redactions)
+                ctx.redactor.add_pseudonyms(result.pseudonyms)
                 index.merge(result.index)
                 stats.lines, stats.bytes, stats.error = result.lines, result.bytes, result.error
                 if result.output is None:

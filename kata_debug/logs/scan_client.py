@@ -51,6 +51,8 @@ class ScannedFile:
     output: str | None
     size: int
     redactions: dict[str, int] = field(default_factory=dict)
+    #: Pseudonyms (`--obfuscate-hosts`) first recorded while scanning this file: pseudonym -> original.
+    pseudonyms: dict[str, str] = field(default_factory=dict)
     index: SandboxIndex = field(default_factory=SandboxIndex)
 
 
@@ -146,11 +148,20 @@ class ScannerProcess:
             raise
         return cls(proc, workdir, stderr)
 
-    async def send(self, files: Sequence[tuple[str, int, str]], *, known: Iterable[str], redact: bool) -> None:
+    async def send(
+        self,
+        files: Sequence[tuple[str, int, str]],
+        *,
+        known: Iterable[str],
+        redact: bool,
+        hosts: dict[str, Any] | None = None,
+    ) -> None:
         """Hand over the files: (real path, cap, bundle member its sandbox lines are indexed under),
-        and the sandboxes already indexed (they count towards the limit)."""
+        and the sandboxes already indexed (they count towards the limit). `hosts` is
+        `Obfuscator.spec()`: it goes through the pipe, never through argv."""
         job = {
             "redact": redact,
+            "hosts": hosts,
             "known": sorted(known),
             "dir": self.workdir,
             "progress_every": PROGRESS_EVERY,
@@ -182,6 +193,7 @@ class ScannerProcess:
             output=None if name is None else os.path.join(self.workdir, name),
             size=msg["size"],
             redactions=msg["redactions"],
+            pseudonyms=msg.get("pseudonyms") or {},
             index=SandboxIndex.from_json(msg["index"], msg["overflow"], msg["rejected"]),
         )
 

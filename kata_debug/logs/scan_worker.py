@@ -5,13 +5,13 @@ multiprocessing: `python -m kata_debug` runs the CLI at import, and a plain chil
 line protocol needs nothing pickled and imports only what it uses (redact, logfmt).
 
 Protocol, one JSON object per line:
-  stdin  <- {"redact": bool, "dir": str, "files": [{"real": str, "cap": int, "member": str}, ...],
+  stdin  <- {"redact": bool, "hosts": {"key", "hostnames"} | null, "dir": str, "files": [{"real": str, "cap": int, "member": str}, ...],
              "known": [sid, ...], "progress_every": bytes}
   stdout -> per file, in order, every `progress_every` bytes read:
               {"progress": i, "out": name, "size": n}
             and when it is done:
               {"file": i, "out": name | null, "size": n, "skipped": n, "lines": n, "bytes": n, "error": str | null,
-               "redactions": {rule: n}, "index": {sid: {member: {"lines", "first_line", "last_line"}}},
+               "redactions": {rule: n}, "pseudonyms": {pseudonym: original}, "index": {sid: {member: {"lines", "first_line", "last_line"}}},
                "overflow": n, "rejected": n}
             then {"done": true}, or {"fatal": "Type: message"} on an unexpected error.
 File names are relative to `dir` (a private directory the parent made and removes). `size`
@@ -29,6 +29,7 @@ import sys
 from typing import IO, Any
 
 from kata_debug.logs.scan import BATCH, SandboxIndex, SourceStats, copy_log
+from kata_debug.redact.obfuscate import Obfuscator
 from kata_debug.redact.redactor import Redactor
 
 
@@ -49,7 +50,8 @@ class _Counted:
 class _Job:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.dir: str = spec["dir"]
-        self.redactor = Redactor(enabled=bool(spec["redact"]))
+        hosts = spec.get("hosts")
+        self.redactor = Redactor(enabled=bool(spec["redact"]), hosts=Obfuscator.from_spec(hosts) if hosts else None)
         self.files: list[dict[str, Any]] = spec["files"]
         self.progress_every = int(spec["progress_every"])
         self._reported_counts: dict[str, int] = {}
@@ -93,6 +95,7 @@ class _Job:
             "bytes": stats.bytes,
             "error": stats.error,
             "redactions": {k: n for k, n in delta.items() if n},
+            "pseudonyms": self.redactor.hosts.take_new() if self.redactor.hosts is not None else {},
             "index": index.to_json(),
             "overflow": index.overflow,
             "rejected": index.rejected,

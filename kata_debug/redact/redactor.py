@@ -10,10 +10,11 @@ counted per rule in `counts` so the manifest can say what was removed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kata_debug.redact.counts import MASK, MASK_B, RuleCounts, looks_secret
+from kata_debug.redact.obfuscate import Obfuscator
 from kata_debug.redact.structured import JsonRedactor
 from kata_debug.redact.text import TextState, redact_text
 
@@ -28,12 +29,17 @@ _Bytes = bytes  # `Redactor.bytes` shadows the type inside the class
 
 
 class Redactor:
-    """Applies the rules and counts, per rule, what was removed. Thread-safe counts."""
+    """Applies the rules and counts, per rule, what was removed. Thread-safe counts.
 
-    def __init__(self, enabled: bool = True) -> None:
+    `hosts` (`--obfuscate-hosts`) pseudonymises hostnames and addresses after redaction, in
+    every entry point, whether redaction is on or not; None (the default) costs nothing.
+    """
+
+    def __init__(self, enabled: bool = True, hosts: Obfuscator | None = None) -> None:
         self.enabled = enabled
+        self.hosts = hosts
         self._counts = RuleCounts()
-        self._json = JsonRedactor(self.text, self._counts)
+        self._json = JsonRedactor(self._redact_str, self._counts)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -43,20 +49,39 @@ class Redactor:
         """Fold in what another Redactor removed (a scanner process's), so the manifest counts it."""
         self._counts.update(counts)
 
+    def add_pseudonyms(self, pseudonyms: Mapping[str, str], not_recorded: int = 0, kept: Iterable[str] = ()) -> None:
+        """Fold in the pseudonyms another process recorded (a scanner's, a node's) for the map."""
+        if self.hosts is not None:
+            self.hosts.merge(pseudonyms, not_recorded, kept)
+
     def _count(self, rule: str, n: int = 1) -> None:
         self._counts.add(rule, n)
 
     # -- text -------------------------------------------------------------------------
     def bytes(self, data: _Bytes) -> _Bytes:
         """Redact a complete text (a key block cut at its end is masked to the end)."""
-        if not self.enabled:
-            return data
-        return redact_text(data, self._counts)
+        if self.enabled:
+            data = redact_text(data, self._counts)
+        return data if self.hosts is None else self.hosts.bytes(data)
 
     def text(self, data: str) -> str:
-        if not self.enabled:
+        if not self.enabled and self.hosts is None:
             return data
         return self.bytes(data.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+
+    def _redact_str(self, data: str) -> str:
+        """Redaction only: the JSON walk pseudonymises once, after it (see `json_value`)."""
+        if not self.enabled:
+            return data
+        raw = data.encode("utf-8", "surrogateescape")
+        return redact_text(raw, self._counts).decode("utf-8", "surrogateescape")
+
+    def pseudonymise(self, data: _Bytes) -> _Bytes:
+        """Content kept unredacted on purpose (already redacted, or ours) still gets pseudonyms."""
+        return data if self.hosts is None else self.hosts.bytes(data)
+
+    def pseudonymise_json(self, value: Any) -> Any:
+        return value if self.hosts is None else self.hosts.json(value)
 
     def oci_text(self, data: _Bytes) -> _Bytes:
         """Redact an OCI spec that does not parse as JSON (kept raw for the maintainer).
@@ -65,7 +90,7 @@ class Redactor:
         including one cut open at the end of a truncated file; then the text rules run.
         """
         if not self.enabled:
-            return data
+            return self.pseudonymise(data)
         n = 0
 
         def mask(m: re.Match[_Bytes]) -> _Bytes:
@@ -85,9 +110,9 @@ class Redactor:
     # -- JSON -------------------------------------------------------------------------
     def json_value(self, value: Any, *, oci: bool = False) -> Any:
         """Redact parsed JSON (`oci` is kept for callers: env lists are masked everywhere)."""
-        if not self.enabled:
-            return value
-        return self._json.walk(value)
+        if self.enabled:
+            value = self._json.walk(value)
+        return self.pseudonymise_json(value)
 
 
 class StreamRedactor:
@@ -102,6 +127,7 @@ class StreamRedactor:
         self._state = TextState()
 
     def feed(self, chunk: _Bytes) -> _Bytes:
-        if not self._r.enabled:
-            return chunk
-        return redact_text(chunk, self._r._counts, self._state)
+        if self._r.enabled:
+            chunk = redact_text(chunk, self._r._counts, self._state)
+        hosts = self._r.hosts
+        return chunk if hosts is None else hosts.bytes(chunk)
