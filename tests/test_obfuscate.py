@@ -288,3 +288,56 @@ def test_bundle_to_stdout_with_a_map_file(tmp_path: Path) -> None:
     omap = json.loads(map_path.read_text())
     assert omap["pseudonyms"][bundle.manifest["node"]] == HOST
     _assert_no_original(_everything(bundle))
+
+
+# -- a cluster ------------------------------------------------------------------------------
+
+
+async def test_cluster_pseudonyms_agree_across_nodes_and_the_laptop(tmp_path: Path) -> None:
+    from tests.fake_kube_exec import ClusterFake
+    from tests.kata_cluster import build
+    from tests.test_cluster_collect import FAST, cli
+
+    shared = "10.99.0.7"  # e.g. a registry both nodes pull from
+    async with ClusterFake() as fake:
+        cluster = build(fake, tmp_path, ["kata-a", "kata-b"])
+        for name, root in cluster.roots.items():
+            add_task(
+                root,
+                "k8s.io",
+                "ctrpeer000001",
+                oci_spec(ctype="container", sandbox_id=f"sb-{name}", extra_annotations={"example.com/peer": shared}),
+            )
+        out = tmp_path / "c.tar.gz"
+        code, _, err = await cli(
+            "collect",
+            "--cluster",
+            "--kubeconfig",
+            str(fake.kubeconfig(tmp_path / "kc")),
+            "--output",
+            str(out),
+            "--obfuscate-hosts",
+            *FAST,
+        )
+    assert code == 0, err.decode()
+    omap = json.loads(Path(str(out) + ".map.json").read_text())
+    reverse = {o: p for p, o in omap["pseudonyms"].items()}
+    p_shared, p_a, p_b = reverse[shared], reverse["kata-a"], reverse["kata-b"]
+    bundle = read_bundle(out)
+    nodes = {n["name"]: n for n in bundle.manifest["nodes"]}
+    assert set(nodes) == {p_a, p_b}, "the manifest names nodes by pseudonym"
+    inner = {name: read_bundle(bundle.members[n["member"]]) for name, n in nodes.items()}
+    for name, node_bundle in inner.items():
+        spec = node_bundle.json("oci-specs/containerd/k8s.io/ctrpeer000001/config.json")
+        assert spec["annotations"]["example.com/peer"] == p_shared, "one pseudonym on every node"
+        assert node_bundle.manifest["node"] == name
+    summaries = bundle.json("cluster/nodes.json")
+    assert {s["name"] for s in summaries} >= {p_a, p_b}, "the laptop's objects use the nodes' pseudonyms"
+    assert omap["pseudonyms"]["host-" + p_a.split("-", 1)[1]] == "kata-a"
+    everything = _everything(bundle) + b"".join(_everything(b) for b in inner.values())
+    for original in (shared, "192.0.2.10", "10.244.1.0"):
+        assert original.encode() not in everything, original
+    for name in (b"kata-a", b"kata-b"):
+        # Pod names are not hosts (`kata-deploy-kata-a` stays); the name on its own is gone.
+        assert not re.search(rb"(?<![\w.-])" + name + rb"(?![\w-])", everything), name
+    assert b"kata-debug-obfuscate-map" not in everything, "the nodes' map lines never enter the bundle"

@@ -80,8 +80,8 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         # arrive compressed, with their own checksums: rewriting them here would mean
         # unpacking each one), and the laptop the cluster objects, with identical results.
         hosts = Obfuscator.new(node_host_names(inv.nodes))
-        names = sorted(hosts.spec()["hostnames"])
-        opts = replace(opts, obfuscate=replace(opts.obfuscate, key=bytes.fromhex(hosts.key_hex), names=names))
+        known = sorted(hosts.spec()["hostnames"])
+        opts = replace(opts, obfuscate=replace(opts.obfuscate, key=bytes.fromhex(hosts.key_hex), names=known))
         try:
             map_file = await asyncio.to_thread(opts.obfuscate.open_map, target.path, target.to_stdout or target.direct)
         except OSError as exc:
