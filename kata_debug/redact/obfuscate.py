@@ -177,8 +177,8 @@ class Obfuscator:
 
     def _compile(self) -> None:
         parts = []
-        names = [re.escape(n.encode()) for n in sorted(self._names | self._domains, key=len, reverse=True)]
-        self._trigger = re2.compile(_CANDIDATES + (b"|(?i:" + b"|".join(names) + b")" if names else b""))
+        every = [re.escape(n.encode()) for n in sorted(self._names | self._domains, key=len, reverse=True)]
+        self._trigger = re2.compile(_CANDIDATES + (b"|(?i:" + b"|".join(every) + b")" if every else b""))
         if self._domains:
             doms = b"|".join(re.escape(d.encode()) for d in sorted(self._domains, key=len, reverse=True))
             parts.append(rb"(?P<dom>(?<![\w.-])(?:[A-Za-z0-9_-]+\.)*(?i:" + doms + rb")(?![\w-]|\.[A-Za-z0-9]))")
