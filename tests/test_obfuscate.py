@@ -341,3 +341,23 @@ async def test_cluster_pseudonyms_agree_across_nodes_and_the_laptop(tmp_path: Pa
         # Pod names are not hosts (`kata-deploy-kata-a` stays); the name on its own is gone.
         assert not re.search(rb"(?<![\w.-])" + name + rb"(?![\w-])", everything), name
     assert b"kata-debug-obfuscate-map" not in everything, "the nodes' map lines never enter the bundle"
+
+
+async def test_diagnose_still_finds_the_cause_in_a_pseudonymised_collection(tmp_path: Path) -> None:
+    from tests.test_diagnose_cli import failing_node
+
+    root = failing_node(tmp_path / "host")
+    proc = kata_debug("diagnose", "--host-root", str(root), "--since", "87600h", "--obfuscate-hosts")
+    assert proc.returncode == 2 and len(proc.stderr.decode().strip().splitlines()) == 1
+    assert b"--obfuscate-map" in proc.stderr
+    kept = tmp_path / "kept.tar.gz"
+    proc = kata_debug(
+        "diagnose", "--host-root", str(root), "--since", "87600h", "--output", str(kept), "--obfuscate-hosts",
+        "--format", "json",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["findings"][0]["id"] == "shim-not-found", "the analyzers read pseudonymised evidence as well"
+    omap = json.loads(Path(f"{kept}.map.json").read_text())
+    assert list(omap["pseudonyms"].values()) == [HOST]
+    assert HOST.encode() not in proc.stdout and HOST.encode() not in b"".join(read_bundle(kept).members.values())
