@@ -128,6 +128,17 @@ def collect(
         metavar="DIR",
         help="The forwarder's span spool, a node path (resolved under --host-root, like node-agent --spool-dir).",
     ),
+    obfuscate_hosts: bool = typer.Option(
+        False, "--obfuscate-hosts", help="Replace hostnames, IP and MAC addresses with consistent pseudonyms."
+    ),
+    obfuscate_map: str | None = typer.Option(
+        None,
+        "--obfuscate-map",
+        metavar="FILE",
+        help="Where the pseudonym -> original map goes (default <bundle>.map.json; never in the bundle).",
+    ),
+    obfuscate_key: str | None = typer.Option(None, "--obfuscate-key", hidden=True),  # from collect --cluster
+    obfuscate_name: list[str] | None = typer.Option(None, "--obfuscate-name", hidden=True),  # idem
     cluster: bool = typer.Option(
         False,
         "--cluster",
@@ -224,6 +235,7 @@ def collect(
     """Gather this node's Kata evidence into one support bundle (or, with --cluster, every Kata node's)."""
     from kata_debug.cli.options import CompressionName, bundle_compression, deprecated_alias, parse_since
     from kata_debug.cli.upload import parse_collect_upload, upload_after_collect
+    from kata_debug.redact.options import obfuscate_options
 
     if deprecated_alias(ctx, "--format", "output_format", "--output-format", output_format_old):
         assert output_format_old is not None
@@ -232,6 +244,7 @@ def collect(
     bundle_compression(output, given_compression, default="zstd")  # refuse a contradiction before any work
     since_span = parse_since(since)
     redact_rules = redact_config.load(redact_config_file, redact=not no_redact, from_stdin=redact_rules_stdin)
+    obfuscate = obfuscate_options(obfuscate_hosts, obfuscate_map, obfuscate_key, obfuscate_name)
 
     upload_target = parse_collect_upload(
         ctx,
@@ -274,6 +287,7 @@ def collect(
                 agent_namespace=agent_namespace,
                 pod_timeout=pod_timeout,
                 upload=upload_target,
+                obfuscate=obfuscate,
             )
         )
     from kata_debug.cli.options import given, parse_size
@@ -314,6 +328,7 @@ def collect(
         max_parse_bytes=parse_size(max_parse_size, "--max-parse-size"),
         run_host_tools=True if run_host_tools else None,
         options=CollectorOptions(trace_spool_dir=trace_spool_dir),
+        obfuscate=obfuscate,
     )
     if deadline is not None and deadline <= 0:
         raise UsageError(f"--deadline {deadline:g}: must be a positive number of seconds")

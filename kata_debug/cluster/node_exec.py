@@ -31,6 +31,7 @@ from kata_debug.cluster.options import ClusterOptions
 from kata_debug.cluster.progress import ClusterProgress
 from kata_debug.kube.client import KubeSession
 from kata_debug.kube.exec_stream import ExecProtocolError, ExecRefused, exec_stream
+from kata_debug.redact.obfuscate import split_map_lines
 from kata_debug.redact.redactor import Redactor
 from kata_debug.redact.user_rules import RULES_STDIN
 
@@ -70,6 +71,13 @@ def node_command(opts: ClusterOptions, node: str) -> list[str]:
         argv.append("--no-redact")
     elif opts.redact_rules is not None:
         argv.append(RULES_STDIN)  # the rules follow on stdin (`node_stdin`), never in argv
+    ob = opts.obfuscate
+    if ob.enabled and ob.key is not None:
+        # The run's key, so this node's pseudonyms match every other node's and the laptop's;
+        # the node hands its map back on stderr. The key never enters a bundle.
+        argv += ["--obfuscate-key", ob.key.hex()]
+        for name in ob.names:
+            argv += ["--obfuscate-name", name]
     return argv + list(opts.node_args)
 
 
@@ -211,6 +219,13 @@ class NodeCollector:
                         stdin=node_stdin(self.opts),
                     )
                 exit_code, stderr = outcome.exit_code, outcome.stderr
+                if self.redactor.hosts is not None:
+                    # The node's map line is the laptop's alone: merged, never stored or shown.
+                    stderr, maps = split_map_lines(stderr)
+                    for m in maps:
+                        self.redactor.add_pseudonyms(
+                            m["pseudonyms"], int(m.get("not_recorded") or 0), m.get("hostnames_kept") or ()
+                        )
                 if exit_code == 0:
                     status = "ok"
                 elif exit_code == PARTIAL_EXIT:
