@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import stat
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,10 @@ import pytest
 
 from kata_debug.collect.runner import CollectOptions, run_collection
 from kata_debug.redact.obfuscate import Obfuscator, split_map_lines
-from kata_debug.redact.options import ObfuscateOptions
+from kata_debug.redact.options import OBFUSCATE_STDIN, ObfuscateOptions
 from kata_debug.redact.redactor import Redactor
 from tests.bundles import Bundle, read_bundle
-from tests.conftest import kata_debug
+from tests.conftest import REPO, kata_debug
 from tests.hostroots import add_task, kata_node, oci_spec
 
 IP = "10.20.30.40"
@@ -319,6 +321,7 @@ async def test_cluster_pseudonyms_agree_across_nodes_and_the_laptop(tmp_path: Pa
             "--obfuscate-hosts",
             *FAST,
         )
+        sessions = list(fake.exec.sessions)
     assert code == 0, err.decode()
     omap = json.loads(Path(str(out) + ".map.json").read_text())
     reverse = {o: p for p, o in omap["pseudonyms"].items()}
@@ -341,6 +344,26 @@ async def test_cluster_pseudonyms_agree_across_nodes_and_the_laptop(tmp_path: Pa
         # Pod names are not hosts (`kata-deploy-kata-a` stays); the name on its own is gone.
         assert not re.search(rb"(?<![\w.-])" + name + rb"(?![\w-])", everything), name
     assert b"kata-debug-obfuscate-map" not in everything, "the nodes' map lines never enter the bundle"
+    _assert_key_only_on_stdin(sessions, {"kata-a": p_a, "kata-b": p_b})
+
+
+def _assert_key_only_on_stdin(sessions: list[dict[str, Any]], pseudonyms: dict[str, str]) -> None:
+    """Every node got the run's key in its stdin line, none in its exec command (the audit log's)."""
+    assert len(sessions) == len(pseudonyms)
+    keys = set()
+    for s in sessions:
+        assert OBFUSCATE_STDIN in s["command"]
+        assert not any(a.startswith("--obfuscate-key") or a.startswith("--obfuscate-name") for a in s["command"])
+        line = s["stdin"]
+        assert isinstance(line, bytes) and line.endswith(b"\n") and line.count(b"\n") == 1
+        member = json.loads(line)["obfuscate"]
+        assert not any(member["key"] in a for a in s["command"]), "the key is not in the exec request"
+        assert set(pseudonyms) <= set(member["names"])
+        keys.add(member["key"])
+    assert len(keys) == 1, "one key for the run"
+    run_key = Obfuscator(bytes.fromhex(keys.pop()))
+    for name, pseudonym in pseudonyms.items():
+        assert run_key.host(name) == pseudonym, "the stdin key is the one that made the pseudonyms"
 
 
 async def test_diagnose_still_finds_the_cause_in_a_pseudonymised_collection(tmp_path: Path) -> None:
@@ -361,3 +384,127 @@ async def test_diagnose_still_finds_the_cause_in_a_pseudonymised_collection(tmp_
     omap = json.loads(Path(f"{kept}.map.json").read_text())
     assert list(omap["pseudonyms"].values()) == [HOST]
     assert HOST.encode() not in proc.stdout and HOST.encode() not in b"".join(read_bundle(kept).members.values())
+
+
+async def test_cluster_sends_rules_and_key_on_one_stdin_line_to_agent_and_collector_pods(tmp_path: Path) -> None:
+    """--redact-config and --obfuscate-hosts together: one JSON line on each node's stdin carries
+    both, through an agent pod and a collector pod alike; each node applies both."""
+    from kata_debug.cluster.options import ClusterOptions
+    from kata_debug.cluster.run import run_cluster_collection
+    from kata_debug.redact.user_rules import RULES_STDIN
+    from tests.fake_kube_exec import ClusterFake
+    from tests.kata_cluster import AGENT_NS, build
+    from tests.test_redact_config import RULES, load_rules_text
+
+    shared = "10.99.0.7"
+    async with ClusterFake() as fake:
+        cluster = build(fake, tmp_path, ["kata-a", "kata-b"])
+        for root in cluster.roots.values():
+            spec = oci_spec(
+                ctype="container",
+                sandbox_id="sb-x",
+                extra_annotations={"example.com/ticket": "TCK-482913", "example.com/peer": shared},
+            )
+            add_task(root, "k8s.io", "ctrBOTH000001", spec)
+        rules = load_rules_text(RULES)
+        out = tmp_path / "cluster.tar.gz"
+        opts = ClusterOptions(
+            kubeconfig=str(fake.kubeconfig(tmp_path / "kubeconfig")),
+            output=str(out),
+            node_args=["--collector", "oci-specs", "--all-runtimes"],
+            redact_rules=rules,
+            obfuscate=ObfuscateOptions(enabled=True),
+            ephemeral=False,
+        )
+        agent_b = fake.pod(AGENT_NS, cluster.agent("kata-b"))
+        assert agent_b is not None
+        agent_b["status"]["phase"] = "Pending"  # kata-b through a collector pod made for the run
+        await run_cluster_collection(opts)
+        sessions = list(fake.exec.sessions)
+    bundle = read_bundle(out)
+    assert {n["via"] for n in bundle.manifest["nodes"]} == {"agent", "ephemeral"}
+    omap = json.loads(Path(f"{out}.map.json").read_text())
+    reverse = {o: p for p, o in omap["pseudonyms"].items()}
+    _assert_key_only_on_stdin(sessions, {"kata-a": reverse["kata-a"], "kata-b": reverse["kata-b"]})
+    for s in sessions:
+        assert RULES_STDIN in s["command"]
+        assert not any("TCK-" in a or "Winter2026" in a for a in s["command"])
+        doc = json.loads(s["stdin"])
+        assert {k: v for k, v in doc.items() if k != "obfuscate"} == rules.to_json()
+    for n in bundle.manifest["nodes"]:
+        inner = read_bundle(bundle.members[n["member"]])
+        spec = inner.json("oci-specs/containerd/k8s.io/ctrBOTH000001/config.json")
+        assert spec["annotations"]["example.com/ticket"] == "***", "the rules applied on the node"
+        assert spec["annotations"]["example.com/peer"] == reverse[shared], "one pseudonym on every node"
+        assert inner.manifest["redactions"]["user:ticket"] == 1
+
+
+def _node_collect(root: Path, line: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    """A node's collect as `collect --cluster` runs it: bundle on stdout, the stdin line given."""
+    return subprocess.run(
+        [sys.executable, "-m", "kata_debug", "collect", "--host-root", str(root), "-o", "-", *extra],
+        input=line,
+        capture_output=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_a_node_takes_the_run_key_and_names_from_stdin_and_hands_its_map_back_on_stderr(tmp_path: Path) -> None:
+    root = kata_node(tmp_path / "host")
+    add_task(
+        root,
+        "k8s.io",
+        "ctrSTDIN00001",
+        oci_spec(ctype="container", sandbox_id="sb-x", extra_annotations={"example.com/peer": f"{IP} kata-peer-7"}),
+    )
+    key = bytes(range(32))
+    line = json.dumps({"obfuscate": {"key": key.hex(), "names": ["kata-peer-7"]}}).encode() + b"\n"
+    res = _node_collect(root, line, OBFUSCATE_STDIN, "-c", "oci-specs", "--all-runtimes")
+    assert res.returncode == 0, res.stderr.decode()
+    run_key = Obfuscator(key, ["kata-peer-7"])
+    bundle = read_bundle(res.stdout)
+    assert bundle.manifest["node"] == run_key.host(HOST)
+    spec = bundle.json("oci-specs/containerd/k8s.io/ctrSTDIN00001/config.json")
+    assert spec["annotations"]["example.com/peer"] == run_key.text(f"{IP} kata-peer-7")
+    rest, maps = split_map_lines(res.stderr)
+    assert len(maps) == 1 and maps[0]["pseudonyms"][run_key.host("kata-peer-7")] == "kata-peer-7"
+    assert key.hex().encode() not in res.stdout + rest, "the key is in neither the bundle nor the log"
+    assert not list(tmp_path.glob("*.map.json")) and not list(REPO.glob("*.map.json"))
+
+
+@pytest.mark.parametrize(
+    "flags, line, problem",
+    [
+        ([OBFUSCATE_STDIN], b"", "expected one JSON line"),
+        ([OBFUSCATE_STDIN], b"not json\n", "not a JSON line"),
+        ([OBFUSCATE_STDIN], b"[1]\n", "not a JSON object"),
+        ([OBFUSCATE_STDIN], b'{"version": 1}\n', "no `obfuscate` member"),
+        ([OBFUSCATE_STDIN], b'{"obfuscate": {"key": "abcd", "names": []}}\n', "not a key"),
+        ([OBFUSCATE_STDIN], b'{"obfuscate": {"key": "' + b"zz" * 32 + b'"}}\n', "not a key"),
+        ([OBFUSCATE_STDIN], b'{"obfuscate": {"key": "' + b"ab" * 32 + b'", "names": "n1"}}\n', "`names`"),
+        ([OBFUSCATE_STDIN], b'{"obfuscate": {"key": "' + b"ab" * 32 + b'", "nam": []}}\n', "`key` and `names`"),
+        (["--redact-rules-stdin"], b'{"obfuscate": {"key": "' + b"ab" * 32 + b'"}}\n', OBFUSCATE_STDIN),
+    ],
+)
+def test_a_bad_stdin_line_is_one_line_and_no_bundle(
+    tmp_path: Path, flags: list[str], line: bytes, problem: str
+) -> None:
+    root = kata_node(tmp_path / "host")
+    res = _node_collect(root, line, *flags, "-c", "kata-config")
+    err = res.stderr.decode().strip()
+    assert res.returncode == 2 and res.stdout == b"", err
+    assert len(err.splitlines()) == 1 and problem in err and "Traceback" not in err, err
+
+
+def test_the_key_has_no_command_line_option_any_more(tmp_path: Path) -> None:
+    root = kata_node(tmp_path / "host")
+    res = _node_collect(root, b"", "--obfuscate-key", "ab" * 32, "-c", "kata-config")
+    assert res.returncode == 2 and b"--obfuscate-key" in res.stderr and res.stdout == b""
+
+
+def test_the_hidden_stdin_flag_is_spelled_the_same_in_the_cli_and_the_cluster_code() -> None:
+    from kata_debug.cli import redact_config
+
+    assert redact_config.OBFUSCATE_STDIN == OBFUSCATE_STDIN

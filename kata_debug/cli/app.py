@@ -137,8 +137,7 @@ def collect(
         metavar="FILE",
         help="Where the pseudonym -> original map goes (default <bundle>.map.json; never in the bundle).",
     ),
-    obfuscate_key: str | None = typer.Option(None, "--obfuscate-key", hidden=True),  # from collect --cluster
-    obfuscate_name: list[str] | None = typer.Option(None, "--obfuscate-name", hidden=True),  # idem
+    obfuscate_stdin: bool = redact_config.obfuscate_stdin_option(),  # from collect --cluster: key on stdin
     cluster: bool = typer.Option(
         False,
         "--cluster",
@@ -243,8 +242,11 @@ def collect(
     given_compression: CompressionName | None = compression.value if compression else None
     bundle_compression(output, given_compression, default="zstd")  # refuse a contradiction before any work
     since_span = parse_since(since)
-    redact_rules = redact_config.load(redact_config_file, redact=not no_redact, from_stdin=redact_rules_stdin)
-    obfuscate = obfuscate_options(obfuscate_hosts, obfuscate_map, obfuscate_key, obfuscate_name)
+    node_input = redact_config.read_node_input(redact_rules_stdin, obfuscate_stdin)
+    redact_rules = redact_config.load(
+        redact_config_file, redact=not no_redact, node_input=node_input if redact_rules_stdin else None
+    )
+    obfuscate = obfuscate_options(obfuscate_hosts, obfuscate_map, node_input.get("obfuscate") if node_input else None)
 
     upload_target = parse_collect_upload(
         ctx,

@@ -248,7 +248,7 @@ def register(app: typer.Typer) -> None:
             if obfuscate_hosts and output is None and obfuscate_map is None:
                 raise UsageError("--obfuscate-hosts: the collected bundle is not kept; give --obfuscate-map FILE")
             opts = CollectOptions(
-                obfuscate=obfuscate_options(obfuscate_hosts, obfuscate_map, None, None),
+                obfuscate=obfuscate_options(obfuscate_hosts, obfuscate_map),
                 host_root=host_root,
                 node=node_name,
                 since=parse_since(since),

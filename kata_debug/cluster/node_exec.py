@@ -18,6 +18,7 @@ mid-stream are kept as `bundle.tar.gz.partial` (gzip salvages a prefix). The nod
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ from kata_debug.cluster.progress import ClusterProgress
 from kata_debug.kube.client import KubeSession
 from kata_debug.kube.exec_stream import ExecProtocolError, ExecRefused, exec_stream
 from kata_debug.redact.obfuscate import split_map_lines
+from kata_debug.redact.options import OBFUSCATE_STDIN
 from kata_debug.redact.redactor import Redactor
 from kata_debug.redact.user_rules import RULES_STDIN
 
@@ -71,25 +73,29 @@ def node_command(opts: ClusterOptions, node: str) -> list[str]:
         argv.append("--no-redact")
     elif opts.redact_rules is not None:
         argv.append(RULES_STDIN)  # the rules follow on stdin (`node_stdin`), never in argv
-    ob = opts.obfuscate
-    if ob.enabled and ob.key is not None:
-        # The run's key, so this node's pseudonyms match every other node's and the laptop's;
-        # the node hands its map back on stderr. The key never enters a bundle.
-        argv += ["--obfuscate-key", ob.key.hex()]
-        for name in ob.names:
-            argv += ["--obfuscate-name", name]
+    if opts.obfuscate.node_input() is not None:
+        # The run's key, so this node's pseudonyms match every other node's and the laptop's,
+        # follows on stdin too; the node hands its map back on stderr. The key never enters a bundle.
+        argv.append(OBFUSCATE_STDIN)
     return argv + list(opts.node_args)
 
 
 def node_stdin(opts: ClusterOptions) -> bytes | None:
-    """What the node's collect reads on stdin: the `--redact-config` rules, as one JSON line.
+    """What the node's collect reads on stdin: one JSON line, the `--redact-config` rules'
+    document (`RULES_STDIN`) with, for `--obfuscate-hosts`, an `obfuscate` member holding the
+    run's key and the node names (`OBFUSCATE_STDIN`); None when there is neither.
 
     Not in its argv: exec requests (command included) land in the API server's audit log and
-    the node's process list, and a rule may be a literal secret.
+    the node's process list, a rule may be a literal secret, and the key would let whoever
+    reads the log check a guessed address against its pseudonym.
     """
-    if opts.redact and opts.redact_rules is not None:
-        return opts.redact_rules.stdin_line()
-    return None
+    rules = opts.redact_rules if opts.redact else None
+    hosts = opts.obfuscate.node_input()
+    if hosts is None:
+        return None if rules is None else rules.stdin_line()
+    doc: dict[str, Any] = {} if rules is None else rules.to_json()
+    doc["obfuscate"] = hosts
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
 class SpoolSink:

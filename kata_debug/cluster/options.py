@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from kata_debug.bundle.writer import SUFFIXES, Compression, OutputTarget, bundle_stem
 from kata_debug.cluster.collector_pod import DEFAULT_IMAGE
 from kata_debug.errors import UsageError
-from kata_debug.redact.options import ObfuscateOptions, check_obfuscate
+from kata_debug.redact.options import OBFUSCATE_STDIN, ObfuscateOptions, check_obfuscate
 from kata_debug.redact.user_rules import UserRules
 
 AGENT_NAMESPACE = "kata-debug"
@@ -64,7 +64,7 @@ def validate(opts: ClusterOptions) -> None:
             raise UsageError(f"--node {n!r}: not a node name")
     OutputTarget.check(opts.output)  # before minutes of discovery, not after
     if opts.obfuscate.key is not None:
-        raise UsageError("--obfuscate-key: not valid with --cluster (the run makes its own)")
+        raise UsageError(f"{OBFUSCATE_STDIN}: not valid with --cluster (the run makes its own key)")
     check_obfuscate(opts.obfuscate, opts.output)
 
 

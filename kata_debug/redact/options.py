@@ -11,6 +11,7 @@ import socket
 import stat
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from kata_debug.errors import OutputError, UsageError
 from kata_debug.node.hostroot import HostRoot
@@ -18,6 +19,13 @@ from kata_debug.redact.obfuscate import MapFile, Obfuscator
 
 #: Default map name: next to the bundle, so it is found, and named so it is not mailed with it.
 MAP_SUFFIX = ".map.json"
+#: Hidden `collect` flag: the run's key and the cluster's node names arrive in the `obfuscate`
+#: member of the JSON line `collect --cluster` writes to the node's stdin (beside the
+#: `--redact-config` rules), never in argv: exec requests, command included, are in the API
+#: server's audit log and the node's process list, and the key links pseudonyms to originals.
+OBFUSCATE_STDIN = "--obfuscate-stdin"
+#: Node names a cluster run hands each node (each node has up to ~3: name, Hostname, DNS names).
+MAX_NODE_NAMES = 50_000
 
 
 @dataclass
@@ -30,6 +38,12 @@ class ObfuscateOptions:
     key: bytes | None = None
     #: More hostnames to find (the cluster's node names), besides the node's own.
     names: list[str] = field(default_factory=list)
+
+    def node_input(self) -> dict[str, Any] | None:
+        """The `obfuscate` member of a node's stdin line (`OBFUSCATE_STDIN`); None without a key."""
+        if not self.enabled or self.key is None:
+            return None
+        return {"key": self.key.hex(), "names": list(self.names)}
 
     def open_map(self, bundle_path: str, streamed: bool) -> MapFile | None:
         """Create the map file before any work (None: a cluster node hands its map over stderr)."""
@@ -52,19 +66,29 @@ class ObfuscateOptions:
             ) from None
 
 
-def obfuscate_options(
-    enabled: bool, map_path: str | None, key: str | None, names: list[str] | None
-) -> ObfuscateOptions:
-    """The CLI's four options as one value; a malformed `--obfuscate-key` is a usage error."""
-    raw: bytes | None = None
-    if key is not None:
-        try:
-            raw = bytes.fromhex(key)
-        except ValueError:
-            raw = b""
-        if len(raw) < 16:
-            raise UsageError("--obfuscate-key: not a key (at least 32 hex digits)")
-    return ObfuscateOptions(enabled=enabled or key is not None, map_path=map_path, key=raw, names=list(names or []))
+def obfuscate_options(enabled: bool, map_path: str | None, node_input: Any = None) -> ObfuscateOptions:
+    """The CLI's options as one value. `node_input` is the `obfuscate` member of the JSON line
+    `collect --cluster` sends a node on stdin (`OBFUSCATE_STDIN`): the run's key and the
+    cluster's node names. Anything malformed there is a usage error naming the flag."""
+    if node_input is None:
+        return ObfuscateOptions(enabled=enabled, map_path=map_path)
+    where = f"{OBFUSCATE_STDIN}: stdin's `obfuscate` member"
+    if not isinstance(node_input, dict) or set(node_input) - {"key", "names"}:
+        raise UsageError(f"{where}: expected an object with `key` and `names`")
+    key, names = node_input.get("key"), node_input.get("names", [])
+    try:
+        raw = bytes.fromhex(key) if isinstance(key, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) < 16:
+        raise UsageError(f"{where}: `key` is not a key (at least 32 hex digits)")
+    if (
+        not isinstance(names, list)
+        or len(names) > MAX_NODE_NAMES
+        or not all(isinstance(n, str) and 0 < len(n) <= 253 for n in names)
+    ):
+        raise UsageError(f"{where}: `names` must be a list of at most {MAX_NODE_NAMES} host names")
+    return ObfuscateOptions(enabled=True, map_path=map_path, key=raw, names=list(names))
 
 
 def check_obfuscate(opts: ObfuscateOptions, output: str | None) -> None:
