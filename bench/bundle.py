@@ -154,7 +154,12 @@ def _run_measured(argv: list[str], cwd: Path | None = None) -> Run:
 
 
 def bench(
-    size_mib: int, bundles: int, workdir: Path, repeat: int, kata_python: str = sys.executable
+    size_mib: int,
+    bundles: int,
+    workdir: Path,
+    repeat: int,
+    kata_python: str = sys.executable,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, float]:
     root = workdir / f"host-{size_mib}"
     inputs = build_node(root, bundles, size_mib)
@@ -191,10 +196,12 @@ def bench(
                 "json",
                 "--since",
                 "36500d",  # the generated lines carry fixed dates: keep them all, as tar does
+                *extra,
             ],
             cwd=workdir,  # `python -m` puts the cwd first on sys.path: a checkout there would shadow `--python`'s install
         )
         runs.append((tar, kd))
+        Path(f"{out}.map.json").unlink(missing_ok=True)  # --obfuscate-hosts: never replaced, so remove it
         if repeat > 1:
             print(
                 f"  run {i + 1}: tar czf {tar.seconds:.2f}s ({tar.cpu_s:.2f} cpu-s) | kata-debug {kd.seconds:.2f}s "
@@ -237,10 +244,12 @@ def main() -> None:
         default=sys.executable,
         help="interpreter whose installed kata-debug runs (another venv: old vs new)",
     )
+    ap.add_argument("--obfuscate-hosts", action="store_true", help="collect with --obfuscate-hosts")
     args = ap.parse_args()
+    extra = ("--obfuscate-hosts",) if args.obfuscate_hosts else ()
     with tempfile.TemporaryDirectory(prefix="kata-debug-bench-") as tmp:
         for size in args.sizes:
-            r = bench(size, args.bundles, Path(tmp), max(1, args.repeat), args.python)
+            r = bench(size, args.bundles, Path(tmp), max(1, args.repeat), args.python, extra)
             ok_rss = r["peak_rss_mib"] < 150
             ok_tp = r["throughput_ratio"] >= 0.8
             print(

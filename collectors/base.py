@@ -25,7 +25,7 @@ from kata_debug.bundle.writer import AsyncBundle, MemberIncomplete, Spool, safe_
 from kata_debug.node.hostroot import HostRoot, describe
 from kata_debug.node.oci import SPEC_PARSE_CAP
 from kata_debug.node.paths import TRACE_SPOOL_DIR
-from kata_debug.redact.redactor import Redactor
+from kata_debug.redact.redactor import Redactor, StreamRedactor
 
 _CHUNK = 1 << 20
 DEFAULT_LOG_CAP = 50 * 1024 * 1024
@@ -138,8 +138,15 @@ class CollectorOutput:
         self.failures.append(ItemFailure(item, reason))
 
     async def add_bytes(self, name: str, data: bytes, *, redact: bool = True) -> None:
+        """`redact=False` skips the secret rules only: `--obfuscate-hosts` pseudonyms apply to everything."""
+        redactor = self._ctx.redactor
         if redact:
-            data = await asyncio.to_thread(self._ctx.redactor.bytes, data)
+            data = await asyncio.to_thread(redactor.bytes, data)
+        elif redactor.hosts is not None:
+            data = await asyncio.to_thread(redactor.pseudonymise, data)
+        await self._add_final(name, data)
+
+    async def _add_final(self, name: str, data: bytes) -> None:
         await self._write(self._path(name), self._bundle.add_bytes(self._path(name), data))
 
     async def add_text(self, name: str, text: str, *, redact: bool = True) -> None:
@@ -147,16 +154,16 @@ class CollectorOutput:
 
     async def add_json(self, name: str, value: Any, *, redact: bool = True, oci: bool = False) -> None:
         """Write JSON; with `oci=True`, env values and secret annotations are masked too."""
-        if redact:
-            value = self._ctx.redactor.json_value(value, oci=oci)
+        redactor = self._ctx.redactor
+        value = redactor.json_value(value, oci=oci) if redact else redactor.pseudonymise_json(value)
         data = json.dumps(value, indent=2, default=str).encode() + b"\n"
-        await self.add_bytes(name, data, redact=False)
+        await self._add_final(name, data)
 
     async def add_jsonl(self, name: str, rows: Sequence[Any], *, redact: bool = True) -> None:
-        if redact:
-            rows = [self._ctx.redactor.json_value(r) for r in rows]
+        redactor = self._ctx.redactor
+        rows = [redactor.json_value(r) if redact else redactor.pseudonymise_json(r) for r in rows]
         data = b"".join(json.dumps(r, default=str).encode() + b"\n" for r in rows)
-        await self.add_bytes(name, data, redact=False)
+        await self._add_final(name, data)
 
     async def add_host_file(
         self,
@@ -175,7 +182,9 @@ class CollectorOutput:
         """
         host = self._ctx.host
         redactor = self._ctx.redactor
-        stream = redactor.stream() if redact and not oci else None
+        stream: StreamRedactor | _PseudonymsOnly | None = None
+        if not oci:
+            stream = redactor.stream() if redact else _PseudonymsOnly.maybe(redactor)
         if oci and max_bytes is None:
             raise ValueError("an OCI spec is redacted whole: give max_bytes")
 
@@ -190,7 +199,7 @@ class CollectorOutput:
                         size = os.fstat(src.fileno()).st_size
                         if size > len(data):  # the head is kept: it holds ociVersion, process, root
                             self.truncated[self._path(name)] = size - len(data)
-                        spool.write(redactor.oci_text(data) if redact else data)
+                        spool.write(redactor.oci_text(data) if redact else redactor.pseudonymise(data))
                         return spool
                     if max_bytes is not None:
                         # Skip what the cap would drop anyway; start on a line boundary.
@@ -241,7 +250,10 @@ class CollectorOutput:
         except (FileNotFoundError, PermissionError):
             return None
         spool = Spool(max_bytes)
-        stream = self._ctx.redactor.stream() if redact else None
+        redactor = self._ctx.redactor
+        stream: StreamRedactor | _PseudonymsOnly | None = (
+            redactor.stream() if redact else _PseudonymsOnly.maybe(redactor)
+        )
         assert proc.stdout is not None and proc.stderr is not None
 
         async def _pump() -> bytes:
@@ -292,6 +304,20 @@ class CollectorOutput:
         _, dropped = await self._write(path, self._bundle.add_spool(path, spool))
         if dropped:
             self.truncated[path] = self.truncated.get(path, 0) + dropped
+
+
+class _PseudonymsOnly:
+    """A stream for content kept unredacted (`redact=False`) that still gets `--obfuscate-hosts`."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._r = redactor
+
+    @classmethod
+    def maybe(cls, redactor: Redactor) -> _PseudonymsOnly | None:
+        return cls(redactor) if redactor.hosts is not None else None
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._r.pseudonymise(chunk)
 
 
 class Collector(ABC):

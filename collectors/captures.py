@@ -137,6 +137,10 @@ class CapturesCollector(Collector):
     reads = (f"{TRACE_SPOOL_DIR}/{CAPTURES_SUBDIR}/*.tar.gz and their .json records",)
 
     async def collect(self, ctx: CollectContext, out: CollectorOutput) -> None:
+        if ctx.redactor.hosts is not None:
+            # Captures are compressed bundles written by the agent: their text cannot be given
+            # pseudonyms without unpacking them, so they stay out rather than leak originals.
+            raise CollectorSkipped("--obfuscate-hosts: capture bundles are compressed and cannot be pseudonymised")
         node_dir = f"{ctx.options.trace_spool_dir.rstrip('/')}/{CAPTURES_SUBDIR}"
 
         def listing() -> list[CaptureRecord] | None:

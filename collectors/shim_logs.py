@@ -246,6 +246,7 @@ class ShimLogsCollector(Collector):
                 known=index.known,
                 redact=ctx.redactor.enabled,
                 rules=ctx.redactor.rules,
+                hosts=ctx.redactor.hosts.spec() if ctx.redactor.hosts is not None else None,
             )
             await asyncio.to_thread(_close_all, files)  # the scanner holds its own copies
             for f, stats in zip(files, sources):
@@ -254,6 +255,7 @@ class ShimLogsCollector(Collector):
                 key = ("file", done)
                 done += 1
                 ctx.redactor.add_counts(result.redactions)
+                ctx.redactor.add_pseudonyms(result.pseudonyms)
                 index.merge(result.index)
                 stats.lines, stats.bytes, stats.error = result.lines, result.bytes, result.error
                 if result.output is None:

@@ -359,6 +359,10 @@ class BundleWriter:
         self._dirs: set[str] = set()
         self._closed = False
         self.tap: MemberTap | None = None
+        #: `--obfuscate-hosts`: rewrites member names and the manifest's text, so a node name
+        #: or address in a path or an error message reaches the bundle only as its pseudonym.
+        self.pseudonymise: Callable[[str], str] | None = None
+        self.pseudonymise_json: Callable[[Any], Any] | None = None
 
     def _info(self, path: str, size: int, mtime: float | None, mode: int = 0o644) -> tarfile.TarInfo:
         info = tarfile.TarInfo(f"{self.top}/{path}")
@@ -385,6 +389,8 @@ class BundleWriter:
         self, path: str, src: IO[bytes], size: int, mtime: float | None = None, *, precompressed: bool = False
     ) -> FileRecord:
         """Add `size` bytes of `src`; `precompressed` content (a .tar.gz) is stored, not deflated again."""
+        if self.pseudonymise is not None:
+            path = self.pseudonymise(path)
         _check_member_path(path)
         self._ensure_dirs(path)
         sink = self.tap.member(path, size) if self.tap is not None else None
@@ -428,6 +434,8 @@ class BundleWriter:
         """
         if not isinstance(self._compressor, _GzipMembers):
             raise ValueError("add_deflated needs a gzip bundle")
+        if self.pseudonymise is not None:
+            path = self.pseudonymise(path)
         _check_member_path(path)
         self._ensure_dirs(path)
         info = self._info(path, size, mtime)
@@ -472,6 +480,8 @@ class BundleWriter:
         """Write `manifest.json` (with the file list) last and finish the stream."""
         if self._closed:
             return
+        if self.pseudonymise_json is not None:
+            manifest = self.pseudonymise_json(manifest)
         manifest = {**manifest, "files": [r.to_json() for r in self.records]}
         data = json.dumps(manifest, indent=2, sort_keys=False).encode() + b"\n"
         self._ensure_dirs("manifest.json")

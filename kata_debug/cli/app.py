@@ -128,6 +128,16 @@ def collect(
         metavar="DIR",
         help="The forwarder's span spool, a node path (resolved under --host-root, like node-agent --spool-dir).",
     ),
+    obfuscate_hosts: bool = typer.Option(
+        False, "--obfuscate-hosts", help="Replace hostnames, IP and MAC addresses with consistent pseudonyms."
+    ),
+    obfuscate_map: str | None = typer.Option(
+        None,
+        "--obfuscate-map",
+        metavar="FILE",
+        help="Where the pseudonym -> original map goes (default <bundle>.map.json; never in the bundle).",
+    ),
+    obfuscate_stdin: bool = redact_config.obfuscate_stdin_option(),  # from collect --cluster: key on stdin
     cluster: bool = typer.Option(
         False,
         "--cluster",
@@ -224,6 +234,7 @@ def collect(
     """Gather this node's Kata evidence into one support bundle (or, with --cluster, every Kata node's)."""
     from kata_debug.cli.options import CompressionName, bundle_compression, deprecated_alias, parse_since
     from kata_debug.cli.upload import parse_collect_upload, upload_after_collect
+    from kata_debug.redact.options import obfuscate_options
 
     if deprecated_alias(ctx, "--format", "output_format", "--output-format", output_format_old):
         assert output_format_old is not None
@@ -231,7 +242,11 @@ def collect(
     given_compression: CompressionName | None = compression.value if compression else None
     bundle_compression(output, given_compression, default="zstd")  # refuse a contradiction before any work
     since_span = parse_since(since)
-    redact_rules = redact_config.load(redact_config_file, redact=not no_redact, from_stdin=redact_rules_stdin)
+    node_input = redact_config.read_node_input(redact_rules_stdin, obfuscate_stdin)
+    redact_rules = redact_config.load(
+        redact_config_file, redact=not no_redact, node_input=node_input if redact_rules_stdin else None
+    )
+    obfuscate = obfuscate_options(obfuscate_hosts, obfuscate_map, node_input.get("obfuscate") if node_input else None)
 
     upload_target = parse_collect_upload(
         ctx,
@@ -274,6 +289,7 @@ def collect(
                 agent_namespace=agent_namespace,
                 pod_timeout=pod_timeout,
                 upload=upload_target,
+                obfuscate=obfuscate,
             )
         )
     from kata_debug.cli.options import given, parse_size
@@ -314,6 +330,7 @@ def collect(
         max_parse_bytes=parse_size(max_parse_size, "--max-parse-size"),
         run_host_tools=True if run_host_tools else None,
         options=CollectorOptions(trace_spool_dir=trace_spool_dir),
+        obfuscate=obfuscate,
     )
     if deadline is not None and deadline <= 0:
         raise UsageError(f"--deadline {deadline:g}: must be a positive number of seconds")

@@ -27,6 +27,7 @@ from kata_debug.cluster.options import AGENT_NAMESPACE, ClusterOptions
 from kata_debug.cluster.result import ClusterResult, result_json
 from kata_debug.cluster.run import run_cluster_collection
 from kata_debug.errors import UsageError
+from kata_debug.redact.options import ObfuscateOptions
 from kata_debug.redact.user_rules import UserRules
 from kata_debug.upload import UploadTarget
 
@@ -179,6 +180,7 @@ def collect_cluster(
     agent_namespace: str = AGENT_NAMESPACE,
     pod_timeout: float = 120.0,
     upload: UploadTarget | None = None,
+    obfuscate: ObfuscateOptions | None = None,
 ) -> int:
     """Map `collect` options onto a cluster run: node-side options are passed to every node."""
     if host_root != Path("/"):
@@ -230,5 +232,6 @@ def collect_cluster(
         image=DEFAULT_IMAGE if image is None else image,
         agent_namespace=agent_namespace,
         pod_timeout=pod_timeout,
+        obfuscate=obfuscate or ObfuscateOptions(),
     )
     return run(opts, json_output, upload)

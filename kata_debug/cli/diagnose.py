@@ -214,6 +214,12 @@ def register(app: typer.Typer) -> None:
         ),
         node_name: str | None = typer.Option(None, "--node-name", metavar="NAME", help="Without BUNDLE: node name."),
         redact_config_file: Path | None = redact_config.option(),
+        obfuscate_hosts: bool = typer.Option(
+            False, "--obfuscate-hosts", help="Without BUNDLE: pseudonyms for hostnames, IP and MAC addresses."
+        ),
+        obfuscate_map: str | None = typer.Option(
+            None, "--obfuscate-map", metavar="FILE", help="Without BUNDLE: where the pseudonym map goes."
+        ),
     ) -> None:
         """Name the root cause of failed Kata sandboxes, from a bundle or (without BUNDLE) this node."""
         if bundle is not None:
@@ -227,6 +233,8 @@ def register(app: typer.Typer) -> None:
                 "--max-log-size": "max_log_size",
                 "--node-name": "node_name",
                 "--redact-config": "redact_config_file",
+                "--obfuscate-hosts": "obfuscate_hosts",
+                "--obfuscate-map": "obfuscate_map",
             }
             for flag, name in collect_only.items():
                 if given(ctx, name):  # silently ignored, `--since 1h` would look like it bounded the bundle
@@ -235,8 +243,12 @@ def register(app: typer.Typer) -> None:
         else:
             from kata_debug.cli.options import parse_since, parse_size
             from kata_debug.collect.runner import CollectOptions
+            from kata_debug.redact.options import obfuscate_options
 
+            if obfuscate_hosts and output is None and obfuscate_map is None:
+                raise UsageError("--obfuscate-hosts: the collected bundle is not kept; give --obfuscate-map FILE")
             opts = CollectOptions(
+                obfuscate=obfuscate_options(obfuscate_hosts, obfuscate_map),
                 host_root=host_root,
                 node=node_name,
                 since=parse_since(since),

@@ -18,6 +18,7 @@ mid-stream are kept as `bundle.tar.gz.partial` (gzip salvages a prefix). The nod
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,8 @@ from kata_debug.cluster.options import ClusterOptions
 from kata_debug.cluster.progress import ClusterProgress
 from kata_debug.kube.client import KubeSession
 from kata_debug.kube.exec_stream import ExecProtocolError, ExecRefused, exec_stream
+from kata_debug.redact.obfuscate import split_map_lines
+from kata_debug.redact.options import OBFUSCATE_STDIN
 from kata_debug.redact.redactor import Redactor
 from kata_debug.redact.user_rules import RULES_STDIN
 
@@ -70,18 +73,29 @@ def node_command(opts: ClusterOptions, node: str) -> list[str]:
         argv.append("--no-redact")
     elif opts.redact_rules is not None:
         argv.append(RULES_STDIN)  # the rules follow on stdin (`node_stdin`), never in argv
+    if opts.obfuscate.node_input() is not None:
+        # The run's key, so this node's pseudonyms match every other node's and the laptop's,
+        # follows on stdin too; the node hands its map back on stderr. The key never enters a bundle.
+        argv.append(OBFUSCATE_STDIN)
     return argv + list(opts.node_args)
 
 
 def node_stdin(opts: ClusterOptions) -> bytes | None:
-    """What the node's collect reads on stdin: the `--redact-config` rules, as one JSON line.
+    """What the node's collect reads on stdin: one JSON line, the `--redact-config` rules'
+    document (`RULES_STDIN`) with, for `--obfuscate-hosts`, an `obfuscate` member holding the
+    run's key and the node names (`OBFUSCATE_STDIN`); None when there is neither.
 
     Not in its argv: exec requests (command included) land in the API server's audit log and
-    the node's process list, and a rule may be a literal secret.
+    the node's process list, a rule may be a literal secret, and the key would let whoever
+    reads the log check a guessed address against its pseudonym.
     """
-    if opts.redact and opts.redact_rules is not None:
-        return opts.redact_rules.stdin_line()
-    return None
+    rules = opts.redact_rules if opts.redact else None
+    hosts = opts.obfuscate.node_input()
+    if hosts is None:
+        return None if rules is None else rules.stdin_line()
+    doc: dict[str, Any] = {} if rules is None else rules.to_json()
+    doc["obfuscate"] = hosts
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
 class SpoolSink:
@@ -211,6 +225,13 @@ class NodeCollector:
                         stdin=node_stdin(self.opts),
                     )
                 exit_code, stderr = outcome.exit_code, outcome.stderr
+                if self.redactor.hosts is not None:
+                    # The node's map line is the laptop's alone: merged, never stored or shown.
+                    stderr, maps = split_map_lines(stderr)
+                    for m in maps:
+                        self.redactor.add_pseudonyms(
+                            m["pseudonyms"], int(m.get("not_recorded") or 0), m.get("hostnames_kept") or ()
+                        )
                 if exit_code == 0:
                     status = "ok"
                 elif exit_code == PARTIAL_EXIT:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from kata_debug.bundle.writer import SUFFIXES, Compression, OutputTarget, bundle_stem
 from kata_debug.cluster.collector_pod import DEFAULT_IMAGE
 from kata_debug.errors import UsageError
+from kata_debug.redact.options import OBFUSCATE_STDIN, ObfuscateOptions, check_obfuscate
 from kata_debug.redact.user_rules import UserRules
 
 AGENT_NAMESPACE = "kata-debug"
@@ -42,6 +43,8 @@ class ClusterOptions:
     pod_timeout: float = 120.0
     # Extra `kata-debug collect` options passed to every node (collectors, timeouts...).
     node_args: list[str] = field(default_factory=list)
+    #: `--obfuscate-hosts`: the laptop makes the run's key and passes it to every node.
+    obfuscate: ObfuscateOptions = field(default_factory=ObfuscateOptions)
 
 
 def validate(opts: ClusterOptions) -> None:
@@ -60,6 +63,9 @@ def validate(opts: ClusterOptions) -> None:
         if not n or "/" in n:
             raise UsageError(f"--node {n!r}: not a node name")
     OutputTarget.check(opts.output)  # before minutes of discovery, not after
+    if opts.obfuscate.key is not None:
+        raise UsageError(f"{OBFUSCATE_STDIN}: not valid with --cluster (the run makes its own key)")
+    check_obfuscate(opts.obfuscate, opts.output)
 
 
 def default_output(context: str | None, started: datetime, compression: Compression) -> str:

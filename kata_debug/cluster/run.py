@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from kata_debug import __version__
 from kata_debug.analyze.collecting import evidence_tap, write_findings
@@ -34,8 +36,9 @@ from kata_debug.cluster.progress import ClusterProgress, NoProgress
 from kata_debug.cluster.result import ClusterResult
 from kata_debug.collect import signals
 from kata_debug.collect.interrupts import run_interruptible
-from kata_debug.errors import KataDebugError
+from kata_debug.errors import KataDebugError, UsageError
 from kata_debug.kube.client import KubeError, KubeSession
+from kata_debug.redact.obfuscate import MapFile, Obfuscator
 from kata_debug.redact.redactor import Redactor
 
 
@@ -70,11 +73,27 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
     sink = await asyncio.to_thread(target.open)
     output = target.path
     bundle = AsyncBundle(BundleWriter(sink, top, opts.compression))
+    hosts: Obfuscator | None = None
+    map_file: MapFile | None = None
+    if opts.obfuscate.enabled:
+        # One key for the run: every node pseudonymises its own bundle with it (node bundles
+        # arrive compressed, with their own checksums: rewriting them here would mean
+        # unpacking each one), and the laptop the cluster objects, with identical results.
+        hosts = Obfuscator.new(node_host_names(inv.nodes))
+        known = sorted(hosts.spec()["hostnames"])
+        opts = replace(opts, obfuscate=replace(opts.obfuscate, key=bytes.fromhex(hosts.key_hex), names=known))
+        try:
+            map_file = await asyncio.to_thread(opts.obfuscate.open_map, target.path, target.to_stdout or target.direct)
+        except OSError as exc:
+            await asyncio.to_thread(target.abandon)
+            raise UsageError(str(exc)) from None
+        bundle.writer.pseudonymise = hosts.text
+        bundle.writer.pseudonymise_json = hosts.json
     # The cluster part is analysed as it is written (RuntimeClasses, pods, events); each
     # node's bundle carries its own analysis/findings.json.
     tap = await asyncio.to_thread(evidence_tap, None)
     bundle.writer.tap = tap
-    redactor = Redactor(enabled=opts.redact, rules=opts.redact_rules)
+    redactor = Redactor(enabled=opts.redact, rules=opts.redact_rules, hosts=hosts)
     objects = ClusterObjects(session, bundle, redactor, inv, opts.since)
     pods = CollectorPods(session, opts)
     collector = NodeCollector(opts, session, redactor, progress, pods)
@@ -174,7 +193,22 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
         await bundle.close(manifest)
     except BaseException:
         await asyncio.to_thread(target.abandon)
+        if map_file is not None:
+            await asyncio.to_thread(map_file.discard)
         raise
     await asyncio.to_thread(target.commit)
+    if hosts is not None:
+        await asyncio.to_thread(opts.obfuscate.finish, hosts, map_file, target.path)
     signals.output_complete()
     return ClusterResult(target.path, context, ordered, failures, redactor.counts, interrupted, diagnosis)
+
+
+def node_host_names(nodes: list[dict[str, Any]]) -> list[str]:
+    """Every node's name and the host names its status reports (Hostname, InternalDNS, ExternalDNS)."""
+    names: list[str] = []
+    for n in nodes:
+        names.append(name_of(n))
+        for addr in (n.get("status") or {}).get("addresses") or []:
+            if isinstance(addr, dict) and addr.get("type") in ("Hostname", "InternalDNS", "ExternalDNS"):
+                names.append(str(addr.get("address") or ""))
+    return [n for n in names if n]

@@ -43,6 +43,8 @@ from kata_debug.collectors.base import (
 from kata_debug.errors import OutputError, UsageError
 from kata_debug.node.hostroot import HostRoot
 from kata_debug.node.oci import SPEC_PARSE_CAP
+from kata_debug.redact.obfuscate import MapFile, Obfuscator
+from kata_debug.redact.options import ObfuscateOptions, check_obfuscate, host_names
 from kata_debug.redact.redactor import Redactor
 from kata_debug.redact.user_rules import UserRules
 
@@ -68,6 +70,8 @@ class CollectOptions:
     #: Execute the node's binaries (containerd, kata-runtime)? None: only when host_root is `/`.
     run_host_tools: bool | None = None
     options: CollectorOptions = field(default_factory=CollectorOptions)
+    #: `--obfuscate-hosts` and where the pseudonym -> original map goes (None: next to the bundle).
+    obfuscate: ObfuscateOptions = field(default_factory=ObfuscateOptions)
 
 
 @dataclass
@@ -125,6 +129,7 @@ def validate(opts: CollectOptions) -> None:
         raise UsageError(f"--deadline {opts.deadline:g}: must be a positive number of seconds")
     check_since(opts.since)
     OutputTarget.check(opts.output)
+    check_obfuscate(opts.obfuscate, opts.output)
 
 
 def check_since(since: timedelta) -> None:
@@ -151,6 +156,12 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     progress = progress or _NoProgress()
     host = HostRoot.at(opts.host_root)
     node = opts.node if opts.node else await asyncio.to_thread(detect_node_name, host)
+    hosts: Obfuscator | None = None
+    if opts.obfuscate.enabled:
+        names = await asyncio.to_thread(host_names, host, node)
+        hosts = Obfuscator.new(names) if opts.obfuscate.key is None else Obfuscator(opts.obfuscate.key, names)
+        hosts.add_hostnames(opts.obfuscate.names)
+        node = hosts.text(node)  # the bundle's directory and the default file name carry it
     started = datetime.now(UTC)
     top = bundle_stem(node, started)
     compression = opts.compression or compression_for(opts.output)
@@ -158,8 +169,18 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     target = OutputTarget(output, unique_suffix=None if opts.output else SUFFIXES[compression])
     sink = await asyncio.to_thread(target.open)
     output = target.path
-    redactor = Redactor(enabled=opts.redact, rules=opts.redact_rules)
+    map_file: MapFile | None = None
+    if hosts is not None:
+        try:
+            map_file = await asyncio.to_thread(opts.obfuscate.open_map, target.path, target.to_stdout or target.direct)
+        except OSError as exc:
+            await asyncio.to_thread(target.abandon)
+            raise UsageError(str(exc)) from None
+    redactor = Redactor(enabled=opts.redact, rules=opts.redact_rules, hosts=hosts)
     bundle = AsyncBundle(BundleWriter(sink, top, compression))
+    if hosts is not None:
+        bundle.writer.pseudonymise = hosts.text
+        bundle.writer.pseudonymise_json = hosts.json
     tap = await asyncio.to_thread(evidence_tap, node)
     bundle.writer.tap = tap
     ctx = CollectContext(
@@ -236,11 +257,17 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         await asyncio.to_thread(target.commit)  # closes and renames the file
     except OSError as exc:
         await asyncio.to_thread(target.abandon)
+        if map_file is not None:
+            await asyncio.to_thread(map_file.discard)
         kept = f"; what was written is in {target.partial}" if target.partial is not None else ""
         raise OutputError(f"--output {output}: cannot write the bundle: {exc.strerror or exc}{kept}") from None
     except BaseException:
         await asyncio.to_thread(target.abandon)
+        if map_file is not None:
+            await asyncio.to_thread(map_file.discard)
         raise
+    if hosts is not None:
+        await asyncio.to_thread(opts.obfuscate.finish, hosts, map_file, target.path)
     signals.output_complete()
     return CollectResult(target.path, node, ordered, redactor.counts, interrupted, diagnosis, target.written)
 

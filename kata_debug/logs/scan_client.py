@@ -59,6 +59,8 @@ class ScannedFile:
     output: str | None
     size: int
     redactions: dict[str, int] = field(default_factory=dict)
+    #: Pseudonyms (`--obfuscate-hosts`) first recorded while scanning this file: pseudonym -> original.
+    pseudonyms: dict[str, str] = field(default_factory=dict)
     index: SandboxIndex = field(default_factory=SandboxIndex)
 
 
@@ -178,10 +180,12 @@ class ScannerProcess:
         known: Iterable[str],
         redact: bool,
         rules: UserRules | None = None,
+        hosts: dict[str, Any] | None = None,
     ) -> None:
         """Hand over the files: (open log file, cap, bundle member its sandbox lines are indexed
-        under), the sandboxes already indexed (they count towards the limit) and the operator's
-        redaction rules (`--redact-config`), which the scanner applies like the collector's.
+        under), the sandboxes already indexed (they count towards the limit), the operator's
+        redaction rules (`--redact-config`), which the scanner applies like the collector's, and
+        `hosts` (`Obfuscator.spec()`, `--obfuscate-hosts`): the key goes through the pipe, never argv.
 
         The scanner gets its own copies of the descriptors; the caller still closes its files
         (once this returns, closing them no longer matters to the scanner).
@@ -189,6 +193,7 @@ class ScannerProcess:
         job = {
             "redact": redact,
             "rules": None if rules is None else rules.to_json(),
+            "hosts": hosts,
             "known": sorted(known),
             "dir": self.workdir,
             "progress_every": PROGRESS_EVERY,
@@ -239,6 +244,7 @@ class ScannerProcess:
             output=None if name is None else os.path.join(self.workdir, name),
             size=msg["size"],
             redactions=msg["redactions"],
+            pseudonyms=msg.get("pseudonyms") or {},
             index=SandboxIndex.from_json(msg["index"], msg["overflow"], msg["rejected"]),
         )
 

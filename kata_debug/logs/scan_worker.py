@@ -5,8 +5,9 @@ multiprocessing: `python -m kata_debug` runs the CLI at import, and a plain chil
 line protocol needs nothing pickled and imports only what it uses (redact, logfmt).
 
 Protocol, one JSON object per line:
-  stdin  <- {"redact": bool, "rules": {user redaction rules} | null, "dir": str,
-             "files": [{"cap": int, "member": str}, ...], "known": [sid, ...], "progress_every": bytes, "fds": n}
+  stdin  <- {"redact": bool, "rules": {user redaction rules} | null, "hosts": {"key", "hostnames"} | null,
+             "dir": str, "files": [{"cap": int, "member": str}, ...], "known": [sid, ...], "progress_every": bytes,
+             "fds": n}
   socket `fds` (inherited, SOCK_SEQPACKET) <- the files' open descriptors, in order, up to
              200 per message. The worker reads only through them: it never opens a log by
              path, so a log swapped for a symlink after the collector measured it changes nothing.
@@ -14,7 +15,7 @@ Protocol, one JSON object per line:
               {"progress": i, "out": name, "size": n}
             and when it is done:
               {"file": i, "out": name | null, "size": n, "skipped": n, "lines": n, "bytes": n, "error": str | null,
-               "redactions": {rule: n}, "index": {sid: {member: {"lines", "first_line", "last_line"}}},
+               "redactions": {rule: n}, "pseudonyms": {pseudonym: original}, "index": {sid: {member: {"lines", "first_line", "last_line"}}},
                "overflow": n, "rejected": n}
             then {"done": true}, or {"fatal": "Type: message"} on an unexpected error.
 File names are relative to `dir` (a private directory the parent made and removes). `size`
@@ -33,6 +34,7 @@ import sys
 from typing import IO, Any
 
 from kata_debug.logs.scan import BATCH, SandboxIndex, SourceStats, copy_log
+from kata_debug.redact.obfuscate import Obfuscator
 from kata_debug.redact.redactor import Redactor
 from kata_debug.redact.user_rules import UserRules
 
@@ -55,9 +57,11 @@ class _Job:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.dir: str = spec["dir"]
         rules = spec.get("rules")
+        hosts = spec.get("hosts")
         self.redactor = Redactor(
             enabled=bool(spec["redact"]),
             rules=None if rules is None else UserRules.from_json(rules, "scanner job"),
+            hosts=Obfuscator.from_spec(hosts) if hosts else None,
         )
         self.files: list[dict[str, Any]] = spec["files"]
         self.progress_every = int(spec["progress_every"])
@@ -113,6 +117,7 @@ class _Job:
             "bytes": stats.bytes,
             "error": stats.error,
             "redactions": {k: n for k, n in delta.items() if n},
+            "pseudonyms": self.redactor.hosts.take_new() if self.redactor.hosts is not None else {},
             "index": index.to_json(),
             "overflow": index.overflow,
             "rejected": index.rejected,

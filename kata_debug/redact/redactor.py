@@ -10,10 +10,11 @@ counted per rule in `counts` so the manifest can say what was removed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kata_debug.redact.counts import MASK, MASK_B, RuleCounts, looks_secret
+from kata_debug.redact.obfuscate import Obfuscator
 from kata_debug.redact.structured import JsonRedactor
 from kata_debug.redact.text import TRIGGER_SOURCE, TextState, redact_text
 from kata_debug.redact.user_rules import UserRedaction, UserRules
@@ -33,14 +34,17 @@ class Redactor:
 
     `rules`: the operator's `--redact-config` rules, applied on top of the defaults to every
     text and JSON value this redactor sees (pass them on wherever another Redactor is made).
+    `hosts` (`--obfuscate-hosts`) pseudonymises hostnames and addresses after redaction, in
+    every entry point, whether redaction is on or not; None (the default) costs nothing.
     """
 
-    def __init__(self, enabled: bool = True, rules: UserRules | None = None) -> None:
+    def __init__(self, enabled: bool = True, rules: UserRules | None = None, hosts: Obfuscator | None = None) -> None:
         self.enabled = enabled
         self.rules = rules
+        self.hosts = hosts
         self._user = UserRedaction(rules, TRIGGER_SOURCE) if rules is not None and enabled else None
         self._counts = RuleCounts()
-        self._json = JsonRedactor(self.text, self._counts, self._user.key_counter if self._user else None)
+        self._json = JsonRedactor(self._redact_str, self._counts, self._user.key_counter if self._user else None)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -54,20 +58,39 @@ class Redactor:
         """Fold in what another Redactor removed (a scanner process's), so the manifest counts it."""
         self._counts.update(counts)
 
+    def add_pseudonyms(self, pseudonyms: Mapping[str, str], not_recorded: int = 0, kept: Iterable[str] = ()) -> None:
+        """Fold in the pseudonyms another process recorded (a scanner's, a node's) for the map."""
+        if self.hosts is not None:
+            self.hosts.merge(pseudonyms, not_recorded, kept)
+
     def _count(self, rule: str, n: int = 1) -> None:
         self._counts.add(rule, n)
 
     # -- text -------------------------------------------------------------------------
     def bytes(self, data: _Bytes) -> _Bytes:
         """Redact a complete text (a key block cut at its end is masked to the end)."""
-        if not self.enabled:
-            return data
-        return redact_text(data, self._counts, user=self._user)
+        if self.enabled:
+            data = redact_text(data, self._counts, user=self._user)
+        return data if self.hosts is None else self.hosts.bytes(data)
 
     def text(self, data: str) -> str:
-        if not self.enabled:
+        if not self.enabled and self.hosts is None:
             return data
         return self.bytes(data.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+
+    def _redact_str(self, data: str) -> str:
+        """Redaction only: the JSON walk pseudonymises once, after it (see `json_value`)."""
+        if not self.enabled:
+            return data
+        raw = data.encode("utf-8", "surrogateescape")
+        return redact_text(raw, self._counts, user=self._user).decode("utf-8", "surrogateescape")
+
+    def pseudonymise(self, data: _Bytes) -> _Bytes:
+        """Content kept unredacted on purpose (already redacted, or ours) still gets pseudonyms."""
+        return data if self.hosts is None else self.hosts.bytes(data)
+
+    def pseudonymise_json(self, value: Any) -> Any:
+        return value if self.hosts is None else self.hosts.json(value)
 
     def oci_text(self, data: _Bytes) -> _Bytes:
         """Redact an OCI spec that does not parse as JSON (kept raw for the maintainer).
@@ -76,7 +99,7 @@ class Redactor:
         including one cut open at the end of a truncated file; then the text rules run.
         """
         if not self.enabled:
-            return data
+            return self.pseudonymise(data)
         n = 0
 
         def mask(m: re.Match[_Bytes]) -> _Bytes:
@@ -96,9 +119,9 @@ class Redactor:
     # -- JSON -------------------------------------------------------------------------
     def json_value(self, value: Any, *, oci: bool = False) -> Any:
         """Redact parsed JSON (`oci` is kept for callers: env lists are masked everywhere)."""
-        if not self.enabled:
-            return value
-        return self._json.walk(value)
+        if self.enabled:
+            value = self._json.walk(value)
+        return self.pseudonymise_json(value)
 
 
 class StreamRedactor:
@@ -113,6 +136,7 @@ class StreamRedactor:
         self._state = TextState()
 
     def feed(self, chunk: _Bytes) -> _Bytes:
-        if not self._r.enabled:
-            return chunk
-        return redact_text(chunk, self._r._counts, self._state, user=self._r._user)
+        if self._r.enabled:
+            chunk = redact_text(chunk, self._r._counts, self._state, user=self._r._user)
+        hosts = self._r.hosts
+        return chunk if hosts is None else hosts.bytes(chunk)
