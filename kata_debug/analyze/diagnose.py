@@ -72,6 +72,8 @@ class Diagnosis:
     analyzers: list[AnalyzerStatus]
     log_lines: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: Nested bundles (nodes' and captures) that could not be read, each with why.
+    unread: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -124,19 +126,49 @@ def analyze_evidence(ev: NodeEvidence, analyzers: list[Analyzer], bundle: str) -
     findings: list[Finding] = []
     for view in views:
         findings.extend(run_analyzers(analyzers, view, statuses))
+    every = [ev, *ev.nested]
+    for node_ev, view in zip(every, views, strict=True):
+        for capture in node_ev.captures:
+            findings.extend(_capture_findings(analyzers, capture, view.node, findings, statuses))
     for a in analyzers:
         statuses.setdefault(a.name, AnalyzerStatus(a.name, "ok"))
-    _notes(analyzers, [ev, *ev.nested], statuses)
+    _notes(analyzers, every, statuses)
     nodes = [v.node for v in views[1:] if v.node] if cluster else [v.node for v in views[:1] if v.node]
+    captures = [c for n in every for c in n.captures]
     return Diagnosis(
         bundle=bundle,
         cluster=cluster,
         nodes=nodes,
         findings=rank(findings),
         analyzers=[statuses[a.name] for a in analyzers],
-        log_lines=ev.log_lines + sum(n.log_lines for n in ev.nested),
-        skipped=ev.skipped + [s for n in ev.nested for s in n.skipped],
+        log_lines=sum(n.log_lines for n in [*every, *captures]),
+        skipped=[s for n in [*every, *captures] for s in n.skipped],
+        unread=[s for n in [*every, *captures] for s in n.unread],
     )
+
+
+def _capture_findings(
+    analyzers: list[Analyzer],
+    capture: NodeEvidence,
+    node: str | None,
+    known: list[Finding],
+    statuses: dict[str, AnalyzerStatus],
+) -> list[Finding]:
+    """What a capture of this node shows that the node bundle itself does not.
+
+    A capture holds a failed sandbox as it was (its spec, state and log lines, often gone
+    from the node by the time `collect` runs), plus the same host facts the node bundle has:
+    so a finding already made for the same node and sandbox is not repeated; the capture's
+    evidence paths (`captures/<file>!/...`) say where the new ones come from.
+    """
+    seen = {(f.id, f.node, f.sandbox) for f in known}
+    out: list[Finding] = []
+    for f in run_analyzers(analyzers, EvidenceView(capture), statuses):
+        f.node = node or f.node
+        if (f.id, f.node, f.sandbox) not in seen:
+            seen.add((f.id, f.node, f.sandbox))
+            out.append(f)
+    return out
 
 
 def diagnose(source: str | IO[bytes], *, label: str | None = None) -> Diagnosis:

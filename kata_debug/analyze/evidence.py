@@ -47,6 +47,9 @@ MAX_STRUCTURED_PER_BUNDLE = 64 << 20
 #: take unbounded memory. What is past either is not read, and each analyzer that declared
 #: it in `reads` gets a note saying so.
 MAX_STRUCTURED_TOTAL = 256 << 20
+#: Captures read per node bundle (the collector copies them newest first; the agent's ring
+#: keeps them under --capture-size, but a bundle is input: it is bounded here too).
+MAX_CAPTURES_READ = 50
 #: Member names remembered per bundle (each a short string; a bundle has a few thousand).
 MAX_MEMBERS_LISTED = 200_000
 #: Skipped structured members named per bundle; the rest are counted.
@@ -66,6 +69,11 @@ BASE_READS = (
     "kata-config/summary.json",
     "shim-logs/summary.json",  # the node's time zone, for year-less log stamps
 )
+
+
+def is_capture_member(path: str) -> bool:
+    """A capture tarball the `captures` collector copied: `captures/<time>-<sandbox>.tar.gz`."""
+    return path.startswith("captures/") and path.count("/") == 1 and path.endswith(".tar.gz")
 
 
 def is_log_member(path: str) -> bool:
@@ -193,6 +201,11 @@ class NodeEvidence:
     members_unlisted: int = 0
     structured_bytes: int = 0
     nested: list[NodeEvidence] = field(default_factory=list)
+    #: The node agent's captures this node bundle carries (`captures/<file>.tar.gz`), each read
+    #: as a bundle of its own: the failed sandbox's spec, state and log lines as they were.
+    captures: list[NodeEvidence] = field(default_factory=list)
+    #: Nested bundles (a node's, a capture) that could not be read, each with why.
+    unread: list[str] = field(default_factory=list)
 
     def skip(self, path: str, why: str) -> None:
         """A structured member not kept: named (bounded) and counted."""
@@ -275,7 +288,18 @@ def _take(
         try:
             ev.nested.append(_read(member.fileobj, scanner, keep, f"{shown}!/", shown, budget))
         except BundleError as exc:
-            ev.skipped.append(f"{shown}: {exc}")
+            ev.unread.append(f"{shown}: {exc}")
+        return
+    if is_capture_member(member.path) and member.is_nested_bundle and prefix.count("!/") <= 1:
+        # Only where kata-debug puts them: a node bundle's own captures (top level, or one
+        # node down in a cluster bundle); a capture inside a capture is not opened.
+        if len(ev.captures) >= MAX_CAPTURES_READ:
+            ev.unread.append(f"{shown}: not read (more than {MAX_CAPTURES_READ} captures in this bundle)")
+            return
+        try:
+            ev.captures.append(_read(member.fileobj, scanner, keep, f"{shown}!/", shown, budget))
+        except BundleError as exc:
+            ev.unread.append(f"{shown}: {exc}")
         return
     if is_log_member(member.path):
         ev.log_members.append(member.path)

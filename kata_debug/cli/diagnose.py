@@ -79,9 +79,17 @@ def format_text(diagnosis: object, out: TextIO, *, limit: int | None = None) -> 
     for a in diagnosis.analyzers:
         if a.note:
             print(f"analyzer {a.id}: {a.note}", file=out)
+    # Nested bundles (a node's, a capture) that could not be read: said, never silently left out.
+    for line in diagnosis.unread[:UNREAD_SHOWN]:
+        print(f"not read: {line}", file=out)
+    if len(diagnosis.unread) > UNREAD_SHOWN:
+        print(f"not read: {len(diagnosis.unread) - UNREAD_SHOWN} more nested bundle(s)", file=out)
     if limit is not None and len(diagnosis.findings) > limit:
         print(f"\n... {len(diagnosis.findings) - limit} more: kata-debug diagnose {diagnosis.bundle}", file=out)
 
+
+#: Unreadable nested bundles named in text output (the rest are counted).
+UNREAD_SHOWN = 10
 
 #: Findings `collect` prints under its table; the rest are in analysis/findings.json.
 TOP_FINDINGS = 3

@@ -33,7 +33,14 @@ import zstandard
 
 from kata_debug.analyze.analyzer import Analyzer
 from kata_debug.analyze.diagnose import AnalyzerStatus, all_signatures, load_analyzers, run_analyzers
-from kata_debug.analyze.evidence import BASE_READS, MAX_STRUCTURED_TOTAL, EvidenceView, LineScanner, NodeEvidence
+from kata_debug.analyze.evidence import (
+    BASE_READS,
+    MAX_STRUCTURED_TOTAL,
+    EvidenceView,
+    LineScanner,
+    NodeEvidence,
+    is_capture_member,
+)
 from kata_debug.analyze.evidence import is_log_member as is_analyzed_log
 from kata_debug.analyze.ranking import rank
 from kata_debug.bundle.reader import BundleError, Member, iter_members
@@ -87,11 +94,6 @@ def is_log_member(path: str, kind: PassKind = "node") -> bool:
     if kind == "capture" and path.startswith(CAPTURE_LOGS):
         return not path.endswith(_NOT_LOG_SUFFIXES)
     return path.startswith("shim-logs/") and not path.endswith(_NOT_LOG_SUFFIXES) and "/sandboxes/" not in path
-
-
-def is_capture_member(path: str) -> bool:
-    """A capture tarball the `captures` collector copied: `captures/<time>-<sandbox>.tar.gz`."""
-    return path.startswith("captures/") and path.count("/") == 1 and path.endswith(".tar.gz")
 
 
 @dataclass
