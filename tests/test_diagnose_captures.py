@@ -80,3 +80,18 @@ def test_a_damaged_capture_is_named_and_the_node_still_diagnosed(bundles: tuple[
     text = io.StringIO()
     format_text(result, text)
     assert f"not read: captures/{CAPTURE}: " in text.getvalue(), "said in the output, never silently left out"
+
+
+def test_collect_writes_the_same_capture_findings_diagnose_reads_back(bundles: tuple[Path, Path]) -> None:
+    """`collect` analyses while it writes (no read-back): its analysis/findings.json must
+    hold what `diagnose` finds in the finished bundle, captures included."""
+    _, captured = bundles
+    with tarfile.open(captured) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/analysis/findings.json"))
+        written = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+    kvm = [f for f in written["findings"] if f["id"] == "kvm-unavailable"]
+    assert kvm and any(e["path"].startswith(f"captures/{CAPTURE}!/logs/") for e in kvm[0]["evidence"])
+    read_back = diagnose(str(captured)).findings
+    assert sorted((f["id"], f.get("sandbox") or "") for f in written["findings"]) == sorted(
+        (f.id, f.sandbox or "") for f in read_back
+    )

@@ -10,6 +10,7 @@ writer's thread, as the content goes past.
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 from collections.abc import Callable
 
@@ -17,13 +18,17 @@ from kata_debug.analyze.analyzer import Analyzer
 from kata_debug.analyze.diagnose import Diagnosis, all_signatures, analyze_evidence, load_analyzers
 from kata_debug.analyze.evidence import (
     BASE_READS,
+    MAX_CAPTURE_TAP_BYTES,
+    MAX_CAPTURES_READ,
     MAX_STRUCTURED_PER_BUNDLE,
     LineFeeder,
     LineScanner,
     NodeEvidence,
+    is_capture_member,
     is_log_member,
+    read_capture,
 )
-from kata_debug.bundle.reader import MAX_STRUCTURED_BYTES
+from kata_debug.bundle.reader import MAX_STRUCTURED_BYTES, BundleError
 from kata_debug.bundle.writer import AsyncBundle
 
 #: Where a bundle's own findings are written.
@@ -40,6 +45,7 @@ class EvidenceTap:
         self.evidence = NodeEvidence(node=node)
         self._feeders: dict[str, LineFeeder] = {}
         self._buffers: dict[str, bytearray] = {}
+        self._captures: dict[str, bytearray] = {}
         self._kept = 0
 
     def member(self, path: str, size: int) -> Callable[[bytes], None] | None:
@@ -49,6 +55,16 @@ class EvidenceTap:
             feeder = self._feeders[path] = self._scanner.feeder(path, ev.hits)
             ev.log_members.append(path)
             return feeder.feed
+        if is_capture_member(path):
+            # Read as `diagnose` reads it in the finished bundle, so both give one answer.
+            if len(ev.captures) + len(self._captures) >= MAX_CAPTURES_READ:
+                ev.unread.append(f"{path}: not read (more than {MAX_CAPTURES_READ} captures in this bundle)")
+                return None
+            if size > MAX_CAPTURE_TAP_BYTES:
+                ev.unread.append(f"{path}: not read ({size} bytes, more than {MAX_CAPTURE_TAP_BYTES >> 20} MiB)")
+                return None
+            capture = self._captures[path] = bytearray()
+            return capture.extend
         if not any(fnmatch.fnmatchcase(path, p) for p in self._keep):
             return None
         if size > MAX_STRUCTURED_BYTES or self._kept + size > MAX_STRUCTURED_PER_BUNDLE:
@@ -65,6 +81,12 @@ class EvidenceTap:
         buf = self._buffers.pop(path, None)
         if buf is not None:
             self.evidence.structured[path] = bytes(buf)
+        capture = self._captures.pop(path, None)
+        if capture is not None:
+            try:
+                self.evidence.captures.append(read_capture(io.BytesIO(capture), self._scanner, self._keep, path))
+            except BundleError as exc:
+                self.evidence.unread.append(f"{path}: {exc}")
 
     def diagnose(self, bundle: str) -> Diagnosis:
         return analyze_evidence(self.evidence, self.analyzers, bundle)

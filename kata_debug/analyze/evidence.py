@@ -50,6 +50,9 @@ MAX_STRUCTURED_TOTAL = 256 << 20
 #: Captures read per node bundle (the collector copies them newest first; the agent's ring
 #: keeps them under --capture-size, but a bundle is input: it is bounded here too).
 MAX_CAPTURES_READ = 50
+#: A capture `collect` holds in memory to analyse it while writing (the agent's captures are
+#: kilobytes to a few MiB; a larger one is named as not read).
+MAX_CAPTURE_TAP_BYTES = 32 << 20
 #: Member names remembered per bundle (each a short string; a bundle has a few thousand).
 MAX_MEMBERS_LISTED = 200_000
 #: Skipped structured members named per bundle; the rest are counted.
@@ -253,6 +256,12 @@ def read_bundle_evidence(
     scanner = LineScanner(signatures)
     keep = (*BASE_READS, *reads)
     return _read(source, scanner, keep, "", label, StructuredBudget(limit, per_bundle))
+
+
+def read_capture(data: IO[bytes], scanner: LineScanner, keep: Sequence[str], path: str) -> NodeEvidence:
+    """A capture tarball met while a node bundle is written (`collect`'s tap), read like one
+    met in a bundle: evidence paths `<path>!/<member>`; BundleError when it is no bundle."""
+    return _read(data, scanner, keep, f"{path}!/", path, StructuredBudget())
 
 
 def _read(
