@@ -286,12 +286,25 @@ def decode_json_reference(payload: bytes) -> Span:
     The general decoder: parses the whole document, then checks and converts every field.
     `decode_json` runs it for every payload its fast path does not take, and it is the one
     that words every `DecodeError`. A lone surrogate escape (`\\ud800`) is replaced by U+FFFD
-    (`repair_strings`): orjson refuses those, so only this path can meet one.
+    (`repair_strings`): orjson refuses those, so only this path can meet one. So are bytes
+    that are not UTF-8 inside a string (the bincode decoder repairs them too): each becomes a
+    `\\udcXX` escape, then U+FFFD like any lone surrogate, and the span is counted repaired.
     """
-    span = _reference(payload)
+    try:
+        span = _reference(payload)
+    except DecodeError as exc:
+        if not str(exc).startswith(_NOT_UTF8):
+            raise
+        escaped = payload.decode("utf-8", "surrogateescape").encode("utf-8", "backslashreplace")
+        span = _reference(escaped)
+        repair_strings(span)
+        return span
     if _surrogate_escape(payload):
         repair_strings(span)
     return span
+
+
+_NOT_UTF8 = "json: not UTF-8"
 
 
 # `\uD800`..`\uDFFF` in any case; also matches an escaped backslash before `uD8..` (harmless:
@@ -406,7 +419,7 @@ def _reference(payload: bytes) -> Span:
     except KeyError as exc:
         raise DecodeError(f"json: missing field {exc.args[0]!r}") from None
     except UnicodeDecodeError as exc:
-        raise DecodeError(f"json: not UTF-8 at byte {exc.start}") from None
+        raise DecodeError(f"{_NOT_UTF8} at byte {exc.start}") from None
     except ValueError as exc:  # JSONDecodeError, and int/str conversion limits
         raise DecodeError(f"json: {exc}") from None
     except (TypeError, AttributeError, IndexError):

@@ -19,7 +19,7 @@ from kata_debug.forwarder.file_sink import FileSink
 from kata_debug.forwarder.limits import BufferBudget, ListenerLimits
 from kata_debug.forwarder.otlp_sink import OtlpSink
 from kata_debug.forwarder.pipeline import ExportPipeline
-from kata_debug.forwarder.spans import Origin, QueuedSpan
+from kata_debug.forwarder.spans import DecodeError, Origin, QueuedSpan
 from kata_debug.forwarder.targets import parse_export
 from kata_debug.forwarder.wire_bincode import decode_bincode
 from kata_debug.forwarder.wire_json import decode_json
@@ -87,6 +87,15 @@ def _fixture_frame_with_invalid_utf8() -> tuple[bytes, Any]:
     bad[name_at : name_at + 3] = b"\xed\xa0\x80"
     bad[value_at] = 0xFF
     return bytes(bad), span
+
+
+def test_json_strings_with_bytes_that_are_not_utf8_are_repaired_and_counted_not_the_span_dropped() -> None:
+    payload = to_json(sample_span(3, name="rpc-NAME"))
+    payload = payload.replace(b"rpc-NAME", b"rpc-\xed\xa0\x80-\xff")
+    span = decode_json(payload)
+    assert span.name == "rpc-\ufffd\ufffd\ufffd-\ufffd" and span.repaired == 1
+    with pytest.raises(DecodeError):  # outside a string it is still no JSON
+        decode_json(b"\xff" + to_json(sample_span(3)))
 
 
 def test_bincode_strings_with_invalid_utf8_are_repaired_and_counted_not_the_frame_dropped() -> None:
