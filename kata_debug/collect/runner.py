@@ -85,6 +85,9 @@ class CollectResult:
     diagnosis: Diagnosis | None = None
     #: (bytes, sha256) of the bundle as it was written, stdout included.
     written: tuple[int, str] | None = None
+    #: Where `--obfuscate-hosts` wrote its pseudonym -> original map: the user must be told,
+    #: since it is the only way back to the real names and it is never in the bundle.
+    obfuscate_map: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -269,7 +272,16 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     if hosts is not None:
         await asyncio.to_thread(opts.obfuscate.finish, hosts, map_file, target.path)
     signals.output_complete()
-    return CollectResult(target.path, node, ordered, redactor.counts, interrupted, diagnosis, target.written)
+    return CollectResult(
+        target.path,
+        node,
+        ordered,
+        redactor.counts,
+        interrupted,
+        diagnosis,
+        target.written,
+        obfuscate_map=map_file.path if map_file is not None else None,
+    )
 
 
 def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorEntry:
