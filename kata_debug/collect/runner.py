@@ -135,18 +135,20 @@ def validate(opts: CollectOptions) -> None:
     check_obfuscate(opts.obfuscate, opts.output)
 
 
-def check_since(since: timedelta) -> None:
+def check_since(since: timedelta, given: str | None = None) -> None:
     """Refuse a `--since` that reaches before 1900: no log is that old, and the date
     arithmetic (`now - since`, timestamps) would overflow in the middle of a run.
 
-    A century (`36500d`) stays valid: it is the way to say "everything".
+    A century (`36500d`) stays valid: it is the way to say "everything". `given` is the
+    user's own spelling, so the error quotes what they typed, not seconds they never wrote.
     """
     try:
         start = datetime.now(UTC) - since
     except OverflowError:
         start = None
     if start is None or start.year < 1900:
-        raise UsageError(f"--since {since.total_seconds():g}s: reaches before 1900; give a shorter duration")
+        shown = repr(given) if given is not None else f"{since.total_seconds():g}s"
+        raise UsageError(f"--since {shown}: reaches before 1900; give a shorter duration (36500d means everything)")
 
 
 def default_output(node: str, started: datetime, compression: Compression) -> str:
