@@ -23,7 +23,7 @@ import pytest
 
 from kata_debug.agent.capture import CaptureConfig, CaptureService
 from kata_debug.agent.ring import Rate, RateLimit, enforce_size
-from kata_debug.agent.watch import FileFollower, StateWatcher, failure_in_line
+from kata_debug.agent.watch import FileFollower, StateWatcher, failure_in_line, follow_journal
 from kata_debug.collectors.captures import list_captures
 from kata_debug.errors import UsageError
 from kata_debug.node.hostroot import HostRoot
@@ -132,6 +132,22 @@ def test_error_lines_name_the_sandbox_or_one_of_its_containers_and_other_levels_
     assert failure_in_line("plain text naming ctrB0001", now, known, priority=3) is not None
     assert failure_in_line("plain text naming ctrB0001", now, known, priority=6) is None
     assert failure_in_line('level=error msg="no sandbox here"', now, known) is None
+
+
+async def test_a_journalctl_that_ends_on_its_own_is_reported_with_its_own_exit_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A host root without a journal: the real journalctl exits 1 at once. The agent says so
+    with that exit code; it never kills the ended process (kill() polls, and can reap it under
+    asyncio's child watcher, which then logs "Unknown child process" and reports 255)."""
+    if shutil.which("journalctl") is None:
+        pytest.skip("journalctl not installed")
+    for _ in range(20):  # the race is a matter of microseconds: give it many chances
+        caplog.clear()
+        assert [e async for e in follow_journal(tmp_path)] == []
+        messages = [r.getMessage() for r in caplog.records]
+        assert not any("Unknown child process" in m for m in messages), messages
+        assert any("journalctl --follow ended (exit 1)" in m for m in messages), messages
 
 
 def test_rate_and_size_bounds(tmp_path: Path) -> None:

@@ -250,10 +250,11 @@ def test_two_collects_at_once_with_default_names_give_two_bundles(tmp_path: Path
 
 
 def test_a_since_before_1900_is_a_usage_error_before_any_work(tmp_path: Path) -> None:
-    for since in ("99999999d", "999999999999999999d"):
+    for since in ("99999999d", "999999999999999999d", "1800-01-01T00:00:00Z"):
         res = kata_debug("collect", "--since", since, cwd=tmp_path)
         err = res.stderr.decode()
-        assert res.returncode == 2 and "--since" in err and len(err.strip().splitlines()) == 1, err
+        assert res.returncode == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"--since '{since}': " in err, "the error quotes what the user typed, not seconds"
     assert list(tmp_path.iterdir()) == []
 
 

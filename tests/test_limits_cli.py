@@ -55,6 +55,22 @@ def test_clean_manifests_exit_0_with_a_readable_table() -> None:
     assert "1 Kata workload(s): 0 warning(s), 0 info" in out
 
 
+def test_a_narrow_terminal_folds_the_file_names_and_cuts_nothing() -> None:
+    """At 60 columns rich would shrink every column to a letter and end the runtime class and
+    findings with `…`; the table keeps those whole and folds only source and workload names."""
+    files = sorted(str(p) for p in BEFORE.glob("tools__packaging__kata-deploy__examples__*"))
+    proc = kata_debug("limits", *files, env={"COLUMNS": "60"})
+    assert proc.returncode == 1, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert "…" not in out
+    table = [line for line in out.splitlines() if line.startswith("│")]
+    cells = [[c.strip() for c in line.strip("│").split("│")] for line in table]
+    assert {"kata-dragonball", "kata-qemu"} <= {c[2] for c in cells}
+    assert "runtime-rs / static" in {c[3] for c in cells}
+    assert all(len(c[0]) <= 20 for c in cells), "the source column folds at its floor"
+    assert len({len(line) for line in table}) == 1
+
+
 def test_explain_shows_the_reasoning() -> None:
     proc = run_stdin(yaml.safe_dump(pod(container(limits={"cpu": "500m", "memory": "800Mi"}))), "--explain", "-")
     out = proc.stdout.decode()

@@ -292,6 +292,49 @@ def test_bundle_to_stdout_with_a_map_file(tmp_path: Path) -> None:
     _assert_no_original(_everything(bundle))
 
 
+def test_the_summary_says_where_the_map_went(tmp_path: Path) -> None:
+    """The map is the only way back to the real names and is never in the bundle, so the text
+    summary names it under the bundle line (also when the bundle goes to stdout) and the JSON
+    summary has it as `obfuscate_map`; without --obfuscate-hosts neither mentions a map."""
+    root = kata_node(tmp_path / "host")
+    bundle = tmp_path / "b.tar.gz"
+    res = kata_debug("collect", "--host-root", str(root), "--obfuscate-hosts", "-o", str(bundle), "-c", "host")
+    assert res.returncode == 0, res.stderr.decode()
+    lines = res.stdout.decode().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("bundle: "))
+    assert lines[at + 1].startswith(f"map: {bundle}.map.json (pseudonym -> original"), lines[at:]
+    assert json.loads(Path(f"{bundle}.map.json").read_text())["pseudonyms"]
+
+    mapped = tmp_path / "m.json"
+    res = kata_debug(
+        "collect",
+        "--host-root",
+        str(root),
+        "--obfuscate-hosts",
+        "--obfuscate-map",
+        str(mapped),
+        "-o",
+        "-",
+        "-c",
+        "host",
+    )
+    assert res.returncode == 0 and read_bundle(res.stdout).manifest["node"] != HOST
+    assert f"\nmap: {mapped} (" in res.stderr.decode()
+
+    out = tmp_path / "j.tar.gz"
+    res = kata_debug(
+        "collect", "--host-root", str(root), "--obfuscate-hosts", "-o", str(out), "-c", "host", "--format", "json"
+    )
+    assert res.returncode == 0, res.stderr.decode()
+    assert json.loads(res.stdout)["obfuscate_map"] == f"{out}.map.json"
+
+    plain = tmp_path / "p.tar.gz"
+    res = kata_debug("collect", "--host-root", str(root), "-o", str(plain), "-c", "host", "--format", "json")
+    assert res.returncode == 0 and "obfuscate_map" not in json.loads(res.stdout)
+    res = kata_debug("collect", "--host-root", str(root), "-o", str(tmp_path / "t.tar.gz"), "-c", "host")
+    assert res.returncode == 0 and "\nmap: " not in res.stdout.decode()
+
+
 # -- a cluster ------------------------------------------------------------------------------
 
 

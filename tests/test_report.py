@@ -180,6 +180,17 @@ def test_the_page_is_self_contained_and_a_log_line_is_text(node_bundle: Path, tm
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html)
 
 
+def test_the_kata_version_row_says_what_the_tools_gave_not_their_record(node_bundle: Path, tmp_path: Path) -> None:
+    """A node without kata-runtime/kata-ctl reads "kata-runtime: not installed", not the
+    summary's `{'result': ..., 'ran': ...}` record printed as a Python dict."""
+    out = tmp_path / "r.html"
+    r = kata_debug("report", str(node_bundle), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    row = re.search(r"<th>Kata version</th>\s*<td>(.*?)</td>", out.read_text(), re.S)
+    assert row is not None
+    assert row.group(1) == "kata-runtime: not installed; kata-ctl: not installed"
+
+
 def test_existing_output_is_replaced_only_with_force(node_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.html"
     out.write_text("keep me")

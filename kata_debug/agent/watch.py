@@ -365,6 +365,7 @@ async def follow_journal(host_root: Path) -> AsyncGenerator[tuple[str, datetime,
         log.warning("capture: journalctl not found: failures are seen from log files and state directories only")
         return
     assert proc.stdout is not None
+    ended = False
     try:
         while True:
             try:
@@ -372,13 +373,18 @@ async def follow_journal(host_root: Path) -> AsyncGenerator[tuple[str, datetime,
             except ValueError:  # one entry larger than the limit: skip it
                 continue
             if not raw:
+                ended = True
                 break
             entry = journal_entry(raw)
             if entry is not None:
                 yield entry
     finally:
-        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
-            proc.kill()
+        # journalctl that closed its output is exiting: wait for it, never kill it. `kill()`
+        # polls the child first, which can reap it before asyncio's watcher thread does; the
+        # watcher then logs "Unknown child process" and reports exit 255 instead of journalctl's.
+        if not ended:
+            with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+                proc.kill()
         with contextlib.suppress(ProcessLookupError):
             await proc.communicate()  # to EOF: the pipes close now, not when the loop is gone
         if proc.returncode not in (0, -9):

@@ -362,6 +362,7 @@ def collect(
                     "collectors": [c.to_json() for c in result.collectors],
                     "redactions": result.redactions,
                     **({"bundle_bytes": written[0], "bundle_sha256": written[1]} if written else {}),
+                    **({"obfuscate_map": result.obfuscate_map} if result.obfuscate_map else {}),
                     "findings": [f.to_json() for f in result.diagnosis.findings] if result.diagnosis else None,
                     **({"upload": sent.summary} if sent.summary is not None else {}),
                 },
@@ -440,6 +441,13 @@ def _print_summary(
     # Hashed as it was written: the same line for a file and for `-o -` (this summary is on stderr then).
     about = f" ({human_size(written[0])}, sha256 {written[1]})" if written else ""
     console.print(f"bundle: [bold]{escape(result.output)}[/]{about}", soft_wrap=True, highlight=False)
+    if result.obfuscate_map:
+        console.print(
+            f"map: [bold]{escape(result.obfuscate_map)}[/] (pseudonym -> original host names and addresses; "
+            "not in the bundle: keep it, do not send it)",
+            soft_wrap=True,
+            highlight=False,
+        )
     if result.output == "-":
         return
     if not uploaded:

@@ -23,6 +23,7 @@ from kata_debug.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
     from kata_debug.sizing.check import LimitsRequest, LimitsResult
     from kata_debug.sizing.fix_files import FixRun
@@ -158,7 +159,10 @@ def _output(req: LimitsRequest, output_format: LimitsFormat, explain: bool, resu
             out["summary"]["notes"] = result.notes
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    # Not a terminal: wide, so a saved or grepped table keeps one row per line, unless the
+    # user said how wide (COLUMNS), which rich honours itself.
+    wide = sys.stdout.isatty() or bool(os.environ.get("COLUMNS"))
+    console = Console(highlight=False, width=None if wide else 200)
     for n in result.notes:
         console.print(f"[dim]{escape(n)}[/]")
     if result.fix is not None:
@@ -212,6 +216,31 @@ def _who(e: Entry) -> str:
     return f"{e.kind}/{ns}{e.name or '?'}"
 
 
+#: How narrow the folding columns (source, workload) may get before the table stops shrinking.
+FOLD_FLOOR = 20
+
+
+def _print_unsqueezed(console: Console, table: Table) -> None:
+    """Print the table no narrower than its folding columns at `FOLD_FLOOR` and the others whole.
+
+    On a narrow terminal rich would otherwise shrink every column to a letter or two and cut
+    the runtime class, mode and findings with `…`: the one thing the command is run to read.
+    Past that floor the terminal wraps the lines instead, as `collect`'s table does.
+    """
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    wide = console.options.update_width(1 << 12)
+    need = 1  # the left border
+    for column in table.columns:
+        cells = [Measurement.get(console, wide, c).maximum for c in (column.header, *column.cells)]
+        width = max(cells)
+        need += (min(width, FOLD_FLOOR) if column.overflow == "fold" else width) + 3  # padding and border
+    if need > console.width:
+        console = Console(file=console.file, width=need, force_terminal=console.is_terminal, highlight=False)
+    console.print(table)
+
+
 def _print_table(console: Console, report: Report, explain: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -254,7 +283,7 @@ def _print_table(console: Console, report: Report, explain: bool) -> None:
             counts or "[green]ok[/]",
         )
     if shown:
-        console.print(table)
+        _print_unsqueezed(console, table)
     else:
         console.print("no Kata workloads found")
     for e in shown:

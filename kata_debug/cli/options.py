@@ -68,7 +68,7 @@ def parse_since(text: str, option: str = "--since", now: datetime | None = None)
     from kata_debug.collect.runner import check_since
 
     span = _since_span(text, option, now)
-    check_since(span)
+    check_since(span, text)
     return span
 
 

@@ -85,6 +85,9 @@ class CollectResult:
     diagnosis: Diagnosis | None = None
     #: (bytes, sha256) of the bundle as it was written, stdout included.
     written: tuple[int, str] | None = None
+    #: Where `--obfuscate-hosts` wrote its pseudonym -> original map: the user must be told,
+    #: since it is the only way back to the real names and it is never in the bundle.
+    obfuscate_map: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -132,18 +135,20 @@ def validate(opts: CollectOptions) -> None:
     check_obfuscate(opts.obfuscate, opts.output)
 
 
-def check_since(since: timedelta) -> None:
+def check_since(since: timedelta, given: str | None = None) -> None:
     """Refuse a `--since` that reaches before 1900: no log is that old, and the date
     arithmetic (`now - since`, timestamps) would overflow in the middle of a run.
 
-    A century (`36500d`) stays valid: it is the way to say "everything".
+    A century (`36500d`) stays valid: it is the way to say "everything". `given` is the
+    user's own spelling, so the error quotes what they typed, not seconds they never wrote.
     """
     try:
         start = datetime.now(UTC) - since
     except OverflowError:
         start = None
     if start is None or start.year < 1900:
-        raise UsageError(f"--since {since.total_seconds():g}s: reaches before 1900; give a shorter duration")
+        shown = repr(given) if given is not None else f"{since.total_seconds():g}s"
+        raise UsageError(f"--since {shown}: reaches before 1900; give a shorter duration (36500d means everything)")
 
 
 def default_output(node: str, started: datetime, compression: Compression) -> str:
@@ -269,7 +274,16 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     if hosts is not None:
         await asyncio.to_thread(opts.obfuscate.finish, hosts, map_file, target.path)
     signals.output_complete()
-    return CollectResult(target.path, node, ordered, redactor.counts, interrupted, diagnosis, target.written)
+    return CollectResult(
+        target.path,
+        node,
+        ordered,
+        redactor.counts,
+        interrupted,
+        diagnosis,
+        target.written,
+        obfuscate_map=map_file.path if map_file is not None else None,
+    )
 
 
 def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorEntry:

@@ -232,6 +232,18 @@ def _capture(c: CaptureReport) -> Iterator[str]:
 _MODULE_CLASS = {"absent": "bad", "unknown": "none"}
 
 
+def _tool_result(v: object) -> str:
+    """What running a Kata tool gave (`not installed`, `exit 0`), not the summary's record of it.
+
+    `kata-config/summary.json` keeps `{"result", "ran", "config"}` per tool; the page says only
+    the result, the way an operator would say it. A bundle from an older version (a plain
+    string) is shown as it is.
+    """
+    if isinstance(v, dict):
+        return str(v.get("result") or "not known")
+    return str(v)
+
+
 def _facts(node: NodeReport) -> str:
     f = node.facts
     k = node.kata
@@ -250,7 +262,7 @@ def _facts(node: NodeReport) -> str:
     cgroup = f.get("cgroup") if isinstance(f.get("cgroup"), dict) else {}
     containerd = f.get("containerd") if isinstance(f.get("containerd"), dict) else {}
     tools = k.get("tools") or {}
-    version = k.get("version") or "; ".join(f"{t}: {v}" for t, v in tools.items()) or "not known"
+    version = k.get("version") or "; ".join(f"{t}: {_tool_result(v)}" for t, v in tools.items()) or "not known"
     handlers = ", ".join(
         f"{h.get('name') or h.get('handler')} → {h.get('config_path')}" for h in k.get("handlers") or []
     )
