@@ -152,7 +152,7 @@ def test_no_arguments_print_help_once(command: list[str]) -> None:
 def test_every_report_command_takes_format_json(tmp_path: Path) -> None:
     collectors = kata_debug("collectors", "--format", "json")
     assert collectors.returncode == 0, collectors.stderr
-    listed = json.loads(collectors.stdout)
+    listed = json.loads(collectors.stdout)["collectors"]
     assert {"host", "kata-config", "agent-traces"} <= {c["name"] for c in listed}
     assert all(c["reads"] for c in listed)
 

@@ -475,7 +475,7 @@ def list_collectors(
             continue
         listed.append({"name": name, "summary": cls.summary, "reads": list(cls.reads)})
     if output_format is OutputFormat.json:
-        typer.echo(json.dumps(listed, indent=2))
+        typer.echo(json.dumps({"collectors": listed}, indent=2))  # one object, as every report
         return
     for c in listed:
         if "error" in c:
