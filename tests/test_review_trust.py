@@ -3,9 +3,15 @@ each test is one way a secret or an address could reach a bundle, or a run could
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import pytest
 
+from kata_debug.logs.scan import BATCH, LINE_TAIL_MAX, SandboxIndex, SourceStats, copy_log
 from kata_debug.redact.obfuscate import Obfuscator
+from kata_debug.redact.redactor import Redactor
+from kata_debug.redact.user_rules import UserRules
 
 IP = "10.20.30.40"
 
@@ -28,3 +34,54 @@ def test_a_word_that_merely_ends_like_version_does_not_keep_the_address(before: 
 )
 def test_version_words_still_keep_their_dotted_numbers(text: str) -> None:
     assert Obfuscator(b"k" * 32).text(text) == text
+
+
+# -- a line longer than the log scanner's chunk ----------------------------------------------
+
+LAB_LITERAL = "Winter 2026 lab!"
+LONG_LINE_SECRETS = [
+    "password=Sup3rS3cretValue",
+    "password: Sup3rS3cretValue",
+    "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlc2lnbmF0dXJl",
+    "AKIAIOSFODNN7EXAMPLE",
+    LAB_LITERAL,
+]
+
+
+@pytest.mark.parametrize("secret", LONG_LINE_SECRETS)
+@pytest.mark.parametrize("back", [1, 5, 9, 14])
+def test_a_secret_where_an_overlong_line_is_cut_is_masked_as_if_the_line_were_whole(
+    tmp_path: Path, secret: str, back: int
+) -> None:
+    """The scanner reads 1 MiB plus the rest of the line, at most 1 MiB more: a longer line is
+    cut. A secret across that cut must be masked (and nothing lost or doubled) exactly as the
+    whole line would be, with the built-in rules and a `--redact-config` literal alike."""
+    rules = UserRules.from_json({"rules": [{"name": "lab", "literals": [LAB_LITERAL]}]})
+    boundary = BATCH + LINE_TAIL_MAX
+    start = boundary - back
+    head = (b"x " * start)[: start - 1] + b" "
+    line = head + secret.encode() + b" tail " + b"y" * 5000 + b"\n"
+    data = b"first line\n" + line + b"last line with " + secret.encode() + b"\n"
+    log = tmp_path / "big.log"
+    log.write_bytes(line + b"last line with " + secret.encode() + b"\n")
+    out = io.BytesIO()
+    with open(log, "rb") as src:
+        copy_log(src, 1 << 30, out, SandboxIndex(set()), "m", Redactor(rules=rules).stream(), SourceStats("m"))
+    expected = Redactor(rules=rules).bytes(data[len(b"first line\n") :])
+    got = out.getvalue()
+    assert len(got) == len(expected) and got == expected
+    assert secret.encode()[-6:] not in got.replace(b"***", b"")
+
+
+def test_an_address_where_an_overlong_line_is_cut_still_gets_its_pseudonym(tmp_path: Path) -> None:
+    ob = Obfuscator(b"k" * 32, ["kata-node-1"])
+    boundary = BATCH + LINE_TAIL_MAX
+    for value in (IP, "kata-node-1", "52:54:00:ab:34:56"):
+        for back in (2, 6):
+            line = (b"x " * boundary)[: boundary - back] + value.encode() + b" end\n"
+            log = tmp_path / "big.log"
+            log.write_bytes(line)
+            out = io.BytesIO()
+            with open(log, "rb") as src:
+                copy_log(src, 1 << 30, out, SandboxIndex(set()), "m", Redactor(hosts=ob).stream(), SourceStats("m"))
+            assert value.encode() not in out.getvalue(), (value, back)
