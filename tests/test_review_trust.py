@@ -4,11 +4,15 @@ each test is one way a secret or an address could reach a bundle, or a run could
 from __future__ import annotations
 
 import io
+import os
+import time
 from pathlib import Path
 
 import pytest
 
+from kata_debug.errors import UsageError
 from kata_debug.logs.scan import BATCH, LINE_TAIL_MAX, SandboxIndex, SourceStats, copy_log
+from kata_debug.redact import user_rules
 from kata_debug.redact.obfuscate import Obfuscator
 from kata_debug.redact.redactor import Redactor
 from kata_debug.redact.user_rules import UserRules
@@ -85,3 +89,47 @@ def test_an_address_where_an_overlong_line_is_cut_still_gets_its_pseudonym(tmp_p
             with open(log, "rb") as src:
                 copy_log(src, 1 << 30, out, SandboxIndex(set()), "m", Redactor(hosts=ob).stream(), SourceStats("m"))
             assert value.encode() not in out.getvalue(), (value, back)
+
+
+# -- --redact-config that is not a plain file -----------------------------------------------
+
+
+def test_a_rules_file_that_is_a_fifo_nobody_writes_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open() on a writer-less FIFO blocks for ever, and no signal handler of ours can end it."""
+    monkeypatch.setattr(user_rules, "READ_TIMEOUT", 0.3)
+    fifo = tmp_path / "rules.fifo"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=r"rules\.fifo: nothing more to read within 0\.3s"):
+        user_rules.load_user_rules(fifo)
+    assert time.monotonic() - started < 5
+
+
+def test_a_rules_pipe_is_read_when_written_and_refused_when_silent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--redact-config <(vault read ...)` is a pipe: fine when written; a silent one times out."""
+    monkeypatch.setattr(user_rules, "READ_TIMEOUT", 0.3)
+    r, w = os.pipe()
+    try:
+        os.write(w, b"rules:\n  - name: lab\n    literals: ['Winter2026!lab']\n")
+        os.close(w)
+        w = -1
+        rules = user_rules.load_user_rules(f"/proc/self/fd/{r}")
+        assert rules.rules[0].values == ("Winter2026!lab",)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(UsageError, match="nothing more to read"):
+            user_rules.load_user_rules(f"/proc/self/fd/{r}")
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_rules_file_that_is_an_endless_device_is_refused_by_size() -> None:
+    with pytest.raises(UsageError, match="larger than 1 MiB"):
+        user_rules.load_user_rules("/dev/zero")

@@ -27,9 +27,14 @@ means the same to both.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import os
 import re
+import select
+import stat
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +61,8 @@ COUNT_PREFIX = "user:"
 RULES_STDIN = "--redact-rules-stdin"
 #: A rules file is a handful of lines; anything bigger is not one.
 MAX_FILE_BYTES = 1 << 20
+#: The longest wait for a rules file that is a pipe (`<(...)`) to be written.
+READ_TIMEOUT = 10.0
 MAX_RULES = 256
 MAX_PATTERN = 1024
 MAX_LITERAL = 4096
@@ -115,8 +122,9 @@ def load_user_rules(path: str | Path) -> UserRules:
 
     source = f"--redact-config {path}"
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
+        raw = _read_bounded(str(path), MAX_FILE_BYTES + 1, READ_TIMEOUT)
+    except TimeoutError:
+        raise UsageError(f"{source}: nothing more to read within {READ_TIMEOUT:g}s (a pipe nobody writes?)") from None
     except OSError as exc:
         raise UsageError(f"{source}: cannot read it ({exc.strerror or exc})") from None
     if len(raw) > MAX_FILE_BYTES:
@@ -131,6 +139,40 @@ def load_user_rules(path: str | Path) -> UserRules:
         problem = getattr(exc, "problem", None) or "cannot be parsed"
         raise UsageError(f"{source}: not valid YAML{line}: {problem}") from None
     return parse_rules(doc, source)
+
+
+def _read_bounded(path: str, limit: int, timeout: float) -> bytes:
+    """Up to `limit` bytes of `path`, within `timeout` seconds whatever it is.
+
+    `<(vault read ...)` makes the file a pipe, which is fine; but a FIFO nobody opens for
+    writing would block `open()` forever, where no signal handler of ours could end the wait
+    (Python retries the interrupted call). Opened non-blocking and read with `poll`, a pipe
+    that stays silent is a clear error after `timeout`, and a writer-less FIFO reads as empty.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        parts: list[bytes] = []
+        got = 0
+        while got < limit:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise TimeoutError
+            try:
+                part = os.read(fd, min(limit - got, 1 << 16))
+            except BlockingIOError:
+                continue
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def parse_rules(doc: Any, source: str) -> UserRules:
