@@ -68,6 +68,15 @@ MAX_PATTERN = 1024
 MAX_LITERAL = 4096
 #: Shorter literals would mask innocent text all over a bundle.
 MIN_LITERAL = 4
+#: All literals of a file together, and all key names: every line of every log is matched
+#: against them. Beyond ~64 KiB of literals RE2's DFA outgrows its memory and falls back to a
+#: matcher ~1000x slower (0.5 MB/s: hours for a node's logs); key names are a Python regex
+#: alternation tried at every position of a line that names one.
+MAX_LITERAL_BYTES = 64 << 10
+MAX_KEY_NAMES = 1024
+#: RE2's memory budget per compiled rule set (its default, 8 MiB, is what 64 KiB of literals
+#: outgrows); bounded, so a rules file cannot take the node agent's memory either.
+RE2_MAX_MEM = 64 << 20
 _RULE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _KEY_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 # Repeats above this count nesting an unbounded repeat backtrack exponentially in `re`.
@@ -196,7 +205,24 @@ def parse_rules(doc: Any, source: str) -> UserRules:
             raise UsageError(f"{source}: rule {rule.name!r}: the name is used twice")
         seen.add(rule.name)
         rules.append(rule)
-    return UserRules(tuple(rules), source)
+    literal_bytes = sum(len(v.encode("utf-8")) for r in rules if r.kind == "literals" for v in r.values)
+    if literal_bytes > MAX_LITERAL_BYTES:
+        raise UsageError(
+            f"{source}: {literal_bytes} bytes of literals; at most {MAX_LITERAL_BYTES >> 10} KiB in all "
+            "(every log line is matched against them)"
+        )
+    key_names = sum(len(r.values) for r in rules if r.kind == "keys")
+    if key_names > MAX_KEY_NAMES:
+        raise UsageError(f"{source}: {key_names} key names; at most {MAX_KEY_NAMES} in all")
+    checked = UserRules(tuple(rules), source)
+    try:
+        UserRedaction(checked, b"\x00")  # what every redactor compiles: refused here, not mid-run
+    except re2.error as exc:
+        problem = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise UsageError(
+            f"{source}: the rules together are too large for RE2 ({problem}); use fewer or shorter ones"
+        ) from None
+    return checked
 
 
 def _parse_rule(item: Any, where: str) -> UserRule:
@@ -289,6 +315,7 @@ def _nested_repeat(parsed: Any, outer: str | None = None) -> str | None:
 def _re2(pattern: str | bytes) -> Any:
     options = re2.Options()
     options.log_errors = False  # its errors are ours to report, in one line
+    options.max_mem = RE2_MAX_MEM
     options.never_nl = True  # rules match within one line, as chunks end on line boundaries
     return re2.compile(pattern.encode("utf-8") if isinstance(pattern, str) else pattern, options=options)
 
@@ -335,6 +362,7 @@ class UserRedaction:
                 triggers.append(b"(?i:" + b"|".join(re2.escape(n) for n in names) + b")")
         options = re2.Options()
         options.log_errors = False
+        options.max_mem = RE2_MAX_MEM
         self.trigger: Any = re2.compile(base_trigger + b"|" + b"|".join(triggers), options=options)
 
     def key_counter(self, name: str) -> str | None:
