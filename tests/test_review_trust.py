@@ -16,6 +16,8 @@ from kata_debug.redact import user_rules
 from kata_debug.redact.obfuscate import Obfuscator
 from kata_debug.redact.redactor import Redactor
 from kata_debug.redact.user_rules import UserRules
+from tests.conftest import kata_debug
+from tests.hostroots import kata_node
 
 IP = "10.20.30.40"
 
@@ -155,3 +157,16 @@ def test_a_rules_file_at_the_literal_limit_still_redacts_fast() -> None:
     took = time.process_time() - started
     assert lits[500].encode() not in out
     assert len(data) / took > 20e6, f"{len(data) / took / 1e6:.1f} MB/s"
+
+
+def test_a_default_map_path_already_taken_leaves_no_partial_bundle_behind(tmp_path: Path) -> None:
+    """`<bundle>.map.json` is only known once the output is opened: refusing it then must not
+    leave the empty `.partial` we had just created."""
+    root = kata_node(tmp_path / "host")
+    out = tmp_path / "b.tar.gz"
+    (tmp_path / "elsewhere.json").write_text("keep")
+    Path(str(out) + ".map.json").symlink_to(tmp_path / "elsewhere.json")
+    res = kata_debug("collect", "--host-root", str(root), "-o", str(out), "-c", "host", "--obfuscate-hosts")
+    assert res.returncode == 2 and "already exists" in res.stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar.gz.map.json", "elsewhere.json", "host"]
+    assert (tmp_path / "elsewhere.json").read_text() == "keep"

@@ -175,6 +175,8 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
             map_file = await asyncio.to_thread(opts.obfuscate.open_map, target.path, target.to_stdout or target.direct)
         except OSError as exc:
             await asyncio.to_thread(target.abandon)
+            if target.partial is not None:  # ours, created just now, with nothing in it yet
+                await asyncio.to_thread(_unlink_quietly, target.partial)
             raise UsageError(str(exc)) from None
     redactor = Redactor(enabled=opts.redact, rules=opts.redact_rules, hosts=hosts)
     bundle = AsyncBundle(BundleWriter(sink, top, compression))
@@ -270,6 +272,13 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         await asyncio.to_thread(opts.obfuscate.finish, hosts, map_file, target.path)
     signals.output_complete()
     return CollectResult(target.path, node, ordered, redactor.counts, interrupted, diagnosis, target.written)
+
+
+def _unlink_quietly(path: str | os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorEntry:
