@@ -180,6 +180,8 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
             map_file = await asyncio.to_thread(opts.obfuscate.open_map, target.path, target.to_stdout or target.direct)
         except OSError as exc:
             await asyncio.to_thread(target.abandon)
+            if target.partial is not None:  # ours, created just now, with nothing in it yet
+                await asyncio.to_thread(_unlink_quietly, target.partial)
             raise UsageError(str(exc)) from None
     redactor = Redactor(enabled=opts.redact, rules=opts.redact_rules, hosts=hosts)
     bundle = AsyncBundle(BundleWriter(sink, top, compression))
@@ -284,6 +286,13 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
         target.written,
         obfuscate_map=map_file.path if map_file is not None else None,
     )
+
+
+def _unlink_quietly(path: str | os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorEntry:

@@ -187,14 +187,21 @@ def copy_log(
         src.seek(0)
     # Up to the size measured, plus the rest of the line it ends in: a log still being
     # written (or a newline-less line appended meanwhile) cannot keep the copy going.
+    # A line longer than a chunk is cut where no secret straddles the cut (`redact.cut`).
     left = size - skipped
+    carry = b""
     while left > 0 and (chunk := src.read(min(BATCH, left))):
         chunk += src.readline(LINE_TAIL_MAX)
         left -= len(chunk)
+        chunk, carry = carry + chunk, b""
+        if left > 0 and not chunk.endswith(b"\n"):
+            chunk, carry = redact.cut(chunk)
         chunk = redact.feed(chunk)
         write_indexed(chunk, out, index, member, stats)
         if after_chunk is not None:
             after_chunk()
+    if carry:
+        write_indexed(redact.feed(carry), out, index, member, stats)
     return skipped
 
 

@@ -77,9 +77,10 @@ _IPV6 = (
     rb"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|[0-9]{1,3}(?:\.[0-9]{1,3}){3})?"
     rb"(?:/[0-9]{1,3})?(?![\w:]|\.[0-9])"
 )
-# Words right before a dotted quad that make it a version, not an address.
+# Words right before a dotted quad that make it a version, not an address. Whole words only:
+# `nameserver`, `resolver`, `driver` and `dev` end in `ver`/`v` and are followed by addresses.
 _VERSION_BEFORE = re.compile(
-    rb"(?i)(?:version|ver|release|rev|runtime|containerd|qemu|kernel|firmware|v)[\s:=\"'(]{0,3}\Z"
+    rb"(?i)(?<![A-Za-z0-9])(?:version|ver|release|rev|runtime|containerd|qemu|kernel|firmware|v)[\s:=\"'(]{0,3}\Z"
 )
 # What any address could start with, without lookarounds (RE2 has none): only lines holding
 # one of these (or a known name) go through the exact rules, so clean text costs one scan.

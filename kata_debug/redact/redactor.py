@@ -28,6 +28,14 @@ _ENV_STRING = re.compile(rb'"([A-Za-z_][A-Za-z0-9_.-]*)=((?:[^"\\]|\\.)*)("|\\?$
 
 _Bytes = bytes  # `Redactor.bytes` shadows the type inside the class
 
+#: `StreamRedactor.cut`: the most carried over to the next chunk, the separators a cut may
+#: fall on, how many it tries, and how far either side of one a secret is looked for (longer
+#: than a `--redact-config` literal, MAX_LITERAL).
+CUT_MAX_CARRY = 64 << 10
+_CUT_AT = re.compile(rb"[ \t,;&]")
+_CUT_TRIES = 32
+_CUT_WINDOW = 8 << 10
+
 
 class Redactor:
     """Applies the rules and counts, per rule, what was removed. Thread-safe counts.
@@ -134,6 +142,40 @@ class StreamRedactor:
     def __init__(self, redactor: Redactor) -> None:
         self._r = redactor
         self._state = TextState()
+
+    def cut(self, chunk: _Bytes) -> tuple[_Bytes, _Bytes]:
+        """Where to cut a chunk that ends inside a line (a line longer than the reader's chunk).
+
+        Chunks normally end on line boundaries, so no rule sees a secret cut in two; a line of
+        megabytes has to be cut somewhere. Returns (what to `feed` now, what to put in front of
+        the next chunk): the cut is at a separator (space, tab, `,`, `;`, `&`: no address, host
+        name or token shape holds one) between `_CUT_WINDOW` and `CUT_MAX_CARRY` bytes from the
+        end, at the last one where redacting the two sides apart removes exactly what redacting
+        them together does, so `password: X`, a literal with spaces or `Bearer X` is not split
+        either; only a secret longer than `_CUT_WINDOW` could still be. With no separator in
+        that range, the chunk is fed whole.
+        """
+        # At least a window before the end, so a secret that starts before the cut and goes on
+        # past the chunk's end (into text not read yet) is one longer than the window.
+        tail_start = max(0, len(chunk) - CUT_MAX_CARRY)
+        candidates = [m.start() for m in _CUT_AT.finditer(chunk, tail_start, max(0, len(chunk) - _CUT_WINDOW))]
+        if not candidates:
+            return chunk, b""
+        for cut in reversed(candidates[-_CUT_TRIES:]):
+            if cut > 0 and self._seam_keeps(chunk, cut):
+                return chunk[:cut], chunk[cut:]
+        cut = candidates[-1]
+        return chunk[:cut], chunk[cut:]
+
+    def _seam_keeps(self, data: _Bytes, cut: int) -> bool:
+        """Redacting `data` cut at `cut` masks the same as redacting it whole (near the cut)."""
+        if not self._r.enabled:
+            return True  # pseudonyms only: their shapes hold no separator
+        before, after = data[max(0, cut - _CUT_WINDOW) : cut], data[cut : cut + _CUT_WINDOW]
+        scratch = RuleCounts()
+        user = self._r._user
+        apart = redact_text(before, scratch, user=user) + redact_text(after, scratch, user=user)
+        return apart == redact_text(before + after, scratch, user=user)
 
     def feed(self, chunk: _Bytes) -> _Bytes:
         if self._r.enabled:

@@ -27,9 +27,14 @@ means the same to both.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import os
 import re
+import select
+import stat
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +61,22 @@ COUNT_PREFIX = "user:"
 RULES_STDIN = "--redact-rules-stdin"
 #: A rules file is a handful of lines; anything bigger is not one.
 MAX_FILE_BYTES = 1 << 20
+#: The longest wait for a rules file that is a pipe (`<(...)`) to be written.
+READ_TIMEOUT = 10.0
 MAX_RULES = 256
 MAX_PATTERN = 1024
 MAX_LITERAL = 4096
 #: Shorter literals would mask innocent text all over a bundle.
 MIN_LITERAL = 4
+#: All literals of a file together, and all key names: every line of every log is matched
+#: against them. Beyond ~64 KiB of literals RE2's DFA outgrows its memory and falls back to a
+#: matcher ~1000x slower (0.5 MB/s: hours for a node's logs); key names are a Python regex
+#: alternation tried at every position of a line that names one.
+MAX_LITERAL_BYTES = 64 << 10
+MAX_KEY_NAMES = 1024
+#: RE2's memory budget per compiled rule set (its default, 8 MiB, is what 64 KiB of literals
+#: outgrows); bounded, so a rules file cannot take the node agent's memory either.
+RE2_MAX_MEM = 64 << 20
 _RULE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _KEY_NAME = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 # Repeats above this count nesting an unbounded repeat backtrack exponentially in `re`.
@@ -115,8 +131,9 @@ def load_user_rules(path: str | Path) -> UserRules:
 
     source = f"--redact-config {path}"
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
+        raw = _read_bounded(str(path), MAX_FILE_BYTES + 1, READ_TIMEOUT)
+    except TimeoutError:
+        raise UsageError(f"{source}: nothing more to read within {READ_TIMEOUT:g}s (a pipe nobody writes?)") from None
     except OSError as exc:
         raise UsageError(f"{source}: cannot read it ({exc.strerror or exc})") from None
     if len(raw) > MAX_FILE_BYTES:
@@ -131,6 +148,40 @@ def load_user_rules(path: str | Path) -> UserRules:
         problem = getattr(exc, "problem", None) or "cannot be parsed"
         raise UsageError(f"{source}: not valid YAML{line}: {problem}") from None
     return parse_rules(doc, source)
+
+
+def _read_bounded(path: str, limit: int, timeout: float) -> bytes:
+    """Up to `limit` bytes of `path`, within `timeout` seconds whatever it is.
+
+    `<(vault read ...)` makes the file a pipe, which is fine; but a FIFO nobody opens for
+    writing would block `open()` forever, where no signal handler of ours could end the wait
+    (Python retries the interrupted call). Opened non-blocking and read with `poll`, a pipe
+    that stays silent is a clear error after `timeout`, and a writer-less FIFO reads as empty.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        parts: list[bytes] = []
+        got = 0
+        while got < limit:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise TimeoutError
+            try:
+                part = os.read(fd, min(limit - got, 1 << 16))
+            except BlockingIOError:
+                continue
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def parse_rules(doc: Any, source: str) -> UserRules:
@@ -154,7 +205,24 @@ def parse_rules(doc: Any, source: str) -> UserRules:
             raise UsageError(f"{source}: rule {rule.name!r}: the name is used twice")
         seen.add(rule.name)
         rules.append(rule)
-    return UserRules(tuple(rules), source)
+    literal_bytes = sum(len(v.encode("utf-8")) for r in rules if r.kind == "literals" for v in r.values)
+    if literal_bytes > MAX_LITERAL_BYTES:
+        raise UsageError(
+            f"{source}: {literal_bytes} bytes of literals; at most {MAX_LITERAL_BYTES >> 10} KiB in all "
+            "(every log line is matched against them)"
+        )
+    key_names = sum(len(r.values) for r in rules if r.kind == "keys")
+    if key_names > MAX_KEY_NAMES:
+        raise UsageError(f"{source}: {key_names} key names; at most {MAX_KEY_NAMES} in all")
+    checked = UserRules(tuple(rules), source)
+    try:
+        UserRedaction(checked, b"\x00")  # what every redactor compiles: refused here, not mid-run
+    except re2.error as exc:
+        problem = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise UsageError(
+            f"{source}: the rules together are too large for RE2 ({problem}); use fewer or shorter ones"
+        ) from None
+    return checked
 
 
 def _parse_rule(item: Any, where: str) -> UserRule:
@@ -247,6 +315,7 @@ def _nested_repeat(parsed: Any, outer: str | None = None) -> str | None:
 def _re2(pattern: str | bytes) -> Any:
     options = re2.Options()
     options.log_errors = False  # its errors are ours to report, in one line
+    options.max_mem = RE2_MAX_MEM
     options.never_nl = True  # rules match within one line, as chunks end on line boundaries
     return re2.compile(pattern.encode("utf-8") if isinstance(pattern, str) else pattern, options=options)
 
@@ -293,6 +362,7 @@ class UserRedaction:
                 triggers.append(b"(?i:" + b"|".join(re2.escape(n) for n in names) + b")")
         options = re2.Options()
         options.log_errors = False
+        options.max_mem = RE2_MAX_MEM
         self.trigger: Any = re2.compile(base_trigger + b"|" + b"|".join(triggers), options=options)
 
     def key_counter(self, name: str) -> str | None:
