@@ -28,6 +28,8 @@ from kata_debug.node.paths import TRACE_SPOOL_DIR
 from kata_debug.redact.redactor import Redactor, StreamRedactor
 
 _CHUNK = 1 << 20
+#: What is read past a chunk to finish its last line; a longer line is cut (`StreamRedactor.cut`).
+_LINE_TAIL_MAX = 1 << 20
 DEFAULT_LOG_CAP = 50 * 1024 * 1024
 #: What a member path component may never be: empty, `.`/`..`, or hold control characters.
 _UNSAFE_COMPONENT = re.compile(r"[\x00-\x1f\x7f]")
@@ -208,9 +210,17 @@ class CollectorOutput:
                             src.seek(size - max_bytes - 1)
                             src.readline()
                             self.truncated[self._path(name)] = src.tell()
+                    # A line longer than a chunk (a file with no newline at all) is read a
+                    # bounded piece at a time and cut where no secret straddles the cut.
+                    carry = b""
                     while chunk := src.read(_CHUNK):
-                        chunk += src.readline()
+                        chunk = carry + chunk + src.readline(_LINE_TAIL_MAX)
+                        carry = b""
+                        if stream is not None and not chunk.endswith(b"\n"):
+                            chunk, carry = stream.cut(chunk)
                         spool.write(stream.feed(chunk) if stream else chunk)
+                    if carry:
+                        spool.write(stream.feed(carry) if stream else carry)
                 except BaseException:
                     spool.close()
                     raise
@@ -261,6 +271,12 @@ class CollectorOutput:
             while chunk := await proc.stdout.read(_CHUNK):  # type: ignore[union-attr]
                 pending += chunk
                 cut = pending.rfind(b"\n") + 1
+                if not cut and len(pending) > _LINE_TAIL_MAX:
+                    # A command printing a line without end: held in bounded pieces, cut where no
+                    # secret straddles the cut (or as it came, when nothing is redacted).
+                    block, pending = stream.cut(pending) if stream else (pending, b"")
+                    await asyncio.to_thread(spool.write, stream.feed(block) if stream else block)
+                    continue
                 if cut:
                     block, pending = pending[:cut], pending[cut:]
                     await asyncio.to_thread(spool.write, stream.feed(block) if stream else block)
@@ -318,6 +334,10 @@ class _PseudonymsOnly:
 
     def feed(self, chunk: bytes) -> bytes:
         return self._r.pseudonymise(chunk)
+
+    def cut(self, chunk: bytes) -> tuple[bytes, bytes]:
+        """Where to cut a line longer than a chunk: at a separator, as the redacting stream does."""
+        return self._r.stream().cut(chunk)
 
 
 class Collector(ABC):

@@ -170,3 +170,36 @@ def test_a_default_map_path_already_taken_leaves_no_partial_bundle_behind(tmp_pa
     assert res.returncode == 2 and "already exists" in res.stderr.decode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar.gz.map.json", "elsewhere.json", "host"]
     assert (tmp_path / "elsewhere.json").read_text() == "keep"
+
+
+# -- a host file with a line longer than a chunk -------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("back", [3, 9])
+async def test_a_host_file_with_an_overlong_line_is_read_in_bounded_pieces_and_a_secret_at_the_cut_is_masked(
+    tmp_path: Path, back: int
+) -> None:
+    """Collectors copy host files a chunk plus the rest of its last line at a time; a file that
+    is one endless line was read whole into memory. Now the line is cut (at most 1 MiB past the
+    chunk) where no secret straddles the cut, as the log scanner does."""
+    from datetime import timedelta
+
+    from kata_debug.collect.runner import CollectOptions, run_collection
+    from tests.bundles import read_bundle
+
+    root = kata_node(tmp_path / "node")
+    config = next((root / "etc/kata-containers").rglob("configuration.toml"))
+    head = config.read_bytes() + b"# "
+    cut = (1 << 20) + (1 << 20)  # one chunk and the longest line tail read with it
+    pad = cut - back - len(head)
+    secret = b'password="hunter2hunter2hunter2"'
+    filler = b" " * (pad % 2) + b"x " * (pad // 2)  # ends in a space: `password` is a word of its own
+    config.write_bytes(head + filler + secret + b" " + b"tail " * 300_000 + b"\n")
+    out = tmp_path / "b.tar.gz"
+    await run_collection(
+        CollectOptions(host_root=root, output=str(out), collectors=["kata-config"], since=timedelta(days=1))
+    )
+    member = next(v for k, v in read_bundle(out).members.items() if k.endswith("configuration.toml"))
+    assert b"hunter2" not in member and b'password="***"' in member
+    assert member.count(b"tail ") == 300_000 and member.count(b"x ") == pad // 2, "nothing lost or doubled at the cut"
