@@ -49,21 +49,24 @@ def _tar(out: Path, top: str, members: dict[str, bytes], mode: str = "w:gz") -> 
     return out
 
 
-def _capture(spool: Path) -> None:
+def _capture(spool: Path, unredacted_secret: str | None = None) -> None:
     """A capture as the node agent lays it out (`logs/`, `agent-traces/`, manifest with its
-    trigger, sidecar record), in the spool the `captures` collector copies from."""
+    trigger, sidecar record), in the spool the `captures` collector copies from. With
+    `unredacted_secret`, an agent running with redaction off wrote it: the failure line
+    carries `password=<secret>` and the manifest says `redacted: false`."""
+    line = KVM_LINE if unredacted_secret is None else f"{KVM_LINE} password={unredacted_secret}"
     journal = "\n".join(
         [
             f"{_ts(3.0)[:26]}+00:00 kata-node-1 kata[77]: "
             f'time="{_ts(3.0)}" level=info msg="starting sandbox" sandbox={SB2} source=virtcontainers',
-            f"{_ts(3.2)[:26]}+00:00 kata-node-1 kata[77]: {KVM_LINE}",
+            f"{_ts(3.2)[:26]}+00:00 kata-node-1 kata[77]: {line}",
         ]
     )
     trigger = {
         "reason": "error-line",
         "time": _ts(3.2),
         "sandbox": SB2,
-        "line": KVM_LINE,
+        "line": line,
         "pod": "default/db-0",
         "from_copy": [],
         "vanished_during_capture": [],
@@ -73,7 +76,7 @@ def _capture(spool: Path) -> None:
         "node": "kata-node-1",
         "started_at": _ts(3.3),
         "finished_at": _ts(4.0),
-        "redacted": True,
+        "redacted": unredacted_secret is None,
         "interrupted": None,
         "trigger": trigger,
         "collectors": [{"name": "logs", "status": "ok"}],
@@ -86,7 +89,7 @@ def _capture(spool: Path) -> None:
         "kata-debug-kata-node-1-20261205T100003Z",
         {
             "logs/journal.log": journal.encode() + b"\n",
-            "logs/files/var_log_containerd.log": (KVM_LINE + "\n").encode(),
+            "logs/files/var_log_containerd.log": (line + "\n").encode(),
             "manifest.json": json.dumps(manifest).encode(),
         },
     )
@@ -385,3 +388,18 @@ def test_a_node_bundle_nested_in_a_nested_node_bundle_is_not_opened(capture_bund
     write_report(outer, out)
     assert _tree(out).sandboxes == []
     assert "nodes/a/bundle.tar.gz!/nodes/b/bundle.tar.gz: not read (a node bundle nested this deep" in out.read_text()
+
+
+def test_an_unredacted_capture_in_a_redacted_node_bundle_is_redacted_on_the_page(tmp_path: Path) -> None:
+    """The node agent may run with redaction off while `collect` redacts: the capture's own
+    manifest decides, and its trigger line, log lines and findings are masked on the page."""
+    secret = "s3cr3t-from-the-guest-42"
+    root = _node(tmp_path / "host")
+    _capture(root / "var/lib/kata-debug/traces", unredacted_secret=secret)
+    bundle = asyncio.run(_collect(root, tmp_path / "node.tar.gz"))
+    out = tmp_path / "r.html"
+    write_report(bundle, out)
+    html = out.read_text()
+    assert f'data-capture="{CAPTURE}"' in html, "the capture is on the page"
+    assert secret not in html
+    assert "password=***" in html

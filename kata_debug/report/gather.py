@@ -218,33 +218,50 @@ def gather(
 
 
 def _redact_shown(nodes: list[NodeReport], findings: list[Finding]) -> list[Finding]:
-    """Redact the text the page shows of any node whose bundle was not redacted; the findings too.
+    """Redact the text the page shows of any bundle that was not redacted; the findings too.
 
     A report is passed around more widely than a bundle (pasted into tickets, mailed), so it
     must not re-expose what `collect` would have masked: a bundle collected with
     `--no-redact` (or one whose manifest does not say) has its log lines, span names and
     findings' evidence redacted for the page, line by line, after the page's cap (so at most
-    a few thousand short strings). A redacted bundle's text is shown as it is.
+    a few thousand short strings). A capture is judged by its own manifest (the node agent
+    may have run with redaction off while `collect` did not), and an unredacted node's
+    captures with it. A redacted bundle's text is shown as it is.
     """
-    if all(n.redacted is True for n in nodes):
-        return findings
-    redactor = Redactor()
-    text = redactor.text
-    for node in nodes:
-        if node.redacted is True:
-            continue
-        for sb in [*node.sandboxes, *(sb for c in node.captures for sb in c.sandboxes)]:
+    text = Redactor().text
+
+    def sandboxes(sbs: list[SandboxReport]) -> None:
+        for sb in sbs:
             sb.entries = [replace(e, text=text(e.text)) for e in sb.entries]
             sb.spans = [replace(sp, name=text(sp.name)) for sp in sb.spans]
-    return [
-        replace(
-            f,
-            title=text(f.title),
-            explanation=text(f.explanation),
-            evidence=tuple(replace(ev, text=text(ev.text)) for ev in f.evidence),
-        )
-        for f in findings
-    ]
+
+    def redacted(found: list[Finding]) -> list[Finding]:
+        return [
+            replace(
+                f,
+                title=text(f.title),
+                explanation=text(f.explanation),
+                evidence=tuple(replace(ev, text=text(ev.text)) for ev in f.evidence),
+            )
+            for f in found
+        ]
+
+    clear_captures: list[str] = []  # evidence path parts of captures shown unredacted
+    for node in nodes:
+        node_clear = node.redacted is not True
+        if node_clear:
+            sandboxes(node.sandboxes)
+        for capture in node.captures:
+            if node_clear or capture.redacted is not True:
+                clear_captures.append(f"{capture.file}!/")
+                sandboxes(capture.sandboxes)
+                capture.findings = redacted(capture.findings)
+                if capture.trigger is not None and capture.trigger.line:
+                    capture.trigger = replace(capture.trigger, line=text(capture.trigger.line))
+    if any(n.redacted is not True for n in nodes):
+        return redacted(findings)
+    # The bundle's own findings quote its captures too (`collect` reads them).
+    return [redacted([f])[0] if any(c in ev.path for ev in f.evidence for c in clear_captures) else f for f in findings]
 
 
 def _read(
@@ -596,6 +613,8 @@ def _capture_report(state: _NodePass, analysis: _Analysis) -> CaptureReport:
     if trigger is None:
         state.problems.append("no trigger in the capture's manifest.json")
     sandboxes = _sandboxes(state, trigger)
+    manifest = state.json.get("manifest.json")
+    redacted = manifest.get("redacted") if isinstance(manifest, dict) else None
     return CaptureReport(
         file=state.label.rsplit("/", 1)[-1],
         label=state.label,
@@ -604,6 +623,7 @@ def _capture_report(state: _NodePass, analysis: _Analysis) -> CaptureReport:
         findings_source=source,
         sandboxes=sandboxes,
         problems=list(state.problems),
+        redacted=redacted if isinstance(redacted, bool) else None,
     )
 
 

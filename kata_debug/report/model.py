@@ -188,6 +188,8 @@ class CaptureReport:
     findings_source: str | None = None
     sandboxes: list[SandboxReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: The capture manifest's `redacted` (the node agent may run with redaction off).
+    redacted: bool | None = None
 
 
 @dataclass
