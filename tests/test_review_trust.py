@@ -203,3 +203,16 @@ async def test_a_host_file_with_an_overlong_line_is_read_in_bounded_pieces_and_a
     member = next(v for k, v in read_bundle(out).members.items() if k.endswith("configuration.toml"))
     assert b"hunter2" not in member and b'password="***"' in member
     assert member.count(b"tail ") == 300_000 and member.count(b"x ") == pad // 2, "nothing lost or doubled at the cut"
+
+
+@pytest.mark.parametrize("text", ["kata-node-1_log", "log_kata-node-1", "/var/log/pods/kata-node-1_x/"])
+def test_a_known_host_next_to_an_underscore_still_gets_its_pseudonym(text: str) -> None:
+    """`_` is not a hostname character, so it does not make a host name part of a longer word."""
+    ob = Obfuscator(b"k" * 32, ["kata-node-1"])
+    assert b"kata-node-1" not in ob.bytes(text.encode())
+
+
+@pytest.mark.parametrize("text", ["kata-node-10", "xkata-node-1", "kata-node-1x", "my-kata-node-1"])
+def test_a_longer_name_that_contains_a_known_host_is_not_that_host(text: str) -> None:
+    ob = Obfuscator(b"k" * 32, ["kata-node-1"])
+    assert ob.bytes(text.encode()) == text.encode()

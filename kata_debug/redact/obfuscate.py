@@ -185,7 +185,8 @@ class Obfuscator:
             parts.append(rb"(?P<dom>(?<![\w.-])(?:[A-Za-z0-9_-]+\.)*(?i:" + doms + rb")(?![\w-]|\.[A-Za-z0-9]))")
         if self._names:
             names = b"|".join(re.escape(n.encode()) for n in sorted(self._names, key=len, reverse=True))
-            parts.append(rb"(?P<host>(?<![\w.-])(?i:" + names + rb")(?![\w-]))")
+            # `_` is no hostname character: `kata-node-1_log`, `log_kata-node-1` still name the host.
+            parts.append(rb"(?P<host>(?<![A-Za-z0-9.-])(?i:" + names + rb")(?![A-Za-z0-9-]))")
         parts += [rb"(?P<mac>" + _MAC + rb")", rb"(?P<v4>" + _IPV4 + rb")", rb"(?P<v6>" + _IPV6 + rb")"]
         self._pattern = re.compile(b"|".join(parts))
 
