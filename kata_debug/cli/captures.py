@@ -6,7 +6,9 @@ The spool directory resolves as in `collect`: a node path (`--spool-dir`, defaul
 
 from __future__ import annotations
 
+import json
 import shutil
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -28,8 +30,18 @@ def _dir(host_root: Path, spool_dir: str) -> Path:
     return HostRoot.at(host_root).resolve(f"{spool_dir.rstrip('/')}/{CAPTURES_SUBDIR}")
 
 
+class ListFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
 @captures_app.callback(invoke_without_command=True)
-def list_captures(ctx: typer.Context, host_root: Path = _HOST_ROOT, spool_dir: str = _SPOOL) -> None:
+def list_captures(
+    ctx: typer.Context,
+    host_root: Path = _HOST_ROOT,
+    spool_dir: str = _SPOOL,
+    output_format: ListFormat = typer.Option(ListFormat.text, "--format", help="text (people) or json."),
+) -> None:
     """List the captures, newest first: ID (the file name), time, sandbox, pod, reason, top finding."""
     if ctx.invoked_subcommand is not None:
         return
@@ -37,6 +49,10 @@ def list_captures(ctx: typer.Context, host_root: Path = _HOST_ROOT, spool_dir: s
 
     directory = _dir(host_root, spool_dir)
     records = listing(directory)
+    if output_format is ListFormat.json:
+        # One object, as every report: the records as the `captures` collector stores them.
+        typer.echo(json.dumps({"directory": str(directory), "captures": [r.to_json() for r in records]}, indent=2))
+        return
     if not records:
         typer.echo(f"no captures in {directory}")
         return
@@ -57,15 +73,25 @@ def export(
 
     if "/" in capture_id or capture_id.startswith(".") or not capture_id.endswith(".tar.gz"):
         raise UsageError(f"ID {capture_id!r}: not a capture ID (a file name as `kata-debug captures` lists it)")
-    source = _dir(host_root, spool_dir) / capture_id
-    if not source.is_file():
-        raise UsageError(f"ID {capture_id}: no such capture in {source.parent}")
+    from kata_debug.node.hostroot import HostRoot
+
+    if not host_root.is_dir():
+        raise UsageError(f"--host-root {host_root}: not a directory")
+    node_path = f"{spool_dir.rstrip('/')}/{CAPTURES_SUBDIR}/{capture_id}"
     if output.is_dir():
         raise OutputError(f"--output {output}: is a directory (give a file name)")
     try:
-        shutil.copyfile(source, output)
-    except OSError as exc:
-        raise OutputError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
+        # Read through a descriptor walked inside the host root: a capture swapped for a link
+        # to a file outside it is not followed.
+        src = HostRoot.at(host_root).open(node_path)
+    except OSError:
+        raise UsageError(f"ID {capture_id}: no such capture in {spool_dir.rstrip('/')}/{CAPTURES_SUBDIR}") from None
+    with src:
+        try:
+            with open(output, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except OSError as exc:
+            raise OutputError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
     typer.echo(str(output))
 
 
