@@ -354,7 +354,7 @@ async def test_cluster_pseudonyms_agree_across_nodes_and_the_laptop(tmp_path: Pa
                 oci_spec(ctype="container", sandbox_id=f"sb-{name}", extra_annotations={"example.com/peer": shared}),
             )
         out = tmp_path / "c.tar.gz"
-        code, _, err = await cli(
+        code, printed, err = await cli(
             "collect",
             "--cluster",
             "--kubeconfig",
@@ -366,6 +366,7 @@ async def test_cluster_pseudonyms_agree_across_nodes_and_the_laptop(tmp_path: Pa
         )
         sessions = list(fake.exec.sessions)
     assert code == 0, err.decode()
+    assert f"map: {out}.map.json" in printed.decode(), "the summary says where the only way back went"
     omap = json.loads(Path(str(out) + ".map.json").read_text())
     reverse = {o: p for p, o in omap["pseudonyms"].items()}
     p_shared, p_a, p_b = reverse[shared], reverse["kata-a"], reverse["kata-b"]

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -127,6 +128,13 @@ def print_summary(result: ClusterResult, console: Console) -> None:
         console.print(f"[yellow]{result.interrupted}[/]: unfinished nodes are marked failed")
     if result.output != "-":
         console.print(f"bundle: [bold]{result.output}[/]")
+    if result.obfuscate_map:
+        console.print(
+            f"map: [bold]{escape(result.obfuscate_map)}[/] (pseudonym -> original host names and addresses "
+            "of every node; not in the bundle: keep it, do not send it)",
+            soft_wrap=True,
+            highlight=False,
+        )
     from kata_debug.cli.diagnose import print_top_findings
 
     print_top_findings(result.diagnosis, result.output, console)

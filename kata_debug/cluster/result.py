@@ -20,6 +20,8 @@ class ClusterResult:
     interrupted: str | None
     #: The cluster part's findings (also in analysis/findings.json); nodes have their own.
     diagnosis: Diagnosis | None = None
+    #: `--obfuscate-hosts`: the file holding pseudonym -> original (never in the bundle).
+    obfuscate_map: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -37,4 +39,5 @@ def result_json(result: ClusterResult) -> dict[str, Any]:
         "cluster_items_failed": [f.to_json() for f in result.items_failed],
         "redactions": result.redactions,
         "findings": [f.to_json(with_node=True) for f in result.diagnosis.findings] if result.diagnosis else None,
+        **({"obfuscate_map": result.obfuscate_map} if result.obfuscate_map else {}),
     }

@@ -200,7 +200,16 @@ async def _run(opts: ClusterOptions, session: KubeSession, progress: ClusterProg
     if hosts is not None:
         await asyncio.to_thread(opts.obfuscate.finish, hosts, map_file, target.path)
     signals.output_complete()
-    return ClusterResult(target.path, context, ordered, failures, redactor.counts, interrupted, diagnosis)
+    return ClusterResult(
+        target.path,
+        context,
+        ordered,
+        failures,
+        redactor.counts,
+        interrupted,
+        diagnosis,
+        obfuscate_map=map_file.path if map_file is not None else None,
+    )
 
 
 def node_host_names(nodes: list[dict[str, Any]]) -> list[str]:
