@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from kata_debug.bundle.manifest import ItemFailure
+from kata_debug.bundle.manifest import CollectorEntry, ItemFailure, Status
 from kata_debug.bundle.writer import AsyncBundle, MemberIncomplete, Spool, safe_component
 from kata_debug.node.hostroot import HostRoot, describe
 from kata_debug.node.oci import SPEC_PARSE_CAP
@@ -110,6 +111,18 @@ class CollectorOutput:
         #: Members handed to the bundle writer when the collector was cancelled: the writer
         #: finishes (or never starts) each; the runner lists the finished ones in `files`.
         self.in_flight: list[str] = []
+
+    def entry(self, status: Status, error: str | None, started: float) -> CollectorEntry:
+        """This collector's manifest entry: what it wrote, failed and cut (`started`: monotonic)."""
+        return CollectorEntry(
+            name=self.collector,
+            status=status,
+            duration_s=round(time.monotonic() - started, 3),
+            error=error,
+            files=list(self.files),
+            items_failed=list(self.failures),
+            truncated=dict(self.truncated),
+        )
 
     def _path(self, name: str) -> str:
         """The member path of `name`; a component that could not be one (`..`, empty, control

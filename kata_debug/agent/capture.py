@@ -17,6 +17,7 @@ directory kept under `--capture-size`, oldest removed first.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -475,15 +476,11 @@ async def _run_part(name: str, fn: Any, bundle: AsyncBundle, ctx: CollectContext
         status, error = "timeout", f"did not finish within {PART_TIMEOUT:g}s"
     except Exception as exc:  # one part never sinks the capture
         status, error = "failed", f"{type(exc).__name__}: {exc}"
-    return CollectorEntry(
-        name=name,
-        status=status,
-        duration_s=round(time.monotonic() - start, 3),
-        error=error,
-        files=list(out.files),
-        items_failed=list(out.failures),
-        truncated=dict(out.truncated),
-    )
+    return out.entry(status, error, start)
+
+
+#: A journal line kept in a capture is cut here (a log line is not a blob store).
+_MAX_LINE = 64 << 10
 
 
 def _keep(line: bytes, ids: set[str]) -> bool:
@@ -504,18 +501,30 @@ async def _journal_lines(out: CollectorOutput, host: HostRoot, since: datetime, 
         out.item_failed("journal", "journalctl not found")
         return
     assert proc.stdout is not None and proc.stderr is not None
-    kept: list[bytes] = []
+    kept: collections.deque[bytes] = collections.deque()
     size = 0
+    # stderr drained alongside (a chatty journalctl must not block on a full pipe), bounded.
+    err_task = asyncio.ensure_future(proc.stderr.read(64 << 10))
     try:
-        while line := await proc.stdout.readline():
-            if _keep(line, ids):
-                kept.append(line)
-                size += len(line)
-                while size > LOG_CAP and kept:
-                    size -= len(kept.pop(0))
-        err = await proc.stderr.read()
+        # Read in chunks, not `readline()`: asyncio's line limit (64 KiB) raised on one long
+        # journal entry and lost the whole part. A line past _MAX_LINE is kept cut.
+        pending = b""
+        while chunk := await proc.stdout.read(1 << 20):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()[:_MAX_LINE]
+            for line in lines:
+                line = line[:_MAX_LINE] + b"\n"
+                if _keep(line, ids):
+                    kept.append(line)
+                    size += len(line)
+                    while size > LOG_CAP and kept:
+                        size -= len(kept.popleft())
+        if pending and _keep(pending, ids):
+            kept.append(pending + b"\n")
+        err = await err_task
         code = await proc.wait()
     finally:
+        err_task.cancel()
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

@@ -225,7 +225,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
             status, error = "timeout", f"did not finish within --timeout {opts.timeout:g}s"
         except Exception as exc:  # one collector never sinks the bundle
             status, error = "failed", f"{type(exc).__name__}: {exc}"
-        results[name] = _result(name, status, error, out, starts[name])
+        results[name] = out.entry(status, error, starts[name])
         progress.finished(results[name])
 
     tasks = [asyncio.create_task(_one(n), name=f"collector:{n}") for n in selected]
@@ -233,9 +233,7 @@ async def run_collection(opts: CollectOptions, progress: Progress | None = None)
     for name in selected:
         if name not in results:  # cancelled by signal or deadline
             out = outputs.get(name) or CollectorOutput(name, bundle, ctx)
-            results[name] = _result(
-                name, "timeout", interrupted or "interrupted", out, starts.get(name, time.monotonic())
-            )
+            results[name] = out.entry("timeout", interrupted or "interrupted", starts.get(name, time.monotonic()))
     ordered = [results[n] for n in selected] + [
         CollectorEntry(n, "skipped", 0.0, "not selected (--collector)", []) for n in REGISTRY if n not in selected
     ]
@@ -293,15 +291,3 @@ def _unlink_quietly(path: str | os.PathLike[str]) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _result(name: str, status: Status, error: str | None, out: CollectorOutput, start: float) -> CollectorEntry:
-    return CollectorEntry(
-        name=name,
-        status=status,
-        duration_s=round(time.monotonic() - start, 3),
-        error=error,
-        files=list(out.files),
-        items_failed=list(out.failures),
-        truncated=dict(out.truncated),
-    )

@@ -203,7 +203,9 @@ def filter_window(src: BinaryIO, start: int, out: BinaryIO, keep: Callable[[list
     src.seek(start)
     read = 0
     while chunk := src.read(_CHUNK):
-        chunk += src.readline()
+        # At most a chunk more to finish the last line: a file that is one endless line is
+        # read (and filtered, as pieces that are no syslog line) a bounded piece at a time.
+        chunk += src.readline(_CHUNK)
         lines = chunk.split(b"\n")
         if lines[-1] == b"":
             lines.pop()
