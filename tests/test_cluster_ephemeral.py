@@ -9,6 +9,7 @@ pod runs the real `kata-debug collect` against its node's synthetic host root.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -60,7 +61,8 @@ async def test_every_node_is_collected_through_a_pod_made_for_it_and_deleted_aft
     run_id = bundle.manifest["collector_pods"]["run_id"]
     for name in ("kata-a", "kata-b"):
         n = nodes[name]
-        assert (n["status"], n["via"], n["pod"]) == ("ok", "ephemeral", f"kata-debug-{name}-{run_id}")
+        node_hash = hashlib.sha256(name.encode()).hexdigest()[:6]
+        assert (n["status"], n["via"], n["pod"]) == ("ok", "ephemeral", f"kata-debug-{name}-{node_hash}-{run_id}")
         inner = node_bundle(bundle, n["member"])
         assert inner.manifest["node"] == name and inner.manifest["host_root"] == str(cluster.roots[name])
     # What was created: one pod per node, pinned there, in the agent namespace.

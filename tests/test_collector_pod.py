@@ -109,6 +109,13 @@ def test_pod_names_are_dns_labels_unique_per_run(node: str) -> None:
     assert name.endswith("-a1b2c3") and pod_name(node, "d4e5f6") != name
 
 
+def test_two_nodes_whose_names_fit_the_same_stem_get_different_pods() -> None:
+    long_a = "gke-production-cluster-default-pool-1a2b3c4d-node-aaaa"
+    long_b = "gke-production-cluster-default-pool-1a2b3c4d-node-bbbb"
+    for a, b in ((long_a, long_b), ("kata.a", "kata-a")):
+        assert pod_name(a, "a1b2c3") != pod_name(b, "a1b2c3"), (a, b)
+
+
 def test_the_deadline_covers_starting_collecting_and_deleting() -> None:
     assert active_deadline(120, 600) == 780 and active_deadline(0.5, 1.2) == 62
 

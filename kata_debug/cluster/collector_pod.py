@@ -16,6 +16,7 @@ drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -108,8 +109,13 @@ _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
 
 def pod_name(node: str, run_id: str) -> str:
-    """`kata-debug-<node>-<run>`: a DNS label (63 characters at most), unique per run and node."""
-    tail = f"-{run_id}"
+    """`kata-debug-<node>-<hash>-<run>`: a DNS label (63 characters at most), unique per run and node.
+
+    The node name is cut and its dots replaced to fit, so two nodes could share a stem (long
+    names with one prefix, `a.b` and `a-b`): a short hash of the whole name keeps them apart,
+    or one node's clean-up would delete the other's pod mid-collection.
+    """
+    tail = f"-{hashlib.sha256(node.encode()).hexdigest()[:6]}-{run_id}"
     stem = _NOT_DNS.sub("-", node.lower())
     stem = stem[: 63 - len("kata-debug-") - len(tail)].strip("-") or "node"
     return f"kata-debug-{stem}{tail}"
