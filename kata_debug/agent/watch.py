@@ -25,9 +25,10 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from time import monotonic
@@ -140,6 +141,10 @@ class StateWatcher:
 
     Listing a few directories every half second is cheap and sees the same thing inotify
     would, in a host root where inotify on /run of another mount namespace is not reliable.
+
+    `poll` runs in a worker thread while the capture loop asks what is known and forgets
+    what was captured: one lock keeps the two from changing the maps under each other, and
+    what leaves the watcher is a snapshot.
     """
 
     def __init__(self, host: HostRoot, window: float, clock: Callable[[], float] = time.time) -> None:
@@ -151,36 +156,43 @@ class StateWatcher:
         self._primed = False
         self._gone: set[str] = set()  # vanished, copy kept for the capture
         self._live_tasks: set[str] = set()
-
-    def container_owner(self, cid: str) -> str | None:
-        for task_dir, task in self.tasks.items():
-            if task_dir.rsplit("/", 1)[-1] == cid or task_dir.endswith(f"/{cid}/userdata"):
-                return task.sandbox
-        return None
+        self._lock = threading.Lock()
 
     def known_ids(self) -> dict[str, str]:
         """Every sandbox and container id the watcher knows -> its sandbox id."""
-        ids = {sid: sid for sid in self.sandboxes}
-        for task_dir, task in self.tasks.items():
-            if task.sandbox:
-                ids[_task_id(task_dir)] = task.sandbox
-        return ids
+        with self._lock:
+            ids = {sid: sid for sid in self.sandboxes}
+            for task_dir, task in self.tasks.items():
+                if task.sandbox:
+                    ids[_task_id(task_dir)] = task.sandbox
+            return ids
 
     def copy_of(self, sid: str) -> SandboxCopy | None:
-        return self.sandboxes.get(sid)
+        """A snapshot of the sandbox's copy (the next poll goes on changing the original)."""
+        with self._lock:
+            copy = self.sandboxes.get(sid)
+            if copy is None:
+                return None
+            return replace(copy, files=dict(copy.files), containers=set(copy.containers))
 
     def specs_of(self, sid: str) -> dict[str, bytes]:
         """The OCI specs the watcher read for the sandbox and its containers (task dir -> config.json)."""
-        return {d: t.spec for d, t in self.tasks.items() if t.sandbox == sid and t.spec is not None}
+        with self._lock:
+            return {d: t.spec for d, t in self.tasks.items() if t.sandbox == sid and t.spec is not None}
 
     def pod_of(self, sid: str) -> str | None:
-        copy = self.sandboxes.get(sid)
-        if copy is not None and copy.pod:
-            return copy.pod
-        return next((t.pod for t in self.tasks.values() if t.sandbox == sid and t.pod), None)
+        with self._lock:
+            copy = self.sandboxes.get(sid)
+            if copy is not None and copy.pod:
+                return copy.pod
+            return next((t.pod for t in self.tasks.values() if t.sandbox == sid and t.pod), None)
 
     def poll(self) -> list[Failure]:
         """One look at the node (blocking I/O: run it in a thread); the sandboxes that vanished."""
+        with self._lock:
+            return self._poll()
+
+    def _poll(self) -> list[Failure]:
         now = self.clock()
         self._poll_tasks()
         present: dict[str, float] = {}
@@ -225,11 +237,12 @@ class StateWatcher:
 
     def forget(self, sid: str) -> None:
         """A capture has what it needs of a sandbox: drop the copy of a vanished one and its dead tasks."""
-        if sid in self._gone:
-            self._gone.discard(sid)
-            self.sandboxes.pop(sid, None)
-        for d in [d for d, t in self.tasks.items() if t.sandbox == sid and d not in self._live_tasks]:
-            del self.tasks[d]
+        with self._lock:
+            if sid in self._gone:
+                self._gone.discard(sid)
+                self.sandboxes.pop(sid, None)
+            for d in [d for d, t in self.tasks.items() if t.sandbox == sid and d not in self._live_tasks]:
+                del self.tasks[d]
 
     def _poll_tasks(self) -> None:
         live: set[str] = set()
