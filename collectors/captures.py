@@ -47,9 +47,16 @@ class CaptureRecord:
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
         try:
+            when = str(doc["time"])
+            datetime.fromisoformat(when)  # `when` is read later, outside any guard: checked here
+        except KeyError as exc:
+            raise ValueError(f"no {exc.args[0]!r} field") from None
+        except ValueError:
+            raise ValueError(f"'time' is no ISO 8601 time: {when[:40]!r}") from None
+        try:
             return cls(
                 id=name,
-                time=str(doc["time"]),
+                time=when,
                 sandbox=str(doc["sandbox"]),
                 reason=str(doc["reason"]),
                 line=None if doc.get("line") is None else str(doc["line"]),

@@ -52,3 +52,21 @@ def test_export_of_a_capture_swapped_for_a_link_out_of_the_root_copies_nothing_f
     proc = kata_debug("captures", "export", CAPTURE, "-o", str(out), "--host-root", str(root))
     assert proc.returncode == 2 and b"no such capture" in proc.stderr and b"Traceback" not in proc.stderr
     assert not out.exists() or b"not the node's" not in out.read_bytes()
+
+
+def test_a_record_with_a_time_that_is_no_time_is_listed_from_its_name_and_collect_still_carries_it(
+    tmp_path: Path,
+) -> None:
+    root = _root(tmp_path)
+    record = root / SPOOL / "captures" / CAPTURE.replace(".tar.gz", ".json")
+    doc = json.loads(record.read_text())
+    record.write_text(json.dumps({**doc, "time": "yesterday-ish"}))
+    listed = json.loads(kata_debug("captures", "--host-root", str(root), "--format", "json").stdout)
+    assert [(c["id"], c["reason"]) for c in listed["captures"]] == [(CAPTURE, "unknown")]
+    out = tmp_path / "b.tar.gz"
+    proc = kata_debug(
+        "collect", "--host-root", str(root), "-c", "captures", "-o", str(out), "--since", "36500d", "--format", "json"
+    )
+    summary = json.loads(proc.stdout)
+    captures = next(c for c in summary["collectors"] if c["name"] == "captures")
+    assert captures["status"] == "ok", captures
