@@ -17,6 +17,7 @@ sleeps), and a daemon thread can never hold the process past its shutdown deadli
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
@@ -75,6 +76,19 @@ def _discard(items: Iterable[Any]) -> None:
     deque(items, maxlen=0)
 
 
+#: Dropped-span warnings logged per process: a guest can send poison spans without end;
+#: past this they are only counted (`poisoned` in the stats), as undecodable frames are.
+POISON_WARNINGS = 10
+_poison_warned = itertools.count(1)
+
+
+def _warn_poisoned(sink: str, exc: Exception) -> None:
+    n = next(_poison_warned)  # atomic under the GIL: the export thread and tests may both call
+    if n <= POISON_WARNINGS:
+        more = "; further dropped spans are only counted" if n == POISON_WARNINGS else ""
+        log.warning("exporter %s: dropping a span it cannot export: %s%s", sink, exc, more)
+
+
 def export_isolating(sink: SpanSink, batch: Sequence[QueuedSpan]) -> tuple[int, int]:
     """Export `batch` in halves after the sink raised on it; return (spans consumed, poisoned).
 
@@ -98,7 +112,7 @@ def export_isolating(sink: SpanSink, batch: Sequence[QueuedSpan]) -> tuple[int, 
             if len(part) == 1:
                 poisoned += 1
                 consumed += 1
-                log.warning("exporter %s: dropping a span it cannot export: %s", sink.name, exc)
+                _warn_poisoned(sink.name, exc)
                 continue
             mid = len(part) // 2
             pending.append(part[mid:])

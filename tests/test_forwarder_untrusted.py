@@ -365,3 +365,25 @@ def test_budget_reservations_are_granted_first_come_first_served_as_they_free() 
     budget.forget(d)  # gone before its turn
     budget.release(80)
     assert granted == [("b", 50), ("c", 10)] and budget.reserved == 60 and budget.waiting == 0
+
+
+def test_a_guest_sending_poison_spans_without_end_gets_a_bounded_number_of_warnings(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import itertools
+
+    from kata_debug.forwarder import pipeline
+
+    class _Refuses:
+        name = "refuses"
+
+        def export(self, batch: Sequence[QueuedSpan]) -> int:
+            raise ValueError("cannot encode this span")
+
+    monkeypatch.setattr(pipeline, "_poison_warned", itertools.count(1))
+    caplog.set_level("WARNING", logger=pipeline.log.name)
+    batch: list[QueuedSpan] = [(sample_span(i), ORIGIN) for i in range(200)]
+    assert pipeline.export_isolating(_Refuses(), batch) == (200, 200)  # type: ignore[arg-type]
+    dropped = [r for r in caplog.records if "dropping a span" in r.getMessage()]
+    assert len(dropped) == pipeline.POISON_WARNINGS
+    assert "further dropped spans are only counted" in dropped[-1].getMessage()
