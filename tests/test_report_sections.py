@@ -403,3 +403,16 @@ def test_an_unredacted_capture_in_a_redacted_node_bundle_is_redacted_on_the_page
     assert f'data-capture="{CAPTURE}"' in html, "the capture is on the page"
     assert secret not in html
     assert "password=***" in html
+
+
+def test_findings_quoting_an_unredacted_capture_past_the_sections_shown_are_redacted(tmp_path: Path) -> None:
+    """`collect` analyses up to 50 captures, the page shows 20: a capture without a section is
+    not known to be redacted, so the bundle findings that quote it are redacted on the page."""
+    secret = "s3cr3t-beyond-the-sections"
+    root = _node(tmp_path / "host")
+    _capture(root / "var/lib/kata-debug/traces", unredacted_secret=secret)
+    bundle = asyncio.run(_collect(root, tmp_path / "node.tar.gz"))
+    report = gather(bundle, max_captures=0)
+    quoted = [e.text for f in report.findings for e in f.evidence if f"captures/{CAPTURE}!/" in e.path]
+    assert quoted, "the bundle's findings quote the capture"
+    assert not any(secret in t for t in quoted) and any("password=***" in t for t in quoted)

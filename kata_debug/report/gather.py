@@ -246,22 +246,29 @@ def _redact_shown(nodes: list[NodeReport], findings: list[Finding]) -> list[Find
             for f in found
         ]
 
-    clear_captures: list[str] = []  # evidence path parts of captures shown unredacted
+    redacted_captures: set[str] = set()  # evidence path parts of captures known to be redacted
     for node in nodes:
         node_clear = node.redacted is not True
         if node_clear:
             sandboxes(node.sandboxes)
         for capture in node.captures:
-            if node_clear or capture.redacted is not True:
-                clear_captures.append(f"{capture.file}!/")
+            if not node_clear and capture.redacted is True:
+                redacted_captures.add(f"{capture.file}!/")
+            else:
                 sandboxes(capture.sandboxes)
                 capture.findings = redacted(capture.findings)
                 if capture.trigger is not None and capture.trigger.line:
                     capture.trigger = replace(capture.trigger, line=text(capture.trigger.line))
     if any(n.redacted is not True for n in nodes):
         return redacted(findings)
-    # The bundle's own findings quote its captures too (`collect` reads them).
-    return [redacted([f])[0] if any(c in ev.path for ev in f.evidence for c in clear_captures) else f for f in findings]
+
+    # The bundle's own findings quote its captures too (`collect` reads up to 50, the page
+    # shows 20): evidence from a capture not known to be redacted is redacted.
+    def from_unknown_capture(path: str) -> bool:
+        inside = path.split("captures/", 1)[1] if "captures/" in path else ""
+        return "!/" in inside and not any(c in path for c in redacted_captures)
+
+    return [redacted([f])[0] if any(from_unknown_capture(ev.path) for ev in f.evidence) else f for f in findings]
 
 
 def _read(
