@@ -514,12 +514,6 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def kubectl_plugin() -> None:
-    """`kubectl kata-debug ...`: kubectl finds the `kubectl-kata_debug` script on PATH and runs it
-    with the arguments after the plugin name; help and errors then name the command as typed."""
-    main(prog_name="kubectl kata-debug")
-
-
 def main(prog_name: str = "kata-debug") -> None:
     """Entry point: every user-facing error is one line, never a traceback.
 

@@ -171,7 +171,9 @@ async def _collect_then_diagnose(opts: object, keep: str | None) -> object:
         exists = await asyncio.to_thread(os.path.exists, result.output)
         if not exists or not any(c.files for c in result.collectors):
             raise NothingCollected(f"--host-root {opts.host_root}: the collection wrote nothing to diagnose")
-        diagnosis = await diagnose_path(result.output)
+        # Analysed while it was written (the same answer as reading it back, tested): the
+        # bundle is read again only when that analysis could not run.
+        diagnosis = result.diagnosis if result.diagnosis is not None else await diagnose_path(result.output)
         if tmpdir is None:
             return diagnosis
         from dataclasses import replace

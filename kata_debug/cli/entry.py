@@ -37,5 +37,6 @@ def main(prog_name: str = "kata-debug") -> None:
 
 
 def kubectl_plugin() -> None:
-    """`kubectl kata-debug ...` (see `cli.app.kubectl_plugin`), with the same early signal handling."""
+    """`kubectl kata-debug ...`: kubectl finds the `kubectl-kata_debug` script on PATH and runs it
+    with the arguments after the plugin name; help and errors then name the command as typed."""
     main(prog_name="kubectl kata-debug")
