@@ -49,6 +49,8 @@ from typing import Any
 
 import re2  # google-re2, as the redactor's prefilter: one DFA pass finds the lines to rewrite
 
+from kata_debug.redact.user_rules import re2_compile
+
 #: Entries recorded in one process's map; more distinct values are still pseudonymised (a
 #: log full of addresses must not grow memory without bound) and counted as not recorded.
 MAX_ENTRIES = 200_000
@@ -179,7 +181,8 @@ class Obfuscator:
     def _compile(self) -> None:
         parts = []
         every = [re.escape(n.encode()) for n in sorted(self._names | self._domains, key=len, reverse=True)]
-        self._trigger = re2.compile(_CANDIDATES + (b"|(?i:" + b"|".join(every) + b")" if every else b""))
+        # Thousands of node names make a large alternation: compiled with the memory it needs.
+        self._trigger = re2_compile(_CANDIDATES + (b"|(?i:" + b"|".join(every) + b")" if every else b""))
         if self._domains:
             doms = b"|".join(re.escape(d.encode()) for d in sorted(self._domains, key=len, reverse=True))
             parts.append(rb"(?P<dom>(?<![\w.-])(?:[A-Za-z0-9_-]+\.)*(?i:" + doms + rb")(?![\w-]|\.[A-Za-z0-9]))")
